@@ -1,0 +1,1022 @@
+"""Fast, parallel reachability probes run from inside sandboxes, without forking.
+
+A socket stays bound to the network namespace it was created in. So this one process enters each
+source namespace for an instant (``setns`` in the calling thread, via ``netns.entered``), creates
+the sockets it needs there, comes back, and then drives every socket of every namespace from one
+``epoll`` loop: a 100x100 ICMP matrix is 9,900 echo requests in flight at once, matched back to
+their source socket and destination by (ident, seq, source address, token).
+
+Every probe has a deadline and closes its sockets. Probes only send to the addresses the caller
+names; nothing here picks a destination by itself.
+
+The kernel's neighbour (ARP) table is shared by every namespace. A full mesh of N sandboxes needs
+about N*(N-1) entries, and when the table is full the kernel silently refuses to create entries
+(no ARP reply, no send): pings fail although the network is fine. ``ping_matrix`` therefore
+raises the root namespace's limits for its duration (``ensure_neighbour_capacity``) and, should
+the kernel still have counted a "table full" during the run, raises ``NeighbourTableFull`` rather
+than reporting false negatives.
+"""
+from __future__ import annotations
+
+import errno
+import os
+import random
+import select
+import selectors
+import socket
+import struct
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from cnmlab import netns
+from cnmlab.checks.nsref import NsRef
+from cnmlab.errors import CnmError, KernelError
+
+Pair = tuple[str, str]
+NsLike = NsRef | str | int
+
+# ---------------------------------------------------------------------------------------------
+# results and errors
+
+
+@dataclass
+class ProbeResult:
+    """One probe's outcome: ``ok`` plus what was seen, in words a learner can read."""
+
+    ok: bool
+    observed: str
+    reason: str = ""            # reply | connected | refused | timeout | unreachable | error
+    rtt_ms: float | None = None
+    server: str | None = None   # the EchoServer that answered (from its marker line)
+    seen_as: str | None = None  # "ip:port" the server saw this probe come from
+    reply: bytes = b""
+
+    def __bool__(self) -> bool:
+        return self.ok
+
+
+class ProbeError(CnmError):
+    """A probe could not be run at all (as opposed to a probe that ran and failed)."""
+
+
+class NeighbourTableFull(ProbeError):
+    pass
+
+
+class DnsError(ProbeError):
+    pass
+
+
+class DnsNameError(DnsError):
+    """NXDOMAIN: the server says the name does not exist."""
+
+
+class DnsTimeout(DnsError):
+    pass
+
+
+def _fmt_s(seconds: float) -> str:
+    return f"{seconds:g} s"
+
+
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1000:.1f} ms" if seconds >= 0.001 else f"{seconds * 1000:.2f} ms"
+
+
+# ---------------------------------------------------------------------------------------------
+# sockets inside namespaces
+
+
+def _refs(sources: Mapping[str, NsLike]) -> dict[str, NsRef]:
+    return {k: NsRef.of(v) for k, v in sources.items()}
+
+
+def _make_sockets(ref: NsRef, n: int, family: int, kind: int, proto: int = 0,
+                  setup: Callable[[socket.socket], None] | None = None) -> list[socket.socket]:
+    """``n`` non-blocking sockets created inside ``ref``'s namespace (then usable from anywhere)."""
+    made: list[socket.socket] = []
+    with ref.opened() as fd:
+        try:
+            with netns.entered(fd=fd):
+                for _ in range(n):
+                    try:
+                        s = socket.socket(family, kind, proto)
+                    except PermissionError:
+                        raise ProbeError("opening a probe socket needs root (CAP_NET_RAW)") from None
+                    made.append(s)
+                    s.setblocking(False)
+                    if setup:
+                        setup(s)
+        except BaseException:
+            for s in made:
+                s.close()
+            raise
+    return made
+
+
+def _close_all(socks: Iterable[socket.socket]) -> None:
+    for s in socks:
+        try:
+            s.close()
+        except OSError:
+            pass
+
+
+def _big_rcvbuf(s: socket.socket, size: int = 4 << 20) -> None:
+    try:
+        s.setsockopt(socket.SOL_SOCKET, 33, size)  # SO_RCVBUFFORCE (root)
+    except OSError:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
+
+
+def _pairs(sources: Mapping[str, object], targets: Mapping[str, object],
+           pairs: Iterable[Pair] | None) -> list[Pair]:
+    if pairs is not None:
+        out = list(pairs)
+        for s, d in out:
+            if s not in sources or d not in targets:
+                raise ValueError(f"pair {s}->{d}: unknown source or target")
+        return out
+    return [(s, d) for s in sources for d in targets if s != d]
+
+
+# ---------------------------------------------------------------------------------------------
+# the shared neighbour table
+
+_GC_KEYS = ("net.ipv4.neigh.default.gc_thresh1", "net.ipv4.neigh.default.gc_thresh2",
+            "net.ipv4.neigh.default.gc_thresh3")
+_neigh_lock = threading.Lock()
+_neigh_holders = 0
+_neigh_saved: tuple[int, int, int] | None = None
+
+
+def _root_sysctl(key: str, value: int | None = None) -> int:
+    """Read (or write) a sysctl of the initial network namespace, where gc_thresh lives.
+
+    The gc_thresh files exist only in the initial namespace. This thread is normally there;
+    if a caller runs us from inside a namespace, go to the process's own (main thread's) one.
+    """
+    path = "/proc/sys/" + key.replace(".", "/")
+
+    def rw() -> int:
+        try:
+            if value is not None:
+                with open(path, "w") as f:
+                    f.write(str(value))
+            with open(path) as f:
+                return int(f.read().split()[0])
+        except OSError as e:
+            raise KernelError(f"sysctl {key}: {e.strerror} (only the root namespace has it)") from None
+
+    if os.path.exists(path):
+        return rw()
+    fd = os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        with netns.entered(fd=fd):
+            return rw()
+    finally:
+        os.close(fd)
+
+
+def arp_cache_stats() -> dict[str, int]:
+    """The kernel's global ARP table counters: ``entries`` and summed ``table_fulls`` etc."""
+    with open("/proc/net/stat/arp_cache") as f:
+        head = f.readline().split()
+        rows = [[int(x, 16) for x in line.split()] for line in f if line.strip()]
+    out = {k: sum(r[i] for r in rows) for i, k in enumerate(head)}
+    if rows:
+        out["entries"] = rows[0][0]  # a global count, repeated on every CPU's row
+    return out
+
+
+def neighbour_limits() -> tuple[int, int, int]:
+    return tuple(_root_sysctl(k) for k in _GC_KEYS)  # type: ignore[return-value]
+
+
+def ensure_neighbour_capacity(n_entries: int) -> Callable[[], None]:
+    """Make room for ``n_entries`` more ARP entries; returns the callable that restores.
+
+    Raises gc_thresh2/3 (shared by every namespace, settable only in the root namespace) when
+    the current entries plus ``n_entries`` would not fit; gc_thresh1 is left alone unless it
+    would exceed the new thresh2. Nested and concurrent callers in this process share one
+    saved copy of the original values: they are written back when the last one restores.
+    Call the returned function exactly when done (a second call does nothing).
+    """
+    global _neigh_holders, _neigh_saved
+    need = arp_cache_stats().get("entries", 0) + max(0, n_entries) + 256
+    with _neigh_lock:
+        t1, t2, t3 = neighbour_limits()
+        if _neigh_saved is None and t3 >= need + need // 2 and t2 >= need:
+            return lambda: None
+        if _neigh_saved is None:
+            _neigh_saved = (t1, t2, t3)
+        _neigh_holders += 1
+        new3 = max(t3, need + need // 2)
+        new2 = max(t2, need)
+        if (new2, new3) != (t2, t3):
+            _root_sysctl(_GC_KEYS[2], new3)  # raise thresh3 first so 1 <= 2 <= 3 holds throughout
+            _root_sysctl(_GC_KEYS[1], new2)
+    done = False
+
+    def restore() -> None:
+        nonlocal done
+        global _neigh_holders, _neigh_saved
+        with _neigh_lock:
+            if done:
+                return
+            done = True
+            _neigh_holders -= 1
+            if _neigh_holders == 0 and _neigh_saved is not None:
+                o1, o2, o3 = _neigh_saved
+                _root_sysctl(_GC_KEYS[0], o1)
+                _root_sysctl(_GC_KEYS[1], o2)
+                _root_sysctl(_GC_KEYS[2], o3)
+                _neigh_saved = None
+
+    return restore
+
+
+# ---------------------------------------------------------------------------------------------
+# ICMP echo
+
+ICMP_ECHOREPLY, ICMP_DEST_UNREACH, ICMP_ECHO, ICMP_TIME_EXCEEDED = 0, 3, 8, 11
+SOL_RAW, ICMP_FILTER = 255, 1
+_UNREACH = {0: "network unreachable", 1: "destination host unreachable",
+            2: "protocol unreachable", 3: "port unreachable", 4: "fragmentation needed",
+            9: "network administratively prohibited", 10: "host administratively prohibited",
+            13: "communication administratively prohibited"}
+
+
+def _checksum(data: bytes) -> int:
+    if len(data) % 2:
+        data += b"\0"
+    s = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    s = (s >> 16) + (s & 0xFFFF)
+    s += s >> 16
+    return ~s & 0xFFFF
+
+
+def _echo_request(ident: int, seq: int, token: int) -> bytes:
+    payload = struct.pack("!Id", token, time.monotonic()) + b"cnmlab-ping"
+    head = struct.pack("!BBHHH", ICMP_ECHO, 0, 0, ident, seq)
+    c = _checksum(head + payload)
+    return struct.pack("!BBHHH", ICMP_ECHO, 0, c, ident, seq) + payload
+
+
+def _icmp_setup(s: socket.socket) -> None:
+    keep = (1 << ICMP_ECHOREPLY) | (1 << ICMP_DEST_UNREACH) | (1 << ICMP_TIME_EXCEEDED)
+    s.setsockopt(SOL_RAW, ICMP_FILTER, struct.pack("I", ~keep & 0xFFFFFFFF))
+    _big_rcvbuf(s)
+
+
+@dataclass
+class _PingState:
+    src: str
+    dst: str
+    ip: str
+    sent: int = 0
+    got: int = 0
+    rtts: list[float] = field(default_factory=list)
+    error: str | None = None
+    done: bool = False
+
+
+def ping_results(sources: Mapping[str, NsLike], targets: Mapping[str, str], count: int = 1,
+                 timeout: float = 1.0, retries: int = 2, pairs: Iterable[Pair] | None = None,
+                 adjust_neighbours: bool = True,
+                 send_threads: int | None = None) -> dict[Pair, ProbeResult]:
+    """ICMP echo from every source namespace to every target address, all at once.
+
+    A pair is reachable once ``count`` echo replies came back. ``timeout`` bounds the whole
+    matrix: requests still unanswered are re-sent ``retries`` times at even intervals within it
+    (the first packet to a new neighbour can be lost), and a pair without enough replies when
+    the time is up is blocked. An ICMP error (host/port unreachable, TTL exceeded) or a send
+    error (no route) makes the pair blocked at once. By default every source reaches every
+    target except the one with its own name; pass ``pairs`` to choose. Big batches are sent
+    by ``send_threads`` threads (default: one per CPU); replies are read by one epoll loop.
+    """
+    if count < 1 or timeout <= 0 or retries < 0:
+        raise ValueError("count >= 1, timeout > 0 and retries >= 0")
+    refs = _refs(sources)
+    todo = _pairs(refs, targets, pairs)
+    states = {p: _PingState(p[0], p[1], targets[p[1]]) for p in todo}
+    if not todo:
+        return {}
+    restore: Callable[[], None] = lambda: None
+    if adjust_neighbours:
+        restore = ensure_neighbour_capacity(2 * len(todo))
+    fulls_before = arp_cache_stats().get("table_fulls", 0)
+    socks: dict[str, socket.socket] = {}
+    ep = select.epoll()
+    try:
+        by_src: dict[str, list[_PingState]] = {}
+        for st in states.values():
+            by_src.setdefault(st.src, []).append(st)
+        idents = random.sample(range(1, 0x10000), len(by_src))
+        token = random.getrandbits(32)
+        fd_src: dict[int, tuple[str, int]] = {}
+        seqmap: dict[str, dict[int, tuple[_PingState, float]]] = {}
+        next_seq: dict[str, int] = {}
+        for (src, _), ident in zip(by_src.items(), idents):
+            s = _make_sockets(refs[src], 1, socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP,
+                              _icmp_setup)[0]
+            socks[src] = s
+            fd_src[s.fileno()] = (src, ident)
+            seqmap[src] = {}
+            next_seq[src] = random.randrange(0x10000)
+            ep.register(s.fileno(), select.EPOLLIN)
+        ident_of = {src: ident for src, ident in zip(by_src, idents)}
+        workers = max(1, min(send_threads or (os.cpu_count() or 1), 8))
+        src_slot = {src: i % workers for i, src in enumerate(by_src)}
+
+        queue: list[tuple[str, _PingState]] = []
+
+        def enqueue_round() -> None:
+            for st in states.values():
+                if not st.done:
+                    for _ in range(count - st.got):
+                        queue.append((st.src, st))
+
+        def send_batch(items: list[tuple[str, _PingState]]) -> list[tuple[str, _PingState]]:
+            blocked: set[str] = set()
+            rest = []
+            for src, st in items:
+                if st.done or src in blocked:
+                    if not st.done:
+                        rest.append((src, st))
+                    continue
+                seq = next_seq[src]
+                next_seq[src] = (seq + 1) & 0xFFFF
+                if seq in seqmap[src]:
+                    raise ProbeError(f"too many echo requests in flight from {src}")
+                pkt = _echo_request(ident_of[src], seq, token)
+                try:
+                    socks[src].sendto(pkt, (st.ip, 0))
+                except BlockingIOError:
+                    blocked.add(src)
+                    rest.append((src, st))
+                    continue
+                except OSError as e:
+                    if e.errno in (errno.EINVAL, errno.ENOBUFS) and \
+                            arp_cache_stats().get("table_fulls", 0) > fulls_before:
+                        raise NeighbourTableFull(
+                            "the kernel's neighbour table is full: raise "
+                            "net.ipv4.neigh.default.gc_thresh3 (see ensure_neighbour_capacity)")
+                    st.error = f"cannot send: {e.strerror.lower() if e.strerror else e}"
+                    st.done = True
+                    continue
+                seqmap[src][seq] = (st, time.monotonic())
+                st.sent += 1
+            return rest
+
+        def flush_queue() -> None:
+            # The kernel does the work of a send (veth, bridge, ARP flood, the peer's reply) in
+            # the sending thread, outside the GIL: split the sources over a few threads.
+            if len(queue) < 256 or workers < 2:
+                queue[:] = send_batch(queue)
+                return
+            groups: list[list[tuple[str, _PingState]]] = [[] for _ in range(workers)]
+            for item in queue:
+                groups[src_slot[item[0]]].append(item)
+            with ThreadPoolExecutor(max_workers=workers) as pool:
+                futures = [pool.submit(send_batch, g) for g in groups if g]
+                rest = [x for f in futures for x in f.result()]
+            queue[:] = rest
+
+        def handle(src: str, ident: int, data: bytes) -> None:
+            if len(data) < 28:
+                return
+            ihl = (data[0] & 0x0F) * 4
+            peer = socket.inet_ntoa(data[12:16])
+            icmp = data[ihl:]
+            if len(icmp) < 8:
+                return
+            typ, code, _, rid, rseq = struct.unpack("!BBHHH", icmp[:8])
+            if typ == ICMP_ECHOREPLY:
+                if rid != ident or len(icmp) < 12 or struct.unpack("!I", icmp[8:12])[0] != token:
+                    return
+                hit = seqmap[src].pop(rseq, None)
+                if hit is None:
+                    return
+                st, t_sent = hit
+                if peer != st.ip or st.done:
+                    return
+                st.got += 1
+                st.rtts.append(time.monotonic() - t_sent)
+                if st.got >= count:
+                    st.done = True
+            elif typ in (ICMP_DEST_UNREACH, ICMP_TIME_EXCEEDED):
+                inner = icmp[8:]
+                if len(inner) < 28:
+                    return
+                iihl = (inner[0] & 0x0F) * 4
+                idst = socket.inet_ntoa(inner[16:20])
+                ityp, _, _, iid, iseq = struct.unpack("!BBHHH", inner[iihl:iihl + 8])
+                if ityp != ICMP_ECHO or iid != ident:
+                    return
+                hit = seqmap[src].get(iseq)
+                if hit is None or hit[0].ip != idst or hit[0].done:
+                    return
+                st = hit[0]
+                what = (_UNREACH.get(code, f"destination unreachable (code {code})")
+                        if typ == ICMP_DEST_UNREACH else "time to live exceeded")
+                st.error = f"{what} (ICMP from {peer})"
+                st.done = True
+
+        t0 = time.monotonic()
+        deadline = t0 + timeout
+        interval = timeout / (retries + 1)
+        next_round, rounds = t0, 0
+        remaining = len(states)
+        while True:
+            now = time.monotonic()
+            if rounds <= retries and now >= next_round:
+                enqueue_round()
+                rounds += 1
+                next_round = t0 + rounds * interval
+            if queue:
+                flush_queue()
+            remaining = sum(1 for st in states.values() if not st.done)
+            now = time.monotonic()
+            if remaining == 0 or now >= deadline:
+                break
+            wait = min(deadline, next_round if rounds <= retries else deadline) - now
+            if queue:
+                wait = min(wait, 0.001)
+            for fd, _ in ep.poll(max(0.0, wait)):
+                src, ident = fd_src[fd]
+                s = socks[src]
+                while True:
+                    try:
+                        data = s.recv(2048)
+                    except (BlockingIOError, InterruptedError):
+                        break
+                    except OSError:
+                        break
+                    handle(src, ident, data)
+        elapsed = time.monotonic() - t0
+        failed = any(not st.done or st.error for st in states.values())
+        if failed and arp_cache_stats().get("table_fulls", 0) > fulls_before:
+            raise NeighbourTableFull(
+                "the kernel's neighbour table overflowed during the probe, so blocked cells may "
+                "be false: raise net.ipv4.neigh.default.gc_thresh3 (see ensure_neighbour_capacity)")
+        out: dict[Pair, ProbeResult] = {}
+        for p, st in states.items():
+            rtt = sum(st.rtts) / len(st.rtts) if st.rtts else None
+            if st.got >= count:
+                what = (f"reply from {st.ip} in {_ms(rtt)}" if count == 1 else
+                        f"{st.got} replies from {st.ip}, avg {_ms(rtt)}")
+                out[p] = ProbeResult(True, what, "reply", rtt_ms=rtt * 1000 if rtt else None)
+            elif st.error:
+                reason = "unreachable"
+                out[p] = ProbeResult(False, st.error, reason)
+            else:
+                extra = f", {st.got} of {count} replies" if st.got else ""
+                out[p] = ProbeResult(False, f"timeout after {_fmt_s(round(elapsed, 2))} "
+                                     f"({st.sent} echo requests to {st.ip}{extra})", "timeout")
+        return out
+    finally:
+        ep.close()
+        _close_all(socks.values())
+        restore()
+
+
+def ping_matrix(sources: Mapping[str, NsLike], targets: Mapping[str, str], count: int = 1,
+                timeout: float = 1.0, retries: int = 2, pairs: Iterable[Pair] | None = None,
+                adjust_neighbours: bool = True) -> dict[Pair, bool]:
+    """Like ``ping_results`` but only reachable or not, per (source, target)."""
+    res = ping_results(sources, targets, count=count, timeout=timeout, retries=retries,
+                       pairs=pairs, adjust_neighbours=adjust_neighbours)
+    return {p: r.ok for p, r in res.items()}
+
+
+def ping(src: NsLike, ip: str, timeout: float = 1.0, count: int = 1) -> ProbeResult:
+    return ping_results({"src": src}, {"dst": ip}, count=count, timeout=timeout,
+                        pairs=[("src", "dst")])[("src", "dst")]
+
+
+# ---------------------------------------------------------------------------------------------
+# echo marker
+
+
+MARKER = b"cnmlab-echo"
+
+
+def make_marker(server: str, peer: tuple[str, int]) -> bytes:
+    return b"%s %s %s:%d\n" % (MARKER, server.encode(), peer[0].encode(), peer[1])
+
+
+def parse_marker(line: bytes) -> tuple[str, str] | None:
+    """``(server name, "ip:port" it saw)`` from an EchoServer's first line, else None."""
+    parts = line.strip().split(b" ")
+    if len(parts) == 3 and parts[0] == MARKER:
+        return parts[1].decode(errors="replace"), parts[2].decode(errors="replace")
+    return None
+
+
+def _errno_reason(err: int) -> tuple[str, str]:
+    if err == errno.ECONNREFUSED:
+        return "refused", "connection refused"
+    if err in (errno.EHOSTUNREACH, errno.ENETUNREACH):
+        return "unreachable", os.strerror(err).lower()
+    if err == errno.ETIMEDOUT:
+        return "timeout", "connection timed out"
+    return "error", os.strerror(err).lower()
+
+
+# ---------------------------------------------------------------------------------------------
+# TCP
+
+
+@dataclass
+class _TcpState:
+    pair: Pair
+    addr: tuple[str, int]
+    sock: socket.socket
+    stage: str = "connecting"   # connecting, marker, echo, done
+    t0: float = 0.0
+    rtt: float | None = None
+    buf: bytes = b""
+    nonce: bytes = b""
+    result: ProbeResult | None = None
+
+
+def tcp_matrix(sources: Mapping[str, NsLike], targets: Mapping[str, tuple[str, int]],
+               timeout: float = 1.0, echo: bool = False,
+               pairs: Iterable[Pair] | None = None) -> dict[Pair, ProbeResult]:
+    """Non-blocking TCP connects from every source to every ``(ip, port)`` target, together.
+
+    ``ok`` means the handshake completed (reason ``connected``). With ``echo=True`` the target
+    must be an ``EchoServer``: the probe reads its marker line, sends a nonce and waits for it
+    to come back, and the result says which server answered and the address it saw
+    (``server``, ``seen_as``). Failures: ``refused`` (RST), ``unreachable`` (ICMP error),
+    ``timeout`` (nothing before ``timeout``).
+    """
+    refs = _refs(sources)
+    todo = _pairs(refs, targets, pairs)
+    by_src: dict[str, list[Pair]] = {}
+    for p in todo:
+        by_src.setdefault(p[0], []).append(p)
+    states: dict[int, _TcpState] = {}
+    ep = select.epoll()
+    try:
+        for src, plist in by_src.items():
+            for p, s in zip(plist, _make_sockets(refs[src], len(plist), socket.AF_INET,
+                                                  socket.SOCK_STREAM)):
+                states[s.fileno()] = _TcpState(p, tuple(targets[p[1]]), s)  # type: ignore[arg-type]
+        t0 = time.monotonic()
+        deadline = t0 + timeout
+        for fd, st in states.items():
+            st.t0 = time.monotonic()
+            err = st.sock.connect_ex(st.addr)
+            if err in (0, errno.EINPROGRESS):
+                ep.register(fd, select.EPOLLOUT)
+            else:
+                reason, text = _errno_reason(err)
+                st.result = ProbeResult(False, f"{text} ({st.addr[0]}:{st.addr[1]})", reason)
+                st.stage = "done"
+
+        def finish(st: _TcpState, res: ProbeResult) -> None:
+            st.result = res
+            st.stage = "done"
+            try:
+                ep.unregister(st.sock.fileno())
+            except OSError:
+                pass
+
+        def on_event(st: _TcpState, ev: int) -> None:
+            ip, port = st.addr
+            if st.stage == "connecting":
+                err = st.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+                if err:
+                    reason, text = _errno_reason(err)
+                    finish(st, ProbeResult(False, f"{text} ({ip}:{port})", reason))
+                    return
+                st.rtt = time.monotonic() - st.t0
+                if not echo:
+                    finish(st, ProbeResult(True, f"connected to {ip}:{port} in {_ms(st.rtt)}",
+                                           "connected", rtt_ms=st.rtt * 1000))
+                    return
+                st.stage = "marker"
+                st.nonce = b"cnmlab-probe %08x\n" % random.getrandbits(32)
+                ep.modify(st.sock.fileno(), select.EPOLLIN)
+                return
+            try:
+                data = st.sock.recv(4096)
+            except BlockingIOError:
+                return
+            except OSError as e:
+                reason, text = _errno_reason(e.errno or 0)
+                finish(st, ProbeResult(False, f"connected, then {text}", reason))
+                return
+            if not data:
+                finish(st, ProbeResult(False, f"connected to {ip}:{port}, closed before echo",
+                                       "error", reply=st.buf))
+                return
+            st.buf += data
+            if st.stage == "marker" and b"\n" in st.buf:
+                line, st.buf = st.buf.split(b"\n", 1)
+                mk = parse_marker(line)
+                if mk is None:
+                    finish(st, ProbeResult(False, f"connected to {ip}:{port}, not an echo "
+                                           f"server (got {line[:40]!r})", "error", reply=line))
+                    return
+                st.result = ProbeResult(False, "", server=mk[0], seen_as=mk[1])
+                st.stage = "echo"
+                st.sock.send(st.nonce)
+            if st.stage == "echo" and st.nonce in st.buf:
+                assert st.result is not None
+                finish(st, ProbeResult(
+                    True, f"echo from {st.result.server} at {ip}:{port} in {_ms(st.rtt or 0)}, "
+                    f"seen as {st.result.seen_as}", "reply", rtt_ms=(st.rtt or 0) * 1000,
+                    server=st.result.server, seen_as=st.result.seen_as, reply=st.nonce))
+
+        while True:
+            pending = [st for st in states.values() if st.stage != "done"]
+            now = time.monotonic()
+            if not pending or now >= deadline:
+                break
+            for fd, ev in ep.poll(deadline - now):
+                st = states[fd]
+                if st.stage != "done":
+                    on_event(st, ev)
+        out: dict[Pair, ProbeResult] = {}
+        for st in states.values():
+            if st.stage == "done" and st.result is not None:
+                out[st.pair] = st.result
+            else:
+                ip, port = st.addr
+                where = ("connecting to" if st.stage == "connecting"
+                         else "waiting for the echo from")
+                out[st.pair] = ProbeResult(False, f"timeout after {_fmt_s(timeout)} {where} "
+                                           f"{ip}:{port}", "timeout")
+        return out
+    finally:
+        ep.close()
+        _close_all(st.sock for st in states.values())
+
+
+def tcp_connect(src: NsLike, ip: str, port: int, timeout: float = 1.0,
+                echo: bool = False) -> ProbeResult:
+    return tcp_matrix({"src": src}, {"dst": (ip, port)}, timeout=timeout, echo=echo,
+                      pairs=[("src", "dst")])[("src", "dst")]
+
+
+# ---------------------------------------------------------------------------------------------
+# UDP
+
+
+def udp_matrix(sources: Mapping[str, NsLike], targets: Mapping[str, tuple[str, int]],
+               timeout: float = 1.0, retries: int = 2,
+               pairs: Iterable[Pair] | None = None) -> dict[Pair, ProbeResult]:
+    """A datagram with a nonce from every source to every ``(ip, port)`` echo service.
+
+    ``ok`` when the nonce comes back (from an ``EchoServer``, whose marker fills ``server`` and
+    ``seen_as``). An ICMP port unreachable is ``refused``; silence until ``timeout`` (the
+    datagram is re-sent ``retries`` times within it) is ``timeout``.
+    """
+    refs = _refs(sources)
+    todo = _pairs(refs, targets, pairs)
+    by_src: dict[str, list[Pair]] = {}
+    for p in todo:
+        by_src.setdefault(p[0], []).append(p)
+    socks: dict[int, tuple[Pair, socket.socket]] = {}
+    results: dict[Pair, ProbeResult] = {}
+    ep = select.epoll()
+    try:
+        for src, plist in by_src.items():
+            for p, s in zip(plist, _make_sockets(refs[src], len(plist), socket.AF_INET,
+                                                  socket.SOCK_DGRAM)):
+                socks[s.fileno()] = (p, s)
+        nonces: dict[int, bytes] = {}
+        sent_at: dict[int, float] = {}
+        for fd, (p, s) in socks.items():
+            ip, port = targets[p[1]]
+            err = s.connect_ex((ip, port))
+            if err:
+                reason, text = _errno_reason(err)
+                results[p] = ProbeResult(False, f"{text} ({ip}:{port})", reason)
+                continue
+            nonces[fd] = b"cnmlab-probe %08x\n" % random.getrandbits(32)
+            ep.register(fd, select.EPOLLIN)
+        t0 = time.monotonic()
+        deadline = t0 + timeout
+        interval = timeout / (retries + 1)
+        rounds, next_round = 0, t0
+        while True:
+            now = time.monotonic()
+            open_fds = [fd for fd, (p, _) in socks.items() if p not in results]
+            if not open_fds or now >= deadline:
+                break
+            if rounds <= retries and now >= next_round:
+                for fd in open_fds:
+                    p, s = socks[fd]
+                    try:
+                        s.send(nonces[fd])
+                        sent_at.setdefault(fd, time.monotonic())
+                    except BlockingIOError:
+                        pass
+                    except OSError as e:
+                        reason, text = _errno_reason(e.errno or 0)
+                        ip, port = targets[p[1]]
+                        results[p] = ProbeResult(False, f"{text} ({ip}:{port})", reason)
+                rounds += 1
+                next_round = t0 + rounds * interval
+            wait = min(deadline, next_round if rounds <= retries else deadline) - time.monotonic()
+            for fd, _ in ep.poll(max(0.0, wait)):
+                p, s = socks[fd]
+                if p in results:
+                    continue
+                ip, port = targets[p[1]]
+                try:
+                    data = s.recv(65535)
+                except BlockingIOError:
+                    continue
+                except OSError as e:
+                    reason, text = _errno_reason(e.errno or 0)
+                    if reason == "refused":
+                        text = "port unreachable (nothing listening)"
+                    results[p] = ProbeResult(False, f"{text} ({ip}:{port})", reason)
+                    continue
+                if nonces[fd] not in data:
+                    continue
+                rtt = time.monotonic() - sent_at.get(fd, t0)
+                line = data.split(b"\n", 1)[0]
+                mk = parse_marker(line)
+                server, seen = mk if mk else (None, None)
+                who = f"echo from {server} at {ip}:{port}" if server else f"echo from {ip}:{port}"
+                tail = f", seen as {seen}" if seen else ""
+                results[p] = ProbeResult(True, f"{who} in {_ms(rtt)}{tail}", "reply",
+                                         rtt_ms=rtt * 1000, server=server, seen_as=seen,
+                                         reply=data)
+        for fd, (p, _) in socks.items():
+            if p not in results:
+                ip, port = targets[p[1]]
+                results[p] = ProbeResult(False, f"timeout after {_fmt_s(timeout)}: no echo from "
+                                         f"{ip}:{port}", "timeout")
+        return results
+    finally:
+        ep.close()
+        _close_all(s for _, s in socks.values())
+
+
+def udp_probe(src: NsLike, ip: str, port: int, timeout: float = 1.0,
+              retries: int = 2) -> ProbeResult:
+    return udp_matrix({"src": src}, {"dst": (ip, port)}, timeout=timeout, retries=retries,
+                      pairs=[("src", "dst")])[("src", "dst")]
+
+
+# ---------------------------------------------------------------------------------------------
+# echo server
+
+
+class EchoServer:
+    """A TCP or UDP echo service listening inside a namespace, served by a thread of ours.
+
+    Each TCP connection first receives ``cnmlab-echo <name> <peer-ip>:<peer-port>\\n`` and then
+    gets back whatever it sends; each UDP datagram is answered with that line followed by the
+    datagram. So a probe learns which server answered and the source address the server saw
+    (after any NAT on the way). ``port=0`` picks a free port (see ``.port``).
+    """
+
+    def __init__(self, ns: NsLike, proto: str = "tcp", port: int = 0, bind: str = "0.0.0.0",
+                 name: str | None = None) -> None:
+        if proto not in ("tcp", "udp"):
+            raise ValueError("proto must be 'tcp' or 'udp'")
+        self.ref = NsRef.of(ns)
+        self.proto = proto
+        self.bind = bind
+        self.port = port
+        self.name = (name or self.ref.name or
+                     (f"pid{self.ref.pid}" if self.ref.pid else os.path.basename(self.ref.path or "")))
+        self.name = self.name.replace(" ", "_") or "echo"
+        self._sock: socket.socket | None = None
+        self._thread: threading.Thread | None = None
+        self._wake_r, self._wake_w = -1, -1
+        self.served = 0
+
+    def start(self) -> "EchoServer":
+        kind = socket.SOCK_STREAM if self.proto == "tcp" else socket.SOCK_DGRAM
+
+        def setup(s: socket.socket) -> None:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+
+        sock = _make_sockets(self.ref, 1, socket.AF_INET, kind, 0, setup)[0]
+        try:
+            sock.bind((self.bind, self.port))
+            if self.proto == "tcp":
+                sock.listen(128)
+        except OSError as e:
+            sock.close()
+            raise ProbeError(f"echo server {self.name}: cannot listen on {self.bind}:"
+                             f"{self.port}/{self.proto} in {self.ref}: {e.strerror}") from None
+        self.port = sock.getsockname()[1]
+        self._sock = sock
+        self._wake_r, self._wake_w = os.pipe()
+        self._thread = threading.Thread(target=self._serve, name=f"echo-{self.name}",
+                                        daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self._thread is not None:
+            os.write(self._wake_w, b"x")
+            self._thread.join(timeout=5)
+            self._thread = None
+        for fd in (self._wake_r, self._wake_w):
+            if fd >= 0:
+                os.close(fd)
+        self._wake_r = self._wake_w = -1
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+
+    def __enter__(self) -> "EchoServer":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _serve(self) -> None:
+        assert self._sock is not None
+        sel = selectors.DefaultSelector()
+        conns: dict[socket.socket, bytearray] = {}
+        sel.register(self._wake_r, selectors.EVENT_READ, "wake")
+        sel.register(self._sock, selectors.EVENT_READ, "listen")
+
+        def drop(c: socket.socket) -> None:
+            sel.unregister(c)
+            conns.pop(c, None)
+            c.close()
+
+        def want(c: socket.socket) -> None:
+            ev = selectors.EVENT_READ | (selectors.EVENT_WRITE if conns[c] else 0)
+            sel.modify(c, ev, "conn")
+
+        try:
+            while True:
+                for key, ev in sel.select():
+                    if key.data == "wake":
+                        return
+                    if key.data == "listen" and self.proto == "udp":
+                        try:
+                            data, peer = self._sock.recvfrom(65535)
+                            self._sock.sendto(make_marker(self.name, peer) + data, peer)
+                            self.served += 1
+                        except OSError:
+                            pass
+                    elif key.data == "listen":
+                        try:
+                            c, peer = self._sock.accept()
+                        except OSError:
+                            continue
+                        c.setblocking(False)
+                        conns[c] = bytearray(make_marker(self.name, peer))
+                        sel.register(c, selectors.EVENT_READ | selectors.EVENT_WRITE, "conn")
+                        self.served += 1
+                    else:
+                        c = key.fileobj  # type: ignore[assignment]
+                        try:
+                            if ev & selectors.EVENT_READ:
+                                data = c.recv(65536)
+                                if not data:
+                                    drop(c)
+                                    continue
+                                conns[c] += data
+                            if conns[c]:
+                                n = c.send(conns[c])
+                                del conns[c][:n]
+                            want(c)
+                        except BlockingIOError:
+                            want(c)
+                        except OSError:
+                            drop(c)
+        finally:
+            for c in list(conns):
+                c.close()
+            sel.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# DNS
+
+
+_RCODES = {1: "FORMERR", 2: "SERVFAIL", 3: "NXDOMAIN", 4: "NOTIMP", 5: "REFUSED"}
+
+
+def build_dns_query(name: str, qid: int, qtype: int = 1) -> bytes:
+    """A minimal DNS query: one question, recursion desired."""
+    q = b""
+    for label in name.rstrip(".").split("."):
+        raw = label.encode("idna") if label else b""
+        if not raw or len(raw) > 63:
+            raise ValueError(f"bad DNS name {name!r}")
+        q += bytes([len(raw)]) + raw
+    return struct.pack("!HHHHHH", qid, 0x0100, 1, 0, 0, 0) + q + b"\0" + struct.pack("!HH", qtype, 1)
+
+
+def _skip_name(msg: bytes, i: int) -> int:
+    while True:
+        if i >= len(msg):
+            raise ValueError("truncated name")
+        n = msg[i]
+        if n == 0:
+            return i + 1
+        if n & 0xC0 == 0xC0:
+            return i + 2
+        i += 1 + n
+
+
+def parse_dns_response(msg: bytes, qid: int) -> tuple[int, list[str]]:
+    """(rcode, IPv4 addresses of the A records in the answer section)."""
+    if len(msg) < 12:
+        raise ValueError("short DNS message")
+    rid, flags, qd, an, _, _ = struct.unpack("!HHHHHH", msg[:12])
+    if rid != qid or not flags & 0x8000:
+        raise ValueError("not a response to this query")
+    i = 12
+    for _ in range(qd):
+        i = _skip_name(msg, i) + 4
+    addrs = []
+    for _ in range(an):
+        i = _skip_name(msg, i)
+        typ, cls, _, rdlen = struct.unpack("!HHIH", msg[i:i + 10])
+        i += 10
+        if typ == 1 and cls == 1 and rdlen == 4:
+            addrs.append(socket.inet_ntoa(msg[i:i + 4]))
+        i += rdlen
+    return flags & 0x0F, addrs
+
+
+def dns_query(src: NsLike, name: str, server_ip: str, timeout: float = 1.0, port: int = 53,
+              retries: int = 1) -> list[str]:
+    """Resolve ``name`` (A records) by asking ``server_ip`` from inside ``src``'s namespace.
+
+    Returns the addresses (possibly empty: the name exists without A records). Raises
+    ``DnsNameError`` for NXDOMAIN, ``DnsTimeout`` when no answer came within ``timeout``
+    (re-asking ``retries`` times within it), and ``DnsError`` for other failures.
+    """
+    ref = NsRef.of(src)
+    qid = random.getrandbits(16)
+    query = build_dns_query(name, qid)
+    s = _make_sockets(ref, 1, socket.AF_INET, socket.SOCK_DGRAM)[0]
+    try:
+        err = s.connect_ex((server_ip, port))
+        if err:
+            raise DnsError(f"dns {name} @{server_ip}: {os.strerror(err).lower()}")
+        t0 = time.monotonic()
+        deadline = t0 + timeout
+        interval = timeout / (retries + 1)
+        for attempt in range(retries + 1):
+            try:
+                s.send(query)
+            except OSError as e:
+                raise DnsError(f"dns {name} @{server_ip}: cannot send: {e.strerror}") from None
+            round_end = min(deadline, t0 + (attempt + 1) * interval)
+            while True:
+                left = round_end - time.monotonic()
+                if left <= 0:
+                    break
+                r, _, _ = select.select([s], [], [], left)
+                if not r:
+                    break
+                try:
+                    msg = s.recv(4096)
+                except BlockingIOError:
+                    continue
+                except ConnectionRefusedError:
+                    raise DnsError(f"dns {name} @{server_ip}:{port}: port unreachable "
+                                   "(no DNS server listening)") from None
+                except OSError as e:
+                    raise DnsError(f"dns {name} @{server_ip}: {e.strerror}") from None
+                try:
+                    rcode, addrs = parse_dns_response(msg, qid)
+                except (ValueError, struct.error):
+                    continue
+                if rcode == 3:
+                    raise DnsNameError(f"dns {name} @{server_ip}: NXDOMAIN (no such name)")
+                if rcode:
+                    raise DnsError(f"dns {name} @{server_ip}: {_RCODES.get(rcode, rcode)}")
+                return addrs
+        raise DnsTimeout(f"dns {name} @{server_ip}: no answer after {_fmt_s(timeout)}")
+    finally:
+        s.close()
+
+
+def dns_probe(src: NsLike, name: str, server_ip: str, timeout: float = 1.0,
+              port: int = 53) -> ProbeResult:
+    """``dns_query`` as a ProbeResult (ok when at least one address came back)."""
+    try:
+        addrs = dns_query(src, name, server_ip, timeout=timeout, port=port)
+    except DnsNameError as e:
+        return ProbeResult(False, str(e), "nxdomain")
+    except DnsTimeout as e:
+        return ProbeResult(False, str(e), "timeout")
+    except DnsError as e:
+        return ProbeResult(False, str(e), "error")
+    if not addrs:
+        return ProbeResult(False, f"dns {name} @{server_ip}: no A records", "error")
+    return ProbeResult(True, f"{name} -> {', '.join(addrs)}", "reply")

@@ -1,0 +1,53 @@
+"""``cnmlab clean``: remove every cnmlab object on the machine, and nothing else.
+
+It works from the state files alone (namespaces are recorded before they are created), so it
+also cleans up after a ``kill -9``. Everything a lab made lives inside its namespaces, so
+deleting them (after stopping their processes) removes links, routes and rules with them.
+"""
+from __future__ import annotations
+
+import json
+import os
+
+from cnmlab import neigh, state
+from cnmlab.lab import teardown
+from cnmlab.model import LabState
+
+
+def clean() -> list[str]:
+    """Tear down every recorded lab; return the namespaces removed."""
+    removed: list[str] = []
+    for name in state.names():
+        try:
+            lab_state = state.load(name)
+        except (json.JSONDecodeError, TypeError, KeyError):
+            lab_state = _salvage(name)
+        removed += teardown(name, lab_state)
+    for extra in _cleanup_hooks():
+        removed += extra()
+    if not state.names():
+        neigh.release_all()
+    return removed
+
+
+def _salvage(name: str) -> LabState | None:
+    """A damaged state file: keep at least the namespace list, which is all teardown needs."""
+    try:
+        with open(os.path.join(state.STATE_DIR, f"{name}.json")) as f:
+            data = json.load(f)
+        return LabState(name=name, namespaces=list(data.get("namespaces", [])))
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def _cleanup_hooks() -> list:  # type: ignore[type-arg]
+    """Other things cnmlab may have started (real Docker daemons for conformance runs)."""
+    hooks = []
+    try:
+        from cnmlab.checks import dockerd
+
+        if hasattr(dockerd, "clean_all"):
+            hooks.append(dockerd.clean_all)
+    except ImportError:
+        pass
+    return hooks

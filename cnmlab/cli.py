@@ -1,0 +1,209 @@
+"""The ``cnmlab`` command. User errors print one line and exit 1; no tracebacks."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+
+from cnmlab import state
+from cnmlab.errors import CnmError, InvalidInput, NotRootError, ObjectNotFound
+
+
+def _need_root() -> None:
+    if os.geteuid() != 0:
+        raise NotRootError("cnmlab needs root to create namespaces and links: run it with sudo")
+
+
+def resolve(target: str) -> tuple[str, str]:
+    """``LAB/NAME`` or a bare ``NAME`` (a sandbox, host or ``upstream`` of a running lab)."""
+    from cnmlab.lab import Lab
+
+    if "/" in target:
+        lab_name, name = target.split("/", 1)
+        return lab_name, Lab.open(lab_name).netns_of(name)
+    found = []
+    for lab_name in state.names():
+        lab = Lab.open(lab_name)
+        try:
+            found.append((lab_name, lab.netns_of(target)))
+        except CnmError:
+            pass
+        finally:
+            lab.close()
+    if not found:
+        raise ObjectNotFound(f"no sandbox or host named {target!r} in a running lab "
+                             f"(see 'cnmlab ls')")
+    if len(found) > 1:
+        raise InvalidInput(f"{target!r} is in several labs ({', '.join(f[0] for f in found)}): "
+                           f"write LAB/{target}")
+    return found[0]
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from cnmlab import spec
+
+    topo = spec.load(args.file, args.name)
+    _need_root()
+    lab = spec.build(topo)
+    print(f"lab {lab.name} is up: {len(lab.hosts())} host(s), "
+          f"{sum(1 for _ in lab.sandboxes())} sandbox(es). 'cnmlab inspect {lab.name}' shows it.")
+    lab.close()
+    return 0
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    from cnmlab.lab import Lab
+
+    _need_root()
+    Lab.open(args.name).down()
+    print(f"lab {args.name} removed")
+    return 0
+
+
+def cmd_ls(args: argparse.Namespace) -> int:
+    from cnmlab.lab import Lab
+
+    rows = []
+    for name in state.names():
+        lab = Lab.open(name)
+        rows.append({"name": name, "hosts": [h.name for h in lab.hosts()],
+                     "sandboxes": [s.name for s in lab.sandboxes()],
+                     "namespaces": len(lab.state.namespaces)})
+        lab.close()
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    elif not rows:
+        print("no lab is running")
+    else:
+        for r in rows:
+            print(f"{r['name']:<20} hosts: {', '.join(r['hosts']) or '-'}   "
+                  f"sandboxes: {', '.join(r['sandboxes']) or '-'}")
+    return 0
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from cnmlab import report
+    from cnmlab.lab import Lab
+
+    _need_root()
+    lab = Lab.open(args.name)
+    data = report.inspect(lab)
+    lab.close()
+    print(json.dumps(data, indent=2) if args.json else report.render_text(data))
+    return 0
+
+
+def _exec_in(target: str, argv: list[str]) -> int:
+    from cnmlab.nsexec import shell_argv
+
+    _need_root()
+    _, ns = resolve(target)
+    os.execvp("ip", shell_argv(ns, argv))
+    return 0  # not reached
+
+
+def cmd_exec(args: argparse.Namespace) -> int:
+    argv = [a for a in args.argv if a != "--"] if args.argv[:1] == ["--"] else args.argv
+    if not argv:
+        raise InvalidInput("exec needs a command: cnmlab exec SANDBOX -- CMD ...")
+    return _exec_in(args.target, argv)
+
+
+def cmd_shell(args: argparse.Namespace) -> int:
+    lab_name, ns = resolve(args.target)
+    name = args.target.split("/")[-1]
+    os.environ["PS1"] = f"[{lab_name}/{name}] \\w # "
+    return _exec_in(args.target, [os.environ.get("CNMLAB_SHELL", "bash"), "--norc", "-i"])
+
+
+def cmd_clean(args: argparse.Namespace) -> int:
+    from cnmlab.clean import clean
+
+    _need_root()
+    removed = clean()
+    print(f"removed {len(removed)} namespace(s)" + (f": {' '.join(removed)}" if removed else ""))
+    return 0
+
+
+def cmd_features(args: argparse.Namespace) -> int:
+    from cnmlab import features
+
+    _need_root()
+    found = features.probe_all()
+    if args.json:
+        print(json.dumps(found, indent=2))
+    else:
+        for name, ok in found.items():
+            print(f"{name:<12} {'yes' if ok else 'NO '}  {features.DESCRIPTIONS.get(name, '')}")
+    return 0
+
+
+def cmd_tui(args: argparse.Namespace) -> int:
+    try:
+        from cnmlab.tui.app import run
+    except ImportError as e:
+        raise CnmError(f"the workshop app is not available: {e}") from None
+    return run()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="cnmlab", description="Docker networking, rebuilt from "
+                                "real kernel objects. With no command: the workshop app.")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    def add(name: str, fn: Callable[[argparse.Namespace], int], help: str) -> argparse.ArgumentParser:
+        sp = sub.add_parser(name, help=help, description=help)
+        sp.set_defaults(func=fn)
+        return sp
+
+    sp = add("up", cmd_up, "build a topology from a YAML file")
+    sp.add_argument("file")
+    sp.add_argument("--name", help="lab name (default: the file's 'name')")
+    add("down", cmd_down, "tear a running lab down").add_argument("name")
+    add("ls", cmd_ls, "list running labs").add_argument("--json", action="store_true")
+    sp = add("inspect", cmd_inspect, "show a lab's hosts, networks and sandboxes")
+    sp.add_argument("name")
+    sp.add_argument("--json", action="store_true")
+    sp = add("exec", cmd_exec, "run a command in a sandbox or host: exec NAME -- CMD")
+    sp.add_argument("target", metavar="NAME")
+    sp.add_argument("argv", nargs=argparse.REMAINDER)
+    add("shell", cmd_shell, "open a shell in a sandbox or host").add_argument("target",
+                                                                              metavar="NAME")
+    add("clean", cmd_clean, "remove every cnmlab object left on this machine")
+    add("features", cmd_features, "which kernel features this machine has").add_argument(
+        "--json", action="store_true")
+    add("tui", cmd_tui, "open the workshop app (the default)")
+    for extra in _extensions():
+        extra(sub)
+    return p
+
+
+def _extensions() -> list[Callable[[argparse._SubParsersAction], None]]:  # type: ignore[type-arg]
+    """Subcommands owned by other packages (labs, checks) register themselves here."""
+    found = []
+    for mod_name in ("cnmlab.labcli", "cnmlab.checks.cli"):
+        try:
+            mod = __import__(mod_name, fromlist=["register"])
+        except ImportError:
+            continue
+        found.append(mod.register)
+    return found
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    func = getattr(args, "func", cmd_tui)
+    try:
+        return func(args) or 0
+    except CnmError as e:
+        print(f"cnmlab: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

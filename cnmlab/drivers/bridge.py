@@ -1,0 +1,113 @@
+"""The bridge driver: a Linux bridge per network, a veth per endpoint, NAT by the host firewall.
+
+Names and defaults follow Docker: the default network's device is ``docker0``; user-defined
+networks get ``br-<first 12 hex of the network ID>`` unless ``com.docker.network.bridge.name``
+says otherwise; endpoints are veth pairs whose host end is ``veth`` + 7 hex characters; the MAC
+is ``02:42`` followed by the IPv4 address bytes (Docker before v28). The firewall rules are not
+written here: the controller re-renders the host's whole ruleset after every change.
+"""
+from __future__ import annotations
+
+import ipaddress
+import secrets
+from typing import TYPE_CHECKING
+
+from cnmlab import proxy
+from cnmlab.driverapi import LOCAL, Capability, JoinInfo
+from cnmlab.errors import InvalidInput, ObjectNotFound
+
+if TYPE_CHECKING:
+    from cnmlab.controller import HostContext
+    from cnmlab.model import Endpoint, Network, Sandbox
+
+OPT_NAME = "com.docker.network.bridge.name"
+OPT_ICC = "com.docker.network.bridge.enable_icc"
+OPT_MASQ = "com.docker.network.bridge.enable_ip_masquerade"
+OPT_MTU = "com.docker.network.driver.mtu"
+OPT_BINDING = "com.docker.network.bridge.host_binding_ipv4"
+
+
+def veth_name() -> str:
+    return "veth" + secrets.token_hex(4)[:7]
+
+
+def docker_mac(ip: str) -> str:
+    """``02:42:ac:11:00:02`` for 172.17.0.2: Docker's MAC before v28."""
+    raw = ipaddress.IPv4Address(ip.split("/")[0]).packed
+    return "02:42:" + ":".join(f"{b:02x}" for b in raw)
+
+
+class BridgeDriver:
+    name = "bridge"
+    capability = Capability(data_scope=LOCAL, connectivity_scope=LOCAL,
+                            kernel_features=("veth", "bridge", "iptables"))
+
+    def create_network(self, ctx: HostContext, net: Network) -> None:
+        device = net.options.get(OPT_NAME) or f"br-{net.id[:12]}"
+        if len(device) > 15:
+            raise InvalidInput(f"{OPT_NAME}: interface name {device!r} is longer than 15 "
+                               f"characters")
+        if OPT_MTU in net.options:
+            try:
+                net.mtu = int(net.options[OPT_MTU])
+            except ValueError:
+                raise InvalidInput(f"{OPT_MTU}: {net.options[OPT_MTU]!r} is not a number") from None
+            if not 68 <= net.mtu <= 65535:
+                raise InvalidInput(f"{OPT_MTU}: {net.mtu} is outside 68..65535")
+        if ctx.nl.has_link(device):
+            raise InvalidInput(f"bridge device {device} already exists on host {ctx.host.name}")
+        net.device = device
+        ctx.nl.add_bridge(device, mtu=net.mtu)
+        ctx.undo(lambda: ctx.nl.delete_link(device))
+        prefix = ipaddress.IPv4Network(net.subnet or "").prefixlen
+        ctx.nl.add_address(device, f"{net.gateway}/{prefix}")
+        ctx.nl.set_link(device, up=True)
+
+    def delete_network(self, ctx: HostContext, net: Network) -> None:
+        if net.device and ctx.nl.has_link(net.device):
+            ctx.nl.delete_link(net.device)
+
+    def create_endpoint(self, ctx: HostContext, net: Network, ep: Endpoint) -> None:
+        host_end, container_end = veth_name(), veth_name()
+        ctx.nl.add_veth(host_end, container_end, mtu=net.mtu)
+        ctx.undo(lambda: ctx.nl.delete_link(host_end) if ctx.nl.has_link(host_end) else None)
+        ctx.nl.set_link(host_end, master=net.device, up=True)
+        ep.host_ifname = host_end
+        ep.driver_data["src"] = container_end
+        if ep.ip and not ep.mac:
+            ep.mac = docker_mac(ep.ip)
+
+    def delete_endpoint(self, ctx: HostContext, net: Network, ep: Endpoint) -> None:
+        if ep.host_ifname and ctx.nl.has_link(ep.host_ifname):
+            ctx.nl.delete_link(ep.host_ifname)
+
+    def join(self, ctx: HostContext, net: Network, ep: Endpoint, sb: Sandbox) -> JoinInfo:
+        src = ep.driver_data.get("src")
+        if not src or not ctx.nl.has_link(src):
+            raise ObjectNotFound(f"endpoint {ep.name}: its veth {src} is gone from host "
+                                 f"{ctx.host.name}")
+        return JoinInfo(src_name=src, dst_prefix="eth",
+                        gateway=None if net.internal else net.gateway)
+
+    def leave(self, ctx: HostContext, net: Network, ep: Endpoint, sb: Sandbox) -> None:
+        pass
+
+    # ExtConner: published ports get a userland proxy, as dockerd's docker-proxy.
+    def program_external_connectivity(self, ctx: HostContext, net: Network,
+                                      ep: Endpoint) -> None:
+        binding = net.options.get(OPT_BINDING, "0.0.0.0")
+        for p in ep.ports:
+            key = f"{p.proto}/{p.host_port}"
+            if key in ctx.host.proxies:
+                raise InvalidInput(f"port {p.host_port}/{p.proto} is already published on host "
+                                   f"{ctx.host.name}: Bind for {binding}:{p.host_port} failed: "
+                                   f"port is already allocated")
+            pid = proxy.spawn(ctx.host.netns, p.proto, binding, p.host_port,
+                              (ep.ip or "").split("/")[0], p.container_port)
+            ctx.host.proxies[key] = pid
+            ctx.undo(lambda key=key: proxy.stop(ctx.host.proxies.pop(key, 0)))
+
+    def revoke_external_connectivity(self, ctx: HostContext, net: Network,
+                                     ep: Endpoint) -> None:
+        for p in ep.ports:
+            proxy.stop(ctx.host.proxies.pop(f"{p.proto}/{p.host_port}", 0))

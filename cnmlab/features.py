@@ -1,0 +1,107 @@
+"""Kernel features, probed by trying them in a throwaway namespace (configs lie, kernels differ).
+
+Results are cached per kernel release under the state directory; labs and drivers declare what
+they need and get a one-line ``FeatureMissing`` naming the feature and what to do instead.
+"""
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import subprocess
+
+from cnmlab import netns, state
+from cnmlab.errors import CnmError, FeatureMissing
+from cnmlab.netlink import Netlink
+
+DESCRIPTIONS = {
+    "veth": "veth pairs (every lab)",
+    "bridge": "Linux bridges (bridge driver)",
+    "macvlan": "macvlan links (macvlan driver)",
+    "ipvlan": "ipvlan links (ipvlan driver)",
+    "vxlan": "VXLAN links (overlay driver)",
+    "dummy": "dummy links (a parent-less macvlan/ipvlan network)",
+    "vlan": "802.1Q VLAN sub-interfaces (macvlan/ipvlan trunks)",
+    "ipvs": "IPVS load balancing (service VIPs, routing mesh)",
+    "iptables": "iptables with NAT and addrtype (bridge firewall)",
+    "nftables": "nftables (the nftables firewall backend)",
+}
+REMEDY = ("this kernel lacks it; run the lab in the full-kernel VM (see README) or on a machine "
+          "whose kernel has it")
+
+
+def _link_probe(kind: str, nl: Netlink, **extra: object) -> bool:
+    try:
+        if kind == "veth":
+            nl.add_veth("pv0", "pv1")
+        else:
+            nl.add_link(f"p{kind}"[:15], kind, **extra)
+        return True
+    except CnmError:
+        return False
+
+
+def _probe(name: str, ns: str) -> bool:
+    with Netlink(ns) as nl:
+        if name in ("veth", "bridge", "dummy", "vxlan"):
+            extra = {"vxlan_id": 42} if name == "vxlan" else {}
+            return _link_probe(name, nl, **extra)
+        if name in ("macvlan", "ipvlan", "vlan"):
+            if not nl.has_link("par0"):
+                nl.add_veth("par0", "par1")
+            extra = {"vlan_id": 10} if name == "vlan" else {}
+            return _link_probe(name, nl, link=nl.index("par0"), **extra)
+    if name == "ipvs":
+        with netns.entered(ns):
+            return os.path.exists("/proc/net/ip_vs")
+    if name == "iptables":
+        if not shutil.which("iptables"):
+            return False
+        from cnmlab import nsexec
+
+        r = nsexec.run(ns, ["iptables", "-t", "nat", "-A", "POSTROUTING", "-m", "addrtype",
+                            "--src-type", "LOCAL", "-j", "MASQUERADE"], check=False)
+        return r.returncode == 0
+    if name == "nftables":
+        if not shutil.which("nft"):
+            return False
+        from cnmlab import nsexec
+
+        return nsexec.run(ns, ["nft", "add", "table", "ip", "probe"], check=False).returncode == 0
+    raise FeatureMissing(f"unknown feature {name!r}")
+
+
+def _cache_path() -> str:
+    return os.path.join(state.STATE_DIR, f"_features-{os.uname().release}.json")
+
+
+def probe_all(refresh: bool = False) -> dict[str, bool]:
+    path = _cache_path()
+    if not refresh:
+        try:
+            with open(path) as f:
+                return json.load(f)
+        except (OSError, ValueError):
+            pass
+    ns = f"cnmfeat-{secrets.token_hex(4)}"
+    netns.create(ns)
+    try:
+        found = {name: _probe(name, ns) for name in DESCRIPTIONS}
+    finally:
+        netns.delete(ns)
+    os.makedirs(state.STATE_DIR, exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(found, f)
+    return found
+
+
+def has(name: str) -> bool:
+    return probe_all().get(name, False)
+
+
+def require(names: list[str] | tuple[str, ...], what: str) -> None:
+    missing = [n for n in names if not has(n)]
+    if missing:
+        raise FeatureMissing(f"{what} needs {', '.join(missing)} "
+                             f"({'; '.join(DESCRIPTIONS.get(m, m) for m in missing)}): {REMEDY}")

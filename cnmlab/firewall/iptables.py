@@ -1,0 +1,102 @@
+"""Docker's classic iptables layout (Docker <= 27, Debian's 20.10), rendered from the model.
+
+Rule shapes and order follow libnetwork's bridge driver (``setup_ip_tables.go``,
+``iptables.go``): per-network rules are inserted, so the newest network's rules come first;
+per-port rules are appended. cnmlab runs the userland proxy as Docker does by default, so the
+nat DOCKER chain starts each bridge with ``-i <bridge> -j RETURN`` and same-host hairpin goes
+through the proxy.
+"""
+from __future__ import annotations
+
+from cnmlab import nsexec
+from cnmlab.model import Host, Network
+
+USER_CHAIN = "DOCKER-USER"
+
+
+def bridge_networks(host: Host) -> list[Network]:
+    """Bridge networks of a host, newest first (the order Docker's inserted rules end up in)."""
+    nets = [n for n in host.networks.values() if n.driver == "bridge" and n.device and n.subnet]
+    return sorted(nets, key=lambda n: n.created, reverse=True)
+
+
+def _published(net: Network) -> list[tuple[str, int, int, str]]:
+    out = []
+    for ep in net.endpoints.values():
+        if ep.ip and ep.sandbox:
+            for p in ep.ports:
+                out.append((ep.ip.split("/")[0], p.host_port, p.container_port, p.proto))
+    return out
+
+
+class IptablesFirewall:
+    name = "iptables"
+
+    def render(self, host: Host, user_rules: list[str] | None = None) -> str:
+        nets = bridge_networks(host)
+        f: list[str] = ["*filter", ":INPUT ACCEPT [0:0]", ":FORWARD DROP [0:0]",
+                        ":OUTPUT ACCEPT [0:0]", ":DOCKER - [0:0]",
+                        ":DOCKER-ISOLATION-STAGE-1 - [0:0]", ":DOCKER-ISOLATION-STAGE-2 - [0:0]",
+                        f":{USER_CHAIN} - [0:0]",
+                        f"-A FORWARD -j {USER_CHAIN}", "-A FORWARD -j DOCKER-ISOLATION-STAGE-1"]
+        iso1: list[str] = []
+        iso2: list[str] = []
+        docker_filter: list[str] = []
+        nat_post: list[str] = []
+        nat_hairpin: list[str] = []
+        nat_docker: list[str] = []
+        for net in nets:
+            br = net.device
+            icc = net.option_bool("com.docker.network.bridge.enable_icc", True)
+            icc_rule = f"-A FORWARD -i {br} -o {br} -j {'ACCEPT' if icc else 'DROP'}"
+            if net.internal:
+                iso1 += [f"-A DOCKER-ISOLATION-STAGE-1 ! -s {net.subnet} -o {br} -j DROP",
+                         f"-A DOCKER-ISOLATION-STAGE-1 ! -d {net.subnet} -i {br} -j DROP"]
+                f.append(icc_rule)
+                continue
+            f += [f"-A FORWARD -o {br} -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
+                  f"-A FORWARD -o {br} -j DOCKER",
+                  f"-A FORWARD -i {br} ! -o {br} -j ACCEPT", icc_rule]
+            iso1.append(f"-A DOCKER-ISOLATION-STAGE-1 -i {br} ! -o {br} "
+                        f"-j DOCKER-ISOLATION-STAGE-2")
+            iso2.append(f"-A DOCKER-ISOLATION-STAGE-2 -o {br} -j DROP")
+            if net.option_bool("com.docker.network.bridge.enable_ip_masquerade", True):
+                nat_post.append(f"-A POSTROUTING -s {net.subnet} ! -o {br} -j MASQUERADE")
+            nat_docker.insert(0, f"-A DOCKER -i {br} -j RETURN")
+            for ip, hport, cport, proto in _published(net):
+                docker_filter.append(f"-A DOCKER -d {ip}/32 ! -i {br} -o {br} -p {proto} "
+                                     f"-m {proto} --dport {cport} -j ACCEPT")
+                nat_hairpin.append(f"-A POSTROUTING -s {ip}/32 -d {ip}/32 -p {proto} "
+                                   f"-m {proto} --dport {cport} -j MASQUERADE")
+                nat_docker.append(f"-A DOCKER ! -i {br} -p {proto} -m {proto} --dport {hport} "
+                                  f"-j DNAT --to-destination {ip}:{cport}")
+        f += docker_filter + iso1 + ["-A DOCKER-ISOLATION-STAGE-1 -j RETURN"]
+        f += iso2 + ["-A DOCKER-ISOLATION-STAGE-2 -j RETURN"]
+        f += (user_rules or []) + [f"-A {USER_CHAIN} -j RETURN"]
+        f.append("COMMIT")
+        n = ["*nat", ":PREROUTING ACCEPT [0:0]", ":INPUT ACCEPT [0:0]", ":OUTPUT ACCEPT [0:0]",
+             ":POSTROUTING ACCEPT [0:0]", ":DOCKER - [0:0]",
+             "-A PREROUTING -m addrtype --dst-type LOCAL -j DOCKER",
+             "-A OUTPUT ! -d 127.0.0.0/8 -m addrtype --dst-type LOCAL -j DOCKER"]
+        n += nat_post + nat_hairpin + nat_docker + ["COMMIT"]
+        return "\n".join(f + n) + "\n"
+
+    def user_rules(self, ns: str) -> list[str]:
+        """The DOCKER-USER rules someone added, without the closing RETURN we render."""
+        proc = nsexec.run(ns, ["iptables", "-S", USER_CHAIN], check=False)
+        if proc.returncode != 0:
+            return []
+        rules = [l for l in proc.stdout.splitlines() if l.startswith(f"-A {USER_CHAIN} ")]
+        if rules and rules[-1] == f"-A {USER_CHAIN} -j RETURN":
+            rules.pop()
+        return rules
+
+    def program(self, host: Host) -> None:
+        if host.firewall == "manual":
+            return
+        text = self.render(host, self.user_rules(host.netns))
+        nsexec.run(host.netns, ["iptables-restore"], input=text)
+
+    def dump(self, ns: str) -> str:
+        return (nsexec.run(ns, ["iptables", "-S"]).stdout
+                + nsexec.run(ns, ["iptables", "-t", "nat", "-S"]).stdout)

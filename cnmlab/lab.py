@@ -1,0 +1,379 @@
+"""The Python API: a lab is hosts on an upstream "internet", each running Docker-like networks.
+
+    with Lab("demo") as lab:
+        host = lab.add_host("host1")
+        host.network_create("backend", subnet="10.10.0.0/24")
+        web = host.run("web", network="backend", publish=["8080:80/tcp"])
+        db = host.run("db", network="backend")
+        print(web.ip(), lab.upstream_ip)
+
+Every namespace is named ``cnm-<lab>-<name>`` and recorded in the lab's state file before it is
+created; everything else lives inside those namespaces. ``down()`` (or leaving the ``with``)
+removes exactly that, and so does ``cnmlab clean`` after a crash.
+"""
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import subprocess
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from cnmlab import neigh, netns, nsexec, state, sysctl
+from cnmlab.controller import (DEFAULT_BRIDGE_OPTIONS, Controller, remove_etc, setup_namespace)
+from cnmlab.errors import CnmError, InvalidInput, ObjectExists, ObjectNotFound
+from cnmlab.ipam import DefaultIpam
+from cnmlab.model import Endpoint, Host, LabState, Network, PortMapping, Sandbox
+from cnmlab.netlink import Netlink
+
+NS_PREFIX = "cnm-"
+OBJ_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,38}$")
+UPSTREAM = "upstream"
+UPSTREAM_GW = "203.0.113.1"
+UPSTREAM_SERVICES = {"web": "198.51.100.10", "dns": "198.51.100.53"}
+PORT_SPEC = re.compile(r"^(?:(?P<ip>[0-9.]+):)?(?P<host>\d+):(?P<ctr>\d+)(?:/(?P<proto>tcp|udp))?$")
+
+
+def parse_port(spec: str) -> PortMapping:
+    """``8080:80/tcp`` (docker run -p), optionally ``127.0.0.1:8080:80``."""
+    m = PORT_SPEC.match(spec.strip())
+    if not m:
+        raise InvalidInput(f"invalid port mapping {spec!r}: use HOSTPORT:CONTAINERPORT[/tcp|udp]")
+    hp, cp = int(m["host"]), int(m["ctr"])
+    for port in (hp, cp):
+        if not 1 <= port <= 65535:
+            raise InvalidInput(f"invalid port mapping {spec!r}: port {port} is out of range")
+    return PortMapping(host_port=hp, container_port=cp, proto=m["proto"] or "tcp",
+                       host_ip=m["ip"] or "0.0.0.0")
+
+
+def check_name(kind: str, name: str) -> None:
+    if not OBJ_NAME.match(name):
+        raise InvalidInput(f"{kind} name {name!r}: use lowercase letters, digits, '-', '_' or "
+                           f"'.', starting with a letter or digit, at most 39 characters")
+
+
+class SandboxHandle:
+    """A container as a lab sees it: its namespace, its addresses, a way to run commands."""
+
+    def __init__(self, host: "HostHandle", sb: Sandbox) -> None:
+        self.host = host
+        self.model = sb
+
+    @property
+    def name(self) -> str:
+        return self.model.name
+
+    @property
+    def netns(self) -> str:
+        return self.model.netns or self.host.netns
+
+    def endpoints(self) -> list[tuple[Network, Endpoint]]:
+        return self.host.controller.endpoints_of(self.model)
+
+    def ip(self, network: str | None = None) -> str:
+        """The sandbox's address (without prefix) on ``network`` or on its first network."""
+        for net, ep in self.endpoints():
+            if (network is None or net.name == network) and ep.ip:
+                return ep.ip.split("/")[0]
+        if self.model.netns is None and self.host.public_ip:
+            return self.host.public_ip
+        raise ObjectNotFound(f"sandbox {self.name} has no address"
+                             + (f" on network {network}" if network else ""))
+
+    def exec(self, argv: Sequence[str], timeout: float = 30, check: bool = False,
+             input: str | None = None) -> subprocess.CompletedProcess[str]:
+        """Run a command inside the sandbox, with its own resolv.conf and hosts."""
+        try:
+            return subprocess.run(nsexec.shell_argv(self.netns, argv), capture_output=True,
+                                  text=True, timeout=timeout, check=check, input=input)
+        except subprocess.TimeoutExpired:
+            raise CnmError(f"{' '.join(argv)} in {self.name}: no answer after {timeout:g} s") from None
+
+    def __repr__(self) -> str:
+        return f"<sandbox {self.name} on {self.host.name}>"
+
+
+class HostHandle:
+    """A Docker host: a namespace with its own bridges, firewall and sysctls."""
+
+    def __init__(self, lab: "Lab", host: Host) -> None:
+        self.lab = lab
+        self.model = host
+        self.controller = Controller(host, lab._record_ns, lab._save, lab.ns_name)
+
+    @property
+    def name(self) -> str:
+        return self.model.name
+
+    @property
+    def netns(self) -> str:
+        return self.model.netns
+
+    @property
+    def public_ip(self) -> str | None:
+        return self.model.public_ip
+
+    def network_create(self, name: str, driver: str = "bridge", *, subnet: str | None = None,
+                       gateway: str | None = None, ip_range: str | None = None,
+                       internal: bool = False, options: dict[str, Any] | None = None,
+                       icc: bool | None = None, masquerade: bool | None = None,
+                       mtu: int | None = None, bridge_name: str | None = None) -> Network:
+        """``docker network create``; the keyword shortcuts set Docker's option keys."""
+        opts = {k: str(v).lower() if isinstance(v, bool) else str(v)
+                for k, v in (options or {}).items()}
+        for key, value in (("com.docker.network.bridge.enable_icc", icc),
+                           ("com.docker.network.bridge.enable_ip_masquerade", masquerade),
+                           ("com.docker.network.driver.mtu", mtu),
+                           ("com.docker.network.bridge.name", bridge_name)):
+            if value is not None:
+                opts[key] = str(value).lower() if isinstance(value, bool) else str(value)
+        return self.controller.create_network(name, driver, subnet=subnet, gateway=gateway,
+                                              ip_range=ip_range, internal=internal, options=opts)
+
+    def network_rm(self, name: str) -> None:
+        self.controller.delete_network(name)
+
+    def networks(self) -> dict[str, Network]:
+        return self.model.networks
+
+    def run(self, name: str, network: str = "bridge", *, ip: str | None = None,
+            publish: Sequence[str] = (), aliases: Sequence[str] = ()) -> SandboxHandle:
+        """``docker run --network NETWORK``: a sandbox, an endpoint, a join."""
+        check_name("sandbox", name)
+        self.lab._check_free(name)
+        net = self.controller.network(network)
+        ports = [parse_port(p) for p in publish]
+        shares_host = net.driver == "host"
+        sb = self.controller.create_sandbox(name, shares_host=shares_host)
+        try:
+            self.controller.connect(network, name, ip=ip, aliases=list(aliases), ports=ports)
+        except BaseException:
+            self.controller.delete_sandbox(name)
+            raise
+        self.lab._sandbox_added()
+        return SandboxHandle(self, sb)
+
+    def connect(self, network: str, sandbox: str, ip: str | None = None,
+                aliases: Sequence[str] = ()) -> Endpoint:
+        return self.controller.connect(network, sandbox, ip=ip, aliases=list(aliases))
+
+    def disconnect(self, network: str, sandbox: str) -> None:
+        self.controller.disconnect(network, sandbox)
+
+    def rm(self, sandbox: str) -> None:
+        self.controller.delete_sandbox(sandbox)
+
+    def sandbox(self, name: str) -> SandboxHandle:
+        return SandboxHandle(self, self.controller.sandbox(name))
+
+    def sandboxes(self) -> list[SandboxHandle]:
+        return [SandboxHandle(self, sb) for sb in self.model.sandboxes.values()]
+
+    def iptables(self) -> str:
+        """``iptables -S`` and ``iptables -t nat -S`` inside the host."""
+        return self.controller.fw.dump(self.netns)
+
+    def exec(self, argv: Sequence[str], timeout: float = 30) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(nsexec.shell_argv(self.netns, argv), capture_output=True,
+                              text=True, timeout=timeout)
+
+    def __repr__(self) -> str:
+        return f"<host {self.name} {self.public_ip}>"
+
+
+class Lab:
+    """A running lab. ``Lab(name)`` creates it; ``Lab.open(name)`` attaches to a running one."""
+
+    def __init__(self, name: str, *, upstream: bool = True, _state: LabState | None = None) -> None:
+        if os.geteuid() != 0:
+            from cnmlab.errors import NotRootError
+
+            raise NotRootError("cnmlab needs root to create namespaces: run it with sudo")
+        self._hosts: dict[str, HostHandle] = {}
+        if _state is not None:
+            self.state = _state
+            for h in self.state.hosts.values():
+                self._hosts[h.name] = HostHandle(self, h)
+            return
+        state.check_lab_name(name)
+        with state.locked(name):
+            if state.exists(name):
+                raise ObjectExists(f"lab {name} is already running: 'cnmlab down {name}' first")
+            self.state = LabState(name=name)
+            self._save()
+        try:
+            if upstream:
+                self._build_upstream()
+        except BaseException:
+            self.down()
+            raise
+
+    @classmethod
+    def open(cls, name: str) -> "Lab":
+        return cls(name, _state=state.load(name))
+
+    @property
+    def name(self) -> str:
+        return self.state.name
+
+    def __enter__(self) -> "Lab":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.down()
+
+    def ns_name(self, obj: str) -> str:
+        return f"{NS_PREFIX}{self.name}-{obj}"
+
+    def _record_ns(self, ns: str) -> None:
+        self.state.namespaces.append(ns)
+        self._save()
+
+    def _save(self) -> None:
+        state.save(self.state)
+
+    def _check_free(self, name: str) -> None:
+        if name == UPSTREAM or name in self.state.hosts or any(
+                name in h.sandboxes for h in self.state.hosts.values()):
+            raise ObjectExists(f"the name {name} is already used in lab {self.name}")
+
+    # ---- topology ----------------------------------------------------------------------
+    @property
+    def upstream_ip(self) -> str:
+        return UPSTREAM_GW
+
+    @property
+    def upstream_netns(self) -> str:
+        if not self.state.upstream:
+            raise ObjectNotFound(f"lab {self.name} has no upstream namespace")
+        return self.state.upstream
+
+    def _build_upstream(self) -> None:
+        ns = self.ns_name(UPSTREAM)
+        self._record_ns(ns)
+        setup_namespace(ns)
+        prefix = ipaddress.IPv4Network(self.state.upstream_subnet).prefixlen
+        with Netlink(ns) as nl:
+            nl.add_bridge("wan0")
+            nl.add_address("wan0", f"{UPSTREAM_GW}/{prefix}")
+            nl.set_link("wan0", up=True)
+            for ip in UPSTREAM_SERVICES.values():
+                nl.add_address("lo", f"{ip}/32")
+        self.state.upstream = ns
+        self._save()
+
+    def add_host(self, name: str = "host", *, default_bridge: bool = True,
+                 firewall: str = "iptables", bip: str | None = None) -> HostHandle:
+        """A Docker host on the upstream network, with ``docker0`` unless told otherwise."""
+        check_name("host", name)
+        self._check_free(name)
+        if firewall not in ("iptables", "manual"):
+            raise InvalidInput(f"host {name}: firewall must be 'iptables' or 'manual'")
+        ns = self.ns_name(name)
+        index = len(self.state.hosts)
+        public_ip = None
+        if self.state.upstream:
+            net = ipaddress.IPv4Network(self.state.upstream_subnet)
+            public_ip = str(net.network_address + 10 + index)
+        host = Host(name=name, netns=ns, public_ip=public_ip, firewall=firewall,
+                    default_bridge=default_bridge)
+        self._record_ns(ns)
+        setup_namespace(ns)
+        sysctl.write_many({"net.ipv4.ip_forward": 1}, ns)
+        if public_ip:
+            self._uplink(host, index)
+        self.state.hosts[name] = host
+        self._save()
+        handle = HostHandle(self, host)
+        self._hosts[name] = handle
+        c = handle.controller
+        c.create_network("none", "null", predefined=True)
+        c.create_network("host", "host", predefined=True)
+        if default_bridge:
+            c.create_network("bridge", "bridge", subnet=bip or str(DefaultIpam().request_pool(
+                "LocalDefault")[1]), options=dict(DEFAULT_BRIDGE_OPTIONS), predefined=True)
+        elif firewall == "iptables":
+            c.fw.program(host)
+        return handle
+
+    def _uplink(self, host: Host, index: int) -> None:
+        prefix = ipaddress.IPv4Network(self.state.upstream_subnet).prefixlen
+        up_end = f"h{index}-{host.name}"[:15]
+        fd = netns.open_fd(host.netns)
+        try:
+            with Netlink(self.upstream_netns) as up:
+                up.add_veth(up_end, "eth0", peer_ns_fd=fd)
+                up.set_link(up_end, master="wan0", up=True)
+        finally:
+            os.close(fd)
+        with Netlink(host.netns) as nl:
+            nl.add_address("eth0", f"{host.public_ip}/{prefix}")
+            nl.set_link("eth0", up=True)
+            nl.add_route("default", gateway=UPSTREAM_GW)
+
+    def host(self, name: str | None = None) -> HostHandle:
+        if name is None:
+            if len(self._hosts) != 1:
+                raise InvalidInput(f"lab {self.name} has {len(self._hosts)} hosts: name one")
+            return next(iter(self._hosts.values()))
+        try:
+            return self._hosts[name]
+        except KeyError:
+            raise ObjectNotFound(f"host {name} not found in lab {self.name}") from None
+
+    def hosts(self) -> list[HostHandle]:
+        return list(self._hosts.values())
+
+    def sandbox(self, name: str) -> SandboxHandle:
+        for h in self._hosts.values():
+            if name in h.model.sandboxes:
+                return h.sandbox(name)
+        raise ObjectNotFound(f"sandbox {name} not found in lab {self.name}")
+
+    def sandboxes(self) -> Iterator[SandboxHandle]:
+        for h in self._hosts.values():
+            yield from h.sandboxes()
+
+    def netns_of(self, name: str) -> str:
+        """The namespace of a host, sandbox or ``upstream`` by its lab name."""
+        if name == UPSTREAM:
+            return self.upstream_netns
+        if name in self._hosts:
+            return self._hosts[name].netns
+        return self.sandbox(name).netns
+
+    def _sandbox_added(self) -> None:
+        n = sum(len(h.sandboxes) for h in self.state.hosts.values())
+        if n >= 24 and n % 16 == 0:
+            neigh.reserve(f"lab:{self.name}", neigh.entries_for(n + 16))
+
+    # ---- teardown ----------------------------------------------------------------------
+    def close(self) -> None:
+        """Forget the lab in this process (netlink sockets) without tearing it down."""
+        for h in self._hosts.values():
+            h.controller.close()
+
+    def down(self) -> None:
+        self.close()
+        teardown(self.name, self.state)
+
+
+def teardown(name: str, lab_state: LabState | None) -> list[str]:
+    """Remove a lab's namespaces (processes first), its /etc/netns files and its state."""
+    removed = []
+    with state.locked(name):
+        for ns in reversed(lab_state.namespaces if lab_state else []):
+            netns.kill_processes(ns)
+            if netns.delete(ns):
+                removed.append(ns)
+            remove_etc(ns)
+        neigh.release(f"lab:{name}")
+        state.remove(name)
+    state.remove_lock(name)
+    return removed
+
+
+def running() -> list[str]:
+    return state.names()

@@ -1,0 +1,120 @@
+"""The CNM objects as saved state: Network, Endpoint, Sandbox, plus the Host that owns them.
+
+They are plain dataclasses serialised to JSON in the lab's state file, so every cnmlab process
+(the CLI, the TUI, a lab's solve step, pytest) sees the same model, and teardown works even
+after the process that built a lab was killed.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+# The predefined networks Docker creates at start and that users can neither create nor remove.
+PREDEFINED = ("bridge", "host", "none")
+
+
+@dataclass
+class PortMapping:
+    host_port: int
+    container_port: int
+    proto: str = "tcp"
+    host_ip: str = "0.0.0.0"
+
+    def __str__(self) -> str:
+        return f"{self.host_port}:{self.container_port}/{self.proto}"
+
+
+@dataclass
+class Endpoint:
+    id: str
+    name: str
+    network: str  # network name
+    ip: str | None = None  # address/prefix
+    mac: str | None = None
+    host_ifname: str | None = None  # host end of the veth
+    ifname: str | None = None  # name inside the sandbox once joined (eth0, eth1...)
+    sandbox: str | None = None
+    aliases: list[str] = field(default_factory=list)
+    ports: list[PortMapping] = field(default_factory=list)
+    driver_data: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Network:
+    id: str
+    name: str
+    driver: str
+    subnet: str | None = None
+    gateway: str | None = None
+    ip_range: str | None = None
+    pool_id: str | None = None
+    internal: bool = False
+    options: dict[str, str] = field(default_factory=dict)
+    device: str | None = None  # e.g. docker0, br-<id12>
+    mtu: int = 1500
+    created: int = 0  # creation order on its host; firewall rules list newest first
+    endpoints: dict[str, Endpoint] = field(default_factory=dict)
+
+    def option_bool(self, key: str, default: bool) -> bool:
+        value = self.options.get(key)
+        if value is None:
+            return default
+        return str(value).lower() in ("1", "true", "yes", "on")
+
+
+@dataclass
+class Sandbox:
+    id: str
+    name: str
+    netns: str | None  # None: shares the host's namespace (host driver)
+    endpoints: list[str] = field(default_factory=list)  # "network/endpoint-id" in join order
+    dns: bool = False  # embedded resolver wanted (a user-defined network is attached)
+
+
+@dataclass
+class Host:
+    name: str
+    netns: str
+    public_ip: str | None
+    firewall: str = "iptables"  # "iptables", or "manual" when the learner programs it by hand
+    default_bridge: bool = True
+    networks: dict[str, Network] = field(default_factory=dict)
+    sandboxes: dict[str, Sandbox] = field(default_factory=dict)
+    proxies: dict[str, int] = field(default_factory=dict)  # "proto/port" -> pid of its proxy
+    next_network: int = 0
+
+
+@dataclass
+class LabState:
+    name: str
+    upstream: str | None = None  # netns of the upstream ("internet")
+    upstream_subnet: str = "203.0.113.0/24"
+    hosts: dict[str, Host] = field(default_factory=dict)
+    namespaces: list[str] = field(default_factory=list)  # write-ahead: recorded before creation
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "LabState":
+        hosts = {}
+        for hname, h in data.get("hosts", {}).items():
+            nets = {}
+            for nname, n in h.get("networks", {}).items():
+                eps = {}
+                for eid, e in n.get("endpoints", {}).items():
+                    e = dict(e)
+                    e["ports"] = [PortMapping(**p) for p in e.get("ports", [])]
+                    eps[eid] = Endpoint(**e)
+                n = dict(n)
+                n["endpoints"] = eps
+                nets[nname] = Network(**n)
+            h = dict(h)
+            h["networks"] = nets
+            h["sandboxes"] = {k: Sandbox(**v) for k, v in h.get("sandboxes", {}).items()}
+            hosts[hname] = Host(**h)
+        d = dict(data)
+        d["hosts"] = hosts
+        return cls(**d)

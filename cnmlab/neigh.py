@@ -1,0 +1,93 @@
+"""The kernel's neighbour-table limits: the one root-namespace setting cnmlab may change.
+
+``net.ipv4.neigh.default.gc_thresh{1,2,3}`` are global (shared by every namespace) and only
+writable from the root namespace. A full mesh of N sandboxes needs about N*(N-1) entries and the
+default limit of 1024 makes probes fail silently at N=50. Labs reserve what they need; the
+originals are saved once and restored when the last reservation is released, even by
+``cnmlab clean`` after a crash.
+"""
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from cnmlab import state, sysctl
+
+KEYS = ("net.ipv4.neigh.default.gc_thresh1", "net.ipv4.neigh.default.gc_thresh2",
+        "net.ipv4.neigh.default.gc_thresh3")
+FILE = "_neigh.json"
+
+
+def entries_for(sandboxes: int) -> int:
+    """Entries a full mesh of ``sandboxes`` (plus gateways and upstream) may need."""
+    return sandboxes * sandboxes + 4 * sandboxes + 256
+
+
+@contextmanager
+def _locked_record() -> Iterator[dict]:
+    os.makedirs(state.STATE_DIR, exist_ok=True)
+    path = os.path.join(state.STATE_DIR, FILE)
+    with open(path + ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            with open(path) as f:
+                record = json.load(f)
+        except (FileNotFoundError, json.JSONDecodeError):
+            record = {"original": None, "needs": {}}
+        yield record
+        if record["needs"]:
+            with open(path + ".tmp", "w") as f:
+                json.dump(record, f)
+            os.replace(path + ".tmp", path)
+        else:
+            for p in (path, path + ".lock"):
+                try:
+                    os.unlink(p)
+                except FileNotFoundError:
+                    pass
+
+
+def _apply(record: dict) -> None:
+    original = [int(v) for v in record["original"]]
+    need = max(record["needs"].values(), default=0)
+    if need <= original[2]:
+        values = original
+    else:
+        values = [max(original[0], need // 4), max(original[1], need // 2), need]
+    for key, value in zip(KEYS, values):
+        sysctl.write(key, value)
+
+
+def reserve(owner: str, entries: int) -> None:
+    """Make room for ``entries`` neighbours on behalf of ``owner`` (a lab or a probe run)."""
+    with _locked_record() as record:
+        if record["original"] is None:
+            if entries <= int(sysctl.read(KEYS[2])):
+                return
+            record["original"] = [sysctl.read(k) for k in KEYS]
+        record["needs"][owner] = max(entries, record["needs"].get(owner, 0))
+        _apply(record)
+
+
+def release(owner: str) -> None:
+    with _locked_record() as record:
+        if record["original"] is None or owner not in record["needs"]:
+            return
+        del record["needs"][owner]
+        if record["needs"]:
+            _apply(record)
+        else:
+            for key, value in zip(KEYS, record["original"]):
+                sysctl.write(key, value)
+
+
+def release_all() -> None:
+    """Restore the saved originals whoever holds a reservation (``cnmlab clean``)."""
+    with _locked_record() as record:
+        if record["original"] is not None:
+            for key, value in zip(KEYS, record["original"]):
+                sysctl.write(key, value)
+        record["needs"] = {}

@@ -1,0 +1,276 @@
+"""The only module that imports pyroute2: a small typed facade over rtnetlink.
+
+Each ``Netlink`` object holds one rtnetlink socket opened *inside* a namespace (the socket stays
+bound to the namespace it was created in), so a controller keeps one per namespace and never
+forks. Netlink errors become ``KernelError`` naming the object and the errno text.
+"""
+from __future__ import annotations
+
+import errno
+import ipaddress
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+
+from cnmlab import netns
+from cnmlab.errors import FeatureMissing, KernelError, ObjectExists, ObjectNotFound
+
+IFNAMSIZ = 15
+
+
+@dataclass
+class LinkInfo:
+    index: int
+    name: str
+    kind: str
+    state: str
+    mac: str
+    mtu: int
+    master: str | None = None
+    peer_netns_id: int | None = None
+    addresses: list[str] = field(default_factory=list)
+
+
+@dataclass
+class RouteInfo:
+    dst: str
+    gateway: str | None
+    dev: str | None
+    scope: str
+
+
+@dataclass
+class NeighInfo:
+    ip: str
+    mac: str | None
+    dev: str
+    state: str
+
+
+@dataclass
+class FdbInfo:
+    mac: str
+    dev: str
+    master: str | None
+    dst: str | None
+    permanent: bool
+
+
+_NUD = {0x01: "INCOMPLETE", 0x02: "REACHABLE", 0x04: "STALE", 0x08: "DELAY", 0x10: "PROBE",
+        0x20: "FAILED", 0x40: "NOARP", 0x80: "PERMANENT"}
+_SCOPE = {0: "global", 200: "site", 253: "link", 254: "host", 255: "nowhere"}
+
+
+def check_ifname(name: str) -> None:
+    if not name or len(name) > IFNAMSIZ or "/" in name or " " in name:
+        raise ValueError(name)
+
+
+def _kernel_error(e: NetlinkError, what: str) -> Exception:
+    if e.code == errno.EEXIST:
+        return ObjectExists(f"{what}: already exists")
+    if e.code in (errno.ENODEV, errno.ENOENT):
+        return ObjectNotFound(f"{what}: no such device or entry")
+    if e.code == errno.EOPNOTSUPP:
+        return FeatureMissing(f"{what}: the running kernel does not support this")
+    return KernelError(f"{what}: {os.strerror(e.code) if e.code else e}")
+
+
+class Netlink:
+    """One rtnetlink socket bound to one namespace (``ns=None``: the caller's namespace)."""
+
+    def __init__(self, ns: str | None = None) -> None:
+        self.ns = ns
+        if ns is None:
+            self._ip = IPRoute()
+        else:
+            with netns.entered(ns):
+                self._ip = IPRoute()
+
+    def close(self) -> None:
+        self._ip.close()
+
+    def __enter__(self) -> "Netlink":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextmanager
+    def _call(self, what: str) -> Iterator[None]:
+        try:
+            yield
+        except NetlinkError as e:
+            raise _kernel_error(e, f"{what} in {self.ns or 'the root namespace'}") from None
+
+    # ---- links -------------------------------------------------------------------------
+    def index(self, name: str) -> int:
+        with self._call(f"look up link {name}"):
+            found = self._ip.link_lookup(ifname=name)
+        if not found:
+            raise ObjectNotFound(f"link {name} not found in {self.ns or 'the root namespace'}")
+        return found[0]
+
+    def has_link(self, name: str) -> bool:
+        return bool(self._ip.link_lookup(ifname=name))
+
+    def add_bridge(self, name: str, mtu: int | None = None) -> int:
+        with self._call(f"create bridge {name}"):
+            attrs: dict[str, Any] = {"ifname": name, "kind": "bridge"}
+            if mtu:
+                attrs["mtu"] = mtu
+            self._ip.link("add", **attrs)
+        return self.index(name)
+
+    def add_veth(self, name: str, peer: str, peer_ns_fd: int | None = None,
+                 mtu: int | None = None) -> int:
+        """Create a veth pair; the peer goes straight into another namespace when given."""
+        peer_attrs: dict[str, Any] = {"ifname": peer}
+        if peer_ns_fd is not None:
+            peer_attrs["net_ns_fd"] = peer_ns_fd
+        attrs: dict[str, Any] = {"ifname": name, "kind": "veth", "peer": peer_attrs}
+        if mtu:
+            attrs["mtu"] = mtu
+            peer_attrs["mtu"] = mtu
+        with self._call(f"create veth {name}/{peer}"):
+            self._ip.link("add", **attrs)
+        return self.index(name)
+
+    def add_link(self, name: str, kind: str, **attrs: Any) -> int:
+        """Any other link kind (macvlan, vxlan, ...), for drivers that need one."""
+        with self._call(f"create {kind} link {name}"):
+            self._ip.link("add", ifname=name, kind=kind, **attrs)
+        return self.index(name)
+
+    def set_link(self, name: str, *, up: bool | None = None, master: str | None = None,
+                 nomaster: bool = False, mtu: int | None = None, mac: str | None = None,
+                 rename: str | None = None, ns_fd: int | None = None) -> None:
+        idx = self.index(name)
+        attrs: dict[str, Any] = {}
+        if up is not None:
+            attrs["state"] = "up" if up else "down"
+        if master is not None:
+            attrs["master"] = self.index(master)
+        if nomaster:
+            attrs["master"] = 0
+        if mtu is not None:
+            attrs["mtu"] = mtu
+        if mac is not None:
+            attrs["address"] = mac
+        if rename is not None:
+            attrs["ifname"] = rename
+        if ns_fd is not None:
+            attrs["net_ns_fd"] = ns_fd
+        with self._call(f"set link {name}"):
+            self._ip.link("set", index=idx, **attrs)
+
+    def set_hairpin(self, name: str, on: bool = True) -> None:
+        with self._call(f"set hairpin on {name}"):
+            self._ip.brport("set", index=self.index(name), hairpin_mode=1 if on else 0)
+
+    def delete_link(self, name: str) -> None:
+        with self._call(f"delete link {name}"):
+            self._ip.link("del", index=self.index(name))
+
+    def links(self) -> list[LinkInfo]:
+        with self._call("list links"):
+            raw = list(self._ip.get_links())
+        names = {m["index"]: m.get_attr("IFLA_IFNAME") for m in raw}
+        out = []
+        for m in raw:
+            info = m.get_attr("IFLA_LINKINFO")
+            kind = info.get_attr("IFLA_INFO_KIND") if info else None
+            master = m.get_attr("IFLA_MASTER")
+            out.append(LinkInfo(
+                index=m["index"], name=m.get_attr("IFLA_IFNAME"),
+                kind=kind or ("loopback" if m.get_attr("IFLA_IFNAME") == "lo" else "device"),
+                state=(m.get_attr("IFLA_OPERSTATE") or "UNKNOWN"),
+                mac=m.get_attr("IFLA_ADDRESS") or "", mtu=m.get_attr("IFLA_MTU") or 0,
+                master=names.get(master) if master else None,
+                peer_netns_id=m.get_attr("IFLA_LINK_NETNSID")))
+        by_index = {l.index: l for l in out}
+        for a in self.addresses():
+            if a[0] in by_index:
+                by_index[a[0]].addresses.append(a[1])
+        return out
+
+    # ---- addresses and routes ----------------------------------------------------------
+    def add_address(self, link: str, cidr: str) -> None:
+        iface = ipaddress.ip_interface(cidr)
+        with self._call(f"add address {cidr} to {link}"):
+            self._ip.addr("add", index=self.index(link), address=str(iface.ip),
+                          prefixlen=iface.network.prefixlen)
+
+    def addresses(self) -> list[tuple[int, str]]:
+        """(link index, address/prefix) for every IPv4 address."""
+        with self._call("list addresses"):
+            return [(m["index"], f"{m.get_attr('IFA_ADDRESS')}/{m['prefixlen']}")
+                    for m in self._ip.get_addr(family=2)]
+
+    def add_route(self, dst: str = "default", gateway: str | None = None,
+                  dev: str | None = None) -> None:
+        attrs: dict[str, Any] = {"dst": "0.0.0.0/0" if dst == "default" else dst}
+        if gateway:
+            attrs["gateway"] = gateway
+        if dev:
+            attrs["oif"] = self.index(dev)
+        with self._call(f"add route {dst}"):
+            self._ip.route("add", **attrs)
+
+    def delete_default_route(self) -> None:
+        with self._call("delete default route"):
+            self._ip.route("del", dst="0.0.0.0/0")
+
+    def routes(self) -> list[RouteInfo]:
+        names = {l.index: l.name for l in self._links_min()}
+        out = []
+        with self._call("list routes"):
+            raw = list(self._ip.get_routes(family=2, table=254))
+        for m in raw:
+            dst = m.get_attr("RTA_DST")
+            out.append(RouteInfo(
+                dst=f"{dst}/{m['dst_len']}" if dst else "default",
+                gateway=m.get_attr("RTA_GATEWAY"), dev=names.get(m.get_attr("RTA_OIF")),
+                scope=_SCOPE.get(m["scope"], str(m["scope"]))))
+        return out
+
+    def _links_min(self) -> list[LinkInfo]:
+        with self._call("list links"):
+            return [LinkInfo(index=m["index"], name=m.get_attr("IFLA_IFNAME"), kind="",
+                             state="", mac="", mtu=0) for m in self._ip.get_links()]
+
+    # ---- neighbours and FDB ------------------------------------------------------------
+    def neighbours(self) -> list[NeighInfo]:
+        names = {l.index: l.name for l in self._links_min()}
+        with self._call("list neighbours"):
+            raw = list(self._ip.get_neighbours(family=2))
+        return [NeighInfo(ip=m.get_attr("NDA_DST"), mac=m.get_attr("NDA_LLADDR"),
+                          dev=names.get(m["ifindex"], "?"),
+                          state=_NUD.get(m["state"], hex(m["state"]))) for m in raw]
+
+    def flush_neighbours(self) -> None:
+        with self._call("flush neighbours"):
+            for m in list(self._ip.get_neighbours(family=2)):
+                if m["state"] & 0x80:  # keep PERMANENT entries: drivers own them
+                    continue
+                try:
+                    self._ip.neigh("del", dst=m.get_attr("NDA_DST"), ifindex=m["ifindex"])
+                except NetlinkError:
+                    pass
+
+    def fdb(self) -> list[FdbInfo]:
+        names = {l.index: l.name for l in self._links_min()}
+        out = []
+        with self._call("list bridge fdb"):
+            raw = list(self._ip.fdb("dump"))
+        for m in raw:
+            master = m.get_attr("NDA_MASTER")
+            out.append(FdbInfo(mac=m.get_attr("NDA_LLADDR"), dev=names.get(m["ifindex"], "?"),
+                               master=names.get(master) if master else None,
+                               dst=m.get_attr("NDA_DST"), permanent=bool(m["state"] & 0x80)))
+        return out

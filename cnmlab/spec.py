@@ -1,0 +1,190 @@
+"""Topology files: the YAML that ``cnmlab up FILE`` builds.
+
+    name: demo
+    hosts:
+      host1:
+        networks:
+          backend: {subnet: 10.10.0.0/24, icc: false}
+        sandboxes:
+          web: {networks: [backend], publish: ["8080:80/tcp"]}
+          db:  {networks: {backend: {ip: 10.10.0.50, aliases: [database]}}}
+
+Everything is checked before anything is built, and errors name the file, line and field.
+"""
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+from typing import Any
+
+from cnmlab import driverapi, yamlsrc
+from cnmlab.errors import CnmError
+from cnmlab.lab import Lab, check_name, parse_port
+from cnmlab.netlink import IFNAMSIZ
+from cnmlab.yamlsrc import Source
+
+NETWORK_KEYS = {"driver", "subnet", "gateway", "ip_range", "internal", "icc", "masquerade",
+                "mtu", "bridge_name", "options"}
+SANDBOX_KEYS = {"network", "networks", "publish", "ip", "aliases"}
+HOST_KEYS = {"default_bridge", "bip", "firewall", "networks", "sandboxes"}
+
+
+@dataclass
+class SandboxSpec:
+    name: str
+    networks: list[tuple[str, dict[str, Any]]]
+    publish: list[str]
+    where: tuple[Any, ...]
+
+
+@dataclass
+class HostSpec:
+    name: str
+    options: dict[str, Any]
+    networks: dict[str, dict[str, Any]] = field(default_factory=dict)
+    sandboxes: list[SandboxSpec] = field(default_factory=list)
+
+
+@dataclass
+class Topology:
+    name: str
+    hosts: list[HostSpec]
+    source: Source
+
+
+def _mapping(src: Source, value: Any, where: tuple[Any, ...], allowed: set[str] | None) -> dict:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise src.error(where, f"expected a mapping, got {type(value).__name__}")
+    if allowed is not None:
+        for key in value:
+            if key not in allowed:
+                raise src.error(where + (key,), f"unknown field; known: {', '.join(sorted(allowed))}")
+    return value
+
+
+def _check_net(src: Source, name: str, spec: dict[str, Any], where: tuple[Any, ...]) -> None:
+    for key in ("subnet", "ip_range"):
+        if key in spec:
+            try:
+                ipaddress.IPv4Network(str(spec[key]))
+            except ValueError as e:
+                raise src.error(where + (key,), f"{spec[key]!r} is not a valid IPv4 subnet "
+                                f"({e})") from None
+    if "gateway" in spec:
+        try:
+            ipaddress.IPv4Address(str(spec["gateway"]))
+        except ValueError:
+            raise src.error(where + ("gateway",), f"{spec['gateway']!r} is not an IPv4 "
+                            f"address") from None
+    driver = spec.get("driver", "bridge")
+    if driver not in driverapi.known():
+        raise src.error(where + ("driver",), f"unknown network driver {driver!r}; known: "
+                        f"{', '.join(driverapi.known())}")
+    bname = spec.get("bridge_name")
+    if bname is not None and len(str(bname)) > IFNAMSIZ:
+        raise src.error(where + ("bridge_name",), f"interface name {bname!r} is longer than "
+                        f"{IFNAMSIZ} characters")
+    for key in ("internal", "icc", "masquerade"):
+        if key in spec and not isinstance(spec[key], bool):
+            raise src.error(where + (key,), "expected true or false")
+
+
+def parse(src: Source, name: str | None = None) -> Topology:
+    top = _mapping(src, src.data, (), {"name", "hosts", "description"})
+    lab_name = name or top.get("name")
+    if not lab_name:
+        raise src.error((), "missing field 'name' (or pass --name)")
+    hosts_raw = _mapping(src, top.get("hosts"), ("hosts",), None)
+    if not hosts_raw:
+        raise src.error(("hosts",), "a topology needs at least one host")
+    hosts = []
+    seen: set[str] = set()
+    for hname, hval in hosts_raw.items():
+        where = ("hosts", hname)
+        try:
+            check_name("host", str(hname))
+        except CnmError as e:
+            raise src.error(where, str(e)) from None
+        hraw = _mapping(src, hval, where, HOST_KEYS)
+        host = HostSpec(name=str(hname), options={k: hraw[k] for k in hraw
+                                                  if k in ("default_bridge", "bip", "firewall")})
+        nets = _mapping(src, hraw.get("networks"), where + ("networks",), None)
+        for nname, nval in nets.items():
+            nwhere = where + ("networks", nname)
+            nspec = _mapping(src, nval, nwhere, NETWORK_KEYS)
+            _check_net(src, str(nname), nspec, nwhere)
+            host.networks[str(nname)] = nspec
+        known_nets = set(host.networks) | {"bridge", "host", "none"}
+        sbs = _mapping(src, hraw.get("sandboxes"), where + ("sandboxes",), None)
+        for sname, sval in sbs.items():
+            swhere = where + ("sandboxes", sname)
+            sraw = _mapping(src, sval, swhere, SANDBOX_KEYS)
+            try:
+                check_name("sandbox", str(sname))
+            except CnmError as e:
+                raise src.error(swhere, str(e)) from None
+            if sname in seen or sname in hosts_raw:
+                raise src.error(swhere, f"the name {sname} is used twice in this lab")
+            seen.add(str(sname))
+            nets_raw = sraw.get("networks", sraw.get("network", "bridge"))
+            if isinstance(nets_raw, str):
+                attached = [(nets_raw, {"ip": sraw.get("ip"), "aliases": sraw.get("aliases", [])})]
+            elif isinstance(nets_raw, list):
+                attached = [(str(n), {}) for n in nets_raw]
+                if attached:
+                    attached[0][1].update({"ip": sraw.get("ip"), "aliases": sraw.get("aliases", [])})
+            else:
+                attached = [(str(n), _mapping(src, v, swhere + ("networks", n), {"ip", "aliases"}))
+                            for n, v in _mapping(src, nets_raw, swhere + ("networks",), None).items()]
+            for i, (n, _) in enumerate(attached):
+                if n not in known_nets:
+                    raise src.error(swhere + ("networks",), f"network {n!r} is not defined on "
+                                    f"host {hname}")
+            publish = [str(p) for p in sraw.get("publish", []) or []]
+            for i, p in enumerate(publish):
+                try:
+                    parse_port(p)
+                except CnmError as e:
+                    raise src.error(swhere + ("publish", i), str(e)) from None
+            host.sandboxes.append(SandboxSpec(str(sname), attached, publish, swhere))
+        hosts.append(host)
+    return Topology(name=str(lab_name), hosts=hosts, source=src)
+
+
+def load(path: str, name: str | None = None) -> Topology:
+    return parse(yamlsrc.load(path), name)
+
+
+def build(topo: Topology, lab: Lab | None = None) -> Lab:
+    """Build a topology; on any error, everything already built is removed."""
+    own = lab is None
+    lab = lab or Lab(topo.name)
+    src = topo.source
+    try:
+        for hspec in topo.hosts:
+            where: tuple[Any, ...] = ("hosts", hspec.name)
+            try:
+                host = lab.add_host(hspec.name, **hspec.options)
+            except CnmError as e:
+                raise src.error(where, str(e)) from None
+            for nname, nspec in hspec.networks.items():
+                try:
+                    host.network_create(nname, **nspec)
+                except CnmError as e:
+                    raise src.error(where + ("networks", nname), str(e)) from None
+            for sb in hspec.sandboxes:
+                try:
+                    (first, opts), rest = sb.networks[0], sb.networks[1:]
+                    host.run(sb.name, first, ip=opts.get("ip"), publish=sb.publish,
+                             aliases=opts.get("aliases") or [])
+                    for n, o in rest:
+                        host.connect(n, sb.name, ip=o.get("ip"), aliases=o.get("aliases") or [])
+                except CnmError as e:
+                    raise src.error(sb.where, str(e)) from None
+    except BaseException:
+        if own:
+            lab.down()
+        raise
+    return lab
