@@ -14,15 +14,19 @@ from cnmlab.lab import teardown
 from cnmlab.model import LabState
 
 
-def clean() -> list[str]:
-    """Tear down every recorded lab; return the namespaces removed."""
+def clean(only: list[str] | None = None) -> list[str]:
+    """Tear down every recorded lab (or only the named ones); return the namespaces removed."""
     removed: list[str] = []
     for name in state.names():
+        if only and name not in only:
+            continue
         try:
             lab_state = state.load(name)
         except (json.JSONDecodeError, TypeError, KeyError):
             lab_state = _salvage(name)
         removed += teardown(name, lab_state)
+    if only:
+        return removed
     for extra in _cleanup_hooks():
         removed += extra()
     if not state.names():

@@ -44,8 +44,8 @@ def resolve(target: str) -> tuple[str, str]:
 def cmd_up(args: argparse.Namespace) -> int:
     from cnmlab import spec
 
-    topo = spec.load(args.file, args.name)
     _need_root()
+    topo = spec.load(args.file, args.name)
     lab = spec.build(topo)
     print(f"lab {lab.name} is up: {len(lab.hosts())} host(s), "
           f"{sum(1 for _ in lab.sandboxes())} sandbox(es). 'cnmlab inspect {lab.name}' shows it.")
@@ -63,15 +63,15 @@ def cmd_down(args: argparse.Namespace) -> int:
 
 
 def cmd_ls(args: argparse.Namespace) -> int:
-    from cnmlab.lab import Lab
-
     rows = []
     for name in state.names():
-        lab = Lab.open(name)
-        rows.append({"name": name, "hosts": [h.name for h in lab.hosts()],
-                     "sandboxes": [s.name for s in lab.sandboxes()],
-                     "namespaces": len(lab.state.namespaces)})
-        lab.close()
+        try:
+            st = state.load(name)
+        except CnmError:
+            continue  # removed while we were listing
+        rows.append({"name": name, "hosts": list(st.hosts),
+                     "sandboxes": [s for h in st.hosts.values() for s in h.sandboxes],
+                     "namespaces": len(st.namespaces)})
     if args.json:
         print(json.dumps(rows, indent=2))
     elif not rows:
@@ -122,7 +122,7 @@ def cmd_clean(args: argparse.Namespace) -> int:
     from cnmlab.clean import clean
 
     _need_root()
-    removed = clean()
+    removed = clean(args.lab or None)
     print(f"removed {len(removed)} namespace(s)" + (f": {' '.join(removed)}" if removed else ""))
     return 0
 
@@ -171,7 +171,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("argv", nargs=argparse.REMAINDER)
     add("shell", cmd_shell, "open a shell in a sandbox or host").add_argument("target",
                                                                               metavar="NAME")
-    add("clean", cmd_clean, "remove every cnmlab object left on this machine")
+    add("clean", cmd_clean, "remove every cnmlab object left on this machine").add_argument(
+        "--lab", action="append", help="only this lab (repeatable)")
     add("features", cmd_features, "which kernel features this machine has").add_argument(
         "--json", action="store_true")
     add("tui", cmd_tui, "open the workshop app (the default)")

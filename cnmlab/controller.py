@@ -86,13 +86,22 @@ class Controller:
         self._record_ns = record_ns
         self._save = save
         self._ns_name = ns_name
-        self.nl = Netlink(host.netns)
+        self._nl: Netlink | None = None
         self.fw = firewall.get("iptables")
         self.ipam = DefaultIpam()
         self._rebuild_ipam()
 
+    @property
+    def nl(self) -> Netlink:
+        """The host's netlink socket, opened on first use (``down`` of a broken lab needs none)."""
+        if self._nl is None:
+            self._nl = Netlink(self.host.netns)
+        return self._nl
+
     def close(self) -> None:
-        self.nl.close()
+        if self._nl is not None:
+            self._nl.close()
+            self._nl = None
 
     def _rebuild_ipam(self) -> None:
         for net in sorted(self.host.networks.values(), key=lambda n: n.created):

@@ -28,17 +28,25 @@ class Source:
                             f"{message}")
 
 
-def _walk(node: yaml.Node, path: tuple[Any, ...], lines: dict[tuple[Any, ...], int]) -> None:
+def _walk(node: yaml.Node, path: tuple[Any, ...], lines: dict[tuple[Any, ...], int],
+          src_path: str) -> None:
     lines.setdefault(path, node.start_mark.line + 1)
     if isinstance(node, yaml.MappingNode):
+        seen: set[Any] = set()
         for key, value in node.value:
             k = key.value
+            if k in seen:  # PyYAML silently keeps the last one; a lab author wants to know
+                dotted = ".".join(str(p) for p in path + (k,))
+                raise InvalidInput(f"{src_path}:{key.start_mark.line + 1}: {dotted}: "
+                                   f"duplicate key (already defined on line "
+                                   f"{lines[path + (k,)]})")
+            seen.add(k)
             lines[path + (k,)] = key.start_mark.line + 1
-            _walk(value, path + (k,), lines)
+            _walk(value, path + (k,), lines, src_path)
     elif isinstance(node, yaml.SequenceNode):
         for i, item in enumerate(node.value):
             lines[path + (i,)] = item.start_mark.line + 1
-            _walk(item, path + (i,), lines)
+            _walk(item, path + (i,), lines, src_path)
 
 
 def parse(text: str, path: str) -> Source:
@@ -52,7 +60,7 @@ def parse(text: str, path: str) -> Source:
         raise InvalidInput(f"{path}:{line}: malformed YAML: {problem}") from None
     src = Source(path, data)
     if node is not None:
-        _walk(node, (), src.lines)
+        _walk(node, (), src.lines, path)
     return src
 
 
