@@ -27,6 +27,9 @@ from cnmlab.checks.nsref import NsRef
 from cnmlab.checks.truth import TruthTable
 from cnmlab.netlink import Netlink
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import mininet  # noqa: E402  (bench/mininet.py)
+
 PREFIX = f"cnmb-{os.getpid()}-"
 
 
@@ -113,28 +116,7 @@ def bench_cnmlab(n: int) -> dict:
 
 
 def bench_mininet(n: int) -> tuple[float | None, str]:
-    mn = shutil.which("mn")
-    if not mn:
-        return None, "mn not installed"
-    if not shutil.which("brctl"):
-        return None, "brctl (bridge-utils) missing: Mininet's lxbr switch needs it"
-    if not shutil.which("unshare"):
-        return None, "unshare missing: refusing to run Mininet outside throwaway namespaces"
-    cmd = ["unshare", "--net", "--mount", "--pid", "--fork", "--mount-proc",
-           mn, "--topo", f"single,{n}", "--switch", "lxbr", "--controller", "none",
-           "--test", "pingall"]
-    t = time.perf_counter()
-    try:
-        p = subprocess.run(cmd, capture_output=True, text=True, timeout=60 + 3 * n,
-                           cwd="/tmp")
-    except subprocess.TimeoutExpired:
-        return None, "timed out"
-    took = time.perf_counter() - t
-    out = p.stdout + p.stderr
-    m = re.search(r"Results: (\d+)% dropped \((\d+)/(\d+) received\)", out)
-    if p.returncode != 0 or not m:
-        return None, f"mn failed (rc {p.returncode}): {out.strip().splitlines()[-1:]}"
-    return took, f"{m.group(1)}% dropped ({m.group(2)}/{m.group(3)})"
+    return mininet.run(n, "pingall")
 
 
 def main() -> int:

@@ -7,19 +7,24 @@ private dockerd whose "host" is a network namespace the caller made with ``cnmla
   cgroup mount), then ``unshare --mount --propagation private``: every mount dockerd makes (the
   containers' namespace bind mounts, shm, ...) stays in that private mount namespace and goes
   away with its last process.
-* In there a launcher script mounts a fresh sysfs (the namespace's own view), cgroup v2 at
-  /sys/fs/cgroup (the hybrid default makes dockerd fail "Devices cgroup isn't mounted"), and
-  tmpfs over /run and /etc/docker so that containerd's shim sockets, runc state, libnetwork's
-  sockets, iptables' lock and dockerd's key file land in throwaway memory, not on the machine.
-  The D-Bus socket (firewalld) and any system containerd socket are hidden the same way.
-* It starts its own containerd (config, root, state and socket under the workdir, CRI and the
-  ``opt`` plugin disabled) and execs dockerd with its own ``--data-root``, ``--exec-root``,
-  ``--pidfile``, ``--config-file``, ``-H unix://WORKDIR/docker.sock``, ``--storage-driver vfs``
-  and ``--cgroup-parent``. iptables rules land in the namespace, not in the root one.
-* The launcher, dockerd, containerd, the shims, docker-proxy and (through ``--cgroup-parent``)
-  every container live under one cgroup v2 subtree, ``cnmlab-dockerd-NAME``: cleanup writes
-  ``cgroup.kill`` there, so even an emergency cleanup that only has the workdir (see
-  ``cleanup_workdir``) leaves nothing running.
+* In there a launcher script mounts a fresh sysfs (the namespace's own view), makes the
+  daemon's cgroup v2 subtree ``cnmlab-dockerd-NAME`` (``daemon/`` for the processes, ``ctr/``
+  for the containers) and enters a cgroup namespace rooted there: runc enables controllers in
+  every ancestor's ``cgroup.subtree_control``, and rooted there it cannot touch the real root.
+* Then a small Python supervisor (stage 2, stdlib only) mounts cgroup v2 at /sys/fs/cgroup (the
+  hybrid default makes dockerd fail "Devices cgroup isn't mounted") and tmpfs over /run and
+  /etc/docker, so containerd's shim sockets, runc state, libnetwork's sockets, iptables' lock
+  and dockerd's key file land in throwaway memory (and the D-Bus socket of firewalld and any
+  system containerd socket are hidden). It brings ``lo`` up, starts containerd (config, root,
+  state and socket under the workdir, CRI and the ``opt`` plugin disabled) and dockerd with its
+  own ``--data-root``, ``--exec-root``, ``--pidfile``, ``--config-file``,
+  ``-H unix://WORKDIR/docker.sock``, ``--storage-driver vfs`` and ``--cgroup-parent``. As a
+  child subreaper it reaps the shims and containers they orphan; on SIGTERM it kills the
+  containers, stops dockerd and containerd and kills the rest. iptables rules land in the host
+  namespace, not in the root one.
+* ``cleanup_workdir`` (what ``stop()`` and ``cnmlab clean`` use) needs only the workdir: it
+  signals the supervisor, then writes ``cgroup.kill`` on the daemon's cgroup and kills what is
+  left in the host namespace, so nothing keeps running even if the supervisor was SIGKILLed.
 
 Images cannot be pulled here: ``cnmlab/busybox`` is imported from a folder holding Debian's
 busybox-static and its applet links (the tarball is cached).
@@ -223,17 +228,16 @@ def cleanup_workdir(workdir: str | os.PathLike, *, remove: bool = True,
     except (OSError, ValueError):
         state = {}
     found = bool(state)
-    dockerd_pid = state.get("pid") or _read_pid(workdir / "docker.pid")
-    if dockerd_pid and not _same_process(dockerd_pid, state.get("pid_start")):
-        dockerd_pid = None
-    if dockerd_pid and _alive(dockerd_pid):
+    supervisor = state.get("pid")
+    if supervisor and _alive(supervisor) and _same_process(supervisor, state.get("pid_start"),
+                                                           workdir):
         found = True
-        _terminate(dockerd_pid, timeout=15)
-    ctd_pid = _read_pid(workdir / "containerd.pid")
-    if ctd_pid and _alive(ctd_pid) and _cmdline(ctd_pid).startswith(CONTAINERD) \
-            and str(workdir) in _cmdline(ctd_pid):
-        found = True
-        _terminate(ctd_pid, timeout=5)
+        _terminate(supervisor, timeout=40)  # it stops containers, dockerd, containerd, shims
+    for pidfile, timeout in (("docker.pid", 15), ("containerd.pid", 5)):
+        pid = _read_pid(workdir / pidfile)  # in case the supervisor was killed with SIGKILL
+        if pid and _alive(pid) and str(workdir) in _cmdline(pid):
+            found = True
+            _terminate(pid, timeout=timeout)
     if state.get("cgroup"):
         _kill_cgroup(state["cgroup"])
     ns = state.get("netns")
@@ -280,10 +284,10 @@ def _start_time(pid: int) -> str | None:
         return None
 
 
-def _same_process(pid: int, start: str | None) -> bool:
+def _same_process(pid: int, start: str | None, workdir: Path) -> bool:
     """Guard against pid reuse: the pid still names the process we started."""
     if start is None:
-        return DOCKERD in _cmdline(pid) or "dockerd" in _cmdline(pid)
+        return str(workdir) in _cmdline(pid)
     return _start_time(pid) == start
 
 
@@ -297,29 +301,132 @@ echo $$ > /sys/fs/cgroup/{cgroup}/cgroup.procs
 umount /sys/fs/cgroup
 # A cgroup namespace rooted at {cgroup}: runc enables controllers in every ancestor's
 # cgroup.subtree_control of a container's cgroup; rooted here, it cannot touch the real root.
-exec unshare --cgroup -- /bin/sh {workdir}/launch2.sh
+exec unshare --cgroup -- {python} -I -S {workdir}/supervisor.py {workdir}/supervisor.json
 """
 
-_LAUNCHER2 = r"""#!/bin/sh
-# Stage 2: in the cgroup namespace rooted at {cgroup}.
-set -e
-mount -t cgroup2 cgroup2 /sys/fs/cgroup
-echo $$ > /sys/fs/cgroup/daemon/cgroup.procs
-mount -t tmpfs -o mode=0755 cnmlab-run /run
-if [ -d /etc/docker ]; then mount -t tmpfs -o mode=0755 cnmlab-etc-docker /etc/docker; fi
-ip link set lo up
-{containerd} --config {workdir}/containerd.toml >{workdir}/containerd.log 2>&1 &
-echo $! > {workdir}/containerd.pid
-i=0
-while [ ! -S {ctd_sock} ]; do
-    i=$((i + 1))
-    if [ $i -gt 400 ] || ! kill -0 $(cat {workdir}/containerd.pid) 2>/dev/null; then
-        echo "cnmlab: containerd did not start:" >&2; tail -n 5 {workdir}/containerd.log >&2
-        exit 1
-    fi
-    sleep 0.05
-done
-exec {dockerd} {args}
+_SUPERVISOR = r"""
+# Stage 2 (cnmlab): in the cgroup namespace rooted at the daemon's cgroup. Starts containerd
+# and dockerd, and as a child subreaper reaps everything they orphan (shims, containers), so
+# nothing is left as a zombie of the machine's init. SIGTERM: kill the containers, stop
+# dockerd, then containerd, then whatever is left (shims, docker-proxy), reap all, exit.
+import ctypes, json, os, signal, stat, subprocess, sys, time
+
+cfg = json.load(open(sys.argv[1]))
+ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
+SIGS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD}
+signal.pthread_sigmask(signal.SIG_BLOCK, SIGS)
+exited = {}
+
+
+def unblock():
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGS)
+
+
+def say(msg):
+    print("cnmlab-supervisor: " + msg, file=sys.stderr, flush=True)
+
+
+def reap():
+    # Collect every exited child; False once there are no children left at all.
+    while True:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return False
+        if pid == 0:
+            return True
+        exited[pid] = status
+
+
+def wait_gone(pid, timeout):
+    deadline = time.monotonic() + timeout
+    while True:
+        reap()
+        if pid in exited or time.monotonic() > deadline:
+            return pid in exited
+        signal.sigtimedwait(SIGS, 0.05)
+
+
+def stop(pid, timeout):
+    reap()
+    if pid in exited:
+        return
+    os.kill(pid, signal.SIGTERM)
+    if not wait_gone(pid, timeout):
+        say(f"{pid} ignored SIGTERM for {timeout}s: SIGKILL")
+        os.kill(pid, signal.SIGKILL)
+        wait_gone(pid, 5)
+
+
+def kill_cgroup(rel):
+    try:
+        with open(f"/sys/fs/cgroup/{rel}/cgroup.kill", "w") as f:
+            f.write("1")
+    except OSError:
+        pass
+
+
+def kill_rest():
+    kill_cgroup("ctr")
+    me = os.getpid()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        with open("/sys/fs/cgroup/daemon/cgroup.procs") as f:
+            pids = [int(p) for p in f.read().split() if int(p) != me]
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        if not reap() and not pids:
+            return
+        signal.sigtimedwait(SIGS, 0.02)
+
+
+def main():
+    for cmd in cfg["setup"]:
+        subprocess.run(cmd, check=True, preexec_fn=unblock)
+    with open("/sys/fs/cgroup/daemon/cgroup.procs", "w") as f:
+        f.write(str(os.getpid()))
+    with open(cfg["containerd_log"], "ab") as log:
+        ctd = subprocess.Popen(cfg["containerd"], stdin=subprocess.DEVNULL, stdout=log,
+                               stderr=subprocess.STDOUT, preexec_fn=unblock)
+    with open(cfg["containerd_pidfile"], "w") as f:
+        f.write(f"{ctd.pid}\n")
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            if stat.S_ISSOCK(os.stat(cfg["containerd_socket"]).st_mode):
+                break
+        except FileNotFoundError:
+            pass
+        reap()
+        if ctd.pid in exited or time.monotonic() > deadline:
+            say("containerd did not start:")
+            with open(cfg["containerd_log"], errors="replace") as f:
+                sys.stderr.write("".join(f.readlines()[-5:]))
+            kill_rest()
+            return 1
+        time.sleep(0.02)
+    dockerd = subprocess.Popen(cfg["dockerd"], stdin=subprocess.DEVNULL, preexec_fn=unblock)
+    code = 0
+    while True:
+        info = signal.sigtimedwait(SIGS, 1.0)
+        if info is not None and info.si_signo != signal.SIGCHLD:
+            break
+        reap()
+        if dockerd.pid in exited:
+            say(f"dockerd exited (status {exited[dockerd.pid]})")
+            code = 1
+            break
+    kill_cgroup("ctr")  # the containers first: dockerd would wait 10 s for each to stop
+    stop(dockerd.pid, 15)
+    stop(ctd.pid, 5)
+    kill_rest()
+    return code
+
+
+sys.exit(main())
 """
 
 _CONTAINERD_TOML = """version = 2
@@ -367,7 +474,9 @@ class DockerDaemon:
         self.cgroup = f"{CGROUP_PREFIX}{name}"
         self.host = f"unix://{self.socket}"
         self.timings: dict[str, float] = {}
+        self.image_source = ""  # how start() got the image: built, cached tarball, present
         self._proc: subprocess.Popen | None = None
+        self._dockerd_pid: int | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
     def __enter__(self) -> DockerDaemon:
@@ -379,7 +488,12 @@ class DockerDaemon:
 
     @property
     def pid(self) -> int | None:
-        return self._proc.pid if self._proc else _read_pid(self.pidfile)
+        """dockerd's pid (its parent is a small supervisor, ``supervisor_pid``)."""
+        return self._dockerd_pid or _read_pid(self.pidfile)
+
+    @property
+    def supervisor_pid(self) -> int | None:
+        return self._proc.pid if self._proc else None
 
     @property
     def host_netns_path(self) -> str:
@@ -434,15 +548,28 @@ class DockerDaemon:
         for d in (self.workdir, self.data_root, self.exec_root, self.containerd_socket.parent,
                   self.workdir / "cli"):
             d.mkdir(parents=True, exist_ok=True)
-        fmt = dict(workdir=self.workdir, ctd_sock=self.containerd_socket, cgroup=self.cgroup,
-                   containerd=CONTAINERD, dockerd=DOCKERD,
-                   args=" ".join(shlex.quote(a) for a in self._dockerd_args()))
+        fmt = dict(workdir=self.workdir, cgroup=self.cgroup, python=sys.executable,
+                   ctd_sock=self.containerd_socket)
         (self.workdir / "containerd.toml").write_text(_CONTAINERD_TOML.format(**fmt))
         (self.workdir / "daemon.json").write_text(
             json.dumps({"deprecated-key-path": str(self.workdir / "key.json")}) + "\n")
         launcher = self.workdir / "launch.sh"
         launcher.write_text(_LAUNCHER.format(**fmt))
-        (self.workdir / "launch2.sh").write_text(_LAUNCHER2.format(**fmt))
+        (self.workdir / "supervisor.py").write_text(_SUPERVISOR)
+        (self.workdir / "supervisor.json").write_text(json.dumps({
+            "setup": [
+                ["mount", "-t", "cgroup2", "cgroup2", "/sys/fs/cgroup"],
+                ["mount", "-t", "tmpfs", "-o", "mode=0755", "cnmlab-run", "/run"],
+                *([["mount", "-t", "tmpfs", "-o", "mode=0755", "cnmlab-etc-docker",
+                    "/etc/docker"]] if os.path.isdir("/etc/docker") else []),
+                ["ip", "link", "set", "lo", "up"],
+            ],
+            "containerd": [CONTAINERD, "--config", str(self.workdir / "containerd.toml")],
+            "containerd_log": str(self.workdir / "containerd.log"),
+            "containerd_pidfile": str(self.workdir / "containerd.pid"),
+            "containerd_socket": str(self.containerd_socket),
+            "dockerd": [DOCKERD, *self._dockerd_args()],
+        }, indent=1))
         state = {"name": self.name, "netns": self.netns_name, "cgroup": self.cgroup,
                  "socket": str(self.socket)}
         self._write_state(state)
@@ -458,17 +585,15 @@ class DockerDaemon:
         try:
             self._wait_ready()
             t1 = time.monotonic()
-            cached = self.ensure_image()
+            self.image_source = self.ensure_image()
         except BaseException:
             self.stop()
             raise
         t2 = time.monotonic()
-        self.timings = {"daemon": t1 - t0, "image": t2 - t1, "total": t2 - t0,
-                        "cached_tarball": float(cached)}
+        self.timings = {"daemon": t1 - t0, "image": t2 - t1, "total": t2 - t0}
         if not self.quiet:
             print(f"cnmlab: dockerd {self.name} ready in {t2 - t0:.2f}s (daemon {t1 - t0:.2f}s,"
-                  f" image {t2 - t1:.2f}s{', cached tarball' if cached else ''})",
-                  file=sys.stderr)
+                  f" image {t2 - t1:.2f}s, {self.image_source})", file=sys.stderr)
         return self
 
     def _write_state(self, state: dict) -> None:
@@ -500,6 +625,7 @@ class DockerDaemon:
                                f"{self.start_timeout:.0f}s; last lines of {self.log}:\n"
                                f"{_tail(self.log)}")
             time.sleep(0.05)
+        self._dockerd_pid = _read_pid(self.pidfile)
         info = self.docker("info", "--format", "{{.ServerVersion}}", check=False, timeout=30)
         if info.returncode != 0:
             raise CnmError(f"docker info failed: {info.stderr.strip()}; last lines of "
@@ -580,13 +706,13 @@ class DockerDaemon:
         build_tarball(tar_path)
         return tar_path, False
 
-    def ensure_image(self) -> bool:
-        """Import ``cnmlab/busybox`` unless present; returns whether the tarball was cached."""
+    def ensure_image(self) -> str:
+        """Import ``cnmlab/busybox`` unless present: "present", "cached tarball" or "built"."""
         if self.docker("image", "inspect", IMAGE, check=False).returncode == 0:
-            return True
+            return "present"
         tar_path, cached = self.image_tarball()
         self.docker("import", "--change", 'CMD ["sh"]', str(tar_path), IMAGE, timeout=120)
-        return cached
+        return "cached tarball" if cached else "built"
 
 
 def build_tarball(tar_path: Path) -> None:

@@ -49,7 +49,7 @@ class ProbeResult:
     ok: bool
     observed: str
     reason: str = ""            # reply | connected | refused | timeout | unreachable | error
-    rtt_ms: float | None = None
+    rtt_ms: float | None = None  # in a big batch: an upper bound (replies are read after sends)
     server: str | None = None   # the EchoServer that answered (from its marker line)
     seen_as: str | None = None  # "ip:port" the server saw this probe come from
     reply: bytes = b""
@@ -426,26 +426,7 @@ def ping_results(sources: Mapping[str, NsLike], targets: Mapping[str, str], coun
                 st.error = f"{what} (ICMP from {peer})"
                 st.done = True
 
-        t0 = time.monotonic()
-        deadline = t0 + timeout
-        interval = timeout / (retries + 1)
-        next_round, rounds = t0, 0
-        remaining = len(states)
-        while True:
-            now = time.monotonic()
-            if rounds <= retries and now >= next_round:
-                enqueue_round()
-                rounds += 1
-                next_round = t0 + rounds * interval
-            if queue:
-                flush_queue()
-            remaining = sum(1 for st in states.values() if not st.done)
-            now = time.monotonic()
-            if remaining == 0 or now >= deadline:
-                break
-            wait = min(deadline, next_round if rounds <= retries else deadline) - now
-            if queue:
-                wait = min(wait, 0.001)
+        def drain(wait: float) -> None:
             for fd, _ in ep.poll(max(0.0, wait)):
                 src, ident = fd_src[fd]
                 s = socks[src]
@@ -457,7 +438,32 @@ def ping_results(sources: Mapping[str, NsLike], targets: Mapping[str, str], coun
                     except OSError:
                         break
                     handle(src, ident, data)
-        elapsed = time.monotonic() - t0
+
+        # Round 0 sends everything; the clock starts once it is out (a 100x100 matrix with cold
+        # ARP caches takes most of a second just to send), so every pair gets its full timeout.
+        # Replies are drained before each retry round, which re-sends only unanswered pairs.
+        enqueue_round()
+        flush_queue()
+        t0 = time.monotonic()
+        deadline = t0 + timeout
+        interval = timeout / (retries + 1)
+        rounds, next_round = 1, t0 + interval
+        while True:
+            now = time.monotonic()
+            wait = min(deadline, next_round if rounds <= retries else deadline) - now
+            drain(min(wait, 0.001) if queue else wait)
+            if all(st.done for st in states.values()):
+                break
+            now = time.monotonic()
+            if now >= deadline:
+                break
+            if rounds <= retries and now >= next_round:
+                drain(0)
+                enqueue_round()
+                rounds += 1
+                next_round = t0 + rounds * interval
+            if queue:
+                flush_queue()
         failed = any(not st.done or st.error for st in states.values())
         if failed and arp_cache_stats().get("table_fulls", 0) > fulls_before:
             raise NeighbourTableFull(
@@ -475,7 +481,7 @@ def ping_results(sources: Mapping[str, NsLike], targets: Mapping[str, str], coun
                 out[p] = ProbeResult(False, st.error, reason)
             else:
                 extra = f", {st.got} of {count} replies" if st.got else ""
-                out[p] = ProbeResult(False, f"timeout after {_fmt_s(round(elapsed, 2))} "
+                out[p] = ProbeResult(False, f"timeout after {_fmt_s(timeout)} "
                                      f"({st.sent} echo requests to {st.ip}{extra})", "timeout")
         return out
     finally:

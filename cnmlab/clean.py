@@ -6,9 +6,6 @@ deleting them (after stopping their processes) removes links, routes and rules w
 """
 from __future__ import annotations
 
-import json
-import os
-
 from cnmlab import neigh, state
 from cnmlab.lab import teardown
 from cnmlab.model import LabState
@@ -22,8 +19,8 @@ def clean(only: list[str] | None = None) -> list[str]:
             continue
         try:
             lab_state = state.load(name)
-        except (json.JSONDecodeError, TypeError, KeyError):
-            lab_state = _salvage(name)
+        except (TypeError, KeyError, ValueError):  # a model from another version: the log is enough
+            lab_state = LabState(name=name, namespaces=state.recorded_namespaces(name))
         removed += teardown(name, lab_state)
     if only:
         return removed
@@ -32,16 +29,6 @@ def clean(only: list[str] | None = None) -> list[str]:
     if not state.names():
         neigh.release_all()
     return removed
-
-
-def _salvage(name: str) -> LabState | None:
-    """A damaged state file: keep at least the namespace list, which is all teardown needs."""
-    try:
-        with open(os.path.join(state.STATE_DIR, f"{name}.json")) as f:
-            data = json.load(f)
-        return LabState(name=name, namespaces=list(data.get("namespaces", [])))
-    except (OSError, ValueError, AttributeError):
-        return None
 
 
 def _cleanup_hooks() -> list:  # type: ignore[type-arg]

@@ -41,6 +41,9 @@ class HostContext:
 
     host: Host
     nl: Netlink
+    # The sandbox an endpoint being created will join at once (``docker run``): a driver may
+    # then create the interface straight inside it, sparing the kernel a costly move.
+    joining: Sandbox | None = None
     _undo: list[Callable[[], object]] = field(default_factory=list)
 
     def undo(self, action: Callable[[], object]) -> None:
@@ -51,12 +54,16 @@ def new_id() -> str:
     return secrets.token_hex(32)
 
 
-def setup_namespace(name: str) -> None:
-    """A fresh namespace as cnmlab wants it: IPv6 off (no autoconf cost), ``lo`` up."""
+def setup_namespace(name: str, lo_up: bool = True) -> None:
+    """A fresh namespace as cnmlab wants it: IPv6 off (no autoconf cost), ``lo`` up.
+
+    ``lo_up=False`` leaves ``lo`` to the caller's own netlink session (one socket less).
+    """
     netns.create(name)
     sysctl.write_many(NS_SYSCTLS_V6_OFF, name)
-    with Netlink(name) as nl:
-        nl.set_link("lo", up=True)
+    if lo_up:
+        with Netlink(name) as nl:
+            nl.set_link("lo", up=True)
 
 
 def write_etc(ns: str, resolv: str, hosts: str) -> None:
@@ -115,8 +122,8 @@ class Controller:
                     self.ipam.request_address(pid, ep.ip.split("/")[0])
 
     @contextmanager
-    def _transaction(self) -> Iterator[HostContext]:
-        ctx = HostContext(self.host, self.nl)
+    def _transaction(self, joining: Sandbox | None = None) -> Iterator[HostContext]:
+        ctx = HostContext(self.host, self.nl, joining)
         try:
             yield ctx
         except BaseException:
@@ -196,9 +203,8 @@ class Controller:
         with self._transaction() as ctx:
             if sb.netns:
                 self._record_ns(sb.netns)
-                setup_namespace(sb.netns)
+                setup_namespace(sb.netns, lo_up=False)  # lo comes up when it joins
                 ctx.undo(lambda: (netns.delete(sb.netns or ""), remove_etc(sb.netns or "")))
-                self._write_sandbox_etc(sb)
             self.host.sandboxes[name] = sb
         return sb
 
@@ -232,14 +238,15 @@ class Controller:
     # ---- endpoints ---------------------------------------------------------------------
     def create_endpoint(self, net: Network, name: str, ip: str | None = None,
                         aliases: list[str] | None = None,
-                        ports: list[PortMapping] | None = None) -> Endpoint:
+                        ports: list[PortMapping] | None = None,
+                        joining: Sandbox | None = None) -> Endpoint:
         drv = driverapi.get(net.driver)
         ep = Endpoint(id=new_id(), name=name, network=net.name, aliases=list(aliases or []),
                       ports=list(ports or []))
         if ports and net.driver != "bridge":
             ports = []  # Docker ignores published ports on host and none networks
             ep.ports = []
-        with self._transaction() as ctx:
+        with self._transaction(joining) as ctx:
             if drv.capability.needs_ipam and net.pool_id:
                 addr = self.ipam.request_address(net.pool_id, ip)
                 ctx.undo(lambda: self.ipam.release_address(net.pool_id or "", addr))
@@ -274,6 +281,9 @@ class Controller:
                               setattr(ep, "sandbox", None)))
             if info.src_name and sb.netns:
                 self._plumb(sb, ep, info)
+            elif sb.netns:  # no interface (null driver): the sandbox still has its lo
+                with Netlink(sb.netns) as snl:
+                    snl.set_link("lo", up=True)
             if net.driver == "bridge" and net.name != "bridge" and not sb.dns:
                 sb.dns = True  # user-defined network: the embedded resolver serves this sandbox
             self._write_sandbox_etc(sb)
@@ -284,11 +294,13 @@ class Controller:
     def _plumb(self, sb: Sandbox, ep: Endpoint, info: driverapi.JoinInfo) -> None:
         """The sandbox side of a join (libnetwork's osl): move, rename, address, route."""
         assert sb.netns and info.src_name
-        fd = netns.open_fd(sb.netns)
-        try:
-            self.nl.set_link(info.src_name, ns_fd=fd)
-        finally:
-            os.close(fd)
+        if ep.driver_data.get("src_ns") != sb.netns:  # not created in place: move it in
+            fd = netns.open_fd(sb.netns)
+            try:
+                self.nl.set_link(info.src_name, ns_fd=fd)
+            finally:
+                os.close(fd)
+            ep.driver_data["src_ns"] = sb.netns
         used = {self.host.networks[r.split("/")[0]].endpoints[r.split("/", 1)[1]].ifname
                 for r in sb.endpoints}
         n = 0
@@ -296,13 +308,18 @@ class Controller:
             n += 1
         ep.ifname = f"{info.dst_prefix}{n}"
         with Netlink(sb.netns) as snl:
-            snl.set_link(info.src_name, rename=ep.ifname, mac=ep.mac)
+            if len(sb.endpoints) == 1:
+                snl.set_link("lo", up=True)
+            snl.set_link(info.src_name, rename=ep.ifname, mac=ep.mac, up=True)
             if ep.ip:
                 snl.add_address(ep.ifname, ep.ip)
-            snl.set_link(ep.ifname, up=True)
             for dst, via in info.static_routes:
                 snl.add_route(dst, gateway=via)
-            self._route_default(sb, snl)
+            if len(sb.endpoints) == 1:  # first interface: no route to replace
+                if info.gateway and self.gateway_endpoint(sb) is ep:
+                    snl.add_route("default", gateway=info.gateway, dev=ep.ifname)
+            else:
+                self._route_default(sb, snl)
 
     def gateway_endpoint(self, sb: Sandbox) -> Endpoint | None:
         """Docker's choice of the endpoint that gives the default route (``Endpoint.Less``)."""
@@ -360,7 +377,7 @@ class Controller:
         if not drv.capability.own_namespace and sb.netns:
             raise InvalidInput(f"{sandbox}: a container with its own namespace cannot join the "
                                f"host network")
-        ep = self.create_endpoint(net, sandbox, ip, aliases, ports)
+        ep = self.create_endpoint(net, sandbox, ip, aliases, ports, joining=sb)
         try:
             self.join(ep, sb)
         except BaseException:

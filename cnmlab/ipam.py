@@ -68,6 +68,7 @@ class _Pool:
     network: Net
     sub_pool: Net | None
     used: set[Addr] = field(default_factory=set)
+    low: int = 0  # no free address below this offset in range(): first-free stays O(1)
 
     def range(self) -> Net:
         return self.sub_pool or self.network
@@ -145,20 +146,29 @@ class DefaultIpam:
             pool.used.add(addr)
             return str(addr)
         rng = pool.range()
-        for addr in _usable(rng, pool.network):
+        start = int(rng.network_address)
+        for addr in _usable(rng, pool.network, pool.low):
             if addr not in pool.used:
                 pool.used.add(addr)
+                pool.low = int(addr) - start + 1
                 return str(addr)
         raise PoolExhausted(f"no available addresses in {rng}")
 
     def release_address(self, pool_id: str, ip: str) -> None:
-        self._get(pool_id).used.discard(ipaddress.IPv4Address(ip))
+        pool = self._get(pool_id)
+        addr = ipaddress.IPv4Address(ip)
+        pool.used.discard(addr)
+        offset = int(addr) - int(pool.range().network_address)
+        if 0 <= offset < pool.low:
+            pool.low = offset
 
 
-def _usable(rng: Net, network: Net) -> Iterator[Addr]:
-    """Addresses of ``rng`` minus the network and broadcast of the whole subnet (not /31)."""
+def _usable(rng: Net, network: Net, skip: int = 0) -> Iterator[Addr]:
+    """Addresses of ``rng`` from offset ``skip``, minus the subnet's network and broadcast."""
     reserved = set() if network.prefixlen >= 31 else {network.network_address,
                                                         network.broadcast_address}
-    for addr in rng:
+    first = int(rng.network_address)
+    for n in range(first + skip, int(rng.broadcast_address) + 1):
+        addr = ipaddress.IPv4Address(n)
         if addr not in reserved:
             yield addr

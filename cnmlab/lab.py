@@ -13,6 +13,7 @@ removes exactly that, and so does ``cnmlab clean`` after a crash.
 """
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import os
 import re
@@ -20,7 +21,7 @@ import subprocess
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from cnmlab import neigh, netns, nsexec, state, sysctl
+from cnmlab import dns, neigh, netns, nsexec, state, sysctl
 from cnmlab.controller import (DEFAULT_BRIDGE_OPTIONS, Controller, remove_etc, setup_namespace)
 from cnmlab.errors import CnmError, InvalidInput, ObjectExists, ObjectNotFound
 from cnmlab.ipam import DefaultIpam
@@ -153,11 +154,14 @@ class HostHandle:
             self.controller.delete_sandbox(name)
             raise
         self.lab._sandbox_added()
+        self.lab._serve_dns()
         return SandboxHandle(self, sb)
 
     def connect(self, network: str, sandbox: str, ip: str | None = None,
                 aliases: Sequence[str] = ()) -> Endpoint:
-        return self.controller.connect(network, sandbox, ip=ip, aliases=list(aliases))
+        ep = self.controller.connect(network, sandbox, ip=ip, aliases=list(aliases))
+        self.lab._serve_dns()
+        return ep
 
     def disconnect(self, network: str, sandbox: str) -> None:
         self.controller.disconnect(network, sandbox)
@@ -192,6 +196,8 @@ class Lab:
 
             raise NotRootError("cnmlab needs root to create namespaces: run it with sudo")
         self._hosts: dict[str, HostHandle] = {}
+        self._batch = 0
+        self._dirty = False
         if _state is not None:
             self.state = _state
             for h in self.state.hosts.values():
@@ -228,10 +234,40 @@ class Lab:
         return f"{NS_PREFIX}{self.name}-{obj}"
 
     def _record_ns(self, ns: str) -> None:
+        state.record_namespace(self.name, ns)
         self.state.namespaces.append(ns)
-        self._save()
 
     def _save(self) -> None:
+        if self._batch:
+            self._dirty = True
+        else:
+            state.save(self.state)
+
+    @contextlib.contextmanager
+    def batch(self) -> Iterator["Lab"]:
+        """Save the model once at the end instead of after every change (big topologies).
+
+        Namespaces are still logged before they are made, so a crash inside a batch is as
+        recoverable by ``cnmlab clean`` as anywhere else.
+        """
+        self._batch += 1
+        try:
+            yield self
+        finally:
+            self._batch -= 1
+            if not self._batch and self._dirty:
+                self._dirty = False
+                state.save(self.state)
+                self._serve_dns()
+
+    def _serve_dns(self) -> None:
+        """Docker's embedded DNS (127.0.0.11) for sandboxes on user-defined networks.
+
+        The resolver follows the saved state, so inside a batch it is told once, at the end.
+        """
+        if self._batch or not dns.wants_dns(self.state):
+            return
+        dns.ensure_running(self.name, self.state)
         state.save(self.state)
 
     def _check_free(self, name: str) -> None:
@@ -364,8 +400,9 @@ def teardown(name: str, lab_state: LabState | None) -> list[str]:
     """Remove a lab's namespaces (processes first), its /etc/netns files and its state."""
     removed = []
     with state.locked(name):
-        for ns in reversed(lab_state.namespaces if lab_state else []):
-            netns.kill_processes(ns)
+        namespaces = list(reversed(lab_state.namespaces if lab_state else []))
+        netns.kill_processes(*namespaces)
+        for ns in namespaces:
             if netns.delete(ns):
                 removed.append(ns)
             remove_etc(ns)

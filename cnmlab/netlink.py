@@ -86,6 +86,7 @@ class Netlink:
 
     def __init__(self, ns: str | None = None) -> None:
         self.ns = ns
+        self._index: dict[str, int] = {}
         if ns is None:
             self._ip = IPRoute()
         else:
@@ -109,15 +110,36 @@ class Netlink:
             raise _kernel_error(e, f"{what} in {self.ns or 'the root namespace'}") from None
 
     # ---- links -------------------------------------------------------------------------
-    def index(self, name: str) -> int:
-        with self._call(f"look up link {name}"):
-            found = self._ip.link_lookup(ifname=name)
-        if not found:
+    def _lookup(self, name: str, fresh: bool = False) -> int | None:
+        """Name -> ifindex, remembered: a lookup costs a round trip and a decode.
+
+        The cache only ever holds links this socket saw by name; renames, moves and deletions
+        made through this object update it, and ``_set`` retries once with a fresh lookup if
+        someone else changed a link behind our back (the kernel does not reuse ifindexes soon).
+        """
+        if not fresh and name in self._index:
+            return self._index[name]
+        if name == "lo" and self.ns is not None:
+            self._index[name] = 1  # the loopback is always ifindex 1 in a namespace
+            return 1
+        try:
+            idx = int(self._ip.link("get", ifname=name)[0]["index"])
+        except NetlinkError as e:
+            self._index.pop(name, None)
+            if e.code in (errno.ENODEV, errno.ENOENT):
+                return None
+            raise _kernel_error(e, f"look up link {name} in {self.ns or 'the root namespace'}")
+        self._index[name] = idx
+        return idx
+
+    def index(self, name: str, fresh: bool = False) -> int:
+        found = self._lookup(name, fresh)
+        if found is None:
             raise ObjectNotFound(f"link {name} not found in {self.ns or 'the root namespace'}")
-        return found[0]
+        return found
 
     def has_link(self, name: str) -> bool:
-        return bool(self._ip.link_lookup(ifname=name))
+        return self._lookup(name, fresh=True) is not None
 
     def add_bridge(self, name: str, mtu: int | None = None) -> int:
         with self._call(f"create bridge {name}"):
@@ -166,8 +188,17 @@ class Netlink:
             attrs["ifname"] = rename
         if ns_fd is not None:
             attrs["net_ns_fd"] = ns_fd
-        with self._call(f"set link {name}"):
+        try:
             self._ip.link("set", index=idx, **attrs)
+        except NetlinkError as e:
+            if e.code != errno.ENODEV:
+                raise _kernel_error(e, f"set link {name} in {self.ns or 'the root namespace'}")
+            with self._call(f"set link {name}"):
+                self._ip.link("set", index=self.index(name, fresh=True), **attrs)
+        if rename is not None or ns_fd is not None:
+            self._index.pop(name, None)
+        if rename is not None and ns_fd is None:
+            self._index[rename] = idx
 
     def set_hairpin(self, name: str, on: bool = True) -> None:
         with self._call(f"set hairpin on {name}"):
@@ -175,7 +206,8 @@ class Netlink:
 
     def delete_link(self, name: str) -> None:
         with self._call(f"delete link {name}"):
-            self._ip.link("del", index=self.index(name))
+            self._ip.link("del", index=self.index(name, fresh=True))
+        self._index.pop(name, None)
 
     def links(self) -> list[LinkInfo]:
         with self._call("list links"):

@@ -142,32 +142,44 @@ def entered(name: str | None = None, fd: int | None = None) -> Iterator[None]:
 
 def pids_in(name: str) -> list[int]:
     """Processes whose network namespace is this named one (to stop them before deletion)."""
-    try:
-        st = os.stat(path_of(name))
-    except FileNotFoundError:
-        return []
-    found = []
+    return pids_in_many([name]).get(name, [])
+
+
+def pids_in_many(names: list[str]) -> dict[str, list[int]]:
+    """One pass over /proc for many namespaces (teardown of a big lab scans it once)."""
+    wanted: dict[tuple[int, int], str] = {}
+    for name in names:
+        try:
+            st = os.stat(path_of(name))
+        except FileNotFoundError:
+            continue
+        wanted[(st.st_dev, st.st_ino)] = name
+    found: dict[str, list[int]] = {}
+    if not wanted:
+        return found
+    me = os.getpid()
     for entry in os.listdir("/proc"):
-        if not entry.isdigit():
+        if not entry.isdigit() or int(entry) == me:
             continue
         try:
             ns = os.stat(f"/proc/{entry}/ns/net")
         except OSError:
             continue
-        if ns.st_ino == st.st_ino and ns.st_dev == st.st_dev and int(entry) != os.getpid():
-            found.append(int(entry))
+        name = wanted.get((ns.st_dev, ns.st_ino))
+        if name is not None:
+            found.setdefault(name, []).append(int(entry))
     return found
 
 
-def kill_processes(name: str, timeout: float = 3.0) -> None:
-    """SIGKILL every process in the namespace and wait until they are gone.
+def kill_processes(*names: str, timeout: float = 3.0) -> None:
+    """SIGKILL every process in these namespaces and wait until they are gone.
 
     A namespace whose processes still run outlives its deletion, so teardown stops them first.
     """
     import signal
     import time
 
-    pids = pids_in(name)
+    pids = [pid for found in pids_in_many(list(names)).values() for pid in found]
     for pid in pids:
         try:
             os.kill(pid, signal.SIGKILL)

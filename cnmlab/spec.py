@@ -163,28 +163,33 @@ def build(topo: Topology, lab: Lab | None = None) -> Lab:
     lab = lab or Lab(topo.name)
     src = topo.source
     try:
-        for hspec in topo.hosts:
-            where: tuple[Any, ...] = ("hosts", hspec.name)
-            try:
-                host = lab.add_host(hspec.name, **hspec.options)
-            except CnmError as e:
-                raise src.error(where, str(e)) from None
-            for nname, nspec in hspec.networks.items():
-                try:
-                    host.network_create(nname, **nspec)
-                except CnmError as e:
-                    raise src.error(where + ("networks", nname), str(e)) from None
-            for sb in hspec.sandboxes:
-                try:
-                    (first, opts), rest = sb.networks[0], sb.networks[1:]
-                    host.run(sb.name, first, ip=opts.get("ip"), publish=sb.publish,
-                             aliases=opts.get("aliases") or [])
-                    for n, o in rest:
-                        host.connect(n, sb.name, ip=o.get("ip"), aliases=o.get("aliases") or [])
-                except CnmError as e:
-                    raise src.error(sb.where, str(e)) from None
+        with lab.batch():
+            _build_hosts(topo, lab, src)
     except BaseException:
         if own:
             lab.down()
         raise
     return lab
+
+
+def _build_hosts(topo: Topology, lab: Lab, src: Source) -> None:
+    for hspec in topo.hosts:
+        where: tuple[Any, ...] = ("hosts", hspec.name)
+        try:
+            host = lab.add_host(hspec.name, **hspec.options)
+        except CnmError as e:
+            raise src.error(where, str(e)) from None
+        for nname, nspec in hspec.networks.items():
+            try:
+                host.network_create(nname, **nspec)
+            except CnmError as e:
+                raise src.error(where + ("networks", nname), str(e)) from None
+        for sb in hspec.sandboxes:
+            try:
+                (first, opts), rest = sb.networks[0], sb.networks[1:]
+                host.run(sb.name, first, ip=opts.get("ip"), publish=sb.publish,
+                         aliases=opts.get("aliases") or [])
+                for n, o in rest:
+                    host.connect(n, sb.name, ip=o.get("ip"), aliases=o.get("aliases") or [])
+            except CnmError as e:
+                raise src.error(sb.where, str(e)) from None

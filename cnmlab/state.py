@@ -31,29 +31,62 @@ def _path(name: str) -> str:
 
 
 def exists(name: str) -> bool:
-    return os.path.exists(_path(name))
+    return os.path.exists(_path(name)) or os.path.exists(_ns_log(name))
+
+
+def _ns_log(name: str) -> str:
+    return os.path.join(STATE_DIR, f"{name}.ns")
+
+
+def record_namespace(name: str, ns: str) -> None:
+    """Append a namespace to the lab's write-ahead log *before* it is created.
+
+    An append is O(1) whatever the lab's size, so recording stays cheap at a thousand
+    sandboxes, and a ``kill -9`` between this line and the next leaves a record behind.
+    """
+    os.makedirs(STATE_DIR, exist_ok=True)
+    fd = os.open(_ns_log(name), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, (ns + "\n").encode())
+    finally:
+        os.close(fd)
+
+
+def recorded_namespaces(name: str) -> list[str]:
+    try:
+        with open(_ns_log(name)) as f:
+            return [line.strip() for line in f if line.strip()]
+    except FileNotFoundError:
+        return []
 
 
 def save(state: LabState) -> None:
+    """Write the model atomically (/run is a tmpfs: no fsync needed to survive a kill)."""
     os.makedirs(STATE_DIR, exist_ok=True)
-    tmp = _path(state.name) + ".tmp"
+    tmp = _path(state.name) + f".{os.getpid()}.tmp"
+    data = state.to_json()
+    data.pop("namespaces", None)  # those live in the write-ahead log
     with open(tmp, "w") as f:
-        json.dump(state.to_json(), f, indent=1)
-        f.flush()
-        os.fsync(f.fileno())
+        json.dump(data, f, separators=(",", ":"), default=vars)
     os.replace(tmp, _path(state.name))
 
 
 def load(name: str) -> LabState:
     try:
         with open(_path(name)) as f:
-            return LabState.from_json(json.load(f))
+            data = json.load(f)
     except FileNotFoundError:
-        raise ObjectNotFound(f"no lab named {name!r} is running (see 'cnmlab ls')") from None
+        if not os.path.exists(_ns_log(name)):
+            raise ObjectNotFound(f"no lab named {name!r} is running (see 'cnmlab ls')") from None
+        data = {"name": name}  # killed before its first save: the log is all there is
+    except ValueError:
+        data = {"name": name}
+    data["namespaces"] = recorded_namespaces(name)
+    return LabState.from_json(data)
 
 
 def remove(name: str) -> None:
-    for p in (_path(name), _path(name) + ".tmp"):
+    for p in (_path(name), _ns_log(name)):
         try:
             os.unlink(p)
         except FileNotFoundError:
@@ -62,8 +95,8 @@ def remove(name: str) -> None:
 
 def names() -> list[str]:
     try:
-        return sorted(f[:-5] for f in os.listdir(STATE_DIR) if f.endswith(".json")
-                      and not f.startswith("_"))
+        return sorted({f.rsplit(".", 1)[0] for f in os.listdir(STATE_DIR)
+                       if f.endswith((".json", ".ns")) and not f.startswith("_")})
     except FileNotFoundError:
         return []
 

@@ -153,8 +153,8 @@ from cnmlab import controller
 from cnmlab.lab import Lab
 real = controller.setup_namespace
 count = [0]
-def dying(name):
-    real(name)
+def dying(name, **kw):
+    real(name, **kw)
     count[0] += 1
     if count[0] == int(sys.argv[2]):
         os.kill(os.getpid(), signal.SIGKILL)  # die right after a namespace was made

@@ -9,10 +9,11 @@ written here: the controller re-renders the host's whole ruleset after every cha
 from __future__ import annotations
 
 import ipaddress
+import os
 import secrets
 from typing import TYPE_CHECKING
 
-from cnmlab import proxy
+from cnmlab import netns, proxy
 from cnmlab.driverapi import LOCAL, Capability, JoinInfo
 from cnmlab.errors import InvalidInput, ObjectNotFound
 
@@ -69,7 +70,16 @@ class BridgeDriver:
 
     def create_endpoint(self, ctx: HostContext, net: Network, ep: Endpoint) -> None:
         host_end, container_end = veth_name(), veth_name()
-        ctx.nl.add_veth(host_end, container_end, mtu=net.mtu)
+        sandbox_ns = ctx.joining.netns if ctx.joining else None
+        if sandbox_ns:  # joins at once: put the container end straight into the sandbox
+            fd = netns.open_fd(sandbox_ns)
+            try:
+                ctx.nl.add_veth(host_end, container_end, peer_ns_fd=fd, mtu=net.mtu)
+            finally:
+                os.close(fd)
+            ep.driver_data["src_ns"] = sandbox_ns
+        else:
+            ctx.nl.add_veth(host_end, container_end, mtu=net.mtu)
         ctx.undo(lambda: ctx.nl.delete_link(host_end) if ctx.nl.has_link(host_end) else None)
         ctx.nl.set_link(host_end, master=net.device, up=True)
         ep.host_ifname = host_end
@@ -83,7 +93,7 @@ class BridgeDriver:
 
     def join(self, ctx: HostContext, net: Network, ep: Endpoint, sb: Sandbox) -> JoinInfo:
         src = ep.driver_data.get("src")
-        if not src or not ctx.nl.has_link(src):
+        if not src or (not ep.driver_data.get("src_ns") and not ctx.nl.has_link(src)):
             raise ObjectNotFound(f"endpoint {ep.name}: its veth {src} is gone from host "
                                  f"{ctx.host.name}")
         return JoinInfo(src_name=src, dst_prefix="eth",

@@ -1,0 +1,1075 @@
+"""The built-in check kinds: connectivity, NAT, published ports, DNS, kernel state, packets.
+
+Each kind is a function ``(target, params) -> CheckResult`` registered with ``@check_kind``; its
+parameters are declared in ``PARAMS`` and checked by ``validate`` (which the lab loader calls at
+load time, so a typo is reported before anything runs). A failing result carries a one-line
+``reason`` that tells the learner where to look; it names the rule, chain, route or link that
+usually explains the symptom without claiming to know which one is wrong.
+
+Endpoints in parameters: a sandbox name, ``upstream`` (the fake internet's observer) or
+``host:NAME`` (a Docker host's own namespace); ``to`` may also be a literal IPv4 address.
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import importlib
+import ipaddress
+import select
+import shlex
+import socket
+import struct
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from cnmlab import netns, nsexec
+from cnmlab.checks import probes
+from cnmlab.checks.api import CheckResult, HostRef, SandboxRef, Target, check_kind
+from cnmlab.checks.nsref import NsRef
+from cnmlab.checks.truth import TruthTable
+from cnmlab.errors import CnmError, InvalidInput
+
+DEFAULT_TIMEOUT = 1.0
+VXLAN_PORT = 4789
+
+# ---------------------------------------------------------------------------------------------
+# parameter schemas
+
+_REACH = {"required": ["from", "to"],
+          "optional": ["network", "proto", "port", "timeout", "server"]}
+
+PARAMS: dict[str, dict[str, list[str]]] = {
+    "reachable": _REACH,
+    "isolated": _REACH,
+    "matrix": {"required": ["sandboxes"],
+               "optional": ["groups", "reach", "proto", "network", "timeout"]},
+    "egress-nat-seen": {"required": ["from"], "optional": ["host", "expect", "port", "timeout"]},
+    "published-port": {"required": ["port", "to"],
+                       "optional": ["host", "proto", "container_port", "from", "timeout",
+                                    "server"]},
+    "hairpin": {"required": ["from", "port", "to"],
+                "optional": ["host", "proto", "container_port", "timeout", "server"]},
+    "dns-resolves": {"required": ["from", "name", "expect"],
+                     "optional": ["server", "timeout"]},
+    "dns-absent": {"required": ["from", "name"], "optional": ["server", "timeout"]},
+    "mtu": {"required": ["mtu"], "optional": ["sandbox", "ns", "interface"]},
+    "mac": {"required": ["sandbox", "mac"], "optional": ["interface"]},
+    "default-route": {"required": ["sandbox", "via"], "optional": []},
+    "link": {"required": ["ns", "name"],
+             "optional": ["kind", "master", "up", "address", "mtu"]},
+    "iptables-rule": {"required": ["host", "rule"], "optional": ["table", "present"]},
+    "sysctl": {"required": ["ns", "key", "value"], "optional": []},
+    "vxlan-on-wire": {"required": ["ns", "interface", "vni"],
+                      "optional": ["port", "traffic", "timeout"]},
+    "lb-spread": {"required": ["from", "vip", "port", "backends"],
+                  "optional": ["requests", "backend_port", "timeout"]},
+    "python": {"required": ["call"], "optional": ["*"]},  # anything else goes to the function
+}
+
+
+class ParamError(InvalidInput):
+    """A bad check parameter; ``param`` names it (for file:line:field reports)."""
+
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_ipv4(v: Any) -> bool:
+    try:
+        ipaddress.IPv4Address(str(v))
+    except ValueError:
+        return False
+    return isinstance(v, str)
+
+
+def _port_ok(v: Any) -> bool:
+    return _is_int(v) and 1 <= v <= 65535
+
+
+_TYPES: dict[str, tuple[Any, str]] = {
+    "port": (_port_ok, "a port number 1-65535"),
+    "container_port": (_port_ok, "a port number 1-65535"),
+    "backend_port": (_port_ok, "a port number 1-65535"),
+    "timeout": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v <= 60,
+                "a number of seconds (0-60]"),
+    "server": (lambda v: isinstance(v, bool) or _is_ipv4(v), "true, false or an IPv4 address"),
+    "requests": (lambda v: _is_int(v) and 1 <= v <= 1000, "a count 1-1000"),
+    "mtu": (lambda v: _is_int(v) and 68 <= v <= 65535, "an MTU 68-65535"),
+    "vni": (lambda v: _is_int(v) and 0 <= v < 1 << 24, "a VNI 0-16777215"),
+    "up": (lambda v: isinstance(v, bool), "true or false"),
+    "present": (lambda v: isinstance(v, bool), "true or false"),
+    "vip": (_is_ipv4, "an IPv4 address"),
+    "via": (lambda v: v is None or _is_ipv4(v), "an IPv4 address, or null for no default route"),
+    "sandboxes": (lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v) and v,
+                  "a list of sandbox names"),
+    "backends": (lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v) and v,
+                 "a list of sandbox names"),
+    "call": (lambda v: isinstance(v, str) and ":" in v, "'module:function'"),
+    "address": (lambda v: isinstance(v, str) and "/" in v, "an address in CIDR form, a.b.c.d/len"),
+}
+
+
+def validate(kind: str, params: dict[str, Any]) -> None:
+    """Raise a one-line ``InvalidInput`` (a ``ParamError``) for unknown, missing or bad params."""
+    try:
+        schema = PARAMS[kind]
+    except KeyError:
+        raise ParamError(f"unknown check {kind!r}; known: {', '.join(sorted(PARAMS))}") from None
+    if not isinstance(params, dict):
+        raise ParamError(f"check {kind}: parameters must be a mapping")
+    known = set(schema["required"]) | set(schema["optional"])
+    if "*" not in known:
+        for p in params:
+            if p not in known:
+                raise ParamError(f"check {kind}: unknown parameter {p!r}; known: "
+                                 f"{', '.join(sorted(known))}", p)
+    for p in schema["required"]:
+        if p not in params:
+            raise ParamError(f"check {kind}: missing parameter {p!r}", p)
+    for p, v in params.items():
+        if p in _TYPES and not (kind == "python"):
+            ok, what = _TYPES[p]
+            if not ok(v):
+                raise ParamError(f"check {kind}: {p} must be {what}, got {v!r}", p)
+    proto = params.get("proto")
+    allowed = {"matrix": ("icmp",), "published-port": ("tcp", "udp"), "hairpin": ("tcp", "udp")}
+    if proto is not None and proto not in allowed.get(kind, ("icmp", "tcp", "udp")):
+        raise ParamError(f"check {kind}: proto must be one of "
+                         f"{', '.join(allowed.get(kind, ('icmp', 'tcp', 'udp')))}", "proto")
+    if kind in ("reachable", "isolated") and params.get("proto") in ("tcp", "udp") \
+            and "port" not in params:
+        raise ParamError(f"check {kind}: proto {params['proto']} needs a port", "port")
+    if kind == "matrix":
+        if ("groups" in params) == ("reach" in params):
+            raise ParamError("check matrix: give exactly one of groups: or reach:", "groups")
+        names = set(params["sandboxes"])
+        rows = params.get("groups", params.get("reach"))
+        key = "groups" if "groups" in params else "reach"
+        if not isinstance(rows, list) or not all(isinstance(r, list) for r in rows):
+            raise ParamError(f"check matrix: {key} must be a list of lists of names", key)
+        for r in rows:
+            if key == "reach" and len(r) != 2:
+                raise ParamError(f"check matrix: each reach item is [from, to], got {r!r}", key)
+            for n in r:
+                if n not in names:
+                    raise ParamError(f"check matrix: {n!r} in {key} is not in sandboxes", key)
+    if kind == "egress-nat-seen" and params.get("expect", "host") not in (
+            "host", "sandbox", "none"):
+        raise ParamError("check egress-nat-seen: expect must be host, sandbox or none", "expect")
+    if kind == "mtu" and ("sandbox" in params) == ("ns" in params):
+        raise ParamError("check mtu: give exactly one of sandbox: or ns:", "sandbox")
+    if kind == "dns-resolves":
+        exp = params["expect"]
+        items = exp if isinstance(exp, list) else [exp]
+        if not items or not all(isinstance(x, str) for x in items):
+            raise ParamError("check dns-resolves: expect must be a sandbox name, an IPv4 "
+                             "address or a list of them", "expect")
+    if kind == "vxlan-on-wire" and "traffic" in params:
+        t = params["traffic"]
+        if not isinstance(t, dict) or set(t) != {"from", "to"}:
+            raise ParamError("check vxlan-on-wire: traffic must be {from: ..., to: ...}", "traffic")
+    if kind == "iptables-rule" and params.get("table", "filter") not in (
+            "filter", "nat", "mangle", "raw", "security"):
+        raise ParamError("check iptables-rule: table must be filter, nat, mangle, raw or "
+                         "security", "table")
+
+
+def _checked(kind: str, params: dict[str, Any]) -> dict[str, Any]:
+    validate(kind, params)
+    return params
+
+
+# ---------------------------------------------------------------------------------------------
+# endpoints: who a parameter names
+
+
+@dataclass
+class End:
+    """A resolved endpoint: a sandbox, the upstream, a host, or (as a destination) an address."""
+
+    label: str
+    ns: NsRef | None
+    sandbox: SandboxRef | None = None
+    host: HostRef | None = None
+    literal: str | None = None
+
+    @property
+    def ref(self) -> NsRef:
+        if self.ns is None:
+            raise CnmError(f"{self.label} is an address, not a namespace to probe from")
+        return self.ns
+
+    @property
+    def is_upstream(self) -> bool:
+        return self.sandbox is not None and self.label == "upstream"
+
+
+def _end(target: Target, spec: Any, role: str, allow_ip: bool = False) -> End:
+    if not isinstance(spec, str) or not spec:
+        raise InvalidInput(f"{role}: {spec!r} is not a sandbox, 'upstream' or 'host:NAME'")
+    if spec == "upstream":
+        up = target.upstream()
+        if up is None:
+            raise CnmError(f"{role}: {target.name} has no upstream observer")
+        return End("upstream", up.ns, sandbox=up)
+    if spec.startswith("host:"):
+        name = spec[5:]
+        hosts = target.hosts()
+        if name not in hosts:
+            raise CnmError(f"{role}: no host {name!r} in {target.name}; known: "
+                           f"{', '.join(sorted(hosts)) or 'none'}")
+        return End(spec, hosts[name].ns, host=hosts[name])
+    sbs = target.sandboxes()
+    if spec in sbs:
+        return End(spec, sbs[spec].ns, sandbox=sbs[spec])
+    if allow_ip and _is_ipv4(spec):
+        return End(spec, None, literal=spec)
+    raise CnmError(f"{role}: no sandbox {spec!r} in {target.name}; known: "
+                   f"{', '.join(sorted(sbs)) or 'none'}")
+
+
+def _host_of(target: Target, name: str | None, role: str = "host") -> HostRef:
+    hosts = target.hosts()
+    if name is None:
+        if len(hosts) == 1:
+            return next(iter(hosts.values()))
+        raise CnmError(f"{role}: {target.name} has {len(hosts)} hosts: name one")
+    name = name[5:] if name.startswith("host:") else name
+    if name not in hosts:
+        raise CnmError(f"{role}: no host {name!r} in {target.name}; known: "
+                       f"{', '.join(sorted(hosts)) or 'none'}")
+    return hosts[name]
+
+
+def _shared(a: End, b: End) -> list[str]:
+    if a.sandbox is None or b.sandbox is None:
+        return []
+    return [n for n in a.sandbox.addresses if n in b.sandbox.addresses]
+
+
+def _dest_ip(src: End, dst: End, network: str | None) -> str:
+    """The address ``src`` should use for ``dst``: on ``network``, else on a shared network."""
+    if dst.literal:
+        return dst.literal
+    if dst.host is not None:
+        if not dst.host.public_ip:
+            raise CnmError(f"{dst.label} has no public address")
+        return dst.host.public_ip
+    assert dst.sandbox is not None
+    if network is not None:
+        return dst.sandbox.ip(network)
+    shared = _shared(src, dst)
+    return dst.sandbox.ip(shared[0] if shared else None)
+
+
+def _networks(target: Target) -> dict[str, dict[str, Any]]:
+    fn = getattr(target, "networks", None)
+    if fn is None:
+        return {}
+    try:
+        return fn() or {}
+    except CnmError:
+        return {}
+
+
+def _dev(target: Target, network: str) -> str:
+    info = _networks(target).get(network) or {}
+    return info.get("device") or f"the bridge of {network}"
+
+
+def _host_label(target: Target, end: End) -> str:
+    if end.sandbox is not None and end.sandbox.host:
+        return end.sandbox.host
+    hosts = target.hosts()
+    return next(iter(hosts)) if len(hosts) == 1 else "its host"
+
+
+# ---------------------------------------------------------------------------------------------
+# reachable / isolated
+
+
+def _probe(src: End, dst: End, ip: str, proto: str, port: int | None, timeout: float,
+           server: Any) -> probes.ProbeResult:
+    assert src.ns is not None
+    if proto == "icmp":
+        return probes.ping(src.ref, ip, timeout=timeout)
+    assert port is not None
+    start = server is not False and dst.ns is not None
+    srv = probes.EchoServer(dst.ref, proto, port, name=dst.label) if start else None
+    with srv if srv is not None else contextlib.nullcontext():
+        if proto == "tcp":
+            return probes.tcp_connect(src.ref, ip, port, timeout=timeout, echo=srv is not None)
+        return probes.udp_probe(src.ref, ip, port, timeout=timeout)
+
+
+def _reach_hint(target: Target, src: End, dst: End, ip: str, network: str | None,
+                want: bool, res: probes.ProbeResult, what: str) -> str:
+    nets = _networks(target)
+    shared = [network] if network and network in _shared(src, dst) else _shared(src, dst)
+    host = _host_label(target, src if src.sandbox and not src.is_upstream else dst)
+    if want:
+        if res.reason == "refused":
+            return (f"{ip} answered with a refusal on {what}: look at whether something listens "
+                    f"there in {dst.label}, and for REJECT rules on {host}")
+        if dst.is_upstream or (dst.literal and not src.is_upstream and not shared):
+            return (f"look at {src.label}'s default route (ip route), ip_forward and the "
+                    f"FORWARD chain on {host}, and nat POSTROUTING MASQUERADE for its subnet")
+        if src.is_upstream:
+            return (f"the upstream has no route to private addresses: look at published ports "
+                    f"(nat DOCKER DNAT on {host}) instead of {ip}")
+        if shared:
+            n = shared[0]
+            dev = _dev(target, n)
+            if nets.get(n, {}).get("icc") is False:
+                return (f"{n} has icc disabled, so its members are isolated by design "
+                        f"(FORWARD -i {dev} -o {dev} -j DROP): look at the lab's intent")
+            return (f"both are on {n}: look at the FORWARD rule -i {dev} -o {dev} -j ACCEPT "
+                    f"(icc) on {host}, and at both ends' links and addresses (ip addr)")
+        if src.sandbox is not None and dst.sandbox is not None:
+            return (f"{src.label} and {dst.label} share no network: look at docker network "
+                    f"connect (DOCKER-ISOLATION-STAGE-2 drops traffic between bridges)")
+        return (f"look at the route from {src.label} to {ip} (ip route get {ip}) and the "
+                f"FORWARD chain on {host}")
+    # reached, but should not have
+    if shared:
+        n = shared[0]
+        dev = _dev(target, n)
+        if nets.get(n, {}).get("icc") is False:
+            return (f"{n} has icc disabled: look at the FORWARD chain on {host} for an ACCEPT "
+                    f"that matches -i {dev} -o {dev} before the DROP")
+        return (f"both are on {n}, whose members may talk (icc): look at whether {n} should be "
+                f"created with icc disabled or one of them disconnected")
+    if src.sandbox is not None and dst.sandbox is not None and not src.is_upstream \
+            and not dst.is_upstream:
+        return (f"traffic between networks must be dropped: look at DOCKER-ISOLATION-STAGE-1/2 "
+                f"on {host} (-o <bridge> -j DROP for every bridge)")
+    if dst.is_upstream or dst.literal:
+        return (f"{src.label} got out: look at whether its network should be internal (no "
+                f"default route, no MASQUERADE) and at the FORWARD chain on {host}")
+    return f"look at the FORWARD chain and the nat DOCKER chain on {host}"
+
+
+def _reach(target: Target, params: dict[str, Any], want: bool, kind: str) -> CheckResult:
+    p = _checked(kind, params)
+    src = _end(target, p["from"], "from")
+    dst = _end(target, p["to"], "to", allow_ip=True)
+    if src.ns is None:
+        raise CnmError(f"from: {src.label} is not a namespace")
+    proto = p.get("proto", "icmp")
+    port = p.get("port")
+    what = proto if proto == "icmp" else f"{proto}/{port}"
+    ip = _dest_ip(src, dst, p.get("network"))
+    label = f"{kind} {src.label} -> {dst.label} ({what})"
+    res = _probe(src, dst, ip, proto, port, float(p.get("timeout", DEFAULT_TIMEOUT)),
+                 p.get("server", True))
+    ok = bool(res.ok) == want
+    tgt = ip if dst.label == ip else f"{dst.label} at {ip}"
+    expected = f"{src.label} {'reaches' if want else 'cannot reach'} {tgt} ({what})"
+    reason = "" if ok else _reach_hint(target, src, dst, ip, p.get("network"), want, res, what)
+    return CheckResult(label, kind, ok, expected, res.observed or res.reason, reason)
+
+
+@check_kind("reachable")
+def reachable(target: Target, params: dict[str, Any]) -> CheckResult:
+    return _reach(target, params, True, "reachable")
+
+
+@check_kind("isolated")
+def isolated(target: Target, params: dict[str, Any]) -> CheckResult:
+    return _reach(target, params, False, "isolated")
+
+
+# ---------------------------------------------------------------------------------------------
+# matrix
+
+
+@check_kind("matrix")
+def matrix(target: Target, params: dict[str, Any]) -> CheckResult:
+    p = _checked("matrix", params)
+    names: list[str] = list(dict.fromkeys(p["sandboxes"]))
+    ends = {n: _end(target, n, "sandboxes") for n in names}
+    expected: dict[tuple[str, str], bool] = {}
+    if "groups" in p:
+        for a in names:
+            for b in names:
+                if a != b:
+                    expected[(a, b)] = any(a in g and b in g for g in p["groups"])
+    else:
+        allowed = {(a, b) for a, b in p["reach"]}
+        for a in names:
+            for b in names:
+                if a != b:
+                    expected[(a, b)] = (a, b) in allowed
+    sources = {n: e.ns for n, e in ends.items() if e.ns is not None}
+    targets: dict[str, str] = {}
+    pairs = []
+    for a, b in expected:
+        key = f"{a}>{b}"
+        targets[key] = _dest_ip(ends[a], ends[b], p.get("network"))
+        pairs.append((a, key))
+    res = probes.ping_results(sources, targets, timeout=float(p.get("timeout", DEFAULT_TIMEOUT)),
+                              pairs=pairs)
+    results = {(a, key.split(">", 1)[1]): r for (a, key), r in res.items()}
+    table = TruthTable.from_results(names, expected, results, title="icmp reachability")
+    label = f"matrix {' '.join(names)} (icmp)"
+    n_reach = sum(expected.values())
+    exp_text = f"{n_reach} of {len(expected)} pairs reach, the rest blocked"
+    reason = ""
+    if not table.ok:
+        bad = []
+        for s, d in table.wrong[:3]:
+            bad.append(f"{s}->{d} {'blocked' if expected[(s, d)] else 'reached'}")
+        more = f" (+{len(table.wrong) - 3} more)" if len(table.wrong) > 3 else ""
+        reason = (f"{', '.join(bad)}{more}: look at icc (FORWARD -i br -o br) and "
+                  f"DOCKER-ISOLATION-STAGE-2 on the hosts, and which networks each sandbox joined")
+    return CheckResult(label, "matrix", table.ok, exp_text, table.summary, reason, table=table)
+
+
+# ---------------------------------------------------------------------------------------------
+# egress NAT
+
+
+def _seen_ip(res: probes.ProbeResult) -> str | None:
+    return res.seen_as.rsplit(":", 1)[0] if res.seen_as else None
+
+
+@check_kind("egress-nat-seen")
+def egress_nat_seen(target: Target, params: dict[str, Any]) -> CheckResult:
+    p = _checked("egress-nat-seen", params)
+    src = _end(target, p["from"], "from")
+    if src.sandbox is None or src.is_upstream:
+        raise CnmError(f"from: {src.label} must be a sandbox")
+    host = _host_of(target, p.get("host") or src.sandbox.host, "host")
+    up = target.upstream()
+    if up is None:
+        raise CnmError(f"egress-nat-seen needs an upstream observer; {target.name} has none")
+    up_ip = up.ip()
+    expect = p.get("expect", "host")
+    label = f"egress-nat-seen {src.label} -> upstream ({expect})"
+    with probes.EchoServer(up.ns, "tcp", p.get("port", 0), bind=up_ip, name="upstream") as srv:
+        res = probes.tcp_connect(src.ref, up_ip, srv.port,
+                                 timeout=float(p.get("timeout", DEFAULT_TIMEOUT)), echo=True)
+    seen = _seen_ip(res)
+    mine = set(src.sandbox.addresses.values())
+    hl = host.name
+    if expect == "none":
+        exp = f"{src.label} cannot reach the upstream at {up_ip}"
+        ok = not res.ok
+        obs = f"upstream saw {seen}" if res.ok else res.observed
+        reason = "" if ok else (f"{src.label} got out as {seen}: look at whether its network "
+                                f"should be internal (no default route, no MASQUERADE) on {hl}")
+        return CheckResult(label, "egress-nat-seen", ok, exp, obs, reason)
+    want = host.public_ip if expect == "host" else None
+    exp = (f"upstream sees {src.label} as {want} (host {hl})" if expect == "host"
+           else f"upstream sees {src.label}'s own address ({', '.join(sorted(mine))})")
+    if not res.ok:
+        reason = (f"no answer from the upstream: look at {src.label}'s default route, "
+                  f"ip_forward and FORWARD on {hl}, and nat POSTROUTING MASQUERADE for its "
+                  f"subnet (the upstream cannot answer a private address)")
+        return CheckResult(label, "egress-nat-seen", False, exp, res.observed, reason)
+    obs = f"upstream saw {seen}"
+    if expect == "host":
+        ok = seen == want
+        if ok:
+            reason = ""
+        elif seen in mine:
+            reason = (f"the upstream saw the sandbox's own address: look at nat POSTROUTING "
+                      f"on {hl} (-s <subnet> ! -o <bridge> -j MASQUERADE)")
+        else:
+            reason = (f"the upstream saw {seen}, not {want}: look at nat POSTROUTING on {hl} "
+                      f"(MASQUERADE vs SNAT --to-source, and which interface it leaves by)")
+    else:
+        ok = seen in mine
+        reason = "" if ok else (f"the source was rewritten to {seen}: look at nat POSTROUTING "
+                                f"on {hl} (masquerade should be off for this network)")
+    return CheckResult(label, "egress-nat-seen", ok, exp, obs, reason)
+
+
+# ---------------------------------------------------------------------------------------------
+# published ports and hairpin
+
+
+def _container_port(target: Target, to: str, host: str, port: int, proto: str) -> int | None:
+    fn = getattr(target, "published", None)
+    if fn is None:
+        return None
+    for sb, h, hp, cp, pr in fn():
+        if sb == to and hp == port and pr == proto and h == host:
+            return cp
+    return None
+
+
+def _published(target: Target, params: dict[str, Any], kind: str) -> CheckResult:
+    p = _checked(kind, params)
+    to = _end(target, p["to"], "to")
+    if to.sandbox is None or to.is_upstream:
+        raise CnmError(f"to: {to.label} must be a sandbox")
+    src = _end(target, p.get("from", "upstream"), "from")
+    host = _host_of(target, p.get("host") or to.sandbox.host, "host")
+    if not host.public_ip:
+        raise CnmError(f"host {host.name} has no public address to publish on")
+    proto = p.get("proto", "tcp")
+    port = int(p["port"])
+    cport = p.get("container_port") or _container_port(target, to.label, host.name, port, proto)
+    if cport is None:
+        raise CnmError(f"{kind}: give container_port (the target does not say where "
+                       f"{host.name}:{port}/{proto} goes)")
+    timeout = float(p.get("timeout", DEFAULT_TIMEOUT))
+    label = f"{kind} {src.label} -> {host.name}:{port}/{proto} -> {to.label}:{cport}"
+    exp = f"{to.label} answers {host.public_ip}:{port}/{proto} (from {src.label})"
+    server = p.get("server", True) is not False
+    srv = probes.EchoServer(to.ref, proto, cport, name=to.label) if server else None
+    with srv if srv is not None else contextlib.nullcontext():
+        if proto == "tcp":
+            res = probes.tcp_connect(src.ref, host.public_ip, port, timeout=timeout,
+                                     echo=server)
+        else:
+            res = probes.udp_probe(src.ref, host.public_ip, port, timeout=timeout)
+    ok = bool(res.ok) and (not server or res.server == to.label)
+    hl = host.name
+    if ok:
+        reason = ""
+    elif res.ok:
+        reason = (f"{res.server} answered instead of {to.label}: look at the DNAT destination "
+                  f"in nat DOCKER on {hl} (--to-destination <{to.label}'s ip>:{cport})")
+    elif src.is_upstream or src.host is not None:
+        reason = (f"look at nat DOCKER on {hl} (! -i <bridge> -p {proto} --dport {port} -j DNAT "
+                  f"--to-destination <{to.label}'s ip>:{cport}), nat PREROUTING -j DOCKER, and "
+                  f"the filter DOCKER ACCEPT for {cport}/{proto}")
+    else:
+        reason = (f"hairpin from {src.label}: look at nat OUTPUT/PREROUTING -j DOCKER on {hl}, "
+                  f"the POSTROUTING MASQUERADE for {to.label} to itself, and the userland "
+                  f"proxy or hairpin mode on the bridge port")
+    return CheckResult(label, kind, ok, exp, res.observed or res.reason, reason)
+
+
+@check_kind("published-port")
+def published_port(target: Target, params: dict[str, Any]) -> CheckResult:
+    return _published(target, params, "published-port")
+
+
+@check_kind("hairpin")
+def hairpin(target: Target, params: dict[str, Any]) -> CheckResult:
+    return _published(target, params, "hairpin")
+
+
+# ---------------------------------------------------------------------------------------------
+# DNS
+
+
+def resolv_conf_path(ref: NsRef) -> str | None:
+    if ref.name is not None:
+        return f"/etc/netns/{ref.name}/resolv.conf"
+    if ref.pid is not None:
+        return f"/proc/{ref.pid}/root/etc/resolv.conf"
+    return None
+
+
+def nameserver_of(ref: NsRef) -> str:
+    """The first nameserver the sandbox's resolv.conf names."""
+    path = resolv_conf_path(ref)
+    if path is None:
+        raise CnmError(f"cannot find the resolv.conf of {ref}: give server:")
+    try:
+        with open(path) as f:
+            for line in f:
+                words = line.split()
+                if len(words) >= 2 and words[0] == "nameserver":
+                    return words[1]
+    except OSError as e:
+        raise CnmError(f"cannot read {path} ({e.strerror}): give server:") from None
+    raise CnmError(f"{path} names no nameserver")
+
+
+def _dns_server(src: End, p: dict[str, Any]) -> str:
+    server = p.get("server")
+    if isinstance(server, str):
+        return server
+    return nameserver_of(src.ref)
+
+
+@check_kind("dns-resolves")
+def dns_resolves(target: Target, params: dict[str, Any]) -> CheckResult:
+    p = _checked("dns-resolves", params)
+    src = _end(target, p["from"], "from")
+    server = _dns_server(src, p)
+    items = p["expect"] if isinstance(p["expect"], list) else [p["expect"]]
+    sbs = target.sandboxes()
+    wanted: list[tuple[str, set[str]]] = []  # (label, acceptable addresses)
+    for item in items:
+        if _is_ipv4(item):
+            wanted.append((item, {item}))
+        elif item in sbs:
+            other = End(item, sbs[item].ns, sandbox=sbs[item])
+            shared = _shared(src, other)
+            addrs = {sbs[item].addresses[n] for n in shared} or set(sbs[item].addresses.values())
+            wanted.append((item, addrs))
+        else:
+            raise CnmError(f"expect: {item!r} is neither an IPv4 address nor a sandbox")
+    label = f"dns-resolves {p['name']} from {src.label} @{server}"
+    exp = f"{p['name']} -> " + ", ".join(
+        f"{lab}" + (f" ({'/'.join(sorted(a))})" if lab not in a else "") for lab, a in wanted)
+    try:
+        got = probes.dns_query(src.ref, p["name"], server,
+                               timeout=float(p.get("timeout", DEFAULT_TIMEOUT)))
+    except probes.DnsError as e:
+        reason = (f"look at the resolver {server} as seen from {src.label}: does it listen "
+                  f"(embedded DNS: user-defined networks only), and does it know {p['name']} "
+                  f"(sandbox name, alias, name.network)?")
+        return CheckResult(label, "dns-resolves", False, exp, str(e), reason)
+    every = set().union(*(a for _, a in wanted))
+    missing = [lab for lab, a in wanted if not a & set(got)]
+    extra = [ip for ip in got if ip not in every]
+    ok = bool(got) and not missing and not extra
+    obs = f"{p['name']} -> {', '.join(got) or 'no A records'}"
+    reason = ""
+    if not ok:
+        if missing:
+            reason = (f"{', '.join(missing)} missing from the answer: look at which networks "
+                      f"{src.label} shares with it and the names/aliases the resolver knows")
+        else:
+            reason = (f"{', '.join(extra)} should not be in the answer: look at stale records "
+                      f"or aliases shared by other sandboxes")
+    return CheckResult(label, "dns-resolves", ok, exp, obs, reason)
+
+
+@check_kind("dns-absent")
+def dns_absent(target: Target, params: dict[str, Any]) -> CheckResult:
+    p = _checked("dns-absent", params)
+    src = _end(target, p["from"], "from")
+    server = _dns_server(src, p)
+    label = f"dns-absent {p['name']} from {src.label} @{server}"
+    exp = f"{p['name']} does not resolve"
+    try:
+        got = probes.dns_query(src.ref, p["name"], server,
+                               timeout=float(p.get("timeout", DEFAULT_TIMEOUT)))
+    except probes.DnsError as e:
+        return CheckResult(label, "dns-absent", True, exp, str(e), "")
+    ok = not got
+    obs = f"{p['name']} -> {', '.join(got) or 'no A records'}"
+    reason = "" if ok else (f"{src.label} can resolve {p['name']}: look at whether they share a "
+                            f"network (names are only served to members of the same network)")
+    return CheckResult(label, "dns-absent", ok, exp, obs, reason)
+
+
+# ---------------------------------------------------------------------------------------------
+# kernel state
+
+
+@contextlib.contextmanager
+def _netlink(ref: NsRef) -> Iterator[Any]:
+    """A ``Netlink`` bound to the namespace ``ref`` (by name, path or PID)."""
+    from cnmlab.netlink import Netlink
+
+    with ref.opened() as fd:
+        with netns.entered(fd=fd):
+            nl = Netlink()
+    try:
+        yield nl
+    finally:
+        nl.close()
+
+
+def _ns_end(target: Target, spec: Any, role: str) -> End:
+    e = _end(target, spec, role)
+    if e.ns is None:
+        raise CnmError(f"{role}: {e.label} is not a namespace")
+    return e
+
+
+SIOCGIFFLAGS = 0x8913
+IFF_UP = 0x1
+
+
+def _admin_up(ref: NsRef, ifname: str) -> bool:
+    with ref.opened() as fd:
+        with netns.entered(fd=fd):
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        raw = fcntl.ioctl(s, SIOCGIFFLAGS, struct.pack("16sH14x", ifname.encode(), 0))
+    finally:
+        s.close()
+    return bool(struct.unpack("16sH14x", raw)[1] & IFF_UP)
+
+
+def _missing_link(e: End, ifname: str, links: list[Any]) -> str:
+    return f"no link {ifname} in {e.label} (it has {', '.join(l.name for l in links)})"
+
+
+@check_kind("mtu")
+def mtu(target: Target, params: dict[str, Any]) -> CheckResult:
+    p = _checked("mtu", params)
+    e = _ns_end(target, p.get("sandbox", p.get("ns")), "sandbox")
+    ifname = p.get("interface", "eth0")
+    label = f"mtu {e.label} {ifname} = {p['mtu']}"
+    with _netlink(e.ref) as nl:
+        links = nl.links()
+    link = next((l for l in links if l.name == ifname), None)
+    exp = f"{ifname} in {e.label} has mtu {p['mtu']}"
+    if link is None:
+        return CheckResult(label, "mtu", False, exp, _missing_link(e, ifname, links),
+                           f"look at ip link in {e.label}: was the endpoint joined?")
+    ok = link.mtu == p["mtu"]
+    reason = "" if ok else (f"look at the network's com.docker.network.driver.mtu option and "
+                            f"ip link set {ifname} mtu in {e.label} (both veth ends and the "
+                            f"bridge should agree)")
+    return CheckResult(label, "mtu", ok, exp, f"mtu {link.mtu}", reason)
+
+
+def docker_mac(ip: str) -> str:
+    """Docker's pre-v28 MAC for an address: 02:42 followed by the four IPv4 bytes."""
+    return "02:42:" + ":".join(f"{b:02x}" for b in ipaddress.IPv4Address(ip).packed)
+
+
+@check_kind("mac")
+def mac(target: Target, params: dict[str, Any]) -> CheckResult:
+    p = _checked("mac", params)
+    e = _ns_end(target, p["sandbox"], "sandbox")
+    ifname = p.get("interface", "eth0")
+    with _netlink(e.ref) as nl:
+        links = nl.links()
+    link = next((l for l in links if l.name == ifname), None)
+    label = f"mac {e.label} {ifname}"
+    if link is None:
+        return CheckResult(label, "mac", False, f"{ifname} exists in {e.label}",
+                           _missing_link(e, ifname, links),
+                           f"look at ip link in {e.label}: was the endpoint joined?")
+    want = str(p["mac"]).lower()
+    how = ""
+    if want == "docker":
+        if not link.addresses:
+            return CheckResult(label, "mac", False, f"{ifname} has 02:42:<its IPv4>",
+                               f"{ifname} has no IPv4 address",
+                               f"look at ip addr in {e.label}")
+        ip = link.addresses[0].split("/")[0]
+        want = docker_mac(ip)
+        how = f" (02:42 + {ip})"
+    ok = link.mac.lower() == want
+    reason = "" if ok else (f"look at ip link set {ifname} address in {e.label} "
+                            f"(Docker before v28 derives it from the IPv4 address)")
+    return CheckResult(label, "mac", ok, f"{ifname} has MAC {want}{how}", f"MAC {link.mac}",
+                       reason)
+
+
+@check_kind("default-route")
+def default_route(target: Target, params: dict[str, Any]) -> CheckResult:
+    p = _checked("default-route", params)
+    e = _ns_end(target, p["sandbox"], "sandbox")
+    via = p["via"]
+    with _netlink(e.ref) as nl:
+        routes = [r for r in nl.routes() if r.dst == "default"]
+    label = f"default-route {e.label} via {via or 'none'}"
+    obs = ", ".join(f"default via {r.gateway or '-'} dev {r.dev}" for r in routes) \
+        or "no default route"
+    if via is None:
+        ok = not routes
+        return CheckResult(label, "default-route", ok, "no default route", obs,
+                           "" if ok else f"look at ip route in {e.label}: an internal network "
+                                         f"gives no default route (ip route del default)")
+    ok = any(r.gateway == via for r in routes) and len(routes) == 1
+    reason = "" if ok else (f"look at ip route in {e.label}: the default route should go via "
+                            f"{via} (the bridge's address on the gateway network)")
+    return CheckResult(label, "default-route", ok, f"default via {via}", obs, reason)
+
+
+@check_kind("link")
+def link(target: Target, params: dict[str, Any]) -> CheckResult:
+    p = _checked("link", params)
+    e = _ns_end(target, p["ns"], "ns")
+    name = p["name"]
+    with _netlink(e.ref) as nl:
+        links = nl.links()
+    li = next((l for l in links if l.name == name), None)
+    want = [f"{k}={p[k]}" for k in ("kind", "master", "up", "address", "mtu") if k in p]
+    label = f"link {name} in {e.label}" + (f" ({', '.join(want)})" if want else "")
+    exp = f"{name} exists in {e.label}" + (f" with {', '.join(want)}" if want else "")
+    if li is None:
+        return CheckResult(label, "link", False, exp, _missing_link(e, name, links),
+                           f"look at ip link in {e.label}: create or move {name} there")
+    problems = []
+    obs = [f"kind={li.kind}", f"master={li.master}", f"mtu={li.mtu}"]
+    if "kind" in p and li.kind != p["kind"]:
+        problems.append(f"it is a {li.kind}, not a {p['kind']}")
+    if "master" in p and li.master != p["master"]:
+        problems.append(f"its master is {li.master or 'none'}, not {p['master']} "
+                        f"(ip link set {name} master {p['master']})")
+    if "up" in p:
+        up = _admin_up(e.ref, name)
+        obs.append(f"up={up}")
+        if up != p["up"]:
+            problems.append(f"it is {'up' if up else 'down'} (ip link set {name} "
+                            f"{'up' if p['up'] else 'down'})")
+    if "address" in p:
+        obs.append(f"addresses={','.join(li.addresses) or 'none'}")
+        try:
+            want_if = ipaddress.ip_interface(p["address"])
+        except ValueError:
+            raise CnmError(f"address: {p['address']!r} is not an address in CIDR form") from None
+        if str(want_if) not in li.addresses:
+            problems.append(f"it lacks {want_if} (ip addr add {want_if} dev {name})")
+    if "mtu" in p and li.mtu != p["mtu"]:
+        problems.append(f"its mtu is {li.mtu}, not {p['mtu']}")
+    ok = not problems
+    return CheckResult(label, "link", ok, exp, " ".join(obs),
+                       "" if ok else f"{name} in {e.label}: " + "; ".join(problems))
+
+
+def _iptables_lines(ns: NsRef, table: str) -> list[str]:
+    out = nsexec.run(ns.fspath, ["iptables", "-w", "-t", table, "-S"]).stdout
+    return [" ".join(l.split()) for l in out.splitlines() if l.strip()]
+
+
+@check_kind("iptables-rule")
+def iptables_rule(target: Target, params: dict[str, Any]) -> CheckResult:
+    p = _checked("iptables-rule", params)
+    host = _host_of(target, p["host"])
+    table = p.get("table", "filter")
+    rule = " ".join(str(p["rule"]).split())
+    present = p.get("present", True)
+    label = f"iptables-rule {host.name} {table}: {rule}" + ("" if present else " (absent)")
+    found = rule in _iptables_lines(host.ns, table)
+    if not found:
+        # a rule written without the implicit "-m tcp" etc.: ask iptables itself (-C)
+        words = shlex.split(rule)
+        if len(words) >= 2 and words[0] in ("-A", "-I"):
+            argv = ["iptables", "-w", "-t", table, "-C", *words[1:]]
+            if words[0] == "-I" and len(words) >= 3 and words[2].isdigit():
+                argv = ["iptables", "-w", "-t", table, "-C", words[1], *words[3:]]
+            found = nsexec.run(host.ns.fspath, argv, check=False).returncode == 0
+    ok = found == present
+    exp = f"{'present' if present else 'absent'} in {table} on {host.name}"
+    obs = "present" if found else "absent"
+    if ok:
+        reason = ""
+    elif present:
+        reason = f"look at iptables -t {table} -S on {host.name}: add {rule}"
+    else:
+        reason = f"look at iptables -t {table} -S on {host.name}: delete {rule}"
+    return CheckResult(label, "iptables-rule", ok, exp, obs, reason)
+
+
+def read_sysctl(ns: NsRef, key: str) -> str:
+    path = "/proc/sys/" + key.replace(".", "/")
+    with ns.opened() as fd:
+        with netns.entered(fd=fd):
+            try:
+                with open(path) as f:
+                    return f.read().strip()
+            except OSError as e:
+                raise CnmError(f"sysctl {key} in {ns}: {e.strerror}") from None
+
+
+@check_kind("sysctl")
+def sysctl_check(target: Target, params: dict[str, Any]) -> CheckResult:
+    p = _checked("sysctl", params)
+    e = _ns_end(target, p["ns"], "ns")
+    key = p["key"]
+    value = " ".join(str(p["value"]).split())
+    got = " ".join(read_sysctl(e.ref, key).split())
+    ok = got == value
+    return CheckResult(f"sysctl {e.label} {key} = {value}", "sysctl", ok, f"{key} = {value}",
+                       f"{key} = {got}",
+                       "" if ok else f"look at sysctl -w {key}={value} inside {e.label}")
+
+
+# ---------------------------------------------------------------------------------------------
+# packets on the wire
+
+
+ETH_P_ALL = 0x0003
+
+
+def parse_vxlan(frame: bytes, port: int = VXLAN_PORT) -> int | None:
+    """The VNI of an Ethernet frame carrying VXLAN over IPv4/UDP to ``port``, else None."""
+    if len(frame) < 14:
+        return None
+    off = 12
+    ethertype = struct.unpack_from("!H", frame, off)[0]
+    while ethertype in (0x8100, 0x88A8) and len(frame) >= off + 6:
+        off += 4
+        ethertype = struct.unpack_from("!H", frame, off)[0]
+    off += 2
+    if ethertype != 0x0800 or len(frame) < off + 20:
+        return None
+    ihl = (frame[off] & 0x0F) * 4
+    if frame[off + 9] != 17:  # UDP
+        return None
+    udp = off + ihl
+    if len(frame) < udp + 16:
+        return None
+    dport = struct.unpack_from("!H", frame, udp + 2)[0]
+    if dport != port:
+        return None
+    vx = udp + 8
+    if not frame[vx] & 0x08:  # the I flag: a valid VNI follows
+        return None
+    return int.from_bytes(frame[vx + 4:vx + 7], "big")
+
+
+def capture_vnis(ns: NsRef, ifname: str, port: int, duration: float,
+                 stop_at: int | None = None) -> set[int]:
+    """VNIs seen on ``ifname`` in ``ns`` during ``duration`` s (both directions)."""
+    with ns.opened() as fd:
+        with netns.entered(fd=fd):
+            s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
+            try:
+                s.bind((ifname, 0))
+            except OSError as e:
+                s.close()
+                raise CnmError(f"cannot capture on {ifname} in {ns}: {e.strerror}") from None
+    seen: set[int] = set()
+    try:
+        s.setblocking(False)
+        deadline = time.monotonic() + duration
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            r, _, _ = select.select([s], [], [], left)
+            if not r:
+                continue
+            while True:
+                try:
+                    frame = s.recv(65535)
+                except BlockingIOError:
+                    break
+                vni = parse_vxlan(frame, port)
+                if vni is not None:
+                    seen.add(vni)
+            if stop_at is not None and stop_at in seen:
+                break
+    finally:
+        s.close()
+    return seen
+
+
+@check_kind("vxlan-on-wire")
+def vxlan_on_wire(target: Target, params: dict[str, Any]) -> CheckResult:
+    p = _checked("vxlan-on-wire", params)
+    e = _ns_end(target, p["ns"], "ns")
+    ifname = p["interface"]
+    vni = p["vni"]
+    port = p.get("port", VXLAN_PORT)
+    timeout = float(p.get("timeout", 2.0))
+    traffic = p.get("traffic")
+    ping: dict[str, Any] = {}
+    thread = None
+    if traffic:
+        src = _end(target, traffic["from"], "traffic.from")
+        dst = _end(target, traffic["to"], "traffic.to", allow_ip=True)
+        ip = _dest_ip(src, dst, None)
+
+        def send() -> None:
+            time.sleep(0.05)  # let the capture socket open first
+            try:
+                ping["res"] = probes.ping(src.ref, ip, timeout=max(0.2, timeout - 0.2),
+                                          count=3)
+            except CnmError as err:
+                ping["err"] = str(err)
+
+        thread = threading.Thread(target=send, daemon=True)
+        thread.start()
+    try:
+        seen = capture_vnis(e.ref, ifname, port, timeout, stop_at=vni)
+    finally:
+        if thread is not None:
+            thread.join(timeout + 1)
+    label = f"vxlan-on-wire {e.label} {ifname} vni {vni} udp/{port}"
+    ok = vni in seen
+    obs = (f"VNIs seen: {', '.join(map(str, sorted(seen)))}" if seen
+           else f"no VXLAN on udp/{port}")
+    if "res" in ping:
+        obs += f"; traffic: {ping['res'].observed}"
+    elif "err" in ping:
+        obs += f"; traffic: {ping['err']}"
+    if ok:
+        reason = ""
+    elif seen:
+        reason = (f"VXLAN with another VNI: look at the vxlan link's id (ip -d link show) on "
+                  f"both ends")
+    else:
+        reason = (f"look at the vxlan link (ip -d link: id {vni}, dstport {port}, local/remote "
+                  f"or group), the underlay route to the peer and the FDB (bridge fdb)")
+    return CheckResult(label, "vxlan-on-wire", ok, f"VXLAN VNI {vni} on udp/{port} on {ifname}",
+                       obs, reason)
+
+
+# ---------------------------------------------------------------------------------------------
+# load balancing
+
+
+@check_kind("lb-spread")
+def lb_spread(target: Target, params: dict[str, Any]) -> CheckResult:
+    p = _checked("lb-spread", params)
+    src = _end(target, p["from"], "from")
+    backends = [_ns_end(target, b, "backends") for b in dict.fromkeys(p["backends"])]
+    vip, port = p["vip"], p["port"]
+    bport = p.get("backend_port", port)
+    n = p.get("requests", 20)
+    timeout = float(p.get("timeout", DEFAULT_TIMEOUT))
+    servers = [probes.EchoServer(b.ref, "tcp", bport, name=b.label) for b in backends]
+    started = []
+    try:
+        for s in servers:
+            started.append(s.start())
+        counts = {b.label: 0 for b in backends}
+        failed = 0
+        others: dict[str, int] = {}
+        # one request at a time: each is a new connection (new source port) through the balancer
+        for _ in range(n):
+            r = probes.tcp_connect(src.ref, vip, port, timeout=timeout, echo=True)
+            if not r.ok:
+                failed += 1
+            elif r.server in counts:
+                counts[r.server] += 1
+            else:
+                others[r.server or "?"] = others.get(r.server or "?", 0) + 1
+    finally:
+        for s in started:
+            s.stop()
+    label = f"lb-spread {src.label} -> {vip}:{port} over {', '.join(counts)}"
+    ok = all(c > 0 for c in counts.values()) and not others
+    obs = ", ".join(f"{k} {v}" for k, v in counts.items())
+    if others:
+        obs += ", others " + ", ".join(f"{k} {v}" for k, v in others.items())
+    if failed:
+        obs += f", {failed} failed"
+    if ok:
+        reason = ""
+    elif failed == n:
+        reason = (f"nothing answered {vip}:{port}: look at the virtual service (ipvsadm -Ln) or "
+                  f"the DNAT rules for {vip}, and the route from {src.label} to it")
+    else:
+        idle = [k for k, v in counts.items() if v == 0]
+        reason = (f"{', '.join(idle) or 'some backends'} never answered: look at the real "
+                  f"servers behind {vip}:{port} (ipvsadm -Ln, scheduler rr) or the DNAT rules")
+    return CheckResult(label, "lb-spread", ok, f"every backend answers some of {n} requests",
+                       obs, reason)
+
+
+# ---------------------------------------------------------------------------------------------
+# escape hatch
+
+
+@check_kind("python")
+def python_check(target: Target, params: dict[str, Any]) -> CheckResult:
+    p = _checked("python", params)
+    mod_name, _, fn_name = p["call"].partition(":")
+    try:
+        fn = getattr(importlib.import_module(mod_name), fn_name)
+    except (ImportError, AttributeError) as e:
+        raise CnmError(f"python: cannot load {p['call']}: {e}") from None
+    out = fn(target, params)
+    if isinstance(out, CheckResult):
+        return out
+    ok = bool(out)
+    return CheckResult(f"python {p['call']}", "python", ok, "true", str(out),
+                       "" if ok else f"{p['call']} returned {out!r}: look at what it tests")

@@ -1,0 +1,769 @@
+"""Docker's embedded DNS server (127.0.0.11), rebuilt for cnmlab sandboxes.
+
+One resolver process per lab (``python -m cnmlab.dns --lab NAME``) serves every sandbox whose
+model has ``dns=True`` (it is attached to a user-defined network), the way dockerd's
+``libnetwork/resolver.go`` does for each container:
+
+* it opens a UDP socket and a TCP listener *inside the sandbox's namespace* (a helper thread
+  setns()es there, creates the sockets and ends; a socket stays in the namespace it was made in),
+  bound to 127.0.0.11 on random ports;
+* it installs Docker's nat rules in that namespace with ``iptables-restore --noflush``, so
+  ``iptables -t nat -S`` in the sandbox reads like in a Docker container::
+
+      -A OUTPUT -d 127.0.0.11/32 -j DOCKER_OUTPUT
+      -A POSTROUTING -d 127.0.0.11/32 -j DOCKER_POSTROUTING
+      -A DOCKER_OUTPUT -d 127.0.0.11/32 -p tcp -m tcp --dport 53 -j DNAT --to-destination 127.0.0.11:<tcp>
+      -A DOCKER_OUTPUT -d 127.0.0.11/32 -p udp -m udp --dport 53 -j DNAT --to-destination 127.0.0.11:<udp>
+      -A DOCKER_POSTROUTING -s 127.0.0.11/32 -p tcp -m tcp --sport <tcp> -j SNAT --to-source :53
+      -A DOCKER_POSTROUTING -s 127.0.0.11/32 -p udp -m udp --sport <udp> -j SNAT --to-source :53
+
+  Fallback: when the rules cannot be installed (no iptables, no nat support in the kernel), the
+  resolver binds 127.0.0.11:53 directly instead, which resolves the same but shows no rules.
+
+It answers A queries for the container name, its aliases, its short ID and ``<name>.<network>``
+of containers that share a user-defined network with the asking sandbox (the first of its
+networks, in join order, that knows the name wins, as in Docker); several records come back
+shuffled, with TTL 600. AAAA queries for those names get an empty NOERROR, PTR queries for their
+addresses get ``<name>.<network>``. Anything else is forwarded to the lab's upstream DNS server
+(198.51.100.53) *from inside the sandbox's namespace*, as Docker does for non-loopback servers
+(``r.backend.ExecFunc(extConnect)``): it works when the sandbox's NAT path to the internet works,
+and the answer is SERVFAIL when nothing answers within ``FORWARD_TIMEOUT``.
+
+The process also plays the lab's fake internet DNS server on 198.51.100.53:53 in the upstream
+namespace (``UPSTREAM_RECORDS``, everything else NXDOMAIN); ``--upstream`` runs only that.
+
+It follows the lab's state file (polled every 200 ms, and at once on SIGUSR1, which
+``ensure_running`` sends after each join), opens sockets for new dns sandboxes, closes those of
+removed ones and exits when the state file disappears. Its main thread lives in the lab's
+upstream namespace (or its first host's), so the engine's teardown, which SIGKILLs every process
+in the lab's namespaces, stops it too.
+"""
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import os
+import random
+import selectors
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from cnmlab import netns, state
+from cnmlab.model import PREDEFINED, LabState
+
+EMBEDDED_DNS = "127.0.0.11"
+UPSTREAM_DNS = "198.51.100.53"
+TTL = 600
+POLL = 0.2
+FORWARD_TIMEOUT = 1.5  # below glibc's and dig's 5 s, so a dead upstream reads SERVFAIL
+UPSTREAM_RECORDS = {"example.com": "198.51.100.10", "www.example.com": "198.51.100.10",
+                    "web.example": "198.51.100.10", "dns.example": UPSTREAM_DNS}
+
+A, PTR, AAAA = 1, 12, 28
+NOERROR, FORMERR, SERVFAIL, NXDOMAIN, NOTIMP = 0, 1, 2, 3, 4
+
+
+# ---- wire format ----------------------------------------------------------------------------
+@dataclass
+class Query:
+    id: int
+    flags: int
+    name: str  # lowercase, no trailing dot
+    qtype: int
+    qclass: int
+    question: bytes  # the raw question section, echoed in the answer
+
+
+def parse_query(msg: bytes) -> Query | None:
+    """The first question of a DNS query, or None when it is not one we can read."""
+    if len(msg) < 12:
+        return None
+    qid, flags, qd = struct.unpack("!HHH", msg[:6])
+    if flags & 0x8000 or qd < 1:
+        return None
+    i, labels = 12, []
+    while True:
+        if i >= len(msg):
+            return None
+        n = msg[i]
+        if n == 0:
+            i += 1
+            break
+        if n & 0xC0 or i + 1 + n > len(msg):
+            return None  # no compression in a question we accept
+        labels.append(msg[i + 1:i + 1 + n].decode("ascii", "replace").lower())
+        i += 1 + n
+    if i + 4 > len(msg):
+        return None
+    qtype, qclass = struct.unpack("!HH", msg[i:i + 4])
+    return Query(qid, flags, ".".join(labels), qtype, qclass, msg[12:i + 4])
+
+
+def encode_name(name: str) -> bytes:
+    out = b""
+    for label in name.rstrip(".").split("."):
+        if label:
+            raw = label.encode("ascii")[:63]
+            out += bytes([len(raw)]) + raw
+    return out + b"\0"
+
+
+def build_response(q: Query, rcode: int = NOERROR, addrs: list[str] = (),  # type: ignore[assignment]
+                   ptr: str | None = None, authoritative: bool = False) -> bytes:
+    """A reply echoing ``q``'s question, with A records (or one PTR record) for it."""
+    opcode_rd = q.flags & 0x7900  # opcode and RD copied from the query
+    flags = 0x8000 | opcode_rd | 0x0080 | (0x0400 if authoritative else 0) | rcode
+    answers = b""
+    count = 0
+    for ip in addrs:
+        answers += struct.pack("!HHHIH", 0xC00C, A, 1, TTL, 4) + socket.inet_aton(ip)
+        count += 1
+    if ptr:
+        rdata = encode_name(ptr)
+        answers += struct.pack("!HHHIH", 0xC00C, PTR, 1, TTL, len(rdata)) + rdata
+        count += 1
+    header = struct.pack("!HHHHHH", q.id, flags, 1, count, 0, 0)
+    return header + q.question + answers
+
+
+def error_reply(msg: bytes, rcode: int) -> bytes | None:
+    """An answer with no question for what we could not parse (FORMERR), when it has an ID."""
+    if len(msg) < 12 or msg[2] & 0x80:
+        return None
+    return struct.pack("!HHHHHH", struct.unpack("!H", msg[:2])[0], 0x8080 | rcode, 0, 0, 0, 0)
+
+
+# ---- names ----------------------------------------------------------------------------------
+@dataclass
+class DnsSandbox:
+    """What the resolver knows about one sandbox it serves."""
+
+    key: str  # sandbox id
+    name: str
+    netns: str
+    networks: list[str]  # ids of its user-defined networks, in join order
+
+
+@dataclass
+class Names:
+    """Per user-defined network (by id): name -> addresses, address -> PTR name."""
+
+    a: dict[str, dict[str, list[str]]] = field(default_factory=dict)
+    ptr: dict[str, dict[str, str]] = field(default_factory=dict)
+
+
+def discoverable(net: Any) -> bool:
+    """Docker's rule: names resolve on user-defined networks, never on the default bridge."""
+    return net.name not in PREDEFINED and net.driver not in ("host", "null")
+
+
+def build_names(lab: LabState) -> tuple[dict[str, DnsSandbox], Names]:
+    sandboxes: dict[str, DnsSandbox] = {}
+    names = Names()
+    for host in lab.hosts.values():
+        for net in host.networks.values():
+            if not discoverable(net):
+                continue
+            table = names.a.setdefault(net.id, {})
+            ptrs = names.ptr.setdefault(net.id, {})
+            for ep in net.endpoints.values():
+                sb = host.sandboxes.get(ep.sandbox or "")
+                if not sb or not ep.ip:
+                    continue
+                ip = ep.ip.split("/")[0]
+                keys = [sb.name, sb.id[:12], f"{sb.name}.{net.name}", *ep.aliases]
+                for k in dict.fromkeys(k.lower() for k in keys):
+                    table.setdefault(k, [])
+                    if ip not in table[k]:
+                        table[k].append(ip)
+                ptrs[ip] = f"{sb.name}.{net.name}"
+        for sb in host.sandboxes.values():
+            if not sb.dns or not sb.netns:
+                continue
+            nets = []
+            for ref in sb.endpoints:
+                net = host.networks.get(ref.split("/")[0])
+                if net and discoverable(net):
+                    nets.append(net.id)
+            sandboxes[sb.id] = DnsSandbox(sb.id, sb.name, sb.netns, nets)
+    return sandboxes, names
+
+
+def reverse_ip(name: str) -> str | None:
+    if not name.endswith(".in-addr.arpa"):
+        return None
+    parts = name[:-len(".in-addr.arpa")].split(".")
+    if len(parts) != 4:
+        return None
+    try:
+        return str(ipaddress.IPv4Address(".".join(reversed(parts))))
+    except ValueError:
+        return None
+
+
+# ---- the server -----------------------------------------------------------------------------
+def in_netns(ns: str, fn: Callable[[], Any]) -> Any:
+    """Run ``fn`` in a short-lived thread that setns()es into ``ns`` (this thread stays put)."""
+    box: dict[str, Any] = {}
+
+    def body() -> None:
+        try:
+            with netns.entered(ns):
+                box["value"] = fn()
+        except BaseException as e:  # noqa: BLE001 - handed back to the caller
+            box["error"] = e
+
+    t = threading.Thread(target=body)
+    t.start()
+    t.join()
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
+
+
+def nat_rules(udp_port: int, tcp_port: int, with_jumps: bool) -> str:
+    lines = ["*nat", ":DOCKER_OUTPUT - [0:0]", ":DOCKER_POSTROUTING - [0:0]"]
+    if with_jumps:
+        lines += [f"-A OUTPUT -d {EMBEDDED_DNS}/32 -j DOCKER_OUTPUT",
+                  f"-A POSTROUTING -d {EMBEDDED_DNS}/32 -j DOCKER_POSTROUTING"]
+    for proto, port in (("tcp", tcp_port), ("udp", udp_port)):
+        lines.append(f"-A DOCKER_OUTPUT -d {EMBEDDED_DNS}/32 -p {proto} -m {proto} --dport 53 "
+                     f"-j DNAT --to-destination {EMBEDDED_DNS}:{port}")
+    for proto, port in (("tcp", tcp_port), ("udp", udp_port)):
+        lines.append(f"-A DOCKER_POSTROUTING -s {EMBEDDED_DNS}/32 -p {proto} -m {proto} "
+                     f"--sport {port} -j SNAT --to-source :53")
+    return "\n".join(lines + ["COMMIT", ""])
+
+
+def install_nat(ns: str, udp_port: int, tcp_port: int) -> bool:
+    """Docker's DOCKER_OUTPUT/DOCKER_POSTROUTING rules in ``ns``; False when impossible."""
+    path = netns.path_of(ns)
+    try:
+        have = subprocess.run(["nsenter", f"--net={path}", "--", "iptables-save", "-t", "nat"],
+                              capture_output=True, text=True, timeout=10)
+        if have.returncode != 0:
+            return False
+        jumps = f"-A OUTPUT -d {EMBEDDED_DNS}/32 -j DOCKER_OUTPUT" not in have.stdout
+        done = subprocess.run(["nsenter", f"--net={path}", "--", "iptables-restore", "--noflush"],
+                              input=nat_rules(udp_port, tcp_port, jumps), capture_output=True,
+                              text=True, timeout=10)
+        return done.returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+@dataclass
+class Pending:
+    """A query forwarded upstream, waiting for its answer."""
+
+    sb: "Served"
+    orig_id: int
+    reply: Callable[[bytes], None]
+    query: Query
+    deadline: float
+
+
+@dataclass
+class Served:
+    info: DnsSandbox
+    udp: socket.socket
+    tcp: socket.socket
+    fwd: socket.socket | None  # unconnected UDP socket in the sandbox, for forwarding
+    direct: bool = False  # bound to :53 itself (no nat rules)
+    conns: set[socket.socket] = field(default_factory=set)
+
+
+class Resolver:
+    def __init__(self, lab_name: str, embedded: bool = True, upstream: bool = True) -> None:
+        self.lab_name = lab_name
+        self.embedded = embedded
+        self.sel = selectors.DefaultSelector()
+        self.served: dict[str, Served] = {}
+        self.names = Names()
+        self.pending: dict[tuple[str, int], Pending] = {}
+        self.stamp: tuple[int, int, int] | None = None
+        self.upstream_socks: list[socket.socket] = []
+        self.upstream_wanted = upstream
+        self.upstream_done = False
+        self.poke = False
+        self.wake_r, self.wake_w = socket.socketpair()
+        self.wake_r.setblocking(False)
+        self.wake_w.setblocking(False)
+        self.sel.register(self.wake_r, selectors.EVENT_READ, self._on_wake)
+
+    # ---- state -------------------------------------------------------------------------
+    def _stat(self) -> tuple[int, int, int] | None:
+        try:
+            st = os.stat(state._path(self.lab_name))
+        except FileNotFoundError:
+            return None
+        return (st.st_ino, st.st_mtime_ns, st.st_size)
+
+    def refresh(self, force: bool = False) -> bool:
+        """Re-read the state when it changed; False when the lab is gone."""
+        stamp = self._stat()
+        if stamp is None:
+            return False
+        if stamp == self.stamp and not force:
+            return True
+        try:
+            lab = state.load(self.lab_name)
+        except (ValueError, TypeError, KeyError):
+            return True  # caught it mid-change: next poll
+        except Exception:  # noqa: BLE001 - gone between stat and open
+            return self._stat() is not None
+        self.stamp = stamp
+        self._serve_upstream(lab)
+        if not self.embedded:
+            return True
+        wanted, self.names = build_names(lab)
+        for key in [k for k, s in self.served.items() if k not in wanted
+                    or s.info.netns != wanted[k].netns]:
+            self._close(self.served.pop(key))
+        for key, info in wanted.items():
+            if key in self.served:
+                self.served[key].info = info
+            elif netns.exists(info.netns):
+                try:
+                    self.served[key] = self._open(info)
+                except OSError as e:
+                    print(f"cnmlab-dns: cannot serve {info.name}: {e}", file=sys.stderr)
+        return True
+
+    def _serve_upstream(self, lab: LabState) -> None:
+        if self.upstream_done or not self.upstream_wanted or not lab.upstream:
+            return
+        self.upstream_done = True
+
+        def make() -> list[socket.socket]:
+            u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            t = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            try:
+                u.bind((UPSTREAM_DNS, 53))
+                t.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                t.bind((UPSTREAM_DNS, 53))
+                t.listen(16)
+            except OSError:
+                u.close()
+                t.close()
+                raise
+            return [u, t]
+
+        try:
+            self.upstream_socks = in_netns(lab.upstream, make)
+        except OSError as e:  # somebody else plays the internet's DNS already
+            print(f"cnmlab-dns: upstream DNS not served: {e}", file=sys.stderr)
+            return
+        u, t = self.upstream_socks
+        for s in (u, t):
+            s.setblocking(False)
+        self.sel.register(u, selectors.EVENT_READ, lambda: self._on_udp(u, self._answer_upstream))
+        self.sel.register(t, selectors.EVENT_READ,
+                          lambda: self._on_accept(t, self._answer_upstream, None))
+
+    def _open(self, info: DnsSandbox) -> Served:
+        def make() -> tuple[socket.socket, socket.socket, socket.socket]:
+            u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            t = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            f = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            u.bind((EMBEDDED_DNS, 0))
+            t.bind((EMBEDDED_DNS, 0))  # listen() comes last: it tells ensure_running we serve
+            return u, t, f
+
+        udp, tcp, fwd = in_netns(info.netns, make)
+        direct = False
+        if not install_nat(info.netns, udp.getsockname()[1], tcp.getsockname()[1]):
+            # no nat rules: listen on :53 itself, like a resolver without iptables would
+            udp.close()
+            tcp.close()
+
+            def make53() -> tuple[socket.socket, socket.socket]:
+                u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                t = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                t.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                u.bind((EMBEDDED_DNS, 53))
+                t.bind((EMBEDDED_DNS, 53))
+                t.listen(16)
+                return u, t
+
+            udp, tcp = in_netns(info.netns, make53)
+            direct = True
+        tcp.listen(16)
+        sv = Served(info, udp, tcp, fwd, direct)
+        for s in (udp, tcp, fwd):
+            s.setblocking(False)
+        answer = lambda q, msg, reply, sv=sv: self._answer_embedded(sv, q, msg, reply)  # noqa: E731
+        self.sel.register(udp, selectors.EVENT_READ, lambda: self._on_udp(udp, answer))
+        self.sel.register(tcp, selectors.EVENT_READ, lambda: self._on_accept(tcp, answer, sv))
+        self.sel.register(fwd, selectors.EVENT_READ, lambda: self._on_forward_reply(sv))
+        return sv
+
+    def _close(self, sv: Served) -> None:
+        for s in [sv.udp, sv.tcp, sv.fwd, *sv.conns]:
+            if s is None:
+                continue
+            try:
+                self.sel.unregister(s)
+            except (KeyError, ValueError):
+                pass
+            s.close()
+        for k in [k for k, p in self.pending.items() if p.sb is sv]:
+            del self.pending[k]
+
+    # ---- I/O -----------------------------------------------------------------------------
+    def _on_wake(self) -> None:
+        try:
+            while self.wake_r.recv(64):
+                pass
+        except BlockingIOError:
+            pass
+        self.poke = True
+
+    def _on_udp(self, sock: socket.socket, answer: Callable[..., bytes | None]) -> None:
+        for _ in range(64):
+            try:
+                msg, addr = sock.recvfrom(4096)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                return
+
+            def reply(data: bytes, sock: socket.socket = sock, addr: Any = addr) -> None:
+                try:
+                    sock.sendto(data, addr)
+                except OSError:
+                    pass
+
+            self._handle(msg, answer, reply)
+
+    def _on_accept(self, lsock: socket.socket, answer: Callable[..., bytes | None],
+                   sv: Served | None) -> None:
+        try:
+            conn, _ = lsock.accept()
+        except OSError:
+            return
+        conn.setblocking(False)
+        buf = bytearray()
+        owner = sv.conns if sv else set()
+        owner.add(conn)
+
+        def close() -> None:
+            owner.discard(conn)
+            try:
+                self.sel.unregister(conn)
+            except (KeyError, ValueError):
+                pass
+            conn.close()
+
+        def reply(data: bytes) -> None:
+            try:
+                conn.setblocking(True)
+                conn.settimeout(1)
+                conn.sendall(struct.pack("!H", len(data)) + data)
+                conn.setblocking(False)
+            except OSError:
+                close()
+
+        def readable() -> None:
+            try:
+                chunk = conn.recv(65535)
+            except BlockingIOError:
+                return
+            except OSError:
+                chunk = b""
+            if not chunk:
+                close()
+                return
+            buf.extend(chunk)
+            while len(buf) >= 2 and len(buf) >= 2 + struct.unpack("!H", buf[:2])[0]:
+                n = struct.unpack("!H", buf[:2])[0]
+                msg = bytes(buf[2:2 + n])
+                del buf[:2 + n]
+                self._handle(msg, answer, reply)
+
+        self.sel.register(conn, selectors.EVENT_READ, readable)
+
+    def _handle(self, msg: bytes, answer: Callable[..., bytes | None],
+                reply: Callable[[bytes], None]) -> None:
+        q = parse_query(msg)
+        if q is None:
+            err = error_reply(msg, FORMERR)
+            if err:
+                reply(err)
+            return
+        out = answer(q, msg, reply)
+        if out is not None:
+            reply(out)
+
+    # ---- answers -------------------------------------------------------------------------
+    def lookup(self, sv: Served, name: str) -> list[str]:
+        for net_id in sv.info.networks:
+            found = self.names.a.get(net_id, {}).get(name)
+            if found:
+                addrs = list(found)
+                random.shuffle(addrs)
+                return addrs
+        return []
+
+    def _answer_embedded(self, sv: Served, q: Query, msg: bytes = b"",
+                         reply: Callable[[bytes], None] | None = None) -> bytes | None:
+        if (q.flags >> 11) & 0xF:
+            return build_response(q, NOTIMP)
+        if q.qclass == 1 and q.qtype in (A, AAAA):
+            addrs = self.lookup(sv, q.name)
+            if addrs:
+                return build_response(q, addrs=addrs if q.qtype == A else [])
+        if q.qclass == 1 and q.qtype == PTR:
+            ip = reverse_ip(q.name)
+            for net_id in sv.info.networks:
+                name = self.names.ptr.get(net_id, {}).get(ip or "")
+                if name:
+                    return build_response(q, ptr=name)
+        return self._forward(sv, q, msg, reply)
+
+    def _forward(self, sv: Served, q: Query, msg: bytes,
+                 reply: Callable[[bytes], None] | None) -> bytes | None:
+        if sv.fwd is None or reply is None or not msg:
+            return build_response(q, SERVFAIL)
+        for _ in range(8):
+            new_id = random.getrandbits(16)
+            if (sv.info.key, new_id) not in self.pending:
+                break
+        else:
+            return build_response(q, SERVFAIL)
+        try:
+            sv.fwd.sendto(struct.pack("!H", new_id) + msg[2:], (UPSTREAM_DNS, 53))
+        except OSError:
+            return build_response(q, SERVFAIL)  # e.g. no route (internal network)
+        self.pending[(sv.info.key, new_id)] = Pending(sv, q.id, reply, q,
+                                                      time.monotonic() + FORWARD_TIMEOUT)
+        return None
+
+    def _on_forward_reply(self, sv: Served) -> None:
+        assert sv.fwd is not None
+        for _ in range(64):
+            try:
+                msg, addr = sv.fwd.recvfrom(65535)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                continue  # an ICMP error (port unreachable): the timeout answers it
+            if addr != (UPSTREAM_DNS, 53) or len(msg) < 12:
+                continue
+            p = self.pending.pop((sv.info.key, struct.unpack("!H", msg[:2])[0]), None)
+            if p:
+                p.reply(struct.pack("!H", p.orig_id) + msg[2:])
+
+    def _expire(self) -> None:
+        now = time.monotonic()
+        for key in [k for k, p in self.pending.items() if p.deadline <= now]:
+            p = self.pending.pop(key)
+            p.reply(build_response(p.query, SERVFAIL))
+
+    def _answer_upstream(self, q: Query, msg: bytes = b"",
+                         reply: Callable[[bytes], None] | None = None) -> bytes:
+        if q.name in UPSTREAM_RECORDS:
+            addrs = [UPSTREAM_RECORDS[q.name]] if q.qtype == A else []
+            return build_response(q, addrs=addrs, authoritative=True)
+        return build_response(q, NXDOMAIN, authoritative=True)
+
+    # ---- loop ----------------------------------------------------------------------------
+    def run(self) -> None:
+        last = time.monotonic()
+        while True:
+            timeout = POLL
+            if self.pending:
+                timeout = max(0.0, min(timeout, min(p.deadline for p in self.pending.values())
+                                       - time.monotonic()))
+            for key, _ in self.sel.select(timeout):
+                key.data()
+            self._expire()
+            now = time.monotonic()
+            if self.poke or now - last >= POLL:
+                forced, self.poke, last = self.poke, False, now
+                if not self.refresh(force=forced):
+                    return
+
+
+# ---- process management (the engine's API) --------------------------------------------------
+def _home_netns(lab: LabState) -> str | None:
+    """Where the resolver process lives: the lab's upstream, else its first host."""
+    if lab.upstream and netns.exists(lab.upstream):
+        return lab.upstream
+    for h in lab.hosts.values():
+        if netns.exists(h.netns):
+            return h.netns
+    return None
+
+
+def _is_resolver(pid: Any, lab_name: str) -> bool:
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            argv = f.read().split(b"\0")
+        with open(f"/proc/{pid}/stat") as f:
+            if f.read().split(") ", 1)[1].startswith("Z"):
+                return False
+    except OSError:
+        return False
+    return b"cnmlab.dns" in argv and lab_name.encode() in argv
+
+
+def wants_dns(lab: LabState) -> bool:
+    return any(sb.dns and sb.netns for h in lab.hosts.values() for sb in h.sandboxes.values())
+
+
+def ensure_running(lab_name: str, lab: LabState, timeout: float = 5.0) -> None:
+    """Start the lab's resolver if a sandbox needs it and none runs; nudge it otherwise.
+
+    Records the PID in ``lab.extra["dns_pid"]`` (the caller saves the state). A new resolver
+    is waited for until it serves every dns sandbox in the saved state; a running one is sent
+    SIGUSR1 and re-reads the state at once (a few ms), so a new name resolves right away.
+    """
+    if not wants_dns(lab):
+        return
+    pid = lab.extra.get("dns_pid")
+    if _is_resolver(pid, lab_name):
+        try:
+            os.kill(pid, signal.SIGUSR1)  # re-read the state now, not at the next poll
+        except ProcessLookupError:
+            pass
+        else:
+            _wait_served(lab_name, pid, lab, min(timeout, 2.0))
+            return
+    pid = lab.extra["dns_pid"] = _spawn(lab_name, [], timeout)
+    _confirmed[(lab_name, pid)] = {sb.id for sb in _dns_sandboxes(lab)}
+
+
+# sandboxes this process has seen served, per (lab, resolver pid): checked once each
+_confirmed: dict[tuple[str, int], set[str]] = {}
+
+
+def _dns_sandboxes(lab: LabState) -> list[Any]:
+    return [sb for h in lab.hosts.values() for sb in h.sandboxes.values() if sb.dns and sb.netns]
+
+
+def _listening(ns: str) -> bool:
+    """Whether the sandbox has the resolver's TCP listener on 127.0.0.11 (made after its rules)."""
+    def read() -> bool:
+        with open("/proc/thread-self/net/tcp") as f:
+            return any(fields[1].startswith("0B00007F:") and fields[3] == "0A"
+                       for fields in (line.split() for line in f) if len(fields) > 3)
+    try:
+        return bool(in_netns(ns, read))
+    except Exception:  # noqa: BLE001 - the namespace went away meanwhile
+        return True
+
+
+def _wait_served(lab_name: str, pid: int, lab: LabState, timeout: float) -> None:
+    """After a nudge, wait until every new dns sandbox has its sockets and nat rules."""
+    done = _confirmed.setdefault((lab_name, pid), set())
+    deadline = time.monotonic() + timeout
+    for sb in _dns_sandboxes(lab):
+        if sb.id in done:
+            continue
+        while not _listening(sb.netns) and time.monotonic() < deadline:
+            time.sleep(0.002)
+        done.add(sb.id)
+
+
+def start_upstream(lab_name: str, lab: LabState, timeout: float = 5.0) -> None:
+    """Play the fake internet's DNS (198.51.100.53) even when no sandbox uses the embedded one.
+
+    The embedded resolver serves it too while it runs; this is for labs whose sandboxes are all
+    on the default bridge (their resolv.conf names 198.51.100.53). PID in
+    ``lab.extra["upstream_dns_pid"]``; teardown stops it with the upstream namespace.
+    """
+    if not lab.upstream or _is_resolver(lab.extra.get("upstream_dns_pid"), lab_name):
+        return
+    lab.extra["upstream_dns_pid"] = _spawn(lab_name, ["--upstream"], timeout)
+
+
+def _spawn(lab_name: str, extra: list[str], timeout: float) -> int:
+    """Start a resolver process and wait until it serves (or died, or ``timeout`` passed)."""
+    import select
+
+    r, w = os.pipe()
+    proc = subprocess.Popen([sys.executable, "-m", "cnmlab.dns", "--lab", lab_name, *extra,
+                             "--ready-fd", str(w)], pass_fds=(w,), start_new_session=True,
+                            # no inherited pipes: a caller's capture_output must not wait on us
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    os.close(w)
+    try:
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            if select.select([r], [], [], left)[0]:
+                os.read(r, 16)  # a byte when ready, EOF if it died
+                break
+    finally:
+        os.close(r)
+    threading.Thread(target=proc.wait, daemon=True).start()  # reap it if it ends before us
+    return proc.pid
+
+
+def stop(lab_name: str, lab: LabState) -> None:
+    """Stop the lab's resolver and upstream DNS processes (the caller saves the state)."""
+    for key in ("dns_pid", "upstream_dns_pid"):
+        pid = lab.extra.pop(key, None)
+        if not _is_resolver(pid, lab_name):
+            continue
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            continue
+        deadline = time.monotonic() + 2
+        while _is_resolver(pid, lab_name) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        if _is_resolver(pid, lab_name):
+            os.kill(pid, signal.SIGKILL)
+
+
+def main(argv: list[str] | None = None) -> int:
+    signal.signal(signal.SIGUSR1, lambda *_: None)  # first: ensure_running may nudge us early
+    ap = argparse.ArgumentParser(prog="python -m cnmlab.dns",
+                                 description="Docker's embedded DNS for a cnmlab lab")
+    ap.add_argument("--lab", required=True)
+    ap.add_argument("--upstream", action="store_true",
+                    help="serve only the fake internet DNS on 198.51.100.53 (upstream namespace)")
+    ap.add_argument("--ready-fd", type=int, default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    try:
+        lab = state.load(args.lab)
+    except Exception as e:  # noqa: BLE001
+        print(f"cnmlab-dns: {e}", file=sys.stderr)
+        return 1
+    home = lab.upstream if args.upstream else _home_netns(lab)
+    if not home:
+        print(f"cnmlab-dns: lab {args.lab} has no namespace to live in", file=sys.stderr)
+        return 1
+    # the main thread (the one /proc/PID/ns/net shows) moves into a namespace of the lab, so
+    # teardown's kill_processes finds and stops this process
+    fd = netns.open_fd(home)
+    netns.setns(fd)
+    os.close(fd)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    res = Resolver(args.lab, embedded=not args.upstream, upstream=True)
+    signal.set_wakeup_fd(res.wake_w.fileno(), warn_on_full_buffer=False)
+    if not res.refresh(force=True):
+        return 0
+    if args.upstream and not res.upstream_socks:
+        return 1  # somebody else answers on 198.51.100.53 already
+    if args.ready_fd is not None:
+        os.write(args.ready_fd, b"1")
+        os.close(args.ready_fd)
+    res.run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
