@@ -19,6 +19,7 @@ than reporting false negatives.
 from __future__ import annotations
 
 import errno
+import itertools
 import os
 import random
 import select
@@ -31,7 +32,7 @@ from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from cnmlab import netns
+from cnmlab import neigh, netns, sysctl
 from cnmlab.checks.nsref import NsRef
 from cnmlab.errors import CnmError, KernelError
 
@@ -148,37 +149,7 @@ def _pairs(sources: Mapping[str, object], targets: Mapping[str, object],
 
 _GC_KEYS = ("net.ipv4.neigh.default.gc_thresh1", "net.ipv4.neigh.default.gc_thresh2",
             "net.ipv4.neigh.default.gc_thresh3")
-_neigh_lock = threading.Lock()
-_neigh_holders = 0
-_neigh_saved: tuple[int, int, int] | None = None
-
-
-def _root_sysctl(key: str, value: int | None = None) -> int:
-    """Read (or write) a sysctl of the initial network namespace, where gc_thresh lives.
-
-    The gc_thresh files exist only in the initial namespace. This thread is normally there;
-    if a caller runs us from inside a namespace, go to the process's own (main thread's) one.
-    """
-    path = "/proc/sys/" + key.replace(".", "/")
-
-    def rw() -> int:
-        try:
-            if value is not None:
-                with open(path, "w") as f:
-                    f.write(str(value))
-            with open(path) as f:
-                return int(f.read().split()[0])
-        except OSError as e:
-            raise KernelError(f"sysctl {key}: {e.strerror} (only the root namespace has it)") from None
-
-    if os.path.exists(path):
-        return rw()
-    fd = os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        with netns.entered(fd=fd):
-            return rw()
-    finally:
-        os.close(fd)
+_neigh_ids = itertools.count()
 
 
 def arp_cache_stats() -> dict[str, int]:
@@ -193,48 +164,27 @@ def arp_cache_stats() -> dict[str, int]:
 
 
 def neighbour_limits() -> tuple[int, int, int]:
-    return tuple(_root_sysctl(k) for k in _GC_KEYS)  # type: ignore[return-value]
+    return tuple(int(sysctl.read_root(k)) for k in _GC_KEYS)  # type: ignore[return-value]
 
 
 def ensure_neighbour_capacity(n_entries: int) -> Callable[[], None]:
-    """Make room for ``n_entries`` more ARP entries; returns the callable that restores.
+    """Make room for ``n_entries`` more ARP entries; returns the callable that gives it back.
 
-    Raises gc_thresh2/3 (shared by every namespace, settable only in the root namespace) when
-    the current entries plus ``n_entries`` would not fit; gc_thresh1 is left alone unless it
-    would exceed the new thresh2. Nested and concurrent callers in this process share one
-    saved copy of the original values: they are written back when the last one restores.
-    Call the returned function exactly when done (a second call does nothing).
+    The table is shared by every namespace and its limits live only in the root namespace;
+    ``cnmlab.neigh`` keeps one saved copy of the originals for every process on the machine
+    (labs and probe runs alike) and writes them back when the last holder releases. Call the
+    returned function exactly when done (a second call does nothing).
     """
-    global _neigh_holders, _neigh_saved
     need = arp_cache_stats().get("entries", 0) + max(0, n_entries) + 256
-    with _neigh_lock:
-        t1, t2, t3 = neighbour_limits()
-        if _neigh_saved is None and t3 >= need + need // 2 and t2 >= need:
-            return lambda: None
-        if _neigh_saved is None:
-            _neigh_saved = (t1, t2, t3)
-        _neigh_holders += 1
-        new3 = max(t3, need + need // 2)
-        new2 = max(t2, need)
-        if (new2, new3) != (t2, t3):
-            _root_sysctl(_GC_KEYS[2], new3)  # raise thresh3 first so 1 <= 2 <= 3 holds throughout
-            _root_sysctl(_GC_KEYS[1], new2)
+    owner = f"probe:{os.getpid()}:{next(_neigh_ids)}"
+    neigh.reserve(owner, need)
     done = False
 
     def restore() -> None:
         nonlocal done
-        global _neigh_holders, _neigh_saved
-        with _neigh_lock:
-            if done:
-                return
+        if not done:
             done = True
-            _neigh_holders -= 1
-            if _neigh_holders == 0 and _neigh_saved is not None:
-                o1, o2, o3 = _neigh_saved
-                _root_sysctl(_GC_KEYS[0], o1)
-                _root_sysctl(_GC_KEYS[1], o2)
-                _root_sysctl(_GC_KEYS[2], o3)
-                _neigh_saved = None
+            neigh.release(owner)
 
     return restore
 

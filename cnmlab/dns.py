@@ -322,6 +322,11 @@ class Resolver:
             return self._stat() is not None
         self.stamp = stamp
         self._serve_upstream(lab)
+        try:  # tell ensure_running which saved state we now follow
+            with open(_seen_path(self.lab_name), "w") as f:
+                f.write(str(stamp[0]))
+        except OSError:
+            pass
         if not self.embedded:
             return True
         wanted, self.names = build_names(lab)
@@ -634,11 +639,16 @@ def ensure_running(lab_name: str, lab: LabState, timeout: float = 5.0) -> None:
     pid = lab.extra.get("dns_pid")
     if _is_resolver(pid, lab_name):
         try:
+            inode = os.stat(state._path(lab_name)).st_ino
+        except FileNotFoundError:
+            inode = None
+        try:
             os.kill(pid, signal.SIGUSR1)  # re-read the state now, not at the next poll
         except ProcessLookupError:
             pass
         else:
             _wait_served(lab_name, pid, lab, min(timeout, 2.0))
+            _wait_seen(lab_name, inode, min(timeout, 2.0))
             return
     pid = lab.extra["dns_pid"] = _spawn(lab_name, [], timeout)
     _confirmed[(lab_name, pid)] = {sb.id for sb in _dns_sandboxes(lab)}
@@ -646,6 +656,25 @@ def ensure_running(lab_name: str, lab: LabState, timeout: float = 5.0) -> None:
 
 # sandboxes this process has seen served, per (lab, resolver pid): checked once each
 _confirmed: dict[tuple[str, int], set[str]] = {}
+
+
+def _seen_path(lab_name: str) -> str:
+    return state.aux_path(lab_name, "dns-seen")
+
+
+def _wait_seen(lab_name: str, inode: int | None, timeout: float) -> None:
+    """Wait until the resolver has loaded the saved state (names added by a connect)."""
+    if inode is None:
+        return
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with open(_seen_path(lab_name)) as f:
+                if f.read().strip() == str(inode):
+                    return
+        except OSError:
+            pass
+        time.sleep(0.002)
 
 
 def _dns_sandboxes(lab: LabState) -> list[Any]:

@@ -165,9 +165,11 @@ class HostHandle:
 
     def disconnect(self, network: str, sandbox: str) -> None:
         self.controller.disconnect(network, sandbox)
+        self.lab._serve_dns()
 
     def rm(self, sandbox: str) -> None:
         self.controller.delete_sandbox(sandbox)
+        self.lab._serve_dns()
 
     def sandbox(self, name: str) -> SandboxHandle:
         return SandboxHandle(self, self.controller.sandbox(name))

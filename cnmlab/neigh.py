@@ -51,23 +51,34 @@ def _locked_record() -> Iterator[dict]:
 
 
 def _apply(record: dict) -> None:
+    """thresh2 (where garbage collection gets eager) at the need, thresh3 half as much again.
+
+    Thresholds are written from the top down or the bottom up so that 1 <= 2 <= 3 holds
+    at every moment, as the kernel expects.
+    """
     original = [int(v) for v in record["original"]]
     need = max(record["needs"].values(), default=0)
-    if need <= original[2]:
-        values = original
-    else:
-        values = [max(original[0], need // 4), max(original[1], need // 2), need]
-    for key, value in zip(KEYS, values):
-        sysctl.write(key, value)
+    values = [original[0], max(original[1], need), max(original[2], need + need // 2)]
+    values[0] = min(values[0], values[1])
+    current = [int(sysctl.read_root(k)) for k in KEYS]
+    order = zip(KEYS, values)
+    for key, value in (reversed(list(order)) if values[2] >= current[2] else order):
+        sysctl.write_root(key, value)
+
+
+def _restore(original: list[str]) -> None:
+    for key, value in zip(KEYS, original):  # thresh1 first: every step lowers or keeps
+        sysctl.write_root(key, value)
 
 
 def reserve(owner: str, entries: int) -> None:
     """Make room for ``entries`` neighbours on behalf of ``owner`` (a lab or a probe run)."""
     with _locked_record() as record:
         if record["original"] is None:
-            if entries <= int(sysctl.read(KEYS[2])):
+            t2, t3 = int(sysctl.read_root(KEYS[1])), int(sysctl.read_root(KEYS[2]))
+            if entries <= t2 and entries + entries // 2 <= t3:
                 return
-            record["original"] = [sysctl.read(k) for k in KEYS]
+            record["original"] = [sysctl.read_root(k) for k in KEYS]
         record["needs"][owner] = max(entries, record["needs"].get(owner, 0))
         _apply(record)
 
@@ -80,14 +91,12 @@ def release(owner: str) -> None:
         if record["needs"]:
             _apply(record)
         else:
-            for key, value in zip(KEYS, record["original"]):
-                sysctl.write(key, value)
+            _restore(record["original"])
 
 
 def release_all() -> None:
     """Restore the saved originals whoever holds a reservation (``cnmlab clean``)."""
     with _locked_record() as record:
         if record["original"] is not None:
-            for key, value in zip(KEYS, record["original"]):
-                sysctl.write(key, value)
+            _restore(record["original"])
         record["needs"] = {}

@@ -85,12 +85,26 @@ def load(name: str) -> LabState:
     return LabState.from_json(data)
 
 
+def aux_path(name: str, suffix: str) -> str:
+    """A helper file of a lab (e.g. the DNS resolver's progress); removed with the lab."""
+    return os.path.join(STATE_DIR, f"_{name}.{suffix}")
+
+
 def remove(name: str) -> None:
-    for p in (_path(name), _ns_log(name)):
+    aux = [os.path.join(STATE_DIR, f) for f in _listdir()
+           if f.startswith(f"_{name}.") and not f.endswith(".lock")]
+    for p in (_path(name), _ns_log(name), *aux):
         try:
             os.unlink(p)
         except FileNotFoundError:
             pass
+
+
+def _listdir() -> list[str]:
+    try:
+        return os.listdir(STATE_DIR)
+    except FileNotFoundError:
+        return []
 
 
 def names() -> list[str]:

@@ -41,3 +41,29 @@ def write_many(values: dict[str, str | int], ns: str) -> None:
     with netns.entered(ns):
         for key, value in values.items():
             write(key, value)
+
+
+def _in_root(fn):  # type: ignore[no-untyped-def]
+    """Run ``fn`` where the initial namespace's global sysctls are visible.
+
+    The neighbour-table limits exist only in the initial namespace. The calling thread is
+    normally there; if it was moved into a lab namespace, go to the process's main one.
+    """
+    import os
+
+    if os.path.exists("/proc/sys/net/ipv4/neigh/default/gc_thresh3"):
+        return fn()
+    fd = os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        with netns.entered(fd=fd):
+            return fn()
+    finally:
+        os.close(fd)
+
+
+def read_root(key: str) -> str:
+    return _in_root(lambda: read(key))  # type: ignore[no-any-return]
+
+
+def write_root(key: str, value: str | int) -> None:
+    _in_root(lambda: write(key, value))

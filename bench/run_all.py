@@ -1,0 +1,47 @@
+"""Run every benchmark in one go (root; several minutes with Mininet at N=1000).
+
+    sudo .venv/bin/python bench/run_all.py [--quick]
+
+--quick uses small sizes and skips Mininet: a smoke test that the benchmarks still run.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+FULL = [
+    ("engine build/teardown (issue: engine)", ["bench_build.py", "--sizes", "10,100,1000"]),
+    ("reachability truth tables (issue: checks)", ["bench_truth.py", "--sizes", "10,50,100"]),
+    ("TUI first screen and responsiveness", ["bench_tui.py"]),
+    ("TUI live state latency", ["bench_tui_live.py"]),
+]
+QUICK = [
+    ("engine build/teardown", ["bench_build.py", "--sizes", "10,50", "--no-mininet"]),
+    ("reachability truth tables", ["bench_truth.py", "--sizes", "10,20", "--no-mininet"]),
+]
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true")
+    args = ap.parse_args()
+    failed = []
+    for title, argv in QUICK if args.quick else FULL:
+        script = os.path.join(HERE, argv[0])
+        if not os.path.exists(script):
+            print(f"== {title}: {argv[0]} missing, skipped")
+            continue
+        print(f"== {title}", flush=True)
+        if subprocess.call([sys.executable, script, *argv[1:]]) != 0:
+            failed.append(title)
+    if failed:
+        print(f"failed: {', '.join(failed)}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
