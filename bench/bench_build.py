@@ -25,8 +25,6 @@ from cnmlab.lab import Lab
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import mininet  # noqa: E402
 
-V6_OFF = {"net.ipv6.conf.all.disable_ipv6": 1, "net.ipv6.conf.default.disable_ipv6": 1}
-
 
 def bare_pyroute2(n: int) -> tuple[float, float]:
     prefix = f"cnmbare{os.getpid()}-"
@@ -34,7 +32,7 @@ def bare_pyroute2(n: int) -> tuple[float, float]:
     names = []
     t0 = time.perf_counter()
     netns.create(host)
-    sysctl.write_many(V6_OFF, host)
+    sysctl.disable_ipv6(host)
     with netns.entered(host):
         ip = IPRoute()
     try:
@@ -46,7 +44,7 @@ def bare_pyroute2(n: int) -> tuple[float, float]:
             ns = f"{prefix}s{i}"
             names.append(ns)
             netns.create(ns)
-            sysctl.write_many(V6_OFF, ns)
+            sysctl.disable_ipv6(ns)
             fd = netns.open_fd(ns)
             ip.link("add", ifname=f"v{i}", kind="veth", peer={"ifname": "eth0", "net_ns_fd": fd})
             os.close(fd)

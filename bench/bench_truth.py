@@ -21,7 +21,7 @@ import subprocess
 import sys
 import time
 
-from cnmlab import netns
+from cnmlab import netns, sysctl
 from cnmlab.checks import probes
 from cnmlab.checks.nsref import NsRef
 from cnmlab.checks.truth import TruthTable
@@ -34,12 +34,7 @@ PREFIX = f"cnmb-{os.getpid()}-"
 
 
 def _no_ipv6(name: str) -> None:
-    with netns.entered(name):
-        for conf in ("all", "default"):
-            path = f"/proc/sys/net/ipv6/conf/{conf}/disable_ipv6"
-            if os.path.exists(path):
-                with open(path, "w") as f:
-                    f.write("1")
+    sysctl.disable_ipv6(name)
 
 
 def ip_of(i: int) -> str:

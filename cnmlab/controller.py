@@ -24,7 +24,6 @@ from cnmlab.ipam import LOCAL_DEFAULT, DefaultIpam
 from cnmlab.model import PREDEFINED, Endpoint, Host, Network, PortMapping, Sandbox
 from cnmlab.netlink import Netlink
 
-NS_SYSCTLS_V6_OFF = {"net.ipv6.conf.all.disable_ipv6": 1, "net.ipv6.conf.default.disable_ipv6": 1}
 DEFAULT_BRIDGE_OPTIONS = {"com.docker.network.bridge.name": "docker0",
                           "com.docker.network.bridge.default_bridge": "true",
                           "com.docker.network.bridge.enable_icc": "true",
@@ -60,7 +59,7 @@ def setup_namespace(name: str, lo_up: bool = True) -> None:
     ``lo_up=False`` leaves ``lo`` to the caller's own netlink session (one socket less).
     """
     netns.create(name)
-    sysctl.write_many(NS_SYSCTLS_V6_OFF, name)
+    sysctl.disable_ipv6(name)
     if lo_up:
         with Netlink(name) as nl:
             nl.set_link("lo", up=True)

@@ -37,6 +37,14 @@ def write(key: str, value: str | int, ns: str | None = None) -> None:
             _write()
 
 
+IPV6_OFF = {"net.ipv6.conf.all.disable_ipv6": 1, "net.ipv6.conf.default.disable_ipv6": 1}
+
+
+def disable_ipv6(ns: str) -> None:
+    """Before any link exists: no IPv6 autoconfiguration, which doubles the cost at scale."""
+    write_many(IPV6_OFF, ns)
+
+
 def write_many(values: dict[str, str | int], ns: str) -> None:
     with netns.entered(ns):
         for key, value in values.items():

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from cnmlab import netns
+from cnmlab import netns, sysctl
 from cnmlab.checks import probes
 from cnmlab.checks.nsref import NamespaceGone, NsRef
 from cnmlab.errors import CnmError
@@ -26,12 +26,7 @@ def _ip(i: int) -> str:
 
 
 def _no_ipv6(name: str) -> None:
-    with netns.entered(name):
-        for conf in ("all", "default"):
-            path = f"/proc/sys/net/ipv6/conf/{conf}/disable_ipv6"
-            if os.path.exists(path):
-                with open(path, "w") as f:
-                    f.write("1")
+    sysctl.disable_ipv6(name)
 
 
 class BridgeLab:
