@@ -92,6 +92,7 @@ def kinds() -> list[str]:
 
 def _load_builtin() -> None:
     import cnmlab.checks.library  # noqa: F401  (registers the built-in kinds)
+    import cnmlab.checks.packets  # noqa: F401  (and the packet-level ones, Scapy on use)
 
 
 def parse_spec(spec: dict[str, Any]) -> tuple[str, dict[str, Any]]:
