@@ -319,6 +319,9 @@ def _reach_hint(target: Target, src: End, dst: End, ip: str, network: str | None
         if res.reason == "refused":
             return (f"{ip} answered with a refusal on {what}: look at whether something listens "
                     f"there in {dst.label}, and for REJECT rules on {host}")
+        if dst.literal and ipaddress.IPv4Address(ip).is_loopback:
+            return (f"{ip} is {src.label}'s own loopback: look at whether lo is up in "
+                    f"{src.label} (ip link show lo)")
         if dst.is_upstream or (dst.literal and not src.is_upstream and not shared):
             return (f"look at {src.label}'s default route (ip route), ip_forward and the "
                     f"FORWARD chain on {host}, and nat POSTROUTING MASQUERADE for its subnet")
