@@ -44,7 +44,8 @@ def _mine() -> set[str]:
 
 
 def _my_states() -> set[str]:
-    return {n for n in state.names() if PID in n}
+    etc = os.listdir("/etc/netns") if os.path.isdir("/etc/netns") else []
+    return {n for n in state.names() if PID in n} | {f"/etc/netns/{n}" for n in etc if PID in n}
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -68,7 +69,7 @@ def no_leaks():
         netns.kill_processes(ns)
         netns.delete(ns)
     assert not leaked_ns, f"test leaked network namespaces: {sorted(leaked_ns)}"
-    assert not leaked_state, f"test leaked lab state: {sorted(leaked_state)}"
+    assert not leaked_state, f"test leaked lab state or /etc/netns files: {sorted(leaked_state)}"
 
 
 @pytest.fixture
