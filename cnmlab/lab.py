@@ -402,7 +402,10 @@ def teardown(name: str, lab_state: LabState | None) -> list[str]:
     """Remove a lab's namespaces (processes first), its /etc/netns files and its state."""
     removed = []
     with state.locked(name):
-        namespaces = list(reversed(lab_state.namespaces if lab_state else []))
+        # what this process knows plus what any other process logged for the same lab
+        known = list(lab_state.namespaces if lab_state else [])
+        known += [ns for ns in state.recorded_namespaces(name) if ns not in known]
+        namespaces = list(reversed(known))
         netns.kill_processes(*namespaces)
         for ns in namespaces:
             if netns.delete(ns):

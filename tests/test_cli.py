@@ -200,3 +200,15 @@ def test_clean_stops_proxies_after_kill_9(lab_name):
     status = open(f"/proc/{proxy_pid}/stat").read() if os.path.exists(f"/proc/{proxy_pid}") else ""
     assert not status or ") Z" in status
     assert lab_namespaces(lab_name) == []
+
+
+def test_down_removes_what_another_process_added(lab_name):
+    from cnmlab.lab import Lab
+
+    first = Lab(lab_name)
+    first.add_host("h1")
+    second = Lab.open(lab_name)
+    second.host("h1").run("late")
+    second.close()
+    first.down()
+    assert lab_namespaces(lab_name) == [] and not state.exists(lab_name)
