@@ -58,6 +58,11 @@ DOCKER_CLI = "/usr/bin/docker"
 BUSYBOX = "/bin/busybox"
 IMAGE = "cnmlab/busybox"
 STATE_FILE = "cnmlab-dockerd.json"
+# Where ``cnmlab conform`` keeps its daemons' workdirs (not under /run: the daemon gets a
+# tmpfs there) and the busybox image it builds once; ``clean_all`` sweeps this folder.
+DAEMONS_DIR = "/tmp/cnmlab-dockerd"
+LAB_UPSTREAM_DNS = "198.51.100.53"  # the upstream namespace's DNS address in every cnmlab lab
+IMAGE_CACHE = os.path.join(DAEMONS_DIR, "cache")
 CGROUP_PREFIX = "cnmlab-dockerd-"
 SOCKET_PATH_MAX = 100  # sun_path is 108 bytes; containerd appends ".ttrpc"
 
@@ -266,6 +271,20 @@ def cleanup_workdir(workdir: str | os.PathLike, *, remove: bool = True,
             with contextlib.suppress(OSError):
                 workdir.rmdir()
     return found
+
+
+def clean_all() -> list[str]:
+    """Stop every daemon cnmlab started under ``DAEMONS_DIR`` (``cnmlab clean``)."""
+    cleaned = []
+    try:
+        entries = sorted(os.listdir(DAEMONS_DIR))
+    except FileNotFoundError:
+        return cleaned
+    for entry in entries:
+        workdir = os.path.join(DAEMONS_DIR, entry)
+        if os.path.isfile(os.path.join(workdir, STATE_FILE)) and cleanup_workdir(workdir):
+            cleaned.append(f"dockerd {entry}")
+    return cleaned
 
 
 def _cmdline(pid: int) -> str:
@@ -556,12 +575,16 @@ class DockerDaemon:
         launcher = self.workdir / "launch.sh"
         launcher.write_text(_LAUNCHER.format(**fmt))
         (self.workdir / "supervisor.py").write_text(_SUPERVISOR)
+        # The daemon copies the host's resolv.conf into containers: give it the lab's fake
+        # internet DNS, so no probe ever aims at a nameserver of the real machine.
+        (self.workdir / "resolv.conf").write_text(f"nameserver {LAB_UPSTREAM_DNS}\n")
         (self.workdir / "supervisor.json").write_text(json.dumps({
             "setup": [
                 ["mount", "-t", "cgroup2", "cgroup2", "/sys/fs/cgroup"],
                 ["mount", "-t", "tmpfs", "-o", "mode=0755", "cnmlab-run", "/run"],
                 *([["mount", "-t", "tmpfs", "-o", "mode=0755", "cnmlab-etc-docker",
                     "/etc/docker"]] if os.path.isdir("/etc/docker") else []),
+                ["mount", "--bind", str(self.workdir / "resolv.conf"), "/etc/resolv.conf"],
                 ["ip", "link", "set", "lo", "up"],
             ],
             "containerd": [CONTAINERD, "--config", str(self.workdir / "containerd.toml")],

@@ -673,8 +673,7 @@ def _netlink(ref: NsRef) -> Iterator[Any]:
     from cnmlab.netlink import Netlink
 
     with ref.opened() as fd:
-        with netns.entered(fd=fd):
-            nl = Netlink()
+        nl = Netlink(fd=fd)
     try:
         yield nl
     finally:

@@ -258,12 +258,11 @@ class ManifestTarget:
 
 def uplink_address(ns_path: str) -> str | None:
     """The IPv4 address of the interface that carries the default route in a namespace."""
-    from cnmlab import netns
     from cnmlab.netlink import Netlink
 
     ref = NsRef.of(ns_path)
-    with ref.opened() as fd, netns.entered(fd=fd):
-        nl = Netlink()
+    with ref.opened() as fd:
+        nl = Netlink(fd=fd)
     try:
         dev = next((r.dev for r in nl.routes() if r.dst == "default"), None)
         if dev is None:

@@ -21,6 +21,15 @@ KEYS = ("net.ipv4.neigh.default.gc_thresh1", "net.ipv4.neigh.default.gc_thresh2"
 FILE = "_neigh.json"
 
 
+def _alive(owner: str) -> bool:
+    """Owners are ``lab:NAME`` (alive while its state exists) or ``KIND:PID:...``."""
+    kind, _, rest = owner.partition(":")
+    if kind == "lab":
+        return state.exists(rest)
+    pid = rest.split(":", 1)[0]
+    return not pid.isdigit() or os.path.exists(f"/proc/{pid}")
+
+
 def entries_for(sandboxes: int) -> int:
     """Entries a full mesh of ``sandboxes`` (plus gateways and upstream) may need."""
     return sandboxes * sandboxes + 4 * sandboxes + 256
@@ -37,6 +46,14 @@ def _locked_record() -> Iterator[dict]:
                 record = json.load(f)
         except (FileNotFoundError, json.JSONDecodeError):
             record = {"original": None, "needs": {}}
+        stale = [o for o in record["needs"] if not _alive(o)]
+        for owner in stale:  # killed before releasing: their room is not needed any more
+            del record["needs"][owner]
+        if stale and record["original"] is not None:
+            if record["needs"]:
+                _apply(record)
+            else:
+                _restore(record["original"])
         yield record
         if record["needs"]:
             with open(path + ".tmp", "w") as f:

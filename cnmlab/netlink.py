@@ -81,17 +81,64 @@ def _kernel_error(e: NetlinkError, what: str) -> Exception:
     return KernelError(f"{what}: {os.strerror(e.code) if e.code else e}")
 
 
-class Netlink:
-    """One rtnetlink socket bound to one namespace (``ns=None``: the caller's namespace)."""
+class _Pinned:
+    """pyroute2's IPRoute with every call made from inside one namespace.
 
-    def __init__(self, ns: str | None = None) -> None:
+    pyroute2 0.9 opens a socket per *thread*, lazily, in whatever namespace that thread is in
+    at the time: an IPRoute made inside a lab namespace and then used from another thread
+    would quietly change the root namespace. Entering the pinned namespace around every call
+    (two setns(2), a few microseconds) makes the facade safe from any thread; generators are
+    drained inside, since they would otherwise run after we left.
+    """
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+        with netns.entered(fd=fd):
+            self._ip = IPRoute()
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._ip, name)
+        if not callable(attr):
+            return attr
+
+        def pinned(*args: Any, **kwargs: Any) -> Any:
+            with netns.entered(fd=self._fd):
+                result = attr(*args, **kwargs)
+                if hasattr(result, "__next__"):
+                    result = list(result)
+                return result
+
+        return pinned
+
+    def close(self) -> None:
+        try:
+            with netns.entered(fd=self._fd):
+                self._ip.close()
+        finally:
+            os.close(self._fd)
+
+
+class Netlink:
+    """An rtnetlink session pinned to one namespace, usable from any thread.
+
+    ``ns`` names a namespace under /run/netns; ``fd`` is an open namespace file (a PID's, a
+    path's; it is duplicated); with neither, the namespace the calling thread is in now.
+    """
+
+    def __init__(self, ns: str | None = None, *, fd: int | None = None) -> None:
         self.ns = ns
         self._index: dict[str, int] = {}
-        if ns is None:
-            self._ip = IPRoute()
+        if ns is not None:
+            pin = netns.open_fd(ns)
+        elif fd is not None:
+            pin = os.dup(fd)
         else:
-            with netns.entered(ns):
-                self._ip = IPRoute()
+            pin = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+        try:
+            self._ip = _Pinned(pin)
+        except BaseException:
+            os.close(pin)
+            raise
 
     def close(self) -> None:
         self._ip.close()

@@ -190,3 +190,30 @@ def test_two_labs_side_by_side(lab_name):
         assert a.ip() == b.ip() == "172.17.0.2"  # same addresses, separate worlds
         assert a.netns != b.netns
         assert reaches(a, "172.17.0.1") and reaches(b, "172.17.0.1")
+
+
+def test_netlink_stays_in_its_namespace_from_any_thread(lab):
+    """pyroute2 opens a socket per thread: the facade must still act in the lab's namespace."""
+    import threading
+
+    from cnmlab.netlink import Netlink
+
+    host = lab.add_host("h1")
+    root_before = {l.name for l in Netlink().links()}
+    errors = []
+
+    def worker():
+        try:
+            host.network_create("fromthread")
+            host.run("t1", "fromthread")
+        except Exception as e:  # noqa: BLE001
+            errors.append(e)
+
+    t = threading.Thread(target=worker)
+    t.start()
+    t.join()
+    assert not errors
+    assert {l.name for l in Netlink().links()} == root_before
+    dev = host.model.networks["fromthread"].device
+    assert dev in {l.name for l in Netlink(host.netns).links()}
+    assert reaches(host.sandbox("t1"), host.model.networks["fromthread"].gateway)
