@@ -1,0 +1,98 @@
+"""End to end: the real ``cnmlab`` command in a real terminal (tmux), driven like a learner.
+
+Lab list -> open lab 1 -> check -> ``x`` opens a shell in a sandbox -> ``ip -br link`` shows
+``lo`` -> ``exit`` comes back to the same step -> back -> quit. The lab runs as
+``lab01-<pid>`` (``CNMLAB_INSTANCE_SUFFIX``), progress goes to a tmp file; the tmux server
+(its own socket) and the lab are cleaned up whatever happens.
+"""
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+
+import pytest
+
+from cnmlab import labs, state
+
+PID = str(os.getpid())
+SOCKET = f"cnmlab{PID}"
+SESSION = "e2e"
+
+pytestmark = [pytest.mark.kernel,
+              pytest.mark.skipif(shutil.which("tmux") is None, reason="needs tmux")]
+
+
+def cnmlab_argv() -> list[str]:
+    exe = shutil.which("cnmlab")
+    return [exe] if exe else [sys.executable, "-m", "cnmlab.cli"]
+
+
+def tmux(*args: str, check: bool = True) -> str:
+    return subprocess.run(["tmux", "-L", SOCKET, *args], capture_output=True, text=True,
+                          check=check, timeout=20).stdout
+
+
+def screen() -> str:
+    return tmux("capture-pane", "-p", "-t", SESSION)
+
+
+def wait_screen(text: str, timeout: float = 60.0) -> str:
+    deadline = time.monotonic() + timeout
+    seen = ""
+    while time.monotonic() < deadline:
+        seen = screen()
+        if text in seen:
+            return seen
+        time.sleep(0.1)
+    raise AssertionError(f"{text!r} never showed up; the screen was:\n{seen}")
+
+
+def keys(*k: str) -> None:
+    tmux("send-keys", "-t", SESSION, *k)
+
+
+def test_learner_session_in_tmux(tmp_path):
+    progress = tmp_path / "progress.json"
+    done = tmp_path / "exit-code"
+    env = f"CNMLAB_PROGRESS={shlex.quote(str(progress))} CNMLAB_INSTANCE_SUFFIX={PID}"
+    command = (f"{env} {shlex.join(cnmlab_argv())}; echo $? > {shlex.quote(str(done))}; "
+               "sleep 60")
+    name = f"lab01-{PID}"
+    try:
+        tmux("new-session", "-d", "-s", SESSION, "-x", "100", "-y", "30", command)
+        wait_screen("Sandboxes and endpoints by hand", 20)  # the lab list
+        assert "Service discovery" in screen()
+
+        keys("Enter")  # lab 1 is highlighted first
+        wait_screen("Step 1/4", 120)
+        assert state.exists(name)
+
+        keys("c")
+        wait_screen("FAIL", 60)  # the results, scrolled into view
+
+        keys("x")  # a real shell in the target sandbox
+        wait_screen(f"[{name}/red] #", 20)
+        keys("ip -br link", "Enter")
+        out = wait_screen("lo ", 10)
+        assert "LOOPBACK" in out
+        keys("exit", "Enter")
+        wait_screen("Step 1/4", 20)  # back in the app, same step
+
+        keys("q")  # back to the list: the lab keeps running
+        wait_screen("running", 10)
+        keys("q")  # quit
+        deadline = time.monotonic() + 20
+        while not done.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert done.exists(), screen()
+        assert done.read_text().strip() == "0"
+        assert "keeps running as" in screen()  # the app says how to stop the lab
+        assert state.exists(name)
+    finally:
+        tmux("kill-server", check=False)
+        if state.exists(name):
+            labs.LabRun(labs.get("01"), name).stop()

@@ -1,0 +1,112 @@
+"""Snapshot tests of the workshop app's screens (pytest-textual-snapshot), at 80x24 and 120x40.
+
+Deterministic state: the labs come from the repo's ``labs/``, the kernel features and "am I
+root" are given, progress is a tmp file with one step passed, no lab is running and the live
+kernel views are off (``live=False``). Check results are made up (including a truth table), so
+no kernel is needed. Regenerate after a deliberate UI change with::
+
+    pytest tests/test_tui_snapshots.py --snapshot-update
+"""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from cnmlab import labs
+from cnmlab.checks.api import CheckResult
+from cnmlab.checks.truth import TruthTable
+from cnmlab.tui.app import CnmlabApp
+from cnmlab.tui.screens import StepScreen
+
+FEATURES = {"veth": True, "bridge": True, "iptables": True, "nftables": True, "vxlan": True,
+            "macvlan": True, "ipvlan": False, "ipvs": False, "dummy": True, "vlan": True}
+SIZES = [(80, 24), (120, 40)]
+
+
+@pytest.fixture
+def progress(tmp_path, monkeypatch):
+    path = tmp_path / "progress.json"
+    path.write_text(json.dumps({"labs": {
+        "01-sandboxes-by-hand": {"passed": ["look-inside"], "hints": {"veth-pair": 1}},
+        "02-default-bridge": {"passed": ["a", "b"], "hints": {}}}}))
+    monkeypatch.setenv("CNMLAB_PROGRESS", str(path))
+    return labs.Progress(str(path))
+
+
+def make_app(progress: labs.Progress, **kw) -> CnmlabApp:
+    kw.setdefault("features", FEATURES)
+    return CnmlabApp(instance_suffix="snap", live=False, root=True, progress=progress, **kw)
+
+
+def open_step(app: CnmlabApp, lab: str, results: list[CheckResult] | None = None):
+    """run_before: show a lab's current step without starting the lab."""
+
+    async def before(pilot) -> None:
+        labdef = labs.get(lab)
+        run = labs.LabRun(labdef, app.instance_name(labdef), app.progress)
+        screen = StepScreen(run)
+        await app.push_screen(screen)
+        await pilot.pause()
+        if results is not None:
+            screen.results[screen.step.id] = results
+            screen.show_results(results)
+            screen.passed = all(r.ok for r in results)
+            await pilot.pause()
+            screen._scroll_to("#verdict")
+        await pilot.pause()
+        await pilot.pause()
+
+    return before
+
+
+def fake_results() -> list[CheckResult]:
+    names = ["web", "api", "db"]
+    expected = {(s, d): (s != "db" and d != "db") for s in names for d in names if s != d}
+    observed = dict(expected)
+    observed[("web", "db")] = True  # isolation broken
+    table = TruthTable(names, expected, observed, title="icmp",
+                       details={("web", "db"): "1 echo reply"})
+    return [
+        CheckResult("matrix web, api, db (icmp)", "matrix", False, "see table", "see table",
+                    "web reaches db: is DOCKER-ISOLATION dropping br-a -> br-b?", table),
+        CheckResult("default-route web via 172.18.0.1", "default-route", True,
+                    "default via 172.18.0.1", "default via 172.18.0.1", ""),
+        CheckResult("reachable web -> upstream (icmp)", "reachable", False,
+                    "web reaches 203.0.113.1", "timeout after 1 s",
+                    "no MASQUERADE rule for 172.18.0.0/16 in the host's nat table"),
+    ]
+
+
+@pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
+def test_lab_list(snap_compare, progress, size):
+    assert snap_compare(make_app(progress), terminal_size=size)
+
+
+def test_lab_list_missing_feature(snap_compare, progress):
+    app = make_app(progress, features={**FEATURES, "iptables": False})
+    assert snap_compare(app, press=["down", "down"], terminal_size=(80, 24))
+
+
+def test_lab_list_not_root(snap_compare, progress):
+    app = CnmlabApp(live=False, root=False, progress=progress, features=FEATURES)
+    assert snap_compare(app, terminal_size=(80, 24))
+
+
+@pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
+def test_step_screen(snap_compare, progress, size):
+    app = make_app(progress)
+    assert snap_compare(app, terminal_size=size, run_before=open_step(app, "01"))
+
+
+@pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
+def test_step_screen_results_with_truth_table(snap_compare, progress, size):
+    app = make_app(progress)
+    assert snap_compare(app, terminal_size=size,
+                        run_before=open_step(app, "04", fake_results()))
+
+
+def test_help_screen(snap_compare, progress):
+    app = make_app(progress)
+    assert snap_compare(app, terminal_size=(80, 24), run_before=open_step(app, "01"),
+                        press=["question_mark"])

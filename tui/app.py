@@ -1,0 +1,194 @@
+"""The workshop app: ``cnmlab`` with no arguments (or ``cnmlab tui``).
+
+Screens (``cnmlab.tui.screens``)::
+
+    LabListScreen  every lab: summary, progress (passed/total), kernel features it needs
+       | Enter: start the lab in a worker (or resume the running instance)
+       v
+    StepScreen     one step: prose (Markdown), task, check results with truth tables, hints,
+                   "show me" solutions, live kernel state / topology / packets in tabs,
+                   a real shell one key away (x)
+    HelpScreen     every key of every screen (?)
+    ConfirmScreen  yes/no for reset, solve, stop
+
+Everything that touches the kernel (starting, checking, solving, resetting, stopping a lab,
+probing features) runs in a Textual thread worker: the engine and the probes are blocking and
+the UI never waits for them. A worker that fails (``CnmError`` or anything unexpected) becomes a
+notification that says what to do; no traceback reaches the screen.
+
+Not root: the lab list still opens, read-only, with a banner "run as root to start labs";
+starting a lab says the same in a notification. ``run()`` returns the exit code (0).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from textual.app import App
+from textual.binding import Binding
+
+from cnmlab.errors import CnmError
+
+
+@dataclass
+class StepInfo:
+    id: str
+    title: str
+
+
+@dataclass
+class LabPreview:
+    """What the lab list shows, read straight from ``lab.yaml`` (libyaml: milliseconds).
+
+    The full, validated ``LabDef`` (``cnmlab.labs.load``: schema, checks, topology) takes
+    ~100 ms a lab with the pure-Python YAML parser the line-number tracking needs, so it is
+    loaded in the start worker, only for the lab the learner opens.
+    """
+
+    id: str
+    title: str
+    summary: str
+    needs: list[str]
+    steps: list[StepInfo]
+    default_name: str
+    path: str
+
+
+def lab_previews(root: str | None = None) -> list[LabPreview]:
+    """Every lab under ``root`` (default: the labs folder), without validation."""
+    import yaml
+
+    from cnmlab import labs
+
+    root = root or labs.labs_dir()
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    out = []
+    for entry in sorted(os.listdir(root)):
+        folder = os.path.join(root, entry)
+        file = os.path.join(folder, labs.LAB_FILE)
+        if not os.path.isfile(file):
+            continue
+        try:
+            with open(file) as f:
+                data = yaml.load(f, Loader=loader)
+            out.append(LabPreview(
+                id=str(data["id"]), title=str(data.get("title", data["id"])),
+                summary=str(data.get("summary") or ""), needs=list(data.get("needs") or []),
+                steps=[StepInfo(str(s["id"]), str(s.get("title", s["id"])))
+                       for s in data.get("steps") or []],
+                default_name=data.get("name") or labs.default_lab_name(str(data["id"])),
+                path=folder))
+        except Exception:  # broken file: the full loader says exactly what is wrong
+            out.append(labs.load(folder))  # type: ignore[arg-type]
+    return out
+
+
+def friendly(error: BaseException | None) -> str:
+    """One line a learner can act on, for any error a worker may raise."""
+    if error is None:
+        return "something went wrong"
+    if isinstance(error, CnmError):
+        return str(error)
+    if isinstance(error, PermissionError):
+        return f"{error}: run cnmlab as root (sudo cnmlab)"
+    if isinstance(error, FileNotFoundError) and error.filename:
+        return f"{error.filename} is missing: install the packages listed in the README"
+    return (f"unexpected error ({type(error).__name__}: {error}). The lab is still there: "
+            "press c to re-check, or r to reset it")
+
+
+class CnmlabApp(App[int]):
+    """The workshop app.
+
+    Arguments (for tests, benchmarks and snapshots):
+
+    * ``instance_suffix``: labs run as ``lab01-SUFFIX`` instead of ``lab01`` (parallel tests)
+    * ``labdefs``: the labs to show (default: ``lab_previews()``; LabDefs work too)
+    * ``features``: kernel features (default: ``features.probe_all()`` in a worker)
+    * ``live``: False hides the live kernel views (deterministic snapshots)
+    * ``root``: override the "am I root" test (read-only mode)
+    """
+
+    # the live widgets' styles (widgets.tcss) come from the engineer who owns them
+    CSS_PATH = [os.path.join(os.path.dirname(__file__), f) for f in ("app.tcss", "widgets.tcss")
+                if os.path.exists(os.path.join(os.path.dirname(__file__), f))]
+    TITLE = "cnmlab"
+    SUB_TITLE = "Docker networking from real kernel objects"
+    ENABLE_COMMAND_PALETTE = False
+    BINDINGS = [Binding("ctrl+c", "quit", "Quit", show=False, priority=True)]
+
+    def __init__(self, *, instance_suffix: str | None = None, labdefs: list[Any] | None = None,
+                 features: dict[str, bool] | None = None, live: bool = True,
+                 root: bool | None = None, progress: Any = None,
+                 watch_poll: float = 2.0) -> None:
+        super().__init__()
+        self.instance_suffix = instance_suffix
+        self.labdefs = labdefs
+        self.kernel_features = features
+        self.live = live
+        self.is_root = (os.geteuid() == 0) if root is None else root
+        self._progress = progress
+        self.poll_interval = watch_poll
+        self.runs: dict[str, Any] = {}  # lab id -> LabRun opened in this session
+        self.first_paint: float | None = None  # time.monotonic() when the lab list showed labs
+
+    # ---- shared helpers ---------------------------------------------------------------------
+    @property
+    def progress(self) -> Any:
+        if self._progress is None:
+            from cnmlab.labs import Progress
+
+            self._progress = Progress()
+        return self._progress
+
+    def instance_name(self, labdef: Any) -> str:
+        base = labdef.default_name
+        return f"{base}-{self.instance_suffix}" if self.instance_suffix else base
+
+    def lab_run(self, labdef: Any) -> Any:
+        """The LabRun of a lab for this session (made once, reused when re-opened)."""
+        run = self.runs.get(labdef.id)
+        if run is None:
+            from cnmlab.labs import LabRun
+
+            run = LabRun(labdef, self.instance_name(labdef), self.progress)
+            self.runs[labdef.id] = run
+        return run
+
+    def show_error(self, error: BaseException | str, title: str = "") -> None:
+        """Show an error as a notification (never a traceback)."""
+        msg = error if isinstance(error, str) else friendly(error)
+        if not isinstance(error, str) and not isinstance(error, CnmError):
+            self.log.error(repr(error))
+        self.notify(msg, title=title or "cnmlab", severity="error", timeout=8)
+
+    def on_mount(self) -> None:
+        from cnmlab.tui.screens import LabListScreen
+
+        self.push_screen(LabListScreen())
+
+
+def run(argv: list[str] | None = None) -> int:
+    """Open the workshop app; returns the process exit code.
+
+    ``CNMLAB_INSTANCE_SUFFIX`` (tests): labs run as ``lab01-SUFFIX`` instead of ``lab01``.
+    """
+    from cnmlab import state
+
+    app = CnmlabApp(instance_suffix=os.environ.get("CNMLAB_INSTANCE_SUFFIX") or None)
+    try:
+        app.run()
+    except CnmError as e:  # raised before the app could show it
+        print(f"cnmlab: {e}")
+        return 1
+    for lab_run in app.runs.values():
+        if state.exists(lab_run.name):
+            print(f"cnmlab: lab {lab_run.labdef.id} keeps running as {lab_run.name} "
+                  f"('cnmlab lab stop {lab_run.labdef.id} --name {lab_run.name}' tears it down)")
+    code = app.return_code
+    return 0 if code is None else code
+
+
+if __name__ == "__main__":
+    raise SystemExit(run())
