@@ -309,7 +309,7 @@ class Controller:
         with Netlink(sb.netns) as snl:
             if len(sb.endpoints) == 1:
                 snl.set_link("lo", up=True)
-            snl.set_link(info.src_name, rename=ep.ifname, mac=ep.mac, up=True)
+            snl.set_link(info.src_name, rename=ep.ifname, up=True)
             if ep.ip:
                 snl.add_address(ep.ifname, ep.ip)
             for dst, via in info.static_routes:

@@ -197,18 +197,26 @@ class Netlink:
         return self.index(name)
 
     def add_veth(self, name: str, peer: str, peer_ns_fd: int | None = None,
-                 mtu: int | None = None) -> int:
-        """Create a veth pair; the peer goes straight into another namespace when given."""
+                 mtu: int | None = None, master: str | None = None, up: bool = False,
+                 peer_mac: str | None = None) -> None:
+        """Create a veth pair in one request: the peer may go straight into another namespace
+        with its MAC, and this end may be enslaved and brought up at birth (what ``ip link
+        add ... master BR up`` does), which spares three round trips per endpoint."""
         peer_attrs: dict[str, Any] = {"ifname": peer}
         if peer_ns_fd is not None:
             peer_attrs["net_ns_fd"] = peer_ns_fd
+        if peer_mac is not None:
+            peer_attrs["address"] = peer_mac
         attrs: dict[str, Any] = {"ifname": name, "kind": "veth", "peer": peer_attrs}
         if mtu:
             attrs["mtu"] = mtu
             peer_attrs["mtu"] = mtu
+        if master is not None:
+            attrs["master"] = self.index(master)
+        if up:
+            attrs["state"] = "up"
         with self._call(f"create veth {name}/{peer}"):
             self._ip.link("add", **attrs)
-        return self.index(name)
 
     def add_link(self, name: str, kind: str, **attrs: Any) -> int:
         """Any other link kind (macvlan, vxlan, ...), for drivers that need one."""

@@ -70,22 +70,21 @@ class BridgeDriver:
 
     def create_endpoint(self, ctx: HostContext, net: Network, ep: Endpoint) -> None:
         host_end, container_end = veth_name(), veth_name()
-        sandbox_ns = ctx.joining.netns if ctx.joining else None
-        if sandbox_ns:  # joins at once: put the container end straight into the sandbox
-            fd = netns.open_fd(sandbox_ns)
-            try:
-                ctx.nl.add_veth(host_end, container_end, peer_ns_fd=fd, mtu=net.mtu)
-            finally:
-                os.close(fd)
-            ep.driver_data["src_ns"] = sandbox_ns
-        else:
-            ctx.nl.add_veth(host_end, container_end, mtu=net.mtu)
-        ctx.undo(lambda: ctx.nl.delete_link(host_end) if ctx.nl.has_link(host_end) else None)
-        ctx.nl.set_link(host_end, master=net.device, up=True)
-        ep.host_ifname = host_end
-        ep.driver_data["src"] = container_end
         if ep.ip and not ep.mac:
             ep.mac = docker_mac(ep.ip)
+        sandbox_ns = ctx.joining.netns if ctx.joining else None
+        fd = netns.open_fd(sandbox_ns) if sandbox_ns else None
+        try:  # joins at once: the container end goes straight into the sandbox
+            ctx.nl.add_veth(host_end, container_end, peer_ns_fd=fd, mtu=net.mtu,
+                            master=net.device, up=True, peer_mac=ep.mac)
+        finally:
+            if fd is not None:
+                os.close(fd)
+        if sandbox_ns:
+            ep.driver_data["src_ns"] = sandbox_ns
+        ctx.undo(lambda: ctx.nl.delete_link(host_end) if ctx.nl.has_link(host_end) else None)
+        ep.host_ifname = host_end
+        ep.driver_data["src"] = container_end
 
     def delete_endpoint(self, ctx: HostContext, net: Network, ep: Endpoint) -> None:
         if ep.host_ifname and ctx.nl.has_link(ep.host_ifname):
