@@ -33,10 +33,25 @@ def _root_snapshot() -> str:
         if cmd[:2] == ["ip", "-o"]:
             lines = [" ".join(w for w in l.split() if not w.isdigit()) for l in lines]
         parts.append("\n".join(lines))
-    for i in (1, 2, 3):  # the one root setting labs may raise: it must come back
+    # The one root setting labs may raise must come back. While another process (a second
+    # test worker) still holds a reservation, the values to compare are the saved originals.
+    held = _neigh_originals()
+    for i in (1, 2, 3):
         with open(f"/proc/sys/net/ipv4/neigh/default/gc_thresh{i}") as f:
-            parts.append(f"gc_thresh{i}={f.read().strip()}")
+            value = held[i - 1] if held else f.read().strip()
+        parts.append(f"gc_thresh{i}={value}")
     return "\n---\n".join(parts)
+
+
+def _neigh_originals() -> list[str] | None:
+    import json
+
+    try:
+        with open(os.path.join(state.STATE_DIR, "_neigh.json")) as f:
+            record = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return record.get("original") if record.get("needs") else None
 
 
 def _mine() -> set[str]:
