@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 
 from cnmlab import neigh, netns, sysctl
 from cnmlab.checks.nsref import NsRef
-from cnmlab.errors import CnmError, KernelError
+from cnmlab.errors import CnmError
 
 Pair = tuple[str, str]
 NsLike = NsRef | str | int

@@ -24,21 +24,9 @@ def clean(only: list[str] | None = None) -> list[str]:
         removed += teardown(name, lab_state)
     if only:
         return removed
-    for extra in _cleanup_hooks():
-        removed += extra()
+    from cnmlab.checks import dockerd  # real Docker daemons left by 'cnmlab conform'
+
+    removed += dockerd.clean_all()
     if not state.names():
         neigh.release_all()
     return removed
-
-
-def _cleanup_hooks() -> list:  # type: ignore[type-arg]
-    """Other things cnmlab may have started (real Docker daemons for conformance runs)."""
-    hooks = []
-    try:
-        from cnmlab.checks import dockerd
-
-        if hasattr(dockerd, "clean_all"):
-            hooks.append(dockerd.clean_all)
-    except ImportError:
-        pass
-    return hooks

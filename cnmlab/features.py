@@ -9,7 +9,6 @@ import json
 import os
 import secrets
 import shutil
-import subprocess
 
 from cnmlab import netns, state
 from cnmlab.errors import CnmError, FeatureMissing

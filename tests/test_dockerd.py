@@ -236,3 +236,19 @@ def test_emergency_cleanup_from_workdir_only(tmp_path_factory, cache_dir):
     finally:
         daemon.stop()
         netns.delete(ns)
+
+
+def test_cnmlab_clean_stops_a_left_behind_conform_daemon(cache_dir):
+    """A daemon under DAEMONS_DIR (where 'cnmlab conform' puts them) is swept by clean_all."""
+    ns = f"{PREFIX}-k"
+    workdir = Path(dockerd_mod.DAEMONS_DIR) / ns
+    netns.create(ns)
+    daemon = DockerDaemon(ns, ns, workdir, cache_dir=cache_dir, quiet=True)
+    try:
+        daemon.start()
+        assert f"dockerd {ns}" in dockerd_mod.clean_all()
+        daemon._proc.wait(timeout=5)
+        assert_nothing_left(daemon, ns, workdir)
+    finally:
+        daemon.stop()
+        netns.delete(ns)

@@ -168,7 +168,7 @@ def decode_arp(pkt: bytes) -> str:
     if len(pkt) < 28:
         return "ARP (truncated)"
     op, = struct.unpack_from("!H", pkt, 6)
-    sha, spa, tha, tpa = pkt[8:14], _ip4(pkt[14:18]), pkt[18:24], _ip4(pkt[24:28])
+    sha, spa, _tha, tpa = pkt[8:14], _ip4(pkt[14:18]), pkt[18:24], _ip4(pkt[24:28])
     if op == 1:
         if spa == tpa:
             return f"ARP announce {spa} is-at {mac(sha)}"
