@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
 
+from cnmlab.constants import EMBEDDED_DNS
 from cnmlab.checks.api import CheckResult, SandboxRef, Target, parse_spec, run_check
 from cnmlab.errors import CnmError, InvalidInput, ObjectNotFound
 
@@ -247,7 +248,6 @@ def passed(results: list[CheckResult]) -> bool:
 # a check the library does not have: "this container was given no embedded DNS"
 
 
-EMBEDDED_DNS = "127.0.0.11"
 
 
 def no_embedded_dns(target: Target, params: dict[str, Any]) -> CheckResult:

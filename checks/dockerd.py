@@ -48,6 +48,7 @@ import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+from cnmlab.constants import UPSTREAM_DNS
 from cnmlab import netns
 from cnmlab.errors import CnmError, FeatureMissing, InvalidInput, NotRootError, ObjectExists
 
@@ -61,7 +62,6 @@ STATE_FILE = "cnmlab-dockerd.json"
 # Where ``cnmlab conform`` keeps its daemons' workdirs (not under /run: the daemon gets a
 # tmpfs there) and the busybox image it builds once; ``clean_all`` sweeps this folder.
 DAEMONS_DIR = "/tmp/cnmlab-dockerd"
-LAB_UPSTREAM_DNS = "198.51.100.53"  # the upstream namespace's DNS address in every cnmlab lab
 IMAGE_CACHE = os.path.join(DAEMONS_DIR, "cache")
 CGROUP_PREFIX = "cnmlab-dockerd-"
 SOCKET_PATH_MAX = 100  # sun_path is 108 bytes; containerd appends ".ttrpc"
@@ -577,7 +577,7 @@ class DockerDaemon:
         (self.workdir / "supervisor.py").write_text(_SUPERVISOR)
         # The daemon copies the host's resolv.conf into containers: give it the lab's fake
         # internet DNS, so no probe ever aims at a nameserver of the real machine.
-        (self.workdir / "resolv.conf").write_text(f"nameserver {LAB_UPSTREAM_DNS}\n")
+        (self.workdir / "resolv.conf").write_text(f"nameserver {UPSTREAM_DNS}\n")
         (self.workdir / "supervisor.json").write_text(json.dumps({
             "setup": [
                 ["mount", "-t", "cgroup2", "cgroup2", "/sys/fs/cgroup"],

@@ -18,12 +18,12 @@ import os
 from collections.abc import Callable
 from typing import Any
 
+from cnmlab.constants import UPSTREAM_WEB
 from cnmlab.checks.api import HostRef, SandboxRef, Target, parse_spec
 from cnmlab.checks.nsref import NsRef
 from cnmlab.errors import CnmError, InvalidInput
 
 UPSTREAM = "upstream"
-UPSTREAM_WEB = "198.51.100.10"  # the fake internet's "web" address, on the upstream's lo
 UPSTREAM_NET = "internet"       # the network name under which the upstream's address is listed
 
 # (sandbox, host, host port, container port, proto): what a target says it published
@@ -63,11 +63,10 @@ class EngineTarget:
             for sb in host.sandboxes.values():
                 addrs: dict[str, str] = {}
                 for ref in sb.endpoints:
-                    net_name, ep_id = ref.split("/", 1)
-                    net = host.networks.get(net_name)
-                    ep = net.endpoints.get(ep_id) if net else None
+                    net = host.networks.get(ref.network)
+                    ep = net.endpoints.get(ref.endpoint) if net else None
                     if ep and ep.ip:
-                        addrs[net_name] = ep.ip.split("/")[0]
+                        addrs[ref.network] = ep.ip.split("/")[0]
                 ns = sb.netns or host.netns  # host driver: the host's own namespace
                 if sb.netns is None and host.public_ip and not addrs:
                     addrs["host"] = host.public_ip

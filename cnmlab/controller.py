@@ -4,7 +4,13 @@ create network -> create endpoint (reserves the address) -> join (moves the inte
 sandbox as ``eth<N>``, addresses it, picks the default gateway) -> leave -> delete endpoint ->
 delete network (refused while endpoints remain). Every public operation is a transaction: what
 it made is undone, newest first, if any later step fails, so a failed command leaves nothing
-half-built. The host firewall is re-rendered after each change that affects it.
+half-built; operations called from inside another share its transaction. The host firewall is
+re-rendered after each change that affects it.
+
+Nothing here knows a driver by name: IPAM, the default route, the embedded DNS, the firewall,
+published ports, one-instance networks and kernel features follow the driver's declared
+``Capability``. Global-scope networks take their addresses from the cluster's IPAM and publish
+their endpoints as peers through the control plane (``cnmlab.cluster``).
 """
 from __future__ import annotations
 
@@ -14,39 +20,17 @@ import secrets
 import shutil
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 
-from cnmlab import driverapi, firewall, netns, sysctl
-from cnmlab.driverapi import ExternalConnectivity
+from cnmlab import drivers, features, firewall, netns, sysctl
+from cnmlab.cluster import Cluster, NetworkRecord, Peer
+from cnmlab.constants import EMBEDDED_DNS, UPSTREAM_DNS
+from cnmlab.driverapi import ExternalConnectivity, HostContext, JoinInfo, PeerAware
 from cnmlab.errors import (ActiveEndpoints, CnmError, InvalidInput, ObjectExists,
                            ObjectNotFound)
 from cnmlab.ipam import LOCAL_DEFAULT, DefaultIpam
-from cnmlab.model import PREDEFINED, Endpoint, Host, Network, PortMapping, Sandbox
+from cnmlab.model import (PREDEFINED, Endpoint, EndpointRef, Host, Network, PortMapping,
+                          Sandbox)
 from cnmlab.netlink import Netlink
-
-DEFAULT_BRIDGE_OPTIONS = {"com.docker.network.bridge.name": "docker0",
-                          "com.docker.network.bridge.default_bridge": "true",
-                          "com.docker.network.bridge.enable_icc": "true",
-                          "com.docker.network.bridge.enable_ip_masquerade": "true",
-                          "com.docker.network.bridge.host_binding_ipv4": "0.0.0.0",
-                          "com.docker.network.driver.mtu": "1500"}
-UPSTREAM_DNS = "198.51.100.53"
-EMBEDDED_DNS = "127.0.0.11"
-
-
-@dataclass
-class HostContext:
-    """What a driver may use: the host's model, its netlink socket and an undo log."""
-
-    host: Host
-    nl: Netlink
-    # The sandbox an endpoint being created will join at once (``docker run``): a driver may
-    # then create the interface straight inside it, sparing the kernel a costly move.
-    joining: Sandbox | None = None
-    _undo: list[Callable[[], object]] = field(default_factory=list)
-
-    def undo(self, action: Callable[[], object]) -> None:
-        self._undo.append(action)
 
 
 def new_id() -> str:
@@ -79,20 +63,27 @@ def remove_etc(ns: str) -> None:
     shutil.rmtree(os.path.join("/etc/netns", ns), ignore_errors=True)
 
 
+def bare_ip(cidr: str) -> str:
+    return cidr.split("/")[0]
+
+
 class Controller:
     """One Docker host: its networks, endpoints and sandboxes, and the rules that bind them.
 
     ``record_ns`` is called with a namespace name *before* it is created (write-ahead), and
     ``save`` after every successful change, so state on disk always covers what exists.
+    ``cluster`` is the control plane for global-scope networks (None: local networks only).
     """
 
     def __init__(self, host: Host, record_ns: Callable[[str], None], save: Callable[[], None],
-                 ns_name: Callable[[str], str]) -> None:
+                 ns_name: Callable[[str], str], cluster: Cluster | None = None) -> None:
         self.host = host
+        self.cluster = cluster
         self._record_ns = record_ns
         self._save = save
         self._ns_name = ns_name
         self._nl: Netlink | None = None
+        self._ctx: HostContext | None = None
         self.fw = firewall.get("iptables")
         self.ipam = DefaultIpam()
         self._rebuild_ipam()
@@ -111,18 +102,27 @@ class Controller:
 
     def _rebuild_ipam(self) -> None:
         for net in sorted(self.host.networks.values(), key=lambda n: n.created):
-            if not net.pool_id:
+            if not net.pool_id or net.scope == "global":
                 continue
             pid, _ = self.ipam.request_pool(LOCAL_DEFAULT, net.subnet, net.ip_range)
             if net.gateway:
                 self.ipam.request_address(pid, net.gateway)
             for ep in net.endpoints.values():
                 if ep.ip:
-                    self.ipam.request_address(pid, ep.ip.split("/")[0])
+                    self.ipam.request_address(pid, bare_ip(ep.ip))
 
     @contextmanager
     def _transaction(self, joining: Sandbox | None = None) -> Iterator[HostContext]:
-        ctx = HostContext(self.host, self.nl, joining)
+        """One operation's undo log; a nested operation joins the outer one's log."""
+        if self._ctx is not None:
+            outer = self._ctx
+            saved, outer.joining = outer.joining, joining or outer.joining
+            try:
+                yield outer
+            finally:
+                outer.joining = saved
+            return
+        ctx = self._ctx = HostContext(self.host, self.nl, joining)
         try:
             yield ctx
         except BaseException:
@@ -132,7 +132,15 @@ class Controller:
                 except CnmError:
                     pass
             raise
+        finally:
+            self._ctx = None
         self._save()
+
+    def _global(self, net: Network) -> Cluster:
+        if self.cluster is None:
+            raise InvalidInput(f"network {net.name} is global-scope ({net.driver}): the lab "
+                               f"needs a control plane (cluster store) for it")
+        return self.cluster
 
     # ---- networks ----------------------------------------------------------------------
     def network(self, name: str) -> Network:
@@ -144,21 +152,28 @@ class Controller:
     def create_network(self, name: str, driver: str = "bridge", *, subnet: str | None = None,
                        gateway: str | None = None, ip_range: str | None = None,
                        internal: bool = False, options: dict[str, str] | None = None,
-                       predefined: bool = False) -> Network:
+                       predefined: bool = False, network_id: str | None = None) -> Network:
+        """``docker network create``; ``network_id`` attaches a global network's local part."""
         if not name or "/" in name or len(name) > 64:
             raise InvalidInput(f"invalid network name {name!r}")
         if name in self.host.networks:
             raise ObjectExists(f"network with name {name} already exists")
         if name in PREDEFINED and not predefined:
             raise InvalidInput(f"operation is not permitted on predefined {name} network")
-        drv = driverapi.get(driver)
-        if drv.name in ("host", "null") and not predefined:
-            raise InvalidInput(f"only one instance of \"{drv.name}\" network is allowed")
-        net = Network(id=new_id(), name=name, driver=drv.name, internal=internal,
+        drv = drivers.get(driver)
+        cap = drv.capability
+        if cap.single_instance and not predefined:
+            raise InvalidInput(f"only one instance of \"{driver}\" network is allowed")
+        features.require(cap.kernel_features, f"network {name} (driver {driver})")
+        net = Network(id=network_id or new_id(), name=name, driver=driver,
+                      scope=cap.data_scope, internal=internal,
+                      embedded_dns=cap.embedded_dns and not predefined,
                       options={k: str(v) for k, v in (options or {}).items()},
                       created=self.host.next_network)
         with self._transaction() as ctx:
-            if drv.capability.needs_ipam:
+            if cap.needs_ipam and cap.global_scope:
+                self._global_pool(ctx, net, subnet, gateway)
+            elif cap.needs_ipam:
                 pid, pool = self.ipam.request_pool(LOCAL_DEFAULT, subnet, ip_range)
                 ctx.undo(lambda: self.ipam.release_pool(pid))
                 net.pool_id, net.subnet, net.ip_range = pid, pool, ip_range
@@ -170,6 +185,32 @@ class Controller:
             self._program_firewall()
         return net
 
+    def _global_pool(self, ctx: HostContext, net: Network, subnet: str | None,
+                     gateway: str | None) -> None:
+        """A global network's address space comes from the cluster, the same on every host."""
+        cluster = self._global(net)
+        record = cluster.network(net.name)
+        if record is not None and record.id == net.id:  # another host declared it: reuse
+            net.subnet, net.gateway = record.subnet, record.gateway
+        else:
+            net.subnet = cluster.ipam.request_pool(net.id, subnet)
+            ctx.undo(lambda: cluster.ipam.release_pool(net.id))
+            net.gateway = cluster.ipam.request_address(net.id, gateway)
+            cluster.declare_network(NetworkRecord(
+                id=net.id, name=net.name, driver=net.driver, subnet=net.subnet,
+                gateway=net.gateway, internal=net.internal,
+                options=tuple(sorted(net.options.items()))))
+            ctx.undo(lambda: cluster.store.delete(f"{cluster.prefix}networks/{net.name}"))
+        net.pool_id = f"GlobalDefault/{net.subnet}"
+
+    def attach_global_network(self, record: NetworkRecord) -> Network:
+        """This host's part of a global network another host declared (as a swarm node does)."""
+        if record.name in self.host.networks:
+            return self.host.networks[record.name]
+        return self.create_network(record.name, record.driver, subnet=record.subnet,
+                                   gateway=record.gateway, internal=record.internal,
+                                   options=dict(record.options), network_id=record.id)
+
     def delete_network(self, name: str) -> None:
         net = self.network(name)
         if name in PREDEFINED:
@@ -177,15 +218,16 @@ class Controller:
         if net.endpoints:
             raise ActiveEndpoints(f"error while removing network: network {name} id {net.id[:12]} "
                                   f"has active endpoints")
-        with self._transaction():
-            driverapi.get(net.driver).delete_network(HostContext(self.host, self.nl), net)
-            if net.pool_id:
+        with self._transaction() as ctx:
+            drivers.get(net.driver).delete_network(ctx, net)
+            if net.pool_id and net.scope != "global":
                 self.ipam.release_pool(net.pool_id)
             del self.host.networks[name]
+            ctx.undo(lambda: self.host.networks.__setitem__(name, net))
             self._program_firewall()
 
     def _program_firewall(self) -> None:
-        if any(n.driver == "bridge" for n in self.host.networks.values()):
+        if any(drivers.capability(n.driver).firewall for n in self.host.networks.values()):
             self.fw.program(self.host)
 
     # ---- sandboxes ---------------------------------------------------------------------
@@ -210,11 +252,9 @@ class Controller:
     def delete_sandbox(self, name: str) -> None:
         sb = self.sandbox(name)
         with self._transaction():
-            for ref in list(sb.endpoints):
-                net_name, ep_id = ref.split("/", 1)
-                net = self.network(net_name)
-                self.leave(net.endpoints[ep_id], sb, save=False)
-                self.delete_endpoint(net, ep_id, save=False)
+            for net, ep in self.endpoints_of(sb):
+                self.leave(ep, sb)
+                self.delete_endpoint(net, ep.id)
             if sb.netns:
                 netns.kill_processes(sb.netns)
                 netns.delete(sb.netns)
@@ -227,11 +267,9 @@ class Controller:
         resolv = (f"nameserver {EMBEDDED_DNS}\noptions ndots:0\n" if sb.dns
                   else f"nameserver {UPSTREAM_DNS}\n")
         hosts = "127.0.0.1\tlocalhost\n"
-        for ref in sb.endpoints:
-            net_name, ep_id = ref.split("/", 1)
-            ep = self.host.networks[net_name].endpoints.get(ep_id)
-            if ep and ep.ip:
-                hosts += f"{ep.ip.split('/')[0]}\t{sb.id[:12]} {sb.name}\n"
+        for _, ep in self.endpoints_of(sb):
+            if ep.ip:
+                hosts += f"{bare_ip(ep.ip)}\t{sb.id[:12]} {sb.name}\n"
         write_etc(sb.netns, resolv, hosts)
 
     # ---- endpoints ---------------------------------------------------------------------
@@ -239,16 +277,14 @@ class Controller:
                         aliases: list[str] | None = None,
                         ports: list[PortMapping] | None = None,
                         joining: Sandbox | None = None) -> Endpoint:
-        drv = driverapi.get(net.driver)
+        drv = drivers.get(net.driver)
+        if not isinstance(drv, ExternalConnectivity):
+            ports = []  # Docker ignores published ports where the driver cannot publish them
         ep = Endpoint(id=new_id(), name=name, network=net.name, aliases=list(aliases or []),
                       ports=list(ports or []))
-        if ports and net.driver != "bridge":
-            ports = []  # Docker ignores published ports on host and none networks
-            ep.ports = []
         with self._transaction(joining) as ctx:
             if drv.capability.needs_ipam and net.pool_id:
-                addr = self.ipam.request_address(net.pool_id, ip)
-                ctx.undo(lambda: self.ipam.release_address(net.pool_id or "", addr))
+                addr = self._request_address(ctx, net, ip)
                 ep.ip = f"{addr}/{ipaddress.IPv4Network(net.subnet or '').prefixlen}"
             elif ip:
                 raise InvalidInput(f"network {net.name} ({net.driver}) does not assign addresses")
@@ -257,51 +293,75 @@ class Controller:
             ctx.undo(lambda: net.endpoints.pop(ep.id, None))
         return ep
 
-    def delete_endpoint(self, net: Network, ep_id: str, save: bool = True) -> None:
+    def _request_address(self, ctx: HostContext, net: Network, ip: str | None) -> str:
+        if net.scope == "global":
+            ipam = self._global(net).ipam
+            addr = ipam.request_address(net.id, ip)
+            ctx.undo(lambda: ipam.release_address(net.id, addr))
+        else:
+            addr = self.ipam.request_address(net.pool_id or "", ip)
+            ctx.undo(lambda: self.ipam.release_address(net.pool_id or "", addr))
+        return addr
+
+    def _release_address(self, net: Network, ip: str) -> None:
+        if net.scope == "global":
+            self._global(net).ipam.release_address(net.id, bare_ip(ip))
+        elif net.pool_id:
+            self.ipam.release_address(net.pool_id, bare_ip(ip))
+
+    def delete_endpoint(self, net: Network, ep_id: str) -> None:
         ep = net.endpoints[ep_id]
         if ep.sandbox:
             raise ActiveEndpoints(f"endpoint {ep.name} is still joined to {ep.sandbox}")
-        ctx = HostContext(self.host, self.nl)
-        driverapi.get(net.driver).delete_endpoint(ctx, net, ep)
-        if ep.ip and net.pool_id:
-            self.ipam.release_address(net.pool_id, ep.ip.split("/")[0])
-        del net.endpoints[ep_id]
-        if save:
-            self._save()
+        with self._transaction() as ctx:
+            drivers.get(net.driver).delete_endpoint(ctx, net, ep)
+            del net.endpoints[ep_id]
+            ctx.undo(lambda: net.endpoints.__setitem__(ep_id, ep))
+            if ep.ip:
+                self._release_address(net, ep.ip)
 
     def join(self, ep: Endpoint, sb: Sandbox) -> None:
         net = self.network(ep.network)
-        drv = driverapi.get(net.driver)
+        drv = drivers.get(net.driver)
+        ref = EndpointRef(net.name, ep.id)
         with self._transaction() as ctx:
             info = drv.join(ctx, net, ep, sb)
             ep.sandbox = sb.name
-            sb.endpoints.append(f"{net.name}/{ep.id}")
-            ctx.undo(lambda: (sb.endpoints.remove(f"{net.name}/{ep.id}"),
-                              setattr(ep, "sandbox", None)))
+            sb.endpoints.append(ref)
+            ctx.undo(lambda: (sb.endpoints.remove(ref), setattr(ep, "sandbox", None)))
+            if drv.capability.gateway and not net.internal:
+                ep.gateway = info.gateway or net.gateway
             if info.src_name and sb.netns:
                 self._plumb(sb, ep, info)
             elif sb.netns:  # no interface (null driver): the sandbox still has its lo
                 with Netlink(sb.netns) as snl:
                     snl.set_link("lo", up=True)
-            if net.driver == "bridge" and net.name != "bridge" and not sb.dns:
+            if net.embedded_dns and not sb.dns:
                 sb.dns = True  # user-defined network: the embedded resolver serves this sandbox
             self._write_sandbox_etc(sb)
             if ep.ports and isinstance(drv, ExternalConnectivity):
                 drv.program_external_connectivity(ctx, net, ep)
                 self._program_firewall()
+            if net.scope == "global" and ep.ip:
+                self._publish_peer(ctx, net, ep)
 
-    def _plumb(self, sb: Sandbox, ep: Endpoint, info: driverapi.JoinInfo) -> None:
+    def _publish_peer(self, ctx: HostContext, net: Network, ep: Endpoint) -> None:
+        cluster = self._global(net)
+        vtep = self.host.underlay_ip or self.host.public_ip or ""
+        cluster.publish_peer(Peer(network_id=net.id, endpoint_id=ep.id, ip=ep.ip or "",
+                                  mac=ep.mac or "", vtep=vtep, host=self.host.name))
+        ctx.undo(lambda: cluster.withdraw_peer(net.id, ep.id))
+
+    def _plumb(self, sb: Sandbox, ep: Endpoint, info: JoinInfo) -> None:
         """The sandbox side of a join (libnetwork's osl): move, rename, address, route."""
         assert sb.netns and info.src_name
-        if ep.driver_data.get("src_ns") != sb.netns:  # not created in place: move it in
+        if info.src_ns != sb.netns:  # not created in place: move it in
             fd = netns.open_fd(sb.netns)
             try:
                 self.nl.set_link(info.src_name, ns_fd=fd)
             finally:
                 os.close(fd)
-            ep.driver_data["src_ns"] = sb.netns
-        used = {self.host.networks[r.split("/")[0]].endpoints[r.split("/", 1)[1]].ifname
-                for r in sb.endpoints}
+        used = {e.ifname for _, e in self.endpoints_of(sb)}
         n = 0
         while f"{info.dst_prefix}{n}" in used:
             n += 1
@@ -313,29 +373,27 @@ class Controller:
             if ep.ip:
                 snl.add_address(ep.ifname, ep.ip)
             for dst, via in info.static_routes:
-                snl.add_route(dst, gateway=via)
+                if via:
+                    snl.add_route(dst, gateway=via)
+                else:
+                    snl.add_route(dst, dev=ep.ifname)
             if len(sb.endpoints) == 1:  # first interface: no route to replace
-                if info.gateway and self.gateway_endpoint(sb) is ep:
-                    snl.add_route("default", gateway=info.gateway, dev=ep.ifname)
+                if ep.gateway and self.gateway_endpoint(sb) is ep:
+                    snl.add_route("default", gateway=ep.gateway, dev=ep.ifname)
             else:
                 self._route_default(sb, snl)
 
     def gateway_endpoint(self, sb: Sandbox) -> Endpoint | None:
         """Docker's choice of the endpoint that gives the default route (``Endpoint.Less``)."""
-        candidates = []
-        for ref in sb.endpoints:
-            net_name, ep_id = ref.split("/", 1)
-            net = self.host.networks[net_name]
-            ep = net.endpoints[ep_id]
-            if net.gateway and not net.internal and net.driver == "bridge" and ep.ifname:
-                candidates.append((net.name, ep))
+        candidates = [(net.name, ep) for net, ep in self.endpoints_of(sb)
+                      if ep.gateway and not net.internal and ep.ifname]
         candidates.sort(key=lambda c: c[0])
         return candidates[0][1] if candidates else None
 
     def _route_default(self, sb: Sandbox, snl: Netlink) -> None:
         gw_ep = self.gateway_endpoint(sb)
         current = [r for r in snl.routes() if r.dst == "default"]
-        want = (self.network(gw_ep.network).gateway, gw_ep.ifname) if gw_ep else None
+        want = (gw_ep.gateway, gw_ep.ifname) if gw_ep else None
         have = (current[0].gateway, current[0].dev) if current else None
         if want == have:
             return
@@ -344,25 +402,55 @@ class Controller:
         if want:
             snl.add_route("default", gateway=want[0], dev=want[1])
 
-    def leave(self, ep: Endpoint, sb: Sandbox, save: bool = True) -> None:
+    def leave(self, ep: Endpoint, sb: Sandbox) -> None:
         net = self.network(ep.network)
-        drv = driverapi.get(net.driver)
-        ctx = HostContext(self.host, self.nl)
-        if ep.ports and isinstance(drv, ExternalConnectivity):
-            drv.revoke_external_connectivity(ctx, net, ep)
-        drv.leave(ctx, net, ep, sb)
-        sb.endpoints.remove(f"{net.name}/{ep.id}")
-        if sb.netns and ep.ifname:
-            with Netlink(sb.netns) as snl:
-                if snl.has_link(ep.ifname):
-                    snl.delete_link(ep.ifname)  # takes the host end of the veth with it
-                self._route_default(sb, snl)
-        ep.sandbox, ep.ifname = None, None
-        self._write_sandbox_etc(sb)
-        if ep.ports:
-            self._program_firewall()
-        if save:
-            self._save()
+        drv = drivers.get(net.driver)
+        with self._transaction() as ctx:
+            if ep.ports and isinstance(drv, ExternalConnectivity):
+                drv.revoke_external_connectivity(ctx, net, ep)
+            drv.leave(ctx, net, ep, sb)
+            if net.scope == "global":
+                self._global(net).withdraw_peer(net.id, ep.id)
+            sb.endpoints.remove(EndpointRef(net.name, ep.id))
+            if sb.netns and ep.ifname:
+                with Netlink(sb.netns) as snl:
+                    if snl.has_link(ep.ifname):
+                        snl.delete_link(ep.ifname)  # takes the host end of the veth with it
+                    self._route_default(sb, snl)
+            ep.sandbox, ep.ifname, ep.gateway = None, None, None
+            self._write_sandbox_etc(sb)
+            if ep.ports:
+                self._program_firewall()
+
+    # ---- global scope: peers from the control plane ----------------------------------
+    def sync_peers(self) -> tuple[int, int]:
+        """Make this host's kernel hold exactly the other hosts' endpoints (an agent's step).
+
+        Reconciles what the store holds with what this host programmed (kept in its own
+        state), so a restarted agent converges instead of replaying events. Returns
+        (added, removed).
+        """
+        if self.cluster is None:
+            return 0, 0
+        added = removed = 0
+        with self._transaction() as ctx:
+            for net in self.host.networks.values():
+                drv = drivers.get(net.driver)
+                if net.scope != "global" or not isinstance(drv, PeerAware):
+                    continue
+                want = {p.endpoint_id: p for p in self.cluster.peers(net.id)
+                        if p.host != self.host.name}
+                for ep_id in [e for e in net.peers if e not in want]:
+                    drv.peer_delete(ctx, net, Peer(**net.peers.pop(ep_id)))
+                    removed += 1
+                for ep_id, peer in want.items():
+                    if net.peers.get(ep_id) != vars(peer):
+                        if ep_id in net.peers:
+                            drv.peer_delete(ctx, net, Peer(**net.peers[ep_id]))
+                        drv.peer_add(ctx, net, peer)
+                        net.peers[ep_id] = dict(vars(peer))
+                        added += 1
+        return added, removed
 
     # ---- docker-like conveniences ------------------------------------------------------
     def connect(self, network: str, sandbox: str, ip: str | None = None,
@@ -370,35 +458,31 @@ class Controller:
         """``docker network connect``: create an endpoint and join it, as one transaction."""
         net = self.network(network)
         sb = self.sandbox(sandbox)
-        if any(r.split("/")[0] == network for r in sb.endpoints):
+        if any(r.network == network for r in sb.endpoints):
             raise ObjectExists(f"endpoint with name {sandbox} already exists in network {network}")
-        drv = driverapi.get(net.driver)
-        if not drv.capability.own_namespace and sb.netns:
+        if not drivers.capability(net.driver).own_namespace and sb.netns:
             raise InvalidInput(f"{sandbox}: a container with its own namespace cannot join the "
                                f"host network")
-        ep = self.create_endpoint(net, sandbox, ip, aliases, ports, joining=sb)
-        try:
+        with self._transaction(joining=sb):
+            ep = self.create_endpoint(net, sandbox, ip, aliases, ports, joining=sb)
             self.join(ep, sb)
-        except BaseException:
-            self.delete_endpoint(net, ep.id)
-            raise
         return ep
 
     def disconnect(self, network: str, sandbox: str) -> None:
         net = self.network(network)
         sb = self.sandbox(sandbox)
         for ref in list(sb.endpoints):
-            if ref.split("/")[0] == network:
-                ep = net.endpoints[ref.split("/", 1)[1]]
-                self.leave(ep, sb, save=False)
-                self.delete_endpoint(net, ep.id)
+            if ref.network == network:
+                ep = net.endpoints[ref.endpoint]
+                with self._transaction():
+                    self.leave(ep, sb)
+                    self.delete_endpoint(net, ep.id)
                 return
         raise ObjectNotFound(f"container {sandbox} is not connected to network {network}")
 
     def endpoints_of(self, sb: Sandbox) -> list[tuple[Network, Endpoint]]:
         out = []
         for ref in sb.endpoints:
-            net_name, ep_id = ref.split("/", 1)
-            net = self.host.networks[net_name]
-            out.append((net, net.endpoints[ep_id]))
+            net = self.host.networks[ref.network]
+            out.append((net, net.endpoints[ref.endpoint]))
         return out

@@ -57,15 +57,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cnmlab import netns, state
-from cnmlab.model import PREDEFINED, LabState
+from cnmlab.constants import EMBEDDED_DNS, UPSTREAM_DNS, UPSTREAM_WEB
+from cnmlab.model import LabState
 
-EMBEDDED_DNS = "127.0.0.11"
-UPSTREAM_DNS = "198.51.100.53"
 TTL = 600
 POLL = 0.2
 FORWARD_TIMEOUT = 1.5  # below glibc's and dig's 5 s, so a dead upstream reads SERVFAIL
-UPSTREAM_RECORDS = {"example.com": "198.51.100.10", "www.example.com": "198.51.100.10",
-                    "web.example": "198.51.100.10", "dns.example": UPSTREAM_DNS}
+UPSTREAM_RECORDS = {"example.com": UPSTREAM_WEB, "www.example.com": UPSTREAM_WEB,
+                    "web.example": UPSTREAM_WEB, "dns.example": UPSTREAM_DNS}
 
 A, PTR, AAAA = 1, 12, 28
 NOERROR, FORMERR, SERVFAIL, NXDOMAIN, NOTIMP = 0, 1, 2, 3, 4
@@ -161,8 +160,11 @@ class Names:
 
 
 def discoverable(net: Any) -> bool:
-    """Docker's rule: names resolve on user-defined networks, never on the default bridge."""
-    return net.name not in PREDEFINED and net.driver not in ("host", "null")
+    """Docker's rule: names resolve on user-defined networks, never on the default bridge.
+
+    The controller decided it from the driver's capability when the network was created.
+    """
+    return bool(net.embedded_dns)
 
 
 def build_names(lab: LabState) -> tuple[dict[str, DnsSandbox], Names]:
@@ -190,7 +192,7 @@ def build_names(lab: LabState) -> tuple[dict[str, DnsSandbox], Names]:
                 continue
             nets = []
             for ref in sb.endpoints:
-                net = host.networks.get(ref.split("/")[0])
+                net = host.networks.get(ref.network)
                 if net and discoverable(net):
                     nets.append(net.id)
             sandboxes[sb.id] = DnsSandbox(sb.id, sb.name, sb.netns, nets)

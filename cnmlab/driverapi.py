@@ -1,21 +1,28 @@
-"""The driver contract, after libnetwork's ``driverapi``, and the explicit driver registry.
+"""The driver contract, after libnetwork's ``driverapi``.
 
 A driver owns what a network *is* on the host (a bridge, a parent link, a VXLAN device) and
 what an endpoint is (a veth, a macvlan child). The sandbox side, moving the interface into the
 container, naming it ``eth<N>``, giving it its address and routes, is the controller's job, as it
-is libnetwork's ``osl`` package's: a driver only says, in ``JoinInfo``, which interface to move and
-which gateway to use. Optional capabilities are separate protocols, checked with isinstance.
+is libnetwork's ``osl`` package's: a driver only says, in ``JoinInfo``, which interface to move,
+where it made it and which gateway to use.
+
+What the controller does *around* a driver (IPAM, a default route, the embedded DNS, the host
+firewall, one network only, kernel features) is decided by the driver's declared
+``Capability``, never by its name: a new driver gets Docker's behaviour by declaring it.
+Optional behaviour is a separate protocol checked with isinstance (``ExternalConnectivity``,
+libnetwork's ExtConner; ``PeerAware``, its EventNotify for global-scope networks). The
+registration table lives in ``cnmlab.drivers``.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
-from cnmlab.errors import InvalidInput
-
 if TYPE_CHECKING:
-    from cnmlab.controller import HostContext
-    from cnmlab.model import Endpoint, Network, Sandbox
+    from cnmlab.cluster import Peer
+    from cnmlab.model import Endpoint, Host, Network, Sandbox
+    from cnmlab.netlink import Netlink
 
 LOCAL = "local"
 GLOBAL = "global"
@@ -23,75 +30,104 @@ GLOBAL = "global"
 
 @dataclass(frozen=True)
 class Capability:
+    """What a driver is, in the terms the controller acts on.
+
+    ``data_scope``/``connectivity_scope`` are libnetwork's: a global data scope means the
+    network's state (its address space, its peers) is cluster-wide, held by the control plane.
+    """
+
     data_scope: str
     connectivity_scope: str | None
     needs_ipam: bool = True
     own_namespace: bool = True  # False: the sandbox shares the host's namespace (host driver)
-    kernel_features: tuple[str, ...] = ()
+    single_instance: bool = False  # only the predefined network may exist (host, null)
+    gateway: bool = False  # its endpoints may give the sandbox its default route
+    embedded_dns: bool = False  # its user-defined networks get the resolver on 127.0.0.11
+    firewall: bool = False  # the host firewall renders rules for its networks
+    kernel_features: tuple[str, ...] = ()  # checked when a network is created
+
+    @property
+    def global_scope(self) -> bool:
+        return self.data_scope == GLOBAL
 
 
 @dataclass
 class JoinInfo:
-    src_name: str | None = None  # interface (in the host namespace) to move into the sandbox
+    """A driver's answer to Join (libnetwork's JoinInfo): the interface and its routes.
+
+    ``src_ns`` says where the driver made the interface: ``None`` is the host's namespace (the
+    controller moves it into the sandbox); the sandbox's own namespace means it is in place.
+    ``gateway`` overrides the network's gateway (``SetGateway``); a driver whose capability
+    has ``gateway`` and that leaves it unset gets the network's.
+    """
+
+    src_name: str | None = None
     dst_prefix: str = "eth"
+    src_ns: str | None = None
     gateway: str | None = None
-    static_routes: list[tuple[str, str]] = field(default_factory=list)  # (dst, next hop)
+    static_routes: list[tuple[str, str | None]] = field(default_factory=list)  # (dst, next hop)
+
+
+@dataclass
+class HostContext:
+    """What a driver may use: the host's model, its netlink socket and an undo log.
+
+    Every controller operation, deletes included, runs in one context; what a driver registers
+    with ``undo`` runs newest first if a later step of the same operation fails.
+    """
+
+    host: "Host"
+    nl: "Netlink"
+    # The sandbox an endpoint being created will join at once (``docker run``): a driver may
+    # then create the interface straight inside it, sparing the kernel a costly move.
+    joining: "Sandbox | None" = None
+    _undo: list[Callable[[], object]] = field(default_factory=list)
+
+    def undo(self, action: Callable[[], object]) -> None:
+        self._undo.append(action)
 
 
 class Driver(Protocol):
     name: str
     capability: Capability
 
-    def create_network(self, ctx: "HostContext", net: "Network") -> None: ...
+    def create_network(self, ctx: HostContext, net: "Network") -> None: ...
 
-    def delete_network(self, ctx: "HostContext", net: "Network") -> None: ...
+    def delete_network(self, ctx: HostContext, net: "Network") -> None: ...
 
-    def create_endpoint(self, ctx: "HostContext", net: "Network", ep: "Endpoint") -> None: ...
+    def create_endpoint(self, ctx: HostContext, net: "Network", ep: "Endpoint") -> None: ...
 
-    def delete_endpoint(self, ctx: "HostContext", net: "Network", ep: "Endpoint") -> None: ...
+    def delete_endpoint(self, ctx: HostContext, net: "Network", ep: "Endpoint") -> None: ...
 
-    def join(self, ctx: "HostContext", net: "Network", ep: "Endpoint",
+    def join(self, ctx: HostContext, net: "Network", ep: "Endpoint",
              sb: "Sandbox") -> JoinInfo: ...
 
-    def leave(self, ctx: "HostContext", net: "Network", ep: "Endpoint", sb: "Sandbox") -> None: ...
+    def leave(self, ctx: HostContext, net: "Network", ep: "Endpoint", sb: "Sandbox") -> None: ...
 
 
 @runtime_checkable
 class ExternalConnectivity(Protocol):
-    """libnetwork's ExtConner: publish an endpoint's ports once it has joined."""
+    """libnetwork's ExtConner: publish an endpoint's ports once it has joined.
 
-    def program_external_connectivity(self, ctx: "HostContext", net: "Network",
+    Only drivers with this capability keep published ports; Docker ignores ``-p`` elsewhere.
+    """
+
+    def program_external_connectivity(self, ctx: HostContext, net: "Network",
                                       ep: "Endpoint") -> None: ...
 
-    def revoke_external_connectivity(self, ctx: "HostContext", net: "Network",
+    def revoke_external_connectivity(self, ctx: HostContext, net: "Network",
                                      ep: "Endpoint") -> None: ...
 
 
-def _builtin() -> dict[str, type]:
-    """The registration table (libnetwork's ``drivers_linux.go``): add new drivers here."""
-    from cnmlab.drivers.bridge import BridgeDriver
-    from cnmlab.drivers.host import HostDriver
-    from cnmlab.drivers.null import NullDriver
+@runtime_checkable
+class PeerAware(Protocol):
+    """libnetwork's EventNotify/peerAdd for global-scope drivers: endpoints on other hosts.
 
-    return {"bridge": BridgeDriver, "host": HostDriver, "null": NullDriver}
+    The control plane calls these on every host for every endpoint another host published
+    in a network this host has; the driver programs its own kernel (e.g. a neighbour and an
+    FDB entry on vxlan0), never another host's.
+    """
 
+    def peer_add(self, ctx: HostContext, net: "Network", peer: "Peer") -> None: ...
 
-_registry: dict[str, type] = {}
-
-
-def register(name: str, factory: type) -> None:
-    """Add a driver (a plug-in, or a test's deliberately broken one)."""
-    _registry[name] = factory
-
-
-def known() -> list[str]:
-    return sorted({**_builtin(), **_registry})
-
-
-def get(name: str) -> Driver:
-    table = {**_builtin(), **_registry}
-    try:
-        return table[name]()
-    except KeyError:
-        raise InvalidInput(f"unknown network driver {name!r}: known drivers are "
-                           f"{', '.join(sorted(table))}") from None
+    def peer_delete(self, ctx: HostContext, net: "Network", peer: "Peer") -> None: ...

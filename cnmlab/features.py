@@ -26,7 +26,7 @@ DESCRIPTIONS = {
     "iptables": "iptables with NAT and addrtype (bridge firewall)",
     "nftables": "nftables (the nftables firewall backend)",
 }
-REMEDY = ("this kernel lacks it; run the lab in the full-kernel VM (see README) or on a machine "
+REMEDY = ("this kernel lacks it; run it in the full-kernel VM ('cnmlab vm') or on a machine "
           "whose kernel has it")
 
 

@@ -21,18 +21,17 @@ import subprocess
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from cnmlab import dns, neigh, netns, nsexec, state, sysctl
-from cnmlab.controller import (DEFAULT_BRIDGE_OPTIONS, Controller, remove_etc, setup_namespace)
-from cnmlab.errors import CnmError, InvalidInput, ObjectExists, ObjectNotFound
+from cnmlab import dns, drivers, neigh, netns, nsexec, state, sysctl
+from cnmlab.cluster import Cluster
+from cnmlab.constants import (DEFAULT_BRIDGE_OPTIONS, NS_PREFIX, OPT_BRIDGE_NAME, OPT_ICC,
+                              OPT_MASQUERADE, OPT_MTU, UPSTREAM, UPSTREAM_GW, UPSTREAM_SERVICES)
+from cnmlab.controller import Controller, remove_etc, setup_namespace
+from cnmlab.errors import CnmError, InvalidInput, NotRootError, ObjectExists, ObjectNotFound
 from cnmlab.ipam import DefaultIpam
 from cnmlab.model import Endpoint, Host, LabState, Network, PortMapping, Sandbox
 from cnmlab.netlink import Netlink
 
-NS_PREFIX = "cnm-"
 OBJ_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,38}$")
-UPSTREAM = "upstream"
-UPSTREAM_GW = "203.0.113.1"
-UPSTREAM_SERVICES = {"web": "198.51.100.10", "dns": "198.51.100.53"}
 PORT_SPEC = re.compile(r"^(?:(?P<ip>[0-9.]+):)?(?P<host>\d+):(?P<ctr>\d+)(?:/(?P<proto>tcp|udp))?$")
 
 
@@ -102,7 +101,7 @@ class HostHandle:
     def __init__(self, lab: "Lab", host: Host) -> None:
         self.lab = lab
         self.model = host
-        self.controller = Controller(host, lab._record_ns, lab._save, lab.ns_name)
+        self.controller = Controller(host, lab._record_ns, lab._save, lab.ns_name, lab.cluster)
 
     @property
     def name(self) -> str:
@@ -124,10 +123,8 @@ class HostHandle:
         """``docker network create``; the keyword shortcuts set Docker's option keys."""
         opts = {k: str(v).lower() if isinstance(v, bool) else str(v)
                 for k, v in (options or {}).items()}
-        for key, value in (("com.docker.network.bridge.enable_icc", icc),
-                           ("com.docker.network.bridge.enable_ip_masquerade", masquerade),
-                           ("com.docker.network.driver.mtu", mtu),
-                           ("com.docker.network.bridge.name", bridge_name)):
+        for key, value in ((OPT_ICC, icc), (OPT_MASQUERADE, masquerade), (OPT_MTU, mtu),
+                           (OPT_BRIDGE_NAME, bridge_name)):
             if value is not None:
                 opts[key] = str(value).lower() if isinstance(value, bool) else str(value)
         return self.controller.create_network(name, driver, subnet=subnet, gateway=gateway,
@@ -146,7 +143,7 @@ class HostHandle:
         self.lab._check_free(name)
         net = self.controller.network(network)
         ports = [parse_port(p) for p in publish]
-        shares_host = net.driver == "host"
+        shares_host = not drivers.capability(net.driver).own_namespace
         sb = self.controller.create_sandbox(name, shares_host=shares_host)
         try:
             self.controller.connect(network, name, ip=ip, aliases=list(aliases), ports=ports)
@@ -192,11 +189,11 @@ class HostHandle:
 class Lab:
     """A running lab. ``Lab(name)`` creates it; ``Lab.open(name)`` attaches to a running one."""
 
-    def __init__(self, name: str, *, upstream: bool = True, _state: LabState | None = None) -> None:
+    def __init__(self, name: str, *, upstream: bool = True, cluster: Cluster | None = None,
+                 _state: LabState | None = None) -> None:
         if os.geteuid() != 0:
-            from cnmlab.errors import NotRootError
-
             raise NotRootError("cnmlab needs root to create namespaces: run it with sudo")
+        self.cluster = cluster  # the control plane for global-scope networks, if any
         self._hosts: dict[str, HostHandle] = {}
         self._batch = 0
         self._dirty = False
@@ -219,8 +216,8 @@ class Lab:
             raise
 
     @classmethod
-    def open(cls, name: str) -> "Lab":
-        return cls(name, _state=state.load(name))
+    def open(cls, name: str, cluster: Cluster | None = None) -> "Lab":
+        return cls(name, cluster=cluster, _state=state.load(name))
 
     @property
     def name(self) -> str:
@@ -335,6 +332,29 @@ class Lab:
         elif firewall == "iptables":
             c.fw.program(host)
         return handle
+
+    def network_create(self, name: str, driver: str, *, subnet: str | None = None,
+                       gateway: str | None = None, internal: bool = False,
+                       options: dict[str, str] | None = None,
+                       hosts: Sequence[str] | None = None) -> Network:
+        """A global-scope network (overlay): declared once in the control plane, and each host
+        creates its own part from that declaration, as a swarm node does.
+
+        Local-scope drivers make networks per host: use ``host.network_create``.
+        """
+        if not drivers.capability(driver).global_scope:
+            raise InvalidInput(f"network {name}: driver {driver} is local-scope; create it on "
+                               f"a host (host.network_create)")
+        targets = [self.host(h) for h in hosts] if hosts else self.hosts()
+        if not targets:
+            raise InvalidInput(f"network {name}: lab {self.name} has no hosts yet")
+        net = targets[0].controller.create_network(name, driver, subnet=subnet, gateway=gateway,
+                                                   internal=internal, options=options)
+        record = targets[0].controller._global(net).network(name)
+        assert record is not None
+        for h in targets[1:]:
+            h.controller.attach_global_network(record)
+        return net
 
     def _uplink(self, host: Host, index: int) -> None:
         prefix = ipaddress.IPv4Network(self.state.upstream_subnet).prefixlen

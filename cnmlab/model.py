@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from cnmlab.constants import UPSTREAM_SUBNET
+
 # The predefined networks Docker creates at start and that users can neither create nor remove.
 PREDEFINED = ("bridge", "host", "none")
 
@@ -24,6 +26,14 @@ class PortMapping:
         return f"{self.host_port}:{self.container_port}/{self.proto}"
 
 
+@dataclass(frozen=True)
+class EndpointRef:
+    """Which endpoint of which network (by name) a sandbox holds: the typed "net/id"."""
+
+    network: str
+    endpoint: str
+
+
 @dataclass
 class Endpoint:
     id: str
@@ -34,6 +44,7 @@ class Endpoint:
     host_ifname: str | None = None  # host end of the veth
     ifname: str | None = None  # name inside the sandbox once joined (eth0, eth1...)
     sandbox: str | None = None
+    gateway: str | None = None  # the default route this endpoint offers once joined
     aliases: list[str] = field(default_factory=list)
     ports: list[PortMapping] = field(default_factory=list)
     driver_data: dict[str, Any] = field(default_factory=dict)
@@ -44,6 +55,8 @@ class Network:
     id: str
     name: str
     driver: str
+    scope: str = "local"  # "global": the network spans the lab's hosts (control plane)
+    embedded_dns: bool = False  # its sandboxes resolve names through 127.0.0.11
     subnet: str | None = None
     gateway: str | None = None
     ip_range: str | None = None
@@ -54,6 +67,8 @@ class Network:
     mtu: int = 1500
     created: int = 0  # creation order on its host; firewall rules list newest first
     endpoints: dict[str, Endpoint] = field(default_factory=dict)
+    # global scope: endpoints on other hosts this host has programmed (endpoint id -> Peer)
+    peers: dict[str, dict[str, str]] = field(default_factory=dict)
 
     def option_bool(self, key: str, default: bool) -> bool:
         value = self.options.get(key)
@@ -67,7 +82,7 @@ class Sandbox:
     id: str
     name: str
     netns: str | None  # None: shares the host's namespace (host driver)
-    endpoints: list[str] = field(default_factory=list)  # "network/endpoint-id" in join order
+    endpoints: list[EndpointRef] = field(default_factory=list)  # in join order
     dns: bool = False  # embedded resolver wanted (a user-defined network is attached)
 
 
@@ -76,6 +91,7 @@ class Host:
     name: str
     netns: str
     public_ip: str | None
+    underlay_ip: str | None = None  # its address on the lab's underlay (VTEP for overlays)
     firewall: str = "iptables"  # "iptables", or "manual" when the learner programs it by hand
     default_bridge: bool = True
     networks: dict[str, Network] = field(default_factory=dict)
@@ -88,7 +104,7 @@ class Host:
 class LabState:
     name: str
     upstream: str | None = None  # netns of the upstream ("internet")
-    upstream_subnet: str = "203.0.113.0/24"
+    upstream_subnet: str = UPSTREAM_SUBNET
     hosts: dict[str, Host] = field(default_factory=dict)
     namespaces: list[str] = field(default_factory=list)  # write-ahead: recorded before creation
     extra: dict[str, Any] = field(default_factory=dict)
@@ -113,7 +129,14 @@ class LabState:
                 nets[nname] = Network(**n)
             h = dict(h)
             h["networks"] = nets
-            h["sandboxes"] = {k: Sandbox(**v) for k, v in h.get("sandboxes", {}).items()}
+            sbs = {}
+            for k, v in h.get("sandboxes", {}).items():
+                v = dict(v)
+                v["endpoints"] = [EndpointRef(**r) if isinstance(r, dict)
+                                  else EndpointRef(*str(r).split("/", 1))  # before 0.2
+                                  for r in v.get("endpoints", [])]
+                sbs[k] = Sandbox(**v)
+            h["sandboxes"] = sbs
             hosts[hname] = Host(**h)
         d = dict(data)
         d["hosts"] = hosts

@@ -340,6 +340,19 @@ class Netlink:
                           dev=names.get(m["ifindex"], "?"),
                           state=_NUD.get(m["state"], hex(m["state"]))) for m in raw]
 
+    def add_neighbour(self, link: str, ip: str, mac: str) -> None:
+        """A PERMANENT entry (``ip neigh replace IP lladdr MAC dev LINK nud permanent``).
+
+        Replace, not add: a peer that moved (new MAC) must overwrite its old entry.
+        """
+        with self._call(f"add neighbour {ip} on {link}"):
+            self._ip.neigh("replace", dst=ip, lladdr=mac, ifindex=self.index(link),
+                           state=0x80)
+
+    def delete_neighbour(self, link: str, ip: str) -> None:
+        with self._call(f"delete neighbour {ip} on {link}"):
+            self._ip.neigh("del", dst=ip, ifindex=self.index(link))
+
     def flush_neighbours(self) -> None:
         with self._call("flush neighbours"):
             for m in list(self._ip.get_neighbours(family=2)):

@@ -17,8 +17,8 @@ import ipaddress
 from dataclasses import dataclass, field
 from typing import Any
 
-from cnmlab import driverapi, yamlsrc
-from cnmlab.errors import CnmError
+from cnmlab import drivers, yamlsrc
+from cnmlab.errors import CnmError, InvalidInput
 from cnmlab.lab import Lab, check_name, parse_port
 from cnmlab.netlink import IFNAMSIZ
 from cnmlab.yamlsrc import Source
@@ -78,10 +78,10 @@ def _check_net(src: Source, name: str, spec: dict[str, Any], where: tuple[Any, .
         except ValueError:
             raise src.error(where + ("gateway",), f"{spec['gateway']!r} is not an IPv4 "
                             f"address") from None
-    driver = spec.get("driver", "bridge")
-    if driver not in driverapi.known():
-        raise src.error(where + ("driver",), f"unknown network driver {driver!r}; known: "
-                        f"{', '.join(driverapi.known())}")
+    try:
+        drivers.capability(str(spec.get("driver", "bridge")))
+    except InvalidInput as e:
+        raise src.error(where + ("driver",), str(e)) from None
     bname = spec.get("bridge_name")
     if bname is not None and len(str(bname)) > IFNAMSIZ:
         raise src.error(where + ("bridge_name",), f"interface name {bname!r} is longer than "

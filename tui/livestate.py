@@ -35,6 +35,7 @@ from textual.widget import Widget
 from textual.widgets import Static
 from textual.worker import get_current_worker
 
+from cnmlab.constants import NS_PREFIX
 from cnmlab import netns as _netns
 from cnmlab import state
 from cnmlab.errors import CnmError
@@ -69,7 +70,7 @@ def lab_targets(lab_name: str) -> list[Target]:
     for ns in st.namespaces:  # anything else the lab recorded (and still exists)
         if ns not in known and _netns.exists(ns):
             known.add(ns)
-            prefix = f"cnm-{lab_name}-"
+            prefix = f"{NS_PREFIX}{lab_name}-"
             out.append(Target(ns[len(prefix):] if ns.startswith(prefix) else ns, ns, "netns"))
     return out
 

@@ -14,18 +14,14 @@ import secrets
 from typing import TYPE_CHECKING
 
 from cnmlab import netns, proxy
-from cnmlab.driverapi import LOCAL, Capability, JoinInfo
+from cnmlab.constants import OPT_BRIDGE_NAME as OPT_NAME
+from cnmlab.constants import OPT_HOST_BINDING as OPT_BINDING
+from cnmlab.constants import OPT_MTU
+from cnmlab.driverapi import LOCAL, Capability, HostContext, JoinInfo
 from cnmlab.errors import InvalidInput, ObjectNotFound
 
 if TYPE_CHECKING:
-    from cnmlab.controller import HostContext
     from cnmlab.model import Endpoint, Network, Sandbox
-
-OPT_NAME = "com.docker.network.bridge.name"
-OPT_ICC = "com.docker.network.bridge.enable_icc"
-OPT_MASQ = "com.docker.network.bridge.enable_ip_masquerade"
-OPT_MTU = "com.docker.network.driver.mtu"
-OPT_BINDING = "com.docker.network.bridge.host_binding_ipv4"
 
 
 def veth_name() -> str:
@@ -40,7 +36,8 @@ def docker_mac(ip: str) -> str:
 
 class BridgeDriver:
     name = "bridge"
-    capability = Capability(data_scope=LOCAL, connectivity_scope=LOCAL,
+    capability = Capability(data_scope=LOCAL, connectivity_scope=LOCAL, gateway=True,
+                            embedded_dns=True, firewall=True,
                             kernel_features=("veth", "bridge", "iptables"))
 
     def create_network(self, ctx: HostContext, net: Network) -> None:
@@ -95,7 +92,7 @@ class BridgeDriver:
         if not src or (not ep.driver_data.get("src_ns") and not ctx.nl.has_link(src)):
             raise ObjectNotFound(f"endpoint {ep.name}: its veth {src} is gone from host "
                                  f"{ctx.host.name}")
-        return JoinInfo(src_name=src, dst_prefix="eth",
+        return JoinInfo(src_name=src, dst_prefix="eth", src_ns=ep.driver_data.get("src_ns"),
                         gateway=None if net.internal else net.gateway)
 
     def leave(self, ctx: HostContext, net: Network, ep: Endpoint, sb: Sandbox) -> None:

@@ -12,4 +12,4 @@ from cnmlab.drivers.null import NullDriver
 class HostDriver(NullDriver):
     name = "host"
     capability = Capability(data_scope=LOCAL, connectivity_scope=LOCAL, needs_ipam=False,
-                            own_namespace=False)
+                            own_namespace=False, single_instance=True)

@@ -7,16 +7,16 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from cnmlab.driverapi import LOCAL, Capability, JoinInfo
+from cnmlab.driverapi import LOCAL, Capability, HostContext, JoinInfo
 
 if TYPE_CHECKING:
-    from cnmlab.controller import HostContext
     from cnmlab.model import Endpoint, Network, Sandbox
 
 
 class NullDriver:
     name = "null"
-    capability = Capability(data_scope=LOCAL, connectivity_scope=None, needs_ipam=False)
+    capability = Capability(data_scope=LOCAL, connectivity_scope=None, needs_ipam=False,
+                            single_instance=True)
 
     def create_network(self, ctx: HostContext, net: Network) -> None:
         pass

@@ -8,15 +8,18 @@ through the proxy.
 """
 from __future__ import annotations
 
-from cnmlab import nsexec
+from cnmlab import drivers, nsexec
+from cnmlab.constants import OPT_ICC, OPT_MASQUERADE
 from cnmlab.model import Host, Network
 
 USER_CHAIN = "DOCKER-USER"
 
 
 def bridge_networks(host: Host) -> list[Network]:
-    """Bridge networks of a host, newest first (the order Docker's inserted rules end up in)."""
-    nets = [n for n in host.networks.values() if n.driver == "bridge" and n.device and n.subnet]
+    """Networks whose driver asks for the host firewall, newest first (the order Docker's
+    inserted rules end up in)."""
+    nets = [n for n in host.networks.values()
+            if drivers.capability(n.driver).firewall and n.device and n.subnet]
     return sorted(nets, key=lambda n: n.created, reverse=True)
 
 
@@ -47,7 +50,7 @@ class IptablesFirewall:
         nat_docker: list[str] = []
         for net in nets:
             br = net.device
-            icc = net.option_bool("com.docker.network.bridge.enable_icc", True)
+            icc = net.option_bool(OPT_ICC, True)
             icc_rule = f"-A FORWARD -i {br} -o {br} -j {'ACCEPT' if icc else 'DROP'}"
             if net.internal:
                 iso1 += [f"-A DOCKER-ISOLATION-STAGE-1 ! -s {net.subnet} -o {br} -j DROP",
@@ -60,7 +63,7 @@ class IptablesFirewall:
             iso1.append(f"-A DOCKER-ISOLATION-STAGE-1 -i {br} ! -o {br} "
                         f"-j DOCKER-ISOLATION-STAGE-2")
             iso2.append(f"-A DOCKER-ISOLATION-STAGE-2 -o {br} -j DROP")
-            if net.option_bool("com.docker.network.bridge.enable_ip_masquerade", True):
+            if net.option_bool(OPT_MASQUERADE, True):
                 nat_post.append(f"-A POSTROUTING -s {net.subnet} ! -o {br} -j MASQUERADE")
             nat_docker.insert(0, f"-A DOCKER -i {br} -j RETURN")
             for ip, hport, cport, proto in _published(net):

@@ -1,0 +1,243 @@
+"""The seam for global-scope networks: cluster-wide state through a key-value store only.
+
+A global-scope network (overlay) spans hosts. Three things about it must be the same on every
+host, so they live in the control plane and nowhere else, as libnetwork keeps them in its
+global datastore and gossips its peers:
+
+* the network itself (id, driver, subnet, options): ``declare_network``, read by every host;
+* its address space: one pool and one address set for all hosts (``GlobalIpam``), allocated
+  with compare-and-swap so two hosts never hand out the same address;
+* its peers: every joined endpoint is published (``publish_peer``) and every other host's
+  agent programs its own kernel from what it reads (``Agent.sync``), through the driver's
+  ``PeerAware`` calls.
+
+The store is a small etcd-shaped protocol (``KeyValueStore``: get, create-if-absent, put,
+delete, prefix range, each with revisions). ``MemoryStore`` implements it for unit tests of
+the seam only: it lives in one process, so it can never span machines. Real labs use etcd,
+whose client implements the same protocol, so the same code runs with hosts as namespaces on
+one machine or as separate machines: nothing here reads another host's memory or files.
+"""
+from __future__ import annotations
+
+import ipaddress
+import json
+import threading
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Protocol
+
+from cnmlab.errors import AddressInUse, InvalidInput, ObjectExists, PoolExhausted, PoolOverlap
+
+if TYPE_CHECKING:
+    from cnmlab.model import Network
+
+
+class KeyValueStore(Protocol):
+    """What the control plane must offer (etcd v3's KV model, reduced)."""
+
+    def get(self, key: str) -> str | None: ...
+
+    def create(self, key: str, value: str) -> bool:
+        """Put ``key`` only if it does not exist; False when another writer was first."""
+
+    def put(self, key: str, value: str) -> None: ...
+
+    def delete(self, key: str) -> bool: ...
+
+    def range(self, prefix: str) -> dict[str, str]: ...
+
+    def revision(self) -> int:
+        """Grows with every change: an agent that saw revision R has nothing newer to read."""
+
+
+class MemoryStore:
+    """A KeyValueStore in this process's memory, for unit tests of the seam."""
+
+    def __init__(self) -> None:
+        self._data: dict[str, str] = {}
+        self._rev = 0
+        self._lock = threading.Lock()
+
+    def get(self, key: str) -> str | None:
+        with self._lock:
+            return self._data.get(key)
+
+    def create(self, key: str, value: str) -> bool:
+        with self._lock:
+            if key in self._data:
+                return False
+            self._data[key] = value
+            self._rev += 1
+            return True
+
+    def put(self, key: str, value: str) -> None:
+        with self._lock:
+            self._data[key] = value
+            self._rev += 1
+
+    def delete(self, key: str) -> bool:
+        with self._lock:
+            if self._data.pop(key, None) is None:
+                return False
+            self._rev += 1
+            return True
+
+    def range(self, prefix: str) -> dict[str, str]:
+        with self._lock:
+            return {k: v for k, v in self._data.items() if k.startswith(prefix)}
+
+    def revision(self) -> int:
+        with self._lock:
+            return self._rev
+
+
+@dataclass(frozen=True)
+class Peer:
+    """One endpoint as other hosts need to know it (libnetwork's peerEntry)."""
+
+    network_id: str
+    endpoint_id: str
+    ip: str  # address/prefix
+    mac: str
+    vtep: str  # the publishing host's underlay address
+    host: str  # the publishing host's name
+
+
+@dataclass(frozen=True)
+class NetworkRecord:
+    """A global network as the control plane holds it; each host creates its local part."""
+
+    id: str
+    name: str
+    driver: str
+    subnet: str
+    gateway: str
+    internal: bool = False
+    options: tuple[tuple[str, str], ...] = ()
+
+
+class Cluster:
+    """One lab's (or one real cluster's) view of the store, under a key prefix."""
+
+    def __init__(self, store: KeyValueStore, prefix: str) -> None:
+        self.store = store
+        self.prefix = prefix.rstrip("/") + "/"
+
+    # ---- networks ----------------------------------------------------------------------
+    def declare_network(self, record: NetworkRecord) -> None:
+        if not self.store.create(f"{self.prefix}networks/{record.name}",
+                                 json.dumps(asdict(record))):
+            raise ObjectExists(f"network with name {record.name} already exists")
+
+    def network(self, name: str) -> NetworkRecord | None:
+        raw = self.store.get(f"{self.prefix}networks/{name}")
+        if raw is None:
+            return None
+        data = json.loads(raw)
+        data["options"] = tuple(tuple(o) for o in data.get("options", ()))
+        return NetworkRecord(**data)
+
+    def networks(self) -> list[NetworkRecord]:
+        out = []
+        for key in self.store.range(f"{self.prefix}networks/"):
+            rec = self.network(key.rsplit("/", 1)[1])
+            if rec:
+                out.append(rec)
+        return out
+
+    def withdraw_network(self, record: NetworkRecord) -> None:
+        self.store.delete(f"{self.prefix}networks/{record.name}")
+        self.ipam.release_pool(record.id)
+
+    @property
+    def ipam(self) -> "GlobalIpam":
+        return GlobalIpam(self.store, self.prefix + "ipam/")
+
+    # ---- peers -------------------------------------------------------------------------
+    def publish_peer(self, peer: Peer) -> None:
+        self.store.put(f"{self.prefix}peers/{peer.network_id}/{peer.endpoint_id}",
+                       json.dumps(asdict(peer)))
+
+    def withdraw_peer(self, network_id: str, endpoint_id: str) -> None:
+        self.store.delete(f"{self.prefix}peers/{network_id}/{endpoint_id}")
+
+    def peers(self, network_id: str | None = None) -> list[Peer]:
+        prefix = f"{self.prefix}peers/" + (f"{network_id}/" if network_id else "")
+        return [Peer(**json.loads(v)) for v in self.store.range(prefix).values()]
+
+
+class GlobalIpam:
+    """One address space per global network across all hosts, allocated by compare-and-swap.
+
+    Pools come from swarm's default, 10.0.0.0/8 in /24s (or the subnet asked for), and must not
+    overlap another global network's; addresses are first-free, gateway first. Each
+    allocation is a key created only if absent, so two hosts racing for one address cannot
+    both win: the loser retries with the next free one.
+    """
+
+    BASE = ipaddress.IPv4Network("10.0.0.0/8")
+
+    def __init__(self, store: KeyValueStore, prefix: str) -> None:
+        self.store = store
+        self.prefix = prefix
+
+    def _pools(self) -> dict[str, ipaddress.IPv4Network]:
+        return {k.split("/")[-2]: ipaddress.IPv4Network(v)
+                for k, v in self.store.range(self.prefix).items() if k.endswith("/pool")}
+
+    def request_pool(self, network_id: str, subnet: str | None = None) -> str:
+        for _ in range(64):  # lost races retry against the newer pool set
+            taken = self._pools()
+            if network_id in taken:
+                return str(taken[network_id])
+            if subnet:
+                try:
+                    want = ipaddress.IPv4Network(subnet)
+                except ValueError as e:
+                    raise InvalidInput(f"subnet: {subnet!r} is not a valid IPv4 subnet ({e})") from None
+                if any(want.overlaps(p) for p in taken.values()):
+                    raise PoolOverlap(f"invalid pool request: Pool overlaps with other one on "
+                                      f"this address space ({want})")
+            else:
+                want = next((s for s in self.BASE.subnets(new_prefix=24)
+                             if not any(s.overlaps(p) for p in taken.values())), None)
+                if want is None:
+                    raise PoolExhausted("could not find an available, non-overlapping IPv4 "
+                                        "address pool among the defaults to assign to the network")
+            if self.store.create(f"{self.prefix}{network_id}/pool", str(want)):
+                return str(want)
+        raise PoolExhausted(f"network {network_id[:12]}: the address pool kept changing")
+
+    def release_pool(self, network_id: str) -> None:
+        for key in self.store.range(f"{self.prefix}{network_id}/"):
+            self.store.delete(key)
+
+    def request_address(self, network_id: str, ip: str | None = None) -> str:
+        raw = self.store.get(f"{self.prefix}{network_id}/pool")
+        if raw is None:
+            raise InvalidInput(f"network {network_id[:12]} has no address pool")
+        pool = ipaddress.IPv4Network(raw)
+        if ip:
+            addr = ipaddress.IPv4Address(ip)
+            if addr not in pool:
+                raise InvalidInput(f"address {ip} is not in the network's subnet {pool}")
+            if not self.store.create(f"{self.prefix}{network_id}/addr/{addr}", "1"):
+                raise AddressInUse(f"Address already in use: {addr}")
+            return str(addr)
+        for _ in range(64):
+            used = {k.rsplit("/", 1)[1] for k in self.store.range(f"{self.prefix}{network_id}/addr/")}
+            free = next((a for a in pool.hosts() if str(a) not in used), None)
+            if free is None:
+                raise PoolExhausted(f"no available IPv4 addresses on this network's address "
+                                    f"pools: {pool}")
+            if self.store.create(f"{self.prefix}{network_id}/addr/{free}", "1"):
+                return str(free)
+        raise PoolExhausted(f"network {network_id[:12]}: addresses kept being taken")
+
+    def release_address(self, network_id: str, ip: str) -> None:
+        self.store.delete(f"{self.prefix}{network_id}/addr/{ip.split('/')[0]}")
+
+
+def record_of(net: "Network") -> NetworkRecord:
+    return NetworkRecord(id=net.id, name=net.name, driver=net.driver, subnet=net.subnet or "",
+                         gateway=net.gateway or "", internal=net.internal,
+                         options=tuple(sorted(net.options.items())))
