@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cnmlab.constants import OPT_BRIDGE_NAME
 from cnmlab.errors import CnmError
 
 API_TIMEOUT = 5.0
@@ -158,7 +159,7 @@ class DockerTarget:
             options = dict(n.get("Options") or {})
             bridge = None
             if n.get("Driver") == "bridge":
-                bridge = options.get("com.docker.network.bridge.name") or f"br-{n['Id'][:12]}"
+                bridge = options.get(OPT_BRIDGE_NAME) or f"br-{n['Id'][:12]}"
             gateway = v4.get("Gateway")
             if v4.get("Subnet") and not gateway:
                 # 20.10 leaves the default bridge's IPAM gateway empty unless --bip is given:

@@ -18,7 +18,7 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-from cnmlab.constants import UPSTREAM_WEB
+from cnmlab.constants import OPT_ICC, UPSTREAM_WEB
 from cnmlab.checks.api import HostRef, SandboxRef, Target, parse_spec
 from cnmlab.checks.nsref import NsRef
 from cnmlab.errors import CnmError, InvalidInput
@@ -101,7 +101,7 @@ class EngineTarget:
                 out.setdefault(n.name, {
                     "host": h.name, "device": n.device, "subnet": n.subnet,
                     "gateway": (n.gateway or "").split("/")[0] or None,
-                    "icc": n.option_bool("com.docker.network.bridge.enable_icc", True),
+                    "icc": n.option_bool(OPT_ICC, True),
                     "internal": n.internal, "driver": n.driver})
         return out
 
@@ -326,7 +326,7 @@ class DockerAdapter:
         for name, n in self.docker.networks().items():
             out[name] = {"host": self.HOST, "device": n.bridge, "subnet": n.subnet,
                          "gateway": n.gateway, "internal": n.internal, "driver": n.driver,
-                         "icc": str(n.options.get("com.docker.network.bridge.enable_icc",
+                         "icc": str(n.options.get(OPT_ICC,
                                                   "true")).lower() != "false"}
         return out
 

@@ -7,6 +7,7 @@ deleting them (after stopping their processes) removes links, routes and rules w
 from __future__ import annotations
 
 from cnmlab import neigh, state
+from cnmlab.errors import InvalidInput
 from cnmlab.lab import teardown
 from cnmlab.model import LabState
 
@@ -19,7 +20,7 @@ def clean(only: list[str] | None = None) -> list[str]:
             continue
         try:
             lab_state = state.load(name)
-        except (TypeError, KeyError, ValueError):  # a model from another version: the log is enough
+        except InvalidInput:  # a model from another version: the namespace log is enough
             lab_state = LabState(name=name, namespaces=state.recorded_namespaces(name))
         removed += teardown(name, lab_state)
     if only:

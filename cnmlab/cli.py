@@ -25,7 +25,10 @@ def resolve(target: str) -> tuple[str, str]:
         return lab_name, Lab.open(lab_name).netns_of(name)
     found = []
     for lab_name in state.names():
-        lab = Lab.open(lab_name)
+        try:
+            lab = Lab.open(lab_name)
+        except CnmError:
+            continue  # removed meanwhile, or another version's lab: it cannot hold ours
         try:
             found.append((lab_name, lab.netns_of(target)))
         except CnmError:

@@ -82,7 +82,12 @@ def load(name: str) -> LabState:
     except ValueError:
         data = {"name": name}
     data["namespaces"] = recorded_namespaces(name)
-    return LabState.from_json(data)
+    try:
+        return LabState.from_json(data)
+    except (TypeError, KeyError, AttributeError, ValueError) as e:
+        raise InvalidInput(f"lab {name}: its state file {_path(name)} is damaged or from another "
+                           f"cnmlab version ({str(e).splitlines()[0]}); remove the lab with "
+                           f"'cnmlab clean --lab {name}'") from None
 
 
 def aux_path(name: str, suffix: str) -> str:
