@@ -33,6 +33,11 @@ from cnmlab.model import (PREDEFINED, Endpoint, EndpointRef, Host, Network, Port
 from cnmlab.netlink import Netlink
 
 
+HOSTS_HEADER = ("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
+                "fe00::0\tip6-localnet\nff00::0\tip6-mcastprefix\nff02::1\tip6-allnodes\n"
+                "ff02::2\tip6-allrouters\n")
+
+
 def new_id() -> str:
     return secrets.token_hex(32)
 
@@ -262,14 +267,12 @@ class Controller:
             del self.host.sandboxes[name]
 
     def _write_sandbox_etc(self, sb: Sandbox) -> None:
+        """resolv.conf and hosts as Docker 20.10 writes them (the hostname is the short ID)."""
         if not sb.netns:
             return
         resolv = (f"nameserver {EMBEDDED_DNS}\noptions ndots:0\n" if sb.dns
                   else f"nameserver {UPSTREAM_DNS}\n")
-        hosts = "127.0.0.1\tlocalhost\n"
-        for _, ep in self.endpoints_of(sb):
-            if ep.ip:
-                hosts += f"{bare_ip(ep.ip)}\t{sb.id[:12]} {sb.name}\n"
+        hosts = HOSTS_HEADER + "".join(f"{ip}\t{sb.id[:12]}\n" for ip in sb.hosts)
         write_etc(sb.netns, resolv, hosts)
 
     # ---- endpoints ---------------------------------------------------------------------
@@ -281,7 +284,8 @@ class Controller:
         if not isinstance(drv, ExternalConnectivity):
             ports = []  # Docker ignores published ports where the driver cannot publish them
         ep = Endpoint(id=new_id(), name=name, network=net.name, aliases=list(aliases or []),
-                      ports=list(ports or []))
+                      ports=list(ports or []), created=self.host.next_endpoint)
+        self.host.next_endpoint += 1
         with self._transaction(joining) as ctx:
             if drv.capability.needs_ipam and net.pool_id:
                 addr = self._request_address(ctx, net, ip)
@@ -336,6 +340,8 @@ class Controller:
             elif sb.netns:  # no interface (null driver): the sandbox still has its lo
                 with Netlink(sb.netns) as snl:
                     snl.set_link("lo", up=True)
+            if ep.ip:  # Docker 20.10 adds a line per network joined...
+                sb.hosts.append(bare_ip(ep.ip))
             if net.embedded_dns and not sb.dns:
                 sb.dns = True  # user-defined network: the embedded resolver serves this sandbox
             self._write_sandbox_etc(sb)
@@ -418,6 +424,9 @@ class Controller:
                         snl.delete_link(ep.ifname)  # takes the host end of the veth with it
                     self._route_default(sb, snl)
             ep.sandbox, ep.ifname, ep.gateway = None, None, None
+            # ...and on leave deletes every line of the container's hostname, all networks'
+            # (libnetwork's deleteHostsEntries matches by name): what 20.10 really leaves
+            sb.hosts.clear()
             self._write_sandbox_etc(sb)
             if ep.ports:
                 self._program_firewall()

@@ -45,6 +45,7 @@ class Endpoint:
     ifname: str | None = None  # name inside the sandbox once joined (eth0, eth1...)
     sandbox: str | None = None
     gateway: str | None = None  # the default route this endpoint offers once joined
+    created: int = 0  # creation order on its host: published-port rules follow it
     aliases: list[str] = field(default_factory=list)
     ports: list[PortMapping] = field(default_factory=list)
     driver_data: dict[str, Any] = field(default_factory=dict)
@@ -84,6 +85,7 @@ class Sandbox:
     netns: str | None  # None: shares the host's namespace (host driver)
     endpoints: list[EndpointRef] = field(default_factory=list)  # in join order
     dns: bool = False  # embedded resolver wanted (a user-defined network is attached)
+    hosts: list[str] = field(default_factory=list)  # addresses in /etc/hosts, as Docker keeps them
 
 
 @dataclass
@@ -98,6 +100,7 @@ class Host:
     sandboxes: dict[str, Sandbox] = field(default_factory=dict)
     proxies: dict[str, int] = field(default_factory=dict)  # "proto/port" -> pid of its proxy
     next_network: int = 0
+    next_endpoint: int = 0
 
 
 @dataclass

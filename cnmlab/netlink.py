@@ -188,11 +188,13 @@ class Netlink:
     def has_link(self, name: str) -> bool:
         return self._lookup(name, fresh=True) is not None
 
-    def add_bridge(self, name: str, mtu: int | None = None) -> int:
+    def add_bridge(self, name: str, mtu: int | None = None, mac: str | None = None) -> int:
         with self._call(f"create bridge {name}"):
             attrs: dict[str, Any] = {"ifname": name, "kind": "bridge"}
             if mtu:
                 attrs["mtu"] = mtu
+            if mac:
+                attrs["address"] = mac
             self._ip.link("add", **attrs)
         return self.index(name)
 
@@ -288,10 +290,15 @@ class Netlink:
 
     # ---- addresses and routes ----------------------------------------------------------
     def add_address(self, link: str, cidr: str) -> None:
+        """With the broadcast address, as Docker's netlink library and ``ip addr add ... brd +``
+        set it (below /31, where a subnet has one)."""
         iface = ipaddress.ip_interface(cidr)
+        attrs: dict[str, Any] = {}
+        if iface.version == 4 and iface.network.prefixlen < 31:
+            attrs["broadcast"] = str(iface.network.broadcast_address)
         with self._call(f"add address {cidr} to {link}"):
             self._ip.addr("add", index=self.index(link), address=str(iface.ip),
-                          prefixlen=iface.network.prefixlen)
+                          prefixlen=iface.network.prefixlen, **attrs)
 
     def addresses(self) -> list[tuple[int, str]]:
         """(link index, address/prefix) for every IPv4 address."""
@@ -301,7 +308,8 @@ class Netlink:
 
     def add_route(self, dst: str = "default", gateway: str | None = None,
                   dev: str | None = None) -> None:
-        attrs: dict[str, Any] = {"dst": "0.0.0.0/0" if dst == "default" else dst}
+        # proto boot (3), what ``ip route add`` and Docker's netlink library leave on a route
+        attrs: dict[str, Any] = {"dst": "0.0.0.0/0" if dst == "default" else dst, "proto": 3}
         if gateway:
             attrs["gateway"] = gateway
         if dev:

@@ -97,8 +97,8 @@ class FakeNetlink:
     def has_link(self, name: str) -> bool:
         return name in self._ns.links
 
-    def add_bridge(self, name: str, mtu: int | None = None) -> int:
-        return self._new(self._ns, name, "bridge", mtu).index
+    def add_bridge(self, name: str, mtu: int | None = None, mac: str | None = None) -> int:
+        return self._new(self._ns, name, "bridge", mtu, mac).index
 
     def add_veth(self, name: str, peer: str, peer_ns_fd: int | None = None,
                  mtu: int | None = None, master: str | None = None, up: bool = False,

@@ -16,7 +16,7 @@ import pytest
 from cnmlab import drivers
 from cnmlab.cluster import Cluster, GlobalIpam, MemoryStore, Peer
 from cnmlab.driverapi import GLOBAL, Capability, HostContext, JoinInfo
-from cnmlab.drivers.bridge import docker_mac, veth_name
+from cnmlab.drivers.bridge import docker_mac, random_docker_mac, veth_name
 from cnmlab.errors import AddressInUse, InvalidInput, PoolOverlap
 from cnmlab.lab import Lab
 from cnmlab.model import Endpoint, Network, Sandbox
@@ -30,7 +30,9 @@ class FakeOverlay:
 
     def create_network(self, ctx: HostContext, net: Network) -> None:
         net.device = f"fo-{net.id[:8]}"
-        ctx.nl.add_bridge(net.device)
+        # a fixed MAC, as libnetwork gives its bridges: were the kernel to take a new port's
+        # MAC, the address change would flush every neighbour entry, permanent ones included
+        ctx.nl.add_bridge(net.device, mac=random_docker_mac())
         ctx.undo(lambda: ctx.nl.delete_link(net.device or ""))
         prefix = ipaddress.IPv4Network(net.subnet or "").prefixlen
         ctx.nl.add_address(net.device, f"{net.gateway}/{prefix}")

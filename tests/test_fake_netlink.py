@@ -43,11 +43,13 @@ def _summary(nl) -> dict[str, tuple]:
         role = link.name if not link.name.startswith("veth") else (
             "veth-host" if link.master else "veth-container")
         mac = link.mac if link.mac.startswith("02:42") else None
+        if link.kind == "bridge" and mac:
+            mac = "02:42 random"  # libnetwork gives bridges a random 02:42 MAC
         out[role] = (link.kind, link.master, mac, sorted(link.addresses))
     return out
 
 
-EXPECTED = {"br-abababababab": ("bridge", None, None, ["172.18.0.1/16"]),
+EXPECTED = {"br-abababababab": ("bridge", None, "02:42 random", ["172.18.0.1/16"]),
             "veth-host": ("veth", "br-abababababab", None, []),
             "veth-container": ("veth", None, "02:42:ac:12:00:02", [])}
 

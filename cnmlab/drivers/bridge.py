@@ -28,6 +28,12 @@ def veth_name() -> str:
     return "veth" + secrets.token_hex(4)[:7]
 
 
+def random_docker_mac() -> str:
+    """A bridge's MAC as libnetwork sets it (``GenerateRandomMAC``): 02:42 and 4 random bytes;
+    without it the kernel would take the lowest port's MAC and change it as ports come and go."""
+    return "02:42:" + ":".join(f"{b:02x}" for b in secrets.token_bytes(4))
+
+
 def docker_mac(ip: str) -> str:
     """``02:42:ac:11:00:02`` for 172.17.0.2: Docker's MAC before v28."""
     raw = ipaddress.IPv4Address(ip.split("/")[0]).packed
@@ -55,7 +61,7 @@ class BridgeDriver:
         if ctx.nl.has_link(device):
             raise InvalidInput(f"bridge device {device} already exists on host {ctx.host.name}")
         net.device = device
-        ctx.nl.add_bridge(device, mtu=net.mtu)
+        ctx.nl.add_bridge(device, mtu=net.mtu, mac=random_docker_mac())
         ctx.undo(lambda: ctx.nl.delete_link(device))
         prefix = ipaddress.IPv4Network(net.subnet or "").prefixlen
         ctx.nl.add_address(device, f"{net.gateway}/{prefix}")
@@ -101,8 +107,9 @@ class BridgeDriver:
     # ExtConner: published ports get a userland proxy, as dockerd's docker-proxy.
     def program_external_connectivity(self, ctx: HostContext, net: Network,
                                       ep: Endpoint) -> None:
-        binding = net.options.get(OPT_BINDING, "0.0.0.0")
         for p in ep.ports:
+            binding = (p.host_ip if p.host_ip not in ("", "0.0.0.0")
+                       else net.options.get(OPT_BINDING, "0.0.0.0"))
             key = f"{p.proto}/{p.host_port}"
             if key in ctx.host.proxies:
                 raise InvalidInput(f"port {p.host_port}/{p.proto} is already published on host "

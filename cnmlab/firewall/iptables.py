@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from cnmlab import drivers, nsexec
 from cnmlab.constants import OPT_ICC, OPT_MASQUERADE
-from cnmlab.model import Host, Network
+from cnmlab.model import Host, Network, PortMapping
 
 USER_CHAIN = "DOCKER-USER"
 
@@ -23,13 +23,14 @@ def bridge_networks(host: Host) -> list[Network]:
     return sorted(nets, key=lambda n: n.created, reverse=True)
 
 
-def _published(net: Network) -> list[tuple[str, int, int, str]]:
-    out = []
-    for ep in net.endpoints.values():
-        if ep.ip and ep.sandbox:
-            for p in ep.ports:
-                out.append((ep.ip.split("/")[0], p.host_port, p.container_port, p.proto))
-    return out
+def _published(nets: list[Network]) -> list[tuple[Network, str, PortMapping]]:
+    """Every published port, in the order Docker appends their rules: endpoints in the order
+    they joined, and within one endpoint by container port, highest first (the order
+    go-connections' ``SortPortMap`` leaves them in)."""
+    eps = sorted(((net, ep) for net in nets for ep in net.endpoints.values()
+                  if ep.ip and ep.sandbox and ep.ports), key=lambda ne: ne[1].created)
+    return [(net, ep.ip.split("/")[0], p) for net, ep in eps  # type: ignore[union-attr]
+            for p in sorted(ep.ports, key=lambda p: (-p.container_port, -p.host_port))]
 
 
 class IptablesFirewall:
@@ -47,33 +48,40 @@ class IptablesFirewall:
         docker_filter: list[str] = []
         nat_post: list[str] = []
         nat_hairpin: list[str] = []
-        nat_docker: list[str] = []
+        nat_returns: list[str] = []
+        nat_dnat: list[str] = []
+        icc_drops: list[str] = []  # libnetwork appends icc=false DROPs, inserts everything else
         for net in nets:
             br = net.device
-            icc = net.option_bool(OPT_ICC, True)
-            icc_rule = f"-A FORWARD -i {br} -o {br} -j {'ACCEPT' if icc else 'DROP'}"
+            if net.option_bool(OPT_ICC, True):
+                icc_rule = [f"-A FORWARD -i {br} -o {br} -j ACCEPT"]
+            else:
+                icc_rule = []
+                icc_drops.insert(0, f"-A FORWARD -i {br} -o {br} -j DROP")  # oldest first
             if net.internal:
                 iso1 += [f"-A DOCKER-ISOLATION-STAGE-1 ! -s {net.subnet} -o {br} -j DROP",
                          f"-A DOCKER-ISOLATION-STAGE-1 ! -d {net.subnet} -i {br} -j DROP"]
-                f.append(icc_rule)
+                f += icc_rule
                 continue
             f += [f"-A FORWARD -o {br} -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
                   f"-A FORWARD -o {br} -j DOCKER",
-                  f"-A FORWARD -i {br} ! -o {br} -j ACCEPT", icc_rule]
+                  f"-A FORWARD -i {br} ! -o {br} -j ACCEPT", *icc_rule]
             iso1.append(f"-A DOCKER-ISOLATION-STAGE-1 -i {br} ! -o {br} "
                         f"-j DOCKER-ISOLATION-STAGE-2")
             iso2.append(f"-A DOCKER-ISOLATION-STAGE-2 -o {br} -j DROP")
-            if net.option_bool(OPT_MASQUERADE, True):
+            if net.option_bool(OPT_MASQUERADE, True):  # and the DNAT skip only with it
                 nat_post.append(f"-A POSTROUTING -s {net.subnet} ! -o {br} -j MASQUERADE")
-            nat_docker.insert(0, f"-A DOCKER -i {br} -j RETURN")
-            for ip, hport, cport, proto in _published(net):
-                docker_filter.append(f"-A DOCKER -d {ip}/32 ! -i {br} -o {br} -p {proto} "
-                                     f"-m {proto} --dport {cport} -j ACCEPT")
-                nat_hairpin.append(f"-A POSTROUTING -s {ip}/32 -d {ip}/32 -p {proto} "
-                                   f"-m {proto} --dport {cport} -j MASQUERADE")
-                nat_docker.append(f"-A DOCKER ! -i {br} -p {proto} -m {proto} --dport {hport} "
-                                  f"-j DNAT --to-destination {ip}:{cport}")
-        f += docker_filter + iso1 + ["-A DOCKER-ISOLATION-STAGE-1 -j RETURN"]
+                nat_returns.append(f"-A DOCKER -i {br} -j RETURN")
+        for net, ip, p in _published([n for n in nets if not n.internal]):
+            br, proto, cport = net.device, p.proto, p.container_port
+            docker_filter.append(f"-A DOCKER -d {ip}/32 ! -i {br} -o {br} -p {proto} "
+                                 f"-m {proto} --dport {cport} -j ACCEPT")
+            nat_hairpin.append(f"-A POSTROUTING -s {ip}/32 -d {ip}/32 -p {proto} "
+                               f"-m {proto} --dport {cport} -j MASQUERADE")
+            dst = f"-d {p.host_ip}/32 " if p.host_ip not in ("", "0.0.0.0") else ""
+            nat_dnat.append(f"-A DOCKER {dst}! -i {br} -p {proto} -m {proto} "
+                            f"--dport {p.host_port} -j DNAT --to-destination {ip}:{cport}")
+        f += icc_drops + docker_filter + iso1 + ["-A DOCKER-ISOLATION-STAGE-1 -j RETURN"]
         f += iso2 + ["-A DOCKER-ISOLATION-STAGE-2 -j RETURN"]
         f += (user_rules or []) + [f"-A {USER_CHAIN} -j RETURN"]
         f.append("COMMIT")
@@ -81,7 +89,7 @@ class IptablesFirewall:
              ":POSTROUTING ACCEPT [0:0]", ":DOCKER - [0:0]",
              "-A PREROUTING -m addrtype --dst-type LOCAL -j DOCKER",
              "-A OUTPUT ! -d 127.0.0.0/8 -m addrtype --dst-type LOCAL -j DOCKER"]
-        n += nat_post + nat_hairpin + nat_docker + ["COMMIT"]
+        n += nat_post + nat_hairpin + nat_returns + nat_dnat + ["COMMIT"]
         return "\n".join(f + n) + "\n"
 
     def user_rules(self, ns: str) -> list[str]:

@@ -1,0 +1,265 @@
+"""``cnmlab diff``: the same commands on the engine and on real Docker, and what differs.
+
+Each side gets a fresh lab whose upstream plays the internet: the engine builds the scenario in
+host ``host``; Debian's dockerd 20.10 runs in the manual host ``docker`` of a second lab (the
+conformance harness). Both hosts are first on their upstream, so their public addresses match,
+and Docker's address pools are deterministic, so container addresses and MACs match too.
+The kernel state is then read the same way on both (``checks.kernelstate``) and compared
+section by section, in order, so a rule that moved is a difference.
+
+Differences that are deliberate are listed once, with their reason, in
+``scenarios/known-differences.yaml``; they are printed as such and never fail a run. Anything
+else is a difference that fails ``cnmlab diff`` (exit 1) and the CI test.
+"""
+from __future__ import annotations
+
+import difflib
+import os
+import re
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from cnmlab import sysctl, yamlsrc
+from cnmlab.checks import dockerd
+from cnmlab.checks.docker_target import DockerTarget
+from cnmlab.checks.dockerd import DockerDaemon, missing_tools
+from cnmlab.checks.kernelstate import ContainerView, HostView, collect
+from cnmlab.checks.scenario import Scenario, Step, scenarios_dir
+from cnmlab.errors import CnmError, FeatureMissing, InvalidInput
+from cnmlab.lab import Lab, parse_port
+
+SIDES = ("engine", "docker")
+
+
+@dataclass(frozen=True)
+class Known:
+    scenario: str  # regex on the scenario name: a known difference is as narrow as it can be
+    section: str  # regex on the section title
+    side: str  # the side whose line it is: engine or docker
+    line: str  # regex on the line
+    reason: str
+
+    def covers(self, scenario: str, section: str, side: str, line: str) -> bool:
+        return (self.side == side and re.fullmatch(self.scenario, scenario) is not None
+                and re.fullmatch(self.section, section) is not None
+                and re.fullmatch(self.line, line) is not None)
+
+
+@dataclass
+class Difference:
+    section: str
+    side: str  # the side that has the line the other lacks
+    line: str
+    known: str | None = None  # the reason, when it is a listed deliberate difference
+
+    def __str__(self) -> str:
+        mark = "-" if self.side == "engine" else "+"
+        tail = f"    (known: {self.known})" if self.known else ""
+        return f"{mark} {self.line}{tail}"
+
+
+@dataclass
+class DiffResult:
+    scenario: str
+    differences: list[Difference] = field(default_factory=list)
+    sections: int = 0
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def unlisted(self) -> list[Difference]:
+        return [d for d in self.differences if d.known is None]
+
+    @property
+    def ok(self) -> bool:
+        return not self.unlisted
+
+    def to_json(self) -> dict[str, Any]:
+        return {"scenario": self.scenario, "ok": self.ok, "sections": self.sections,
+                "timings": self.timings,
+                "differences": [vars(d) for d in self.differences]}
+
+    def render(self) -> str:
+        lines = [f"scenario {self.scenario}: {self.sections} sections compared, "
+                 f"{len(self.unlisted)} unlisted and "
+                 f"{len(self.differences) - len(self.unlisted)} known differences "
+                 f"(- engine only, + docker only)"]
+        current = None
+        for d in self.differences:
+            if d.section != current:
+                current = d.section
+                lines.append(f"  [{d.section}]")
+            lines.append(f"    {d}")
+        return "\n".join(lines)
+
+
+def load_known(path: str | None = None) -> list[Known]:
+    src = yamlsrc.load(path or os.path.join(scenarios_dir(), "known-differences.yaml"))
+    if not isinstance(src.data, list):
+        raise src.error((), "a list of {scenario, section, side, line, reason}")
+    out = []
+    fields = {"scenario", "section", "side", "line", "reason"}
+    for i, item in enumerate(src.data):
+        if not isinstance(item, dict) or set(item) != fields:
+            raise src.error((i,), "each entry has exactly scenario, section, side, line and "
+                                  "reason")
+        if item["side"] not in SIDES:
+            raise src.error((i, "side"), f"use one of {', '.join(SIDES)}")
+        for key in ("scenario", "section", "line"):
+            try:
+                re.compile(str(item[key]))
+            except re.error as e:
+                raise src.error((i, key), f"not a regular expression: {e}") from None
+        out.append(Known(str(item["scenario"]), str(item["section"]), item["side"],
+                         str(item["line"]), str(item["reason"])))
+    return out
+
+
+def compare(scenario: str, engine: dict[str, list[str]], docker: dict[str, list[str]],
+            known: list[Known]) -> list[Difference]:
+    """Line differences per section, in order (difflib), each marked known or not."""
+    out = []
+    for section in list(dict.fromkeys([*engine, *docker])):
+        a, b = engine.get(section, []), docker.get(section, [])
+        for tag, i1, i2, j1, j2 in difflib.SequenceMatcher(a=a, b=b, autojunk=False).get_opcodes():
+            if tag == "equal":
+                continue
+            for side, lines in (("engine", a[i1:i2]), ("docker", b[j1:j2])):
+                for line in lines:
+                    reason = next((k.reason for k in known
+                                   if k.covers(scenario, section, side, line)), None)
+                    out.append(Difference(section, side, line, reason))
+    return out
+
+
+# ---- the two sides -----------------------------------------------------------------------
+def _engine_apply(lab: Lab, step: Step) -> None:
+    host = lab.host("host")
+    a = step.args
+    if step.op == "run":
+        host.run(a["name"], a.get("network", "bridge"), publish=a.get("publish", ()))
+    elif step.op == "rm":
+        host.rm(a["name"])
+    elif step.op == "network_create":
+        host.network_create(a["name"], subnet=a.get("subnet"), internal=bool(a.get("internal")),
+                            options=a.get("options"))
+    elif step.op == "network_rm":
+        host.network_rm(a["name"])
+    elif step.op == "connect":
+        host.connect(a["network"], a["container"])
+    else:
+        host.disconnect(a["network"], a["container"])
+
+
+def _engine_view(lab: Lab) -> HostView:
+    host = lab.host("host")
+    view = HostView(host.netns, {n.name: n.device for n in host.networks().values() if n.device})
+
+    for sb in host.sandboxes():
+        def read(f: str, ns: str = sb.netns) -> str:
+            try:
+                with open(os.path.join("/etc/netns", ns, f)) as fh:
+                    return fh.read()
+            except OSError:
+                return ""
+        view.containers[sb.name] = ContainerView(sb.name, sb.netns, sb.model.id[:12], read)
+    return view
+
+
+def _docker_apply(daemon: DockerDaemon, step: Step) -> None:
+    a = step.args
+    if step.op == "run":
+        args = ["run", "-d", "--name", a["name"]]
+        if a.get("network"):
+            args += ["--network", a["network"]]
+        for p in a.get("publish", []):
+            parse_port(p)  # the same validation as the engine's
+            args += ["-p", p]
+        daemon.docker(*args, dockerd.IMAGE, "sleep", "3600")
+    elif step.op == "rm":
+        daemon.docker("rm", "-f", a["name"])
+    elif step.op == "network_create":
+        daemon.network_create(a["name"], subnet=a.get("subnet"), internal=bool(a.get("internal")),
+                              options={str(k): str(v) for k, v in (a.get("options") or {}).items()}
+                              or None)
+    elif step.op == "network_rm":
+        daemon.docker("network", "rm", a["name"])
+    else:
+        daemon.docker("network", step.op, a["network"], a["container"])
+
+
+def _docker_view(daemon: DockerDaemon, host_netns: str) -> HostView:
+    target = DockerTarget(daemon)
+    view = HostView(host_netns, {n.name: n.bridge for n in target.networks().values()
+                                 if n.bridge})
+    for sb in target.sandboxes().values():
+        def read(f: str, name: str = sb.name) -> str:
+            return daemon.docker("exec", name, "cat", f"/etc/{f}", check=False).stdout
+        view.containers[sb.name] = ContainerView(sb.name, sb.netns_path, sb.id[:12], read)
+    return view
+
+
+@contextmanager
+def _docker_side(name: str, quiet: bool = True) -> Iterator[tuple[DockerDaemon, str]]:
+    missing = missing_tools()
+    if missing:
+        raise FeatureMissing(f"cannot run real Docker: missing {', '.join(missing)} "
+                             f"(apt-get install docker.io busybox-static)")
+    lab = Lab(name)
+    daemon = None
+    try:
+        host = lab.add_host("docker", default_bridge=False, firewall="manual")
+        # a fresh machine forwards nothing: Docker turns forwarding on and, because it had to,
+        # sets the FORWARD policy to DROP, as the engine's hosts have it
+        sysctl.write_many({"net.ipv4.ip_forward": 0}, host.netns)
+        daemon = DockerDaemon(name, host.netns, os.path.join(dockerd.DAEMONS_DIR, name),
+                              cache_dir=dockerd.IMAGE_CACHE, quiet=quiet)
+        daemon.start()
+        yield daemon, host.netns
+    finally:
+        try:
+            if daemon is not None:
+                daemon.stop()
+        finally:
+            lab.down()
+
+
+def run_engine(scenario: Scenario, name: str) -> dict[str, list[str]]:
+    with Lab(name) as lab:
+        lab.add_host("host")
+        for step in scenario.steps:
+            _apply(step, lambda: _engine_apply(lab, step))
+        return collect(_engine_view(lab))
+
+
+def run_docker(scenario: Scenario, name: str) -> dict[str, list[str]]:
+    with _docker_side(name) as (daemon, host_ns):
+        for step in scenario.steps:
+            _apply(step, lambda: _docker_apply(daemon, step))
+        time.sleep(0.2)  # docker run returns before the last route/rule change lands
+        return collect(_docker_view(daemon, host_ns))
+
+
+def _apply(step: Step, action: Any) -> None:
+    try:
+        action()
+    except CnmError as e:
+        raise InvalidInput(f"step '{step}' failed: {e}") from None
+
+
+def diff(scenario: Scenario, known: list[Known] | None = None,
+         engine: dict[str, list[str]] | None = None) -> DiffResult:
+    """Run ``scenario`` on both sides (or reuse ``engine``'s state) and compare."""
+    tag = f"df{os.getpid()}"
+    t0 = time.monotonic()
+    engine_state = engine if engine is not None else run_engine(scenario, f"{tag}e")
+    t1 = time.monotonic()
+    docker_state = run_docker(scenario, f"{tag}d")
+    t2 = time.monotonic()
+    result = DiffResult(scenario.name, compare(scenario.name, engine_state, docker_state,
+                                               load_known() if known is None else known),
+                        sections=len(set(engine_state) | set(docker_state)))
+    result.timings = {"engine": t1 - t0, "docker": t2 - t1}
+    return result

@@ -1,0 +1,131 @@
+"""Docker-like command scenarios: what ``cnmlab diff`` replays on the engine and on real Docker.
+
+A scenario is a short YAML list of the commands a learner would type, each step one mapping
+with one key::
+
+    name: user-defined
+    description: two user-defined networks, a published port, connect/disconnect
+    steps:
+      - network_create: {name: app}
+      - run: {name: w1, network: app, publish: ["8080:80"]}
+      - connect: {network: priv, container: w1}
+
+Steps: ``run`` (name, network, publish), ``rm`` (name), ``network_create`` (name, subnet,
+internal, options), ``network_rm`` (name), ``connect``/``disconnect`` (network, container).
+Every field is checked here, so a typo is a one-line ``FILE:LINE`` error before anything runs.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Any
+
+from cnmlab import yamlsrc
+from cnmlab.errors import InvalidInput
+from cnmlab.yamlsrc import Source
+
+FIELDS: dict[str, dict[str, type | tuple[type, ...]]] = {
+    "run": {"name": str, "network": str, "publish": list},
+    "rm": {"name": str},
+    "network_create": {"name": str, "subnet": str, "internal": bool, "options": dict},
+    "network_rm": {"name": str},
+    "connect": {"network": str, "container": str},
+    "disconnect": {"network": str, "container": str},
+}
+REQUIRED = {"run": ("name",), "rm": ("name",), "network_create": ("name",),
+            "network_rm": ("name",), "connect": ("network", "container"),
+            "disconnect": ("network", "container")}
+
+
+@dataclass(frozen=True)
+class Step:
+    op: str
+    args: dict[str, Any]
+
+    def __str__(self) -> str:
+        """The Docker command this step stands for."""
+        a = self.args
+        if self.op == "run":
+            flags = [f"--network {a['network']}"] if a.get("network") else []
+            flags += [f"-p {p}" for p in a.get("publish", [])]
+            return " ".join(["docker run -d --name", a["name"], *flags, "busybox"])
+        if self.op == "network_create":
+            flags = [f"--subnet {a['subnet']}"] if a.get("subnet") else []
+            flags += ["--internal"] if a.get("internal") else []
+            flags += [f"-o {k}={v}" for k, v in (a.get("options") or {}).items()]
+            return " ".join(["docker network create", *flags, a["name"]])
+        if self.op in ("connect", "disconnect"):
+            return f"docker network {self.op} {a['network']} {a['container']}"
+        if self.op == "rm":
+            return f"docker rm -f {a['name']}"
+        return f"docker network rm {a['name']}"
+
+
+@dataclass
+class Scenario:
+    name: str
+    description: str
+    path: str
+    steps: list[Step] = field(default_factory=list)
+
+
+def scenarios_dir() -> str:
+    return str(resources.files("cnmlab.checks") / "scenarios")
+
+
+def available() -> list[str]:
+    return sorted(f[:-5] for f in os.listdir(scenarios_dir())
+                  if f.endswith(".yaml") and not f.startswith("known"))
+
+
+def load(name_or_path: str) -> Scenario:
+    path = name_or_path
+    if not os.path.exists(path):
+        path = os.path.join(scenarios_dir(), f"{name_or_path}.yaml")
+        if not os.path.exists(path):
+            raise InvalidInput(f"unknown scenario {name_or_path!r}: shipped scenarios are "
+                               f"{', '.join(available())}, or give a file path")
+    return parse(yamlsrc.load(path))
+
+
+def parse(src: Source) -> Scenario:
+    data = src.data
+    if not isinstance(data, dict):
+        raise src.error((), "a scenario is a mapping with name, description and steps")
+    unknown = set(data) - {"name", "description", "steps"}
+    if unknown:
+        raise src.error((sorted(unknown)[0],), "unknown field (use name, description, steps)")
+    steps = data.get("steps")
+    if not isinstance(steps, list) or not steps:
+        raise src.error(("steps",), "a non-empty list of steps is required")
+    out = Scenario(name=str(data.get("name") or os.path.basename(src.path)[:-5]),
+                   description=str(data.get("description") or ""), path=src.path)
+    for i, raw in enumerate(steps):
+        out.steps.append(_step(src, i, raw))
+    return out
+
+
+def _step(src: Source, i: int, raw: Any) -> Step:
+    where: tuple[Any, ...] = ("steps", i)
+    if not isinstance(raw, dict) or len(raw) != 1:
+        raise src.error(where, f"each step is one of {', '.join(FIELDS)} with its fields")
+    ((op, args),) = raw.items()
+    if op not in FIELDS:
+        raise src.error(where, f"unknown step {op!r}: use one of {', '.join(FIELDS)}")
+    args = args or {}
+    if not isinstance(args, dict):
+        raise src.error(where + (op,), "give the step's fields as a mapping")
+    for key, value in args.items():
+        if key not in FIELDS[op]:
+            raise src.error(where + (op, key), f"unknown field for {op} (use "
+                            f"{', '.join(FIELDS[op])})")
+        if not isinstance(value, FIELDS[op][key]):
+            raise src.error(where + (op, key), f"{value!r} has the wrong type")
+    for key in REQUIRED[op]:
+        if key not in args:
+            raise src.error(where + (op,), f"{key} is required")
+    for p in args.get("publish", []):
+        if not isinstance(p, (str, int)):
+            raise src.error(where + (op, "publish"), f"{p!r} is not a port mapping")
+    return Step(op, {k: ([str(p) for p in v] if k == "publish" else v) for k, v in args.items()})

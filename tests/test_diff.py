@@ -1,0 +1,131 @@
+"""``cnmlab diff``: the engine holds itself to zero unlisted differences against real Docker.
+
+Every shipped scenario runs on the engine and on Debian's dockerd 20.10 (in a namespace), and
+must differ only where ``known-differences.yaml`` says why. A deliberately wrong engine (two
+rules swapped, a route flag added) must fail, naming the line; the known list must not hide a
+regression next to a listed difference; and nothing is left behind on either side.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from cnmlab import netlink
+from cnmlab.checks import diff, dockerd, scenario
+from cnmlab.checks.dockerd import missing_tools
+from cnmlab.errors import InvalidInput
+from cnmlab.firewall import iptables
+from cnmlab.yamlsrc import parse
+
+PID = str(os.getpid())
+_missing = missing_tools()
+needs_docker = pytest.mark.skipif(bool(_missing), reason=f"real Docker not installed: missing "
+                                  f"{', '.join(_missing)}")
+
+
+# ---- pure logic ------------------------------------------------------------------------
+def test_scenario_errors_name_the_file_line_and_field():
+    bad = {"steps:\n  - run: {nme: c1}\n": "x.yaml:2: steps.0.run.nme: unknown field",
+           "steps:\n  - fly: {}\n": "x.yaml:2: steps.0: unknown step 'fly'",
+           "steps:\n  - run: {name: c1, publish: 8080}\n": "steps.0.run.publish: 8080 has the "
+                                                           "wrong type",
+           "steps: []\n": "x.yaml:1: steps: a non-empty list",
+           "steps:\n  - connect: {network: a}\n": "steps.0.connect: container is required"}
+    for text, message in bad.items():
+        with pytest.raises(InvalidInput, match=message.replace(".", r"\.")):
+            scenario.parse(parse(text, "x.yaml"))
+
+
+def test_every_shipped_scenario_loads_and_prints_its_docker_commands():
+    names = scenario.available()
+    assert {"default-bridge", "user-defined", "published-ports", "connect-disconnect",
+            "removal", "options"} <= set(names)
+    sc = scenario.load("published-ports")
+    assert str(sc.steps[1]) == "docker run -d --name t1 --network web -p 8080:80 -p 8443:443/tcp busybox"
+
+
+def test_compare_names_moved_and_missing_lines():
+    engine = {"host iptables": ["a", "b", "c"], "c1 routes": ["default via 1"]}
+    docker = {"host iptables": ["b", "a", "c"], "c1 routes": ["default via 1"]}
+    found = diff.compare("s", engine, docker, [])
+    # one line moved: reported once on each side, in its section
+    assert {d.side for d in found} == {"engine", "docker"} and len(found) == 2
+    assert {d.section for d in found} == {"host iptables"} and len({d.line for d in found}) == 1
+    assert diff.compare("s", engine, engine, []) == []
+
+
+def test_a_known_difference_covers_only_its_own_scenario_section_and_line():
+    known = diff.load_known()
+    docker = {"p1 routes": ["default via 172.19.0.1 dev eth0"],
+              "w1 routes": ["default via 172.18.0.1 dev eth0"]}
+    engine: dict[str, list[str]] = {"p1 routes": [], "w1 routes": []}
+    found = diff.compare("user-defined", engine, docker, known)
+    assert [d.known is not None for d in found] == [True, False]  # w1 lost its route: caught
+    assert all(d.known is None for d in diff.compare("removal", engine, docker, known))
+
+
+# ---- real Docker ---------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def docker_default_bridge():
+    if os.geteuid() != 0:
+        pytest.skip("needs root")
+    return diff.run_docker(scenario.load("default-bridge"), f"dfb{PID}")
+
+
+@pytest.mark.docker
+@needs_docker
+@pytest.mark.parametrize("name", scenario.available())
+def test_engine_matches_docker(name):
+    result = diff.diff(scenario.load(name))
+    assert result.ok, result.render()
+    assert not os.path.exists(os.path.join(dockerd.DAEMONS_DIR, f"df{PID}d"))
+
+
+@pytest.mark.docker
+@needs_docker
+def test_swapped_rules_fail_naming_the_line(docker_default_bridge, monkeypatch):
+    real = iptables.IptablesFirewall.render
+
+    def swapped(self, host, user_rules=None):
+        lines = real(self, host, user_rules).splitlines()
+        i = lines.index("-A FORWARD -j DOCKER-USER")
+        lines[i], lines[i + 1] = lines[i + 1], lines[i]
+        return "\n".join(lines) + "\n"
+
+    monkeypatch.setattr(iptables.IptablesFirewall, "render", swapped)
+    engine = diff.run_engine(scenario.load("default-bridge"), f"dfw{PID}")
+    found = diff.compare("default-bridge", engine, docker_default_bridge, diff.load_known())
+    assert found and all(d.section == "host iptables" and d.known is None for d in found)
+    assert {d.line for d in found} & {"-A FORWARD -j DOCKER-USER",
+                                      "-A FORWARD -j DOCKER-ISOLATION-STAGE-1"}
+
+
+@pytest.mark.docker
+@needs_docker
+def test_an_extra_route_flag_fails_naming_the_line(docker_default_bridge, monkeypatch):
+    real = netlink.Netlink.add_route
+
+    def with_metric(self, dst="default", gateway=None, dev=None):
+        real(self, dst, gateway, dev)
+        if dst == "default" and self.ns and "-c" in self.ns:  # the containers' routes only
+            self._ip.route("replace", dst="0.0.0.0/0", gateway=gateway, priority=5, proto=3,
+                           oif=self.index(dev) if dev else None)
+
+    monkeypatch.setattr(netlink.Netlink, "add_route", with_metric)
+    engine = diff.run_engine(scenario.load("default-bridge"), f"dfr{PID}")
+    found = diff.compare("default-bridge", engine, docker_default_bridge, diff.load_known())
+    assert ("c1 routes", "engine", "default via 172.17.0.1 dev eth0 metric 5") in {
+        (d.section, d.side, d.line) for d in found}
+
+
+@pytest.mark.docker
+@needs_docker
+def test_cli_prints_the_commands_and_exits_zero():
+    r = subprocess.run([sys.executable, "-m", "cnmlab.cli", "diff", "default-bridge"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "$ docker run -d --name c2 -p 8080:80 busybox" in r.stdout
+    assert "0 unlisted" in r.stdout
