@@ -153,11 +153,22 @@ def _engine_apply(lab: Lab, step: Step) -> None:
         host.disconnect(a["network"], a["container"])
 
 
-def _engine_view(lab: Lab) -> HostView:
-    host = lab.host("host")
+def _engine_view(lab: Lab, host_name: str | None = "host",
+                 only: set[str] | None = None) -> HostView:
+    """The engine's (or a learner's lab's) host as the collector reads it.
+
+    A learner who built ``docker0`` by hand has no network in the model: the device Docker
+    would call ``docker0`` is then taken as the predefined network ``bridge``.
+    """
+    host = lab.host(host_name)
     view = HostView(host.netns, {n.name: n.device for n in host.networks().values() if n.device})
+    if "bridge" not in view.bridges:
+        view.bridges["bridge"] = "docker0"
 
     for sb in host.sandboxes():
+        if only is not None and sb.name not in only:
+            continue
+
         def read(f: str, ns: str = sb.netns) -> str:
             try:
                 with open(os.path.join("/etc/netns", ns, f)) as fh:
@@ -240,6 +251,28 @@ def run_docker(scenario: Scenario, name: str) -> dict[str, list[str]]:
             _apply(step, lambda: _docker_apply(daemon, step))
         time.sleep(0.2)  # docker run returns before the last route/rule change lands
         return collect(_docker_view(daemon, host_ns))
+
+
+def containers_of(scenario: Scenario) -> set[str]:
+    return {s.args["name"] for s in scenario.steps if s.op == "run"}
+
+
+def run_against(scenario: Scenario, lab_name: str, host: str | None = None,
+                known: list[Known] | None = None) -> DiffResult:
+    """"What would Docker have built here?": a learner's running lab against real Docker.
+
+    The lab's host plays the engine's side; its sandboxes named like the scenario's
+    containers are compared with Docker's.
+    """
+    lab = Lab.open(lab_name)
+    try:
+        mine = collect(_engine_view(lab, host, only=containers_of(scenario)))
+    finally:
+        lab.close()
+    docker_state = run_docker(scenario, f"df{os.getpid()}d")
+    return DiffResult(scenario.name, compare(scenario.name, mine, docker_state,
+                                             load_known() if known is None else known),
+                      sections=len(set(mine) | set(docker_state)))
 
 
 def _apply(step: Step, action: Any) -> None:

@@ -25,6 +25,9 @@ def register(subparsers: Any) -> None:
                     help="a shipped scenario name or a scenario file (default: all shipped)")
     sp.add_argument("--list", action="store_true", help="list the shipped scenarios")
     sp.add_argument("--json", metavar="OUT", help="write every difference as JSON")
+    sp.add_argument("--against", metavar="LAB[/HOST]",
+                    help="compare a running lab (e.g. what you built by hand) instead of a "
+                         "fresh engine: what would Docker have built here?")
     sp.set_defaults(func=cmd_diff)
 
 
@@ -43,7 +46,11 @@ def cmd_diff(args: argparse.Namespace) -> int:
         sc = scenario.load(name)
         for step in sc.steps:
             print(f"  $ {step}")
-        result = diff.diff(sc, known)
+        if args.against:
+            lab_name, _, host = args.against.partition("/")
+            result = diff.run_against(sc, lab_name, host or None, known)
+        else:
+            result = diff.diff(sc, known)
         print(result.render())
         results.append(result)
     if args.json:
