@@ -27,10 +27,11 @@ from cnmlab.constants import EMBEDDED_DNS, UPSTREAM_DNS
 from cnmlab.driverapi import ExternalConnectivity, HostContext, JoinInfo, PeerAware
 from cnmlab.errors import (ActiveEndpoints, CnmError, InvalidInput, ObjectExists,
                            ObjectNotFound)
-from cnmlab.ipam import LOCAL_DEFAULT, DefaultIpam
+from cnmlab.ipam import LOCAL_DEFAULT, DefaultIpam, Ipam
 from cnmlab.model import (PREDEFINED, Endpoint, EndpointRef, Host, Network, PortMapping,
                           Sandbox)
 from cnmlab.netlink import Netlink
+from cnmlab.plugin import ipam as remote_ipam
 
 
 HOSTS_HEADER = ("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
@@ -105,9 +106,14 @@ class Controller:
             self._nl.close()
             self._nl = None
 
+    def _ipam(self, net: Network) -> Ipam:
+        """The network's IPAM driver: the default allocator, or a remote IPAM plugin."""
+        return self.ipam if net.ipam_driver == "default" else remote_ipam.get(net.ipam_driver)
+
     def _rebuild_ipam(self) -> None:
+        """The default allocator's state, from the saved model (a plugin keeps its own)."""
         for net in sorted(self.host.networks.values(), key=lambda n: n.created):
-            if not net.pool_id or net.scope == "global":
+            if not net.pool_id or net.scope == "global" or net.ipam_driver != "default":
                 continue
             pid, _ = self.ipam.request_pool(LOCAL_DEFAULT, net.subnet, net.ip_range)
             if net.gateway:
@@ -157,7 +163,8 @@ class Controller:
     def create_network(self, name: str, driver: str = "bridge", *, subnet: str | None = None,
                        gateway: str | None = None, ip_range: str | None = None,
                        internal: bool = False, options: dict[str, str] | None = None,
-                       predefined: bool = False, network_id: str | None = None) -> Network:
+                       predefined: bool = False, network_id: str | None = None,
+                       ipam_driver: str = "default") -> Network:
         """``docker network create``; ``network_id`` attaches a global network's local part."""
         if not name or "/" in name or len(name) > 64:
             raise InvalidInput(f"invalid network name {name!r}")
@@ -172,17 +179,18 @@ class Controller:
         features.require(cap.kernel_features, f"network {name} (driver {driver})")
         net = Network(id=network_id or new_id(), name=name, driver=driver,
                       scope=cap.data_scope, internal=internal,
-                      embedded_dns=cap.embedded_dns and not predefined,
+                      embedded_dns=cap.embedded_dns and not predefined, ipam_driver=ipam_driver,
                       options={k: str(v) for k, v in (options or {}).items()},
                       created=self.host.next_network)
         with self._transaction() as ctx:
             if cap.needs_ipam and cap.global_scope:
                 self._global_pool(ctx, net, subnet, gateway)
             elif cap.needs_ipam:
-                pid, pool = self.ipam.request_pool(LOCAL_DEFAULT, subnet, ip_range)
-                ctx.undo(lambda: self.ipam.release_pool(pid))
+                ipam = self._ipam(net)
+                pid, pool = ipam.request_pool(LOCAL_DEFAULT, subnet, ip_range)
+                ctx.undo(lambda: ipam.release_pool(pid))
                 net.pool_id, net.subnet, net.ip_range = pid, pool, ip_range
-                net.gateway = self.ipam.request_address(pid, gateway)
+                net.gateway = ipam.request_address(pid, gateway, gateway=True)
             drv.create_network(ctx, net)
             self.host.networks[name] = net
             ctx.undo(lambda: self.host.networks.pop(name, None))
@@ -226,7 +234,7 @@ class Controller:
         with self._transaction() as ctx:
             drivers.get(net.driver).delete_network(ctx, net)
             if net.pool_id and net.scope != "global":
-                self.ipam.release_pool(net.pool_id)
+                self._ipam(net).release_pool(net.pool_id)
             del self.host.networks[name]
             ctx.undo(lambda: self.host.networks.__setitem__(name, net))
             self._program_firewall()
@@ -303,15 +311,16 @@ class Controller:
             addr = ipam.request_address(net.id, ip)
             ctx.undo(lambda: ipam.release_address(net.id, addr))
         else:
-            addr = self.ipam.request_address(net.pool_id or "", ip)
-            ctx.undo(lambda: self.ipam.release_address(net.pool_id or "", addr))
+            ipam = self._ipam(net)
+            addr = ipam.request_address(net.pool_id or "", ip)
+            ctx.undo(lambda: ipam.release_address(net.pool_id or "", addr))
         return addr
 
     def _release_address(self, net: Network, ip: str) -> None:
         if net.scope == "global":
             self._global(net).ipam.release_address(net.id, bare_ip(ip))
         elif net.pool_id:
-            self.ipam.release_address(net.pool_id, bare_ip(ip))
+            self._ipam(net).release_address(net.pool_id, bare_ip(ip))
 
     def delete_endpoint(self, net: Network, ep_id: str) -> None:
         ep = net.endpoints[ep_id]
@@ -333,8 +342,8 @@ class Controller:
             ep.sandbox = sb.name
             sb.endpoints.append(ref)
             ctx.undo(lambda: (sb.endpoints.remove(ref), setattr(ep, "sandbox", None)))
-            if drv.capability.gateway and not net.internal:
-                ep.gateway = info.gateway or net.gateway
+            if not net.internal:  # the driver's SetGateway, else the network's if it gives one
+                ep.gateway = info.gateway or (net.gateway if drv.capability.gateway else None)
             if info.src_name and sb.netns:
                 self._plumb(sb, ep, info)
             elif sb.netns:  # no interface (null driver): the sandbox still has its lo

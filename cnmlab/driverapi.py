@@ -41,7 +41,7 @@ class Capability:
     needs_ipam: bool = True
     own_namespace: bool = True  # False: the sandbox shares the host's namespace (host driver)
     single_instance: bool = False  # only the predefined network may exist (host, null)
-    gateway: bool = False  # its endpoints may give the sandbox its default route
+    gateway: bool = False  # its endpoints offer the network's gateway unless Join names one
     embedded_dns: bool = False  # its user-defined networks get the resolver on 127.0.0.11
     firewall: bool = False  # the host firewall renders rules for its networks
     kernel_features: tuple[str, ...] = ()  # checked when a network is created

@@ -58,7 +58,8 @@ class Ipam(Protocol):
 
     def release_pool(self, pool_id: str) -> None: ...
 
-    def request_address(self, pool_id: str, ip: str | None = None) -> str: ...
+    def request_address(self, pool_id: str, ip: str | None = None,
+                        gateway: bool = False) -> str: ...
 
     def release_address(self, pool_id: str, ip: str) -> None: ...
 
@@ -134,7 +135,8 @@ class DefaultIpam:
         except KeyError:
             raise IpamError(f"unknown pool {pool_id}") from None
 
-    def request_address(self, pool_id: str, ip: str | None = None) -> str:
+    def request_address(self, pool_id: str, ip: str | None = None,
+                        gateway: bool = False) -> str:
         pool = self._get(pool_id)
         if ip is not None:
             addr = parse_address(ip, "ip")

@@ -119,7 +119,8 @@ class HostHandle:
                        gateway: str | None = None, ip_range: str | None = None,
                        internal: bool = False, options: dict[str, Any] | None = None,
                        icc: bool | None = None, masquerade: bool | None = None,
-                       mtu: int | None = None, bridge_name: str | None = None) -> Network:
+                       mtu: int | None = None, bridge_name: str | None = None,
+                       ipam_driver: str = "default") -> Network:
         """``docker network create``; the keyword shortcuts set Docker's option keys."""
         opts = {k: str(v).lower() if isinstance(v, bool) else str(v)
                 for k, v in (options or {}).items()}
@@ -128,7 +129,8 @@ class HostHandle:
             if value is not None:
                 opts[key] = str(value).lower() if isinstance(value, bool) else str(value)
         return self.controller.create_network(name, driver, subnet=subnet, gateway=gateway,
-                                              ip_range=ip_range, internal=internal, options=opts)
+                                              ip_range=ip_range, internal=internal, options=opts,
+                                              ipam_driver=ipam_driver)
 
     def network_rm(self, name: str) -> None:
         self.controller.delete_network(name)

@@ -62,6 +62,7 @@ class Network:
     gateway: str | None = None
     ip_range: str | None = None
     pool_id: str | None = None
+    ipam_driver: str = "default"  # or a remote IPAM plugin's name
     internal: bool = False
     options: dict[str, str] = field(default_factory=dict)
     device: str | None = None  # e.g. docker0, br-<id12>

@@ -3,7 +3,8 @@
 Lookup by name happens here and only here; what the controller does with a driver is decided
 by its declared ``Capability``. ``register`` adds a plug-in or a test's deliberately broken
 driver at run time, and ``known`` lists every name in an unknown-driver error, as
-containerlab's node registry does.
+containerlab's node registry does. A name that is not registered is looked up as a plugin
+(``cnmlab.plugin.discovery``), as libnetwork falls back to its remote driver.
 """
 from __future__ import annotations
 
@@ -11,7 +12,9 @@ from cnmlab.driverapi import Capability, Driver
 from cnmlab.drivers.bridge import BridgeDriver
 from cnmlab.drivers.host import HostDriver
 from cnmlab.drivers.null import NullDriver
+from cnmlab.drivers.remote import RemoteDriver
 from cnmlab.errors import InvalidInput
+from cnmlab.plugin import discovery
 
 BUILTIN: dict[str, type] = {"bridge": BridgeDriver, "host": HostDriver, "null": NullDriver}
 
@@ -32,21 +35,31 @@ def unregister(name: str) -> None:
 
 
 def known() -> list[str]:
-    return sorted(_registry)
+    return sorted(set(_registry) | set(discovery.installed()))
 
 
-def _factory(name: str) -> type:
-    try:
-        return _registry[name]
-    except KeyError:
+_remote: dict[tuple[str, str], RemoteDriver] = {}
+
+
+def _remote_driver(name: str) -> RemoteDriver:
+    path = discovery.find(name)
+    if path is None:
         raise InvalidInput(f"unknown network driver {name!r}: known drivers are "
-                           f"{', '.join(known())}") from None
+                           f"{', '.join(known())} (a plugin is found in "
+                           f"{discovery.CNMLAB_PLUGINS} or Docker's plugin folders)")
+    if (name, path) not in _remote:  # activation costs two calls: once per process
+        _remote[(name, path)] = RemoteDriver(name, path)
+    return _remote[(name, path)]
 
 
 def get(name: str) -> Driver:
-    return _factory(name)()
+    if name in _registry:
+        return _registry[name]()
+    return _remote_driver(name)
 
 
 def capability(name: str) -> Capability:
-    """A driver's declared capability, without making an instance."""
-    return _factory(name).capability
+    """A driver's declared capability (a plugin's, from its GetCapabilities)."""
+    if name in _registry:
+        return _registry[name].capability
+    return _remote_driver(name).capability

@@ -1,0 +1,66 @@
+"""Find a plugin by name, as Docker's ``pkg/plugins`` discovery does, cnmlab's own folder first.
+
+Docker looks for ``NAME.sock`` in ``/run/docker/plugins``, then for ``NAME.spec`` (one line:
+an address) or ``NAME.json`` (``{"Name": ..., "Addr": ...}``) in ``/etc/docker/plugins`` and
+``/usr/lib/docker/plugins``. cnmlab serves its own plugins from ``/run/cnmlab/plugins`` so that
+nothing is written where a system dockerd would find it; that folder is searched first. Only
+``unix://`` addresses are accepted: a lab's traffic, control traffic included, stays on this
+machine.
+"""
+from __future__ import annotations
+
+import json
+import os
+
+from cnmlab.errors import InvalidInput
+
+CNMLAB_PLUGINS = "/run/cnmlab/plugins"
+SOCKET_DIRS = (CNMLAB_PLUGINS, "/run/docker/plugins")
+SPEC_DIRS = ("/etc/docker/plugins", "/usr/lib/docker/plugins")
+
+
+def socket_path(name: str) -> str:
+    """Where ``cnmlab plugin serve`` puts plugin NAME's socket."""
+    return os.path.join(CNMLAB_PLUGINS, f"{name}.sock")
+
+
+def _address(spec: str, where: str) -> str:
+    spec = spec.strip()
+    if not spec.startswith("unix://"):
+        raise InvalidInput(f"{where}: plugin address {spec!r}: cnmlab only talks to plugins on "
+                           f"unix sockets (unix:///path)")
+    return spec[len("unix://"):]
+
+
+def find(name: str) -> str | None:
+    """The socket path of plugin ``name``, or None when no plugin of that name is installed."""
+    if not name or "/" in name or name.startswith("."):
+        return None
+    for d in SOCKET_DIRS:
+        path = os.path.join(d, f"{name}.sock")
+        if os.path.exists(path):
+            return path
+    for d in SPEC_DIRS:
+        spec = os.path.join(d, f"{name}.spec")
+        if os.path.isfile(spec):
+            with open(spec) as f:
+                return _address(f.read(), spec)
+        js = os.path.join(d, f"{name}.json")
+        if os.path.isfile(js):
+            try:
+                with open(js) as f:
+                    return _address(str(json.load(f).get("Addr", "")), js)
+            except (ValueError, AttributeError):
+                raise InvalidInput(f"{js}: not a plugin spec ({{\"Name\": ..., \"Addr\": ...}})") from None
+    return None
+
+
+def installed() -> list[str]:
+    names = set()
+    for d in SOCKET_DIRS:
+        if os.path.isdir(d):
+            names |= {f[:-5] for f in os.listdir(d) if f.endswith(".sock")}
+    for d in SPEC_DIRS:
+        if os.path.isdir(d):
+            names |= {f.rsplit(".", 1)[0] for f in os.listdir(d) if f.endswith((".spec", ".json"))}
+    return sorted(names)

@@ -1,0 +1,275 @@
+"""cnmlab drives remote plugins as libnetwork does, and a learner's plugin written with the SDK.
+
+The plugin here is what lab 10's learner writes (a bridge per network, a veth per endpoint,
+made in the lab's host namespace); the engine finds it by name, calls it in Docker's order,
+and plumbs what Join answers. A plugin that answers wrong (no gateway, garbage, an error,
+nothing at all) gives a one-line error or a failing check, and leaves nothing half-built.
+"""
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import socket
+import threading
+import time
+
+import pytest
+
+from cnmlab import drivers, nsexec
+from cnmlab.checks.api import run_check
+from cnmlab.checks.probes import ping
+from cnmlab.checks.targets import EngineTarget
+from cnmlab.drivers.bridge import random_docker_mac
+from cnmlab.errors import CnmError
+from cnmlab.netlink import Netlink
+from cnmlab.plugin import discovery
+from cnmlab.plugin.sdk import IpamDriver, NetworkDriver, PluginServer
+
+pytestmark = pytest.mark.kernel
+PID = os.getpid()
+
+
+class LearnerDriver(NetworkDriver):
+    """A driver a learner writes: bridge pl-<id8> with the gateway, veth pv/pc per endpoint."""
+
+    def __init__(self, host_ns: str, give_gateway: bool = True) -> None:
+        super().__init__()
+        self.ns = host_ns
+        self.give_gateway = give_gateway
+        self.nets: dict[str, dict[str, str]] = {}
+
+    def create_network(self, req):
+        v4 = req["IPv4Data"][0]
+        br = f"pl-{req['NetworkID'][:8]}"
+        with Netlink(self.ns) as nl:
+            nl.add_bridge(br, mac=random_docker_mac())
+            nl.add_address(br, v4["Gateway"])
+            nl.set_link(br, up=True)
+        # Docker's FORWARD policy is DROP and bridged frames cross iptables: a plugin accepts
+        # its own traffic where Docker keeps others' rules, in DOCKER-USER
+        nsexec.run(self.ns, ["iptables", "-I", "DOCKER-USER", *self._rule(br)])
+        self.nets[req["NetworkID"]] = {"bridge": br, "gateway": v4["Gateway"].split("/")[0]}
+
+    @staticmethod
+    def _rule(br: str) -> list[str]:
+        return ["-i", br, "-o", br, "-j", "ACCEPT"]
+
+    def delete_network(self, req):
+        br = self.nets.pop(req["NetworkID"])["bridge"]
+        nsexec.run(self.ns, ["iptables", "-D", "DOCKER-USER", *self._rule(br)])
+        with Netlink(self.ns) as nl:
+            nl.delete_link(br)
+
+    def create_endpoint(self, req):
+        eid, net = req["EndpointID"], self.nets[req["NetworkID"]]
+        with Netlink(self.ns) as nl:
+            nl.add_veth(f"pv{eid[:8]}", f"pc{eid[:8]}", master=net["bridge"], up=True,
+                        peer_mac=req["Interface"]["MacAddress"] or None)
+
+    def join(self, req):
+        answer = {"InterfaceName": {"SrcName": f"pc{req['EndpointID'][:8]}", "DstPrefix": "eth"}}
+        if self.give_gateway:
+            answer["Gateway"] = self.nets[req["NetworkID"]]["gateway"]
+        return answer
+
+    def leave(self, req):
+        return {}
+
+    def delete_endpoint(self, req):
+        with Netlink(self.ns) as nl:
+            if nl.has_link(f"pv{req['EndpointID'][:8]}"):
+                nl.delete_link(f"pv{req['EndpointID'][:8]}")
+
+
+@pytest.fixture
+def serve():
+    servers = []
+
+    def start(plugin, name):
+        srv = PluginServer(plugin, discovery.socket_path(name)).start()
+        servers.append(srv)
+        return srv
+
+    yield start
+    for srv in servers:
+        srv.close()
+
+
+def calls(plugin) -> list[str]:
+    return [c["call"].split(".")[1] for c in plugin.calls]
+
+
+def test_engine_drives_a_learners_plugin(lab, serve):
+    host = lab.add_host("h1")
+    name = f"learner{PID}"
+    plugin = LearnerDriver(host.netns)
+    serve(plugin, name)
+    assert name in drivers.known()
+    host.network_create("plug", name, subnet="10.88.0.0/24")
+    a, b = host.run("a1", "plug"), host.run("b1", "plug")
+    assert (a.ip(), b.ip()) == ("10.88.0.2", "10.88.0.3")
+    assert ping(a.netns, b.ip(), timeout=1).ok
+    target = EngineTarget(lab)
+    assert run_check(target, {"default-route": {"sandbox": "a1", "via": "10.88.0.1"}}).ok
+    create = next(c for c in plugin.calls if c["call"].endswith("CreateNetwork"))
+    assert create["request"]["IPv4Data"][0]["Pool"] == "10.88.0.0/24"
+    assert create["request"]["IPv4Data"][0]["Gateway"] == "10.88.0.1/24"
+    ep = next(c for c in plugin.calls if c["call"].endswith("CreateEndpoint"))
+    assert ep["request"]["Interface"] == {"Address": "10.88.0.2/24", "AddressIPv6": "",
+                                          "MacAddress": ""}
+    host.rm("b1")
+    host.rm("a1")
+    host.network_rm("plug")
+    assert calls(plugin) == ["Activate", "GetCapabilities", "CreateNetwork",
+                             "CreateEndpoint", "Join", "CreateEndpoint", "Join",
+                             "Leave", "DeleteEndpoint", "Leave", "DeleteEndpoint",
+                             "DeleteNetwork"]
+    log = [json.loads(l)["call"] for l in open(discovery.socket_path(name) + ".log")]
+    assert log == [c["call"] for c in plugin.calls]  # what the workshop app follows
+
+
+def test_a_join_without_gateway_is_caught_by_the_check(lab, serve):
+    host = lab.add_host("h1")
+    name = f"nogw{PID}"
+    serve(LearnerDriver(host.netns, give_gateway=False), name)
+    host.network_create("plug", name, subnet="10.89.0.0/24")
+    host.run("a1", "plug")
+    result = run_check(EngineTarget(lab), {"default-route": {"sandbox": "a1", "via": "10.89.0.1"}})
+    assert not result.ok and result.observed == "no default route"
+
+
+class Broken(NetworkDriver):
+    def __init__(self, mode: str) -> None:
+        super().__init__()
+        self.mode = mode
+
+    def create_network(self, req):
+        if self.mode == "error":
+            raise RuntimeError("no bridges on Tuesdays")
+        return {}
+
+    def create_endpoint(self, req):
+        return {}
+
+    def join(self, req):
+        if self.mode == "no-interface":
+            return {"Gateway": "10.90.0.1"}
+        if self.mode == "ghost":
+            return {"InterfaceName": {"SrcName": "nosuchveth", "DstPrefix": "eth"}}
+        return {}
+
+    def delete_endpoint(self, req):
+        return {}
+
+    def leave(self, req):
+        return {}
+
+    def delete_network(self, req):
+        return {}
+
+
+@pytest.mark.parametrize("mode,message", [
+    ("error", "CreateNetwork: no bridges on Tuesdays"),
+    ("no-interface", "Join: the answer lacks InterfaceName"),
+    ("ghost", "Join: interface nosuchveth does not exist in host h1"),
+])
+def test_plugin_errors_are_one_line_and_nothing_is_half_built(lab, serve, mode, message):
+    host = lab.add_host("h1")
+    name = f"broken{PID}{mode[:2]}"
+    plugin = Broken(mode)
+    serve(plugin, name)
+    with pytest.raises(CnmError) as err:
+        host.network_create("plug", name, subnet="10.90.0.0/24")
+        host.run("a1", "plug")
+    assert message in str(err.value) and "\n" not in str(err.value)
+    assert f"plugin {name}" in str(err.value)
+    if mode != "error":  # the network stays; the failed run left no sandbox nor endpoint
+        assert "a1" not in host.model.sandboxes
+        assert not host.model.networks["plug"].endpoints
+        assert calls(plugin)[-2:] == ["Leave", "DeleteEndpoint"] or calls(plugin)[-1] == \
+            "DeleteEndpoint"
+    else:
+        assert "plug" not in host.model.networks
+
+
+def _raw_server(path: str, reply: bytes | None) -> threading.Thread:
+    """A 'plugin' that answers ``reply`` verbatim, or hangs when it is None."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    srv.bind(path)
+    srv.listen(4)
+
+    def run() -> None:
+        conn, _ = srv.accept()
+        data = b""
+        while b"\r\n\r\n" not in data:
+            data += conn.recv(65536)
+        head, _, body = data.partition(b"\r\n\r\n")
+        length = int(next((l.split(b":")[1] for l in head.split(b"\r\n")
+                           if l.lower().startswith(b"content-length")), b"0"))
+        while len(body) < length:
+            body += conn.recv(65536)
+        if reply is None:
+            time.sleep(3)
+        else:
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(reply), reply))
+        conn.close()
+        srv.close()
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    return t
+
+
+@pytest.mark.parametrize("reply,message", [(b"<html>", "the answer is not JSON"),
+                                           (b"[1]", "not a JSON object"),
+                                           (None, "no answer within 0.5 s")])
+def test_garbage_or_silence_gives_a_one_line_error(reply, message):
+    from cnmlab.plugin.client import PluginClient
+
+    path = discovery.socket_path(f"raw{PID}{abs(hash(reply)) % 1000}")
+    try:
+        _raw_server(path, reply)
+        with pytest.raises(CnmError, match=message):
+            PluginClient("raw", path, timeout=0.5).call("Plugin.Activate")
+    finally:
+        os.unlink(path)
+
+
+class LearnerIpam(IpamDriver):
+    """A custom pool, handed out from the top down, to show that the plugin decides."""
+
+    def request_pool(self, req):
+        self.pool = ipaddress.IPv4Network(req["Pool"] or "10.123.0.0/24")
+        self.next = int(self.pool.broadcast_address) - 1
+        return {"PoolID": f"learner/{self.pool}", "Pool": str(self.pool), "Data": {}}
+
+    def request_address(self, req):
+        if req["Options"].get("RequestAddressType") == "com.docker.network.gateway":
+            return {"Address": f"{self.pool.network_address + 1}/{self.pool.prefixlen}"}
+        addr = ipaddress.IPv4Address(self.next)
+        self.next -= 1
+        return {"Address": f"{addr}/{self.pool.prefixlen}"}
+
+    def release_address(self, req):
+        return {}
+
+    def release_pool(self, req):
+        return {}
+
+
+def test_remote_ipam_hands_out_the_addresses(lab, serve):
+    host = lab.add_host("h1")
+    name = f"ipam{PID}"
+    ipam = LearnerIpam()
+    serve(ipam, name)
+    net = host.network_create("custom", ipam_driver=name)
+    assert (net.subnet, net.gateway) == ("10.123.0.0/24", "10.123.0.1")
+    a = host.run("a1", "custom")
+    assert a.ip() == "10.123.0.254"
+    assert run_check(EngineTarget(lab), {"default-route": {"sandbox": "a1", "via": "10.123.0.1"}}).ok
+    host.rm("a1")
+    host.network_rm("custom")
+    assert calls(ipam) == ["Activate", "GetDefaultAddressSpaces", "RequestPool",
+                           "RequestAddress", "RequestAddress", "ReleaseAddress", "ReleasePool"]
