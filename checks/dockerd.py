@@ -474,7 +474,8 @@ class DockerDaemon:
 
     def __init__(self, name: str, netns_name: str, workdir: str | os.PathLike, *,
                  cache_dir: str | os.PathLike | None = None, start_timeout: float = 60.0,
-                 extra_args: Sequence[str] = (), quiet: bool = False):
+                 extra_args: Sequence[str] = (), quiet: bool = False,
+                 plugins_dir: str | os.PathLike | None = None):
         if not name or not all(c.isalnum() or c in "-_." for c in name):
             raise InvalidInput(f"daemon name {name!r}: use letters, digits, '-', '_', '.'")
         self.name = name
@@ -484,6 +485,9 @@ class DockerDaemon:
         self.start_timeout = start_timeout
         self.extra_args = list(extra_args)
         self.quiet = quiet
+        # bind-mounted at /run/docker/plugins in the daemon's private mount namespace, so the
+        # daemon finds plugins cnmlab serves without anything written to the machine's /run
+        self.plugins_dir = Path(plugins_dir).absolute() if plugins_dir else None
         self.socket = self.workdir / "docker.sock"
         self.pidfile = self.workdir / "docker.pid"
         self.data_root = self.workdir / "data"
@@ -564,8 +568,10 @@ class DockerDaemon:
     def start(self) -> DockerDaemon:
         self._check_can_start()
         t0 = time.monotonic()
+        if self.plugins_dir:
+            self.plugins_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         for d in (self.workdir, self.data_root, self.exec_root, self.containerd_socket.parent,
-                  self.workdir / "cli"):
+                  self.workdir / "cli", self.workdir / "plugins"):
             d.mkdir(parents=True, exist_ok=True)
         fmt = dict(workdir=self.workdir, cgroup=self.cgroup, python=sys.executable,
                    ctd_sock=self.containerd_socket)
@@ -581,10 +587,17 @@ class DockerDaemon:
         (self.workdir / "supervisor.json").write_text(json.dumps({
             "setup": [
                 ["mount", "-t", "cgroup2", "cgroup2", "/sys/fs/cgroup"],
+                # the plugins folder may live under /run, which the next mount hides: keep a
+                # handle on it in the workdir first
+                *([["mount", "--bind", str(self.plugins_dir), str(self.workdir / "plugins")]]
+                  if self.plugins_dir else []),
                 ["mount", "-t", "tmpfs", "-o", "mode=0755", "cnmlab-run", "/run"],
                 *([["mount", "-t", "tmpfs", "-o", "mode=0755", "cnmlab-etc-docker",
                     "/etc/docker"]] if os.path.isdir("/etc/docker") else []),
                 ["mount", "--bind", str(self.workdir / "resolv.conf"), "/etc/resolv.conf"],
+                *([["mkdir", "-p", "/run/docker/plugins"],
+                   ["mount", "--bind", str(self.workdir / "plugins"), "/run/docker/plugins"]]
+                  if self.plugins_dir else []),
                 ["ip", "link", "set", "lo", "up"],
             ],
             "containerd": [CONTAINERD, "--config", str(self.workdir / "containerd.toml")],

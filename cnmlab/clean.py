@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from cnmlab import neigh, state
 from cnmlab.errors import InvalidInput
+from cnmlab.plugin import discovery
 from cnmlab.lab import teardown
 from cnmlab.model import LabState
 
@@ -28,6 +29,7 @@ def clean(only: list[str] | None = None) -> list[str]:
     from cnmlab.checks import dockerd  # real Docker daemons left by 'cnmlab conform'
 
     removed += dockerd.clean_all()
+    removed += discovery.clean_stale()
     if not state.names():
         neigh.release_all()
     return removed

@@ -187,7 +187,8 @@ def build_parser() -> argparse.ArgumentParser:
 def _extensions() -> list[Callable[[argparse._SubParsersAction], None]]:  # type: ignore[type-arg]
     """Subcommands owned by other packages (labs, checks) register themselves here."""
     found = []
-    for mod_name in ("cnmlab.labcli", "cnmlab.checks.cli", "cnmlab.checks.diffcli"):
+    for mod_name in ("cnmlab.labcli", "cnmlab.checks.cli", "cnmlab.checks.diffcli",
+                     "cnmlab.plugin.cli"):
         try:
             mod = __import__(mod_name, fromlist=["register"])
         except ImportError:

@@ -273,3 +273,76 @@ def test_remote_ipam_hands_out_the_addresses(lab, serve):
     host.network_rm("custom")
     assert calls(ipam) == ["Activate", "GetDefaultAddressSpaces", "RequestPool",
                            "RequestAddress", "RequestAddress", "ReleaseAddress", "ReleasePool"]
+
+
+@pytest.mark.docker
+def test_real_docker_calls_the_learners_plugin(lab, serve, tmp_path):
+    """dockerd 20.10 finds the plugin by name, and its containers get connectivity from it."""
+    from cnmlab.checks.dockerd import DockerDaemon, missing_tools
+
+    if missing_tools():
+        pytest.skip(f"real Docker not installed: missing {', '.join(missing_tools())}")
+    host = lab.add_host("docker", default_bridge=False, firewall="manual")
+    name = f"learner{PID}d"
+    plugin = LearnerDriver(host.netns)
+    serve(plugin, name)
+    with DockerDaemon(f"rd{PID}", host.netns, tmp_path / "d", cache_dir=tmp_path / "cache",
+                      quiet=True, plugins_dir=discovery.CNMLAB_PLUGINS) as daemon:
+        daemon.network_create("plug", subnet="10.77.0.0/24", driver=name)
+        daemon.run("p1", "plug")
+        daemon.run("p2", "plug")
+        assert daemon.exec("p1", "ping", "-c1", "-W2", "10.77.0.3").returncode == 0
+        assert daemon.exec("p1", "ping", "-c1", "-W2", "p2").returncode == 0  # Docker's DNS
+        route = daemon.exec("p1", "ip", "route").stdout
+        assert "default via 10.77.0.1 dev eth0" in route
+        daemon.docker("rm", "-f", "p1", "p2")
+        daemon.docker("network", "rm", "plug")
+    seen = calls(plugin)
+    assert seen[:2] == ["Activate", "GetCapabilities"] and "CreateNetwork" in seen
+    assert seen.count("Join") == 2 and seen.count("Leave") == 2 and seen[-1] == "DeleteNetwork"
+
+
+PLUGIN_FILE = '''
+from cnmlab.plugin.sdk import NetworkDriver
+
+
+class Hello(NetworkDriver):
+    """The lab 10 skeleton's first step: answer, create nothing."""
+
+    def __init__(self, host_ns):
+        super().__init__()
+        self.host_ns = host_ns
+
+    def create_network(self, req):
+        return {}
+
+    def delete_network(self, req):
+        return {}
+'''
+
+
+def test_plugin_serve_cli_and_clean_after_kill_9(lab, tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    host = lab.add_host("h1")
+    (tmp_path / "hello.py").write_text(PLUGIN_FILE)
+    name = f"hello{PID}"
+    sock = discovery.socket_path(name)
+    proc = subprocess.Popen([sys.executable, "-m", "cnmlab.cli", "plugin", "serve",
+                             f"{tmp_path}/hello.py:Hello", "--name", name,
+                             "--netns", f"{lab.name}/h1"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert "on " + sock in proc.stdout.readline()
+        host.network_create("hi", name, subnet="10.91.0.0/24")
+        host.network_rm("hi")
+        log = subprocess.run([sys.executable, "-m", "cnmlab.cli", "plugin", "log", name],
+                             capture_output=True, text=True, timeout=30).stdout
+        assert "NetworkDriver.CreateNetwork" in log and '"Pool": "10.91.0.0/24"' in log
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+    assert os.path.exists(sock)  # a killed plugin leaves its socket...
+    assert f"plugin socket {sock}" in discovery.clean_stale()  # ...which clean removes
+    assert not os.path.exists(sock) and not os.path.exists(sock + ".log")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 
 from cnmlab.errors import InvalidInput
 
@@ -64,3 +65,25 @@ def installed() -> list[str]:
         if os.path.isdir(d):
             names |= {f.rsplit(".", 1)[0] for f in os.listdir(d) if f.endswith((".spec", ".json"))}
     return sorted(names)
+
+
+def clean_stale() -> list[str]:
+    """Sockets (and logs) of plugins whose server is gone: what a killed one leaves."""
+    removed = []
+    if not os.path.isdir(CNMLAB_PLUGINS):
+        return removed
+    for f in sorted(os.listdir(CNMLAB_PLUGINS)):
+        if not f.endswith(".sock"):
+            continue
+        path = os.path.join(CNMLAB_PLUGINS, f)
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            s.connect(path)
+        except OSError:
+            for p in (path, path + ".log"):
+                if os.path.exists(p):
+                    os.unlink(p)
+            removed.append(f"plugin socket {path}")
+        finally:
+            s.close()
+    return removed
