@@ -42,7 +42,8 @@ def register(subparsers: Any) -> None:
     sp = subparsers.add_parser("conform", help="hold an implementation to a conformance profile",
                                description="Build a profile's topology with cnmlab's engine or "
                                            "real Docker and run its checks.")
-    sp.add_argument("--target", required=True, metavar="engine|docker|docker:SOCKET")
+    sp.add_argument("--target", required=True,
+                    metavar="engine|docker|docker:SOCKET|plugin:FILE.py:CLASS")
     sp.add_argument("--profile", default="bridge", metavar="NAME")
     sp.add_argument("--json", metavar="OUT", help="write the results as a grade sheet")
     sp.add_argument("--junit", metavar="OUT", help="write JUnit XML (one testcase per check)")
@@ -194,8 +195,13 @@ def cmd_conform(args: argparse.Namespace) -> int:
         name, results, timings = conform_docker(profile)
     elif kind == "docker":
         name, results, timings = conform_socket(profile, arg, args.upstream)
+    elif kind == "plugin" and arg:
+        from cnmlab.checks.plugin_target import conform_plugin
+
+        name, results, timings = conform_plugin(profile, arg)
     else:
-        raise InvalidInput(f"--target {args.target!r}: use engine, docker or docker:SOCKET")
+        raise InvalidInput(f"--target {args.target!r}: use engine, docker, docker:SOCKET or "
+                           f"plugin:FILE.py:CLASS")
     color = sys.stdout.isatty() and not args.no_color
     print(report.render_results(results, color=color, verbose=True,
                                 title=f"profile {profile.name} against {name}:"))

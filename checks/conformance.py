@@ -302,17 +302,24 @@ def _settle_dns(target: Target, profile: Profile, timeout: float = 5.0) -> None:
         time.sleep(0.2)
 
 
-def build_engine(lab: Any, profile: Profile | str = "bridge", host: str = "host") -> Target:
-    """Build the profile's topology in ``lab`` (a ``cnmlab.lab.Lab``) with cnmlab's engine."""
+def build_engine(lab: Any, profile: Profile | str = "bridge", host: str = "host",
+                 driver: str = "bridge", before: Any = None) -> Target:
+    """Build the profile's topology in ``lab`` (a ``cnmlab.lab.Lab``) with cnmlab's engine.
+
+    ``driver`` makes the profile's networks with another driver (a plugin's name);
+    ``before(host)`` runs once the host exists (to start that plugin inside it).
+    """
     from cnmlab.checks.targets import EngineTarget
 
     if isinstance(profile, str):
         profile = load(profile)
     h = lab.add_host(host)
+    if before is not None:
+        before(h)
     with lab.batch():
         for name, spec in profile.networks.items():
-            h.network_create(name, subnet=spec.get("subnet"), internal=bool(spec.get("internal")),
-                             options=spec.get("options"))
+            h.network_create(name, driver, subnet=spec.get("subnet"),
+                             internal=bool(spec.get("internal")), options=spec.get("options"))
         for c in profile.containers.values():
             h.run(c.name, c.network, publish=c.publish)
     target = EngineTarget(lab)

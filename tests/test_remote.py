@@ -346,3 +346,40 @@ def test_plugin_serve_cli_and_clean_after_kill_9(lab, tmp_path):
     assert os.path.exists(sock)  # a killed plugin leaves its socket...
     assert f"plugin socket {sock}" in discovery.clean_stale()  # ...which clean removes
     assert not os.path.exists(sock) and not os.path.exists(sock + ".log")
+
+
+def test_sdk_answers_bad_requests_in_the_protocol(serve):
+    import http.client
+
+    from cnmlab.plugin.client import _UnixConnection
+
+    name = f"sdk{PID}"
+    srv = serve(LearnerDriver("unused"), name)
+    conn = _UnixConnection(srv.socket_path, 5)
+    conn.request("POST", "/NetworkDriver.CreateNetwork", body=b"{not json")
+    resp = conn.getresponse()
+    assert resp.status == 400 and "not a JSON object" in json.loads(resp.read())["Err"]
+    conn.close()
+    conn = _UnixConnection(srv.socket_path, 5)
+    conn.request("POST", "/IpamDriver.RequestPool", body=b"{}")
+    resp = conn.getresponse()
+    assert resp.status == 500 and "does not implement IpamDriver" in json.loads(resp.read())["Error"]
+    conn.close()
+
+
+def test_conform_through_a_plugin_reports_what_it_does_not_do(tmp_path):
+    """A plugin that wires L2/L3 only: reach passes; egress NAT and published ports fail."""
+    import inspect
+
+    from cnmlab.checks.plugin_target import conform_plugin
+
+    src = ("import ipaddress\nfrom cnmlab import nsexec\nfrom cnmlab.netlink import Netlink\n"
+           "from cnmlab.drivers.bridge import random_docker_mac\n"
+           "from cnmlab.plugin.sdk import NetworkDriver\n\n" + inspect.getsource(LearnerDriver))
+    (tmp_path / "learner.py").write_text(src)
+    _name, results, _t = conform_plugin("bridge", f"{tmp_path}/learner.py:LearnerDriver")
+    by_id = {r.check: r for r in results}
+    ok = {r.kind for r in results if r.ok and not r.skipped}
+    failed = {r.kind for r in results if not r.ok}
+    assert "reachable" in ok
+    assert "egress-nat-seen" in failed and "published-port" in failed, by_id
