@@ -112,7 +112,7 @@ def test_conform_cli_engine(tmp_path):
     cp = subprocess.run([sys.executable, "-m", "cnmlab.cli", "conform", "--target", "cni"],
                         capture_output=True, text=True, timeout=60)
     assert cp.returncode == 1 and cp.stderr.strip().splitlines() == [
-        "cnmlab: --target 'cni': use engine, docker or docker:SOCKET"]
+        "cnmlab: --target 'cni': use engine, docker, docker:SOCKET or plugin:FILE.py:CLASS"]
 
 
 # ---- real Docker ---------------------------------------------------------------------------
