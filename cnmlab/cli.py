@@ -154,6 +154,8 @@ def cmd_tui(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="cnmlab", description="Docker networking, rebuilt from "
                                 "real kernel objects. With no command: the workshop app.")
+    p.add_argument("--labs-dir", action="append", default=[], metavar="DIR",
+                   help="also offer the labs in DIR (repeatable; adds to $CNMLAB_LABS_PATH)")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
     def add(name: str, fn: Callable[[argparse.Namespace], int], help: str) -> argparse.ArgumentParser:
@@ -197,10 +199,20 @@ def _extensions() -> list[Callable[[argparse._SubParsersAction], None]]:  # type
     return found
 
 
+def _add_labs_dirs(dirs: list[str]) -> None:
+    """``--labs-dir`` goes into the environment: the lab finder, the TUI's workers and any
+    child process (a shell, a check) then see the same labs."""
+    if dirs:
+        old = os.environ.get("CNMLAB_LABS_PATH")
+        os.environ["CNMLAB_LABS_PATH"] = os.pathsep.join(
+            [os.path.abspath(d) for d in dirs] + ([old] if old else []))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     func = getattr(args, "func", cmd_tui)
+    _add_labs_dirs(args.labs_dir)
     try:
         return func(args) or 0
     except CnmError as e:

@@ -26,6 +26,7 @@ import re
 import subprocess
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from importlib import resources
 from typing import Any, Iterator
 
 from cnmlab import spec, state, yamlsrc
@@ -404,25 +405,49 @@ def load(path: str) -> LabDef:
     return parse_lab(yamlsrc.load(file), folder)
 
 
+LABS_PATH_ENV = "CNMLAB_LABS_PATH"
+
+
 def labs_dir() -> str:
+    """The shipped labs (package data ``cnmlab.labs_data``), or ``$CNMLAB_LABS`` instead."""
     env = os.environ.get("CNMLAB_LABS")
     if env:
         return env
-    return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "labs")
+    return str(resources.files("cnmlab.labs_data"))
+
+
+def lab_folders(root: str | None = None) -> list[str]:
+    """Every lab folder (one holding ``lab.yaml``), shipped labs first, then the user's.
+
+    The user's folders come from ``$CNMLAB_LABS_PATH`` (``:``-separated; ``cnmlab --labs-dir
+    DIR`` adds to it, so the TUI and child processes see the same labs). An explicit ``root``
+    is searched alone. Kept in one function so every lister (CLI, TUI, tests) agrees.
+    """
+    roots = [("", root or labs_dir())]
+    if not root:
+        roots += [(f"{LABS_PATH_ENV}: ", p)
+                  for p in os.environ.get(LABS_PATH_ENV, "").split(os.pathsep) if p]
+    out = []
+    for where, r in roots:
+        try:
+            entries = sorted(os.listdir(r))
+        except OSError as e:
+            raise InvalidInput(f"{where}{r}: {e.strerror}") from None
+        out += [os.path.join(r, e) for e in entries if os.path.isfile(os.path.join(r, e, LAB_FILE))]
+    return out
 
 
 def discover(root: str | None = None) -> list[LabDef]:
-    """Every lab under ``root`` (default: the repo's ``labs/`` or ``$CNMLAB_LABS``), by id."""
-    root = root or labs_dir()
-    try:
-        entries = sorted(os.listdir(root))
-    except OSError as e:
-        raise InvalidInput(f"{root}: {e.strerror}") from None
-    out = []
-    for entry in entries:
-        folder = os.path.join(root, entry)
-        if os.path.isfile(os.path.join(folder, LAB_FILE)):
-            out.append(load(folder))
+    """Every lab found by ``lab_folders``; a lab id defined twice is an error naming both."""
+    out: list[LabDef] = []
+    seen: dict[str, str] = {}
+    for folder in lab_folders(root):
+        lab = load(folder)
+        if lab.id in seen:
+            raise InvalidInput(f"lab id {lab.id!r} is defined twice, in {seen[lab.id]} and "
+                               f"{folder}: change the 'id' of one of them")
+        seen[lab.id] = folder
+        out.append(lab)
     return out
 
 

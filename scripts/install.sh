@@ -20,14 +20,72 @@ APT_PACKAGES=(
 if [ "$want_tests" = 1 ]; then
   APT_PACKAGES+=(docker.io busybox-static mininet)  # conformance against real Docker; benchmarks
 fi
+installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  installed "$p" || missing+=("$p")
 done
+
+# Debian's docker.io and containerd start their daemons as soon as they are installed and
+# enable them at boot. A system dockerd lives in this machine's own network namespace: it adds
+# docker0 and sets the iptables FORWARD policy to DROP for the whole machine. cnmlab's
+# conformance harness starts its own containerd and dockerd inside a lab namespace and never
+# needs them. So when this script is the one installing them, it keeps them from starting
+# (policy-rc.d: Debian's switch that maintainer scripts ask before starting a service, on
+# systemd and sysvinit alike) and disables them at boot afterwards. A docker.io or containerd
+# that was installed before is left exactly as it was.
+POLICY=/usr/sbin/policy-rc.d
+held_units=()
+hold_daemons() {
+  installed containerd || held_units+=(containerd.service)
+  installed docker.io || held_units+=(docker.service docker.socket)
+  [ "${#held_units[@]}" -gt 0 ] || return 0
+  [ -e "$POLICY" ] && mv "$POLICY" "$POLICY.cnmlab-saved"
+  trap release_policy EXIT
+  cat >"$POLICY" <<'POLICY_EOF'
+#!/bin/sh
+# Written by cnmlab's scripts/install.sh while it installs docker.io; removed when it ends.
+# Deny starting Docker's system daemons; ask the machine's own policy (if any) about the rest.
+for arg in "$@"; do
+  case "$arg" in
+    -*) continue ;;
+    docker|docker.service|docker.socket|containerd|containerd.service) exit 101 ;;
+    *) break ;;
+  esac
+done
+[ -x /usr/sbin/policy-rc.d.cnmlab-saved ] && exec /usr/sbin/policy-rc.d.cnmlab-saved "$@"
+exit 0
+POLICY_EOF
+  chmod 755 "$POLICY"
+}
+release_policy() {
+  if [ -e "$POLICY.cnmlab-saved" ]; then mv -f "$POLICY.cnmlab-saved" "$POLICY"; else rm -f "$POLICY"; fi
+  trap - EXIT
+}
+disable_held_daemons() {
+  [ "${#held_units[@]}" -gt 0 ] || return 0
+  release_policy
+  for unit in "${held_units[@]}"; do
+    if [ -d /run/systemd/system ] && systemctl is-active --quiet "$unit"; then
+      systemctl stop "$unit"  # started anyway (socket activation?): ours to stop, just installed
+    fi
+    if command -v systemctl >/dev/null; then
+      systemctl disable --quiet "$unit" >/dev/null 2>&1 || true  # also its sysvinit links
+    fi
+  done
+  if ! command -v systemctl >/dev/null && [ -x /etc/init.d/docker ]; then
+    update-rc.d docker disable >/dev/null 2>&1 || true
+  fi
+  echo "install.sh: installed docker.io without starting or enabling its system daemons" \
+       "(cnmlab's tests start their own inside a namespace)"
+}
+
 if [ "${#missing[@]}" -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
+  [ "$want_tests" = 1 ] && hold_daemons
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  disable_held_daemons
 fi
 
 PY=${PYTHON:-python3}
@@ -35,10 +93,11 @@ if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
 .venv/bin/pip install -q --upgrade pip >/dev/null 2>&1 || true
+# -qq: pip's own errors still print; its notes about the editable install's import finder do not
 if [ "$want_tests" = 1 ]; then
-  .venv/bin/pip install -q -e '.[test]'
+  .venv/bin/pip install -qq -e '.[test]'
 else
-  .venv/bin/pip install -q -e .
+  .venv/bin/pip install -qq -e .
 fi
 ln -sf "$(pwd)/.venv/bin/cnmlab" /usr/local/bin/cnmlab
 echo "cnmlab installed: $(command -v cnmlab)"

@@ -113,6 +113,41 @@ def test_labs_dir_override(tmp_path, monkeypatch):
     assert labs.get("lab99").default_name == "lab99"
 
 
+def test_user_labs_dir_adds_to_shipped_labs(tmp_path, monkeypatch):
+    """``CNMLAB_LABS_PATH`` (and ``--labs-dir``) add a learner's own labs to the shipped ones."""
+    write(tmp_path, GOOD)
+    monkeypatch.delenv("CNMLAB_LABS", raising=False)
+    shipped = [l.id for l in labs.discover()]
+    monkeypatch.setenv(labs.LABS_PATH_ENV, str(tmp_path))
+    assert [l.id for l in labs.discover()] == shipped + ["99-test"]
+    assert labs.get("99").id == "99-test" and labs.get(shipped[0]).id == shipped[0]
+    monkeypatch.delenv(labs.LABS_PATH_ENV)
+    env = {k: v for k, v in os.environ.items() if k not in ("CNMLAB_LABS", labs.LABS_PATH_ENV)}
+    env["CNMLAB_PROGRESS"] = str(tmp_path / "p.json")
+    proc = subprocess.run([sys.executable, "-m", "cnmlab.cli", "--labs-dir", str(tmp_path),
+                           "lab", "list", "--json"], capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert [r["id"] for r in json.loads(proc.stdout)] == shipped + ["99-test"]
+    from cnmlab.tui.app import lab_previews  # the workshop app lists the same labs
+
+    monkeypatch.setenv(labs.LABS_PATH_ENV, str(tmp_path))
+    assert [p.id for p in lab_previews()] == shipped + ["99-test"]
+
+
+def test_user_labs_dir_errors_are_one_line(tmp_path, monkeypatch):
+    monkeypatch.delenv("CNMLAB_LABS", raising=False)
+    monkeypatch.setenv(labs.LABS_PATH_ENV, str(tmp_path / "nowhere"))
+    with pytest.raises(InvalidInput, match=r"^CNMLAB_LABS_PATH: .*nowhere: No such file"):
+        labs.discover()
+    clash = tmp_path / "mine"
+    clash.mkdir()
+    shipped = labs.lab_folders(labs.labs_dir())[0]
+    write(clash, open(os.path.join(shipped, "lab.yaml")).read())
+    monkeypatch.setenv(labs.LABS_PATH_ENV, str(clash))
+    with pytest.raises(InvalidInput, match=r"is defined twice, in .* and .*mine/99-test"):
+        labs.discover()
+
+
 def test_good_file_loads(tmp_path):
     lab = labs.load(write(tmp_path, GOOD))
     assert lab.default_name == "lab99"

@@ -61,14 +61,10 @@ def lab_previews(root: str | None = None) -> list[LabPreview]:
 
     from cnmlab import labs
 
-    root = root or labs.labs_dir()
     loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
     out = []
-    for entry in sorted(os.listdir(root)):
-        folder = os.path.join(root, entry)
+    for folder in labs.lab_folders(root):
         file = os.path.join(folder, labs.LAB_FILE)
-        if not os.path.isfile(file):
-            continue
         try:
             with open(file) as f:
                 data = yaml.load(f, Loader=loader)

@@ -1,0 +1,123 @@
+"""A built wheel works outside the checkout: labs, profiles, schema and styles ship with it.
+
+The editable install of the test venv finds everything in the repo, so it cannot catch a file
+left out of the wheel. This builds the wheel from a copy of the source tree (the worktree stays
+untouched), installs it into a brand-new venv (no system site-packages; dependencies come from
+the configured package index, PyPI, through pip's cache) and runs ``cnmlab`` from there, in a
+folder that holds no source. It is slow (~10-30 s) and kept in the suite on purpose.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SKIP = shutil.ignore_patterns(".git", ".venv", "build", "*.egg-info", "__pycache__", "results",
+                              "__snapshots__")
+
+MY_LAB = textwrap.dedent("""\
+    id: 42-my-own
+    title: My own lab
+    needs: [veth]
+    topology:
+      hosts:
+        host:
+          default_bridge: false
+          firewall: manual
+          sandboxes:
+            red: {network: none}
+    steps:
+      - id: one
+        title: Step one
+        text: hello
+        task: do it
+        checks:
+          - link: {ns: red, name: lo, up: true}
+        solution:
+          - {sh: "ip link set lo up", in: red}
+    """)
+
+
+def run(argv: list[str], cwd: str, env: dict[str, str] | None = None,
+        timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A fresh venv with cnmlab installed from a freshly built wheel; returns its bin/."""
+    base = tmp_path_factory.mktemp("wheel")
+    src = base / "src"
+    shutil.copytree(REPO, src, ignore=SKIP)
+    wheels = base / "dist"
+    r = run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(wheels),
+             str(src)], cwd=str(base))
+    assert r.returncode == 0, r.stderr[-2000:]
+    (wheel,) = wheels.glob("cnmlab-*.whl")
+    venv = base / "venv"
+    r = run([sys.executable, "-m", "venv", str(venv)], cwd=str(base))
+    assert r.returncode == 0, r.stderr
+    r = run([str(venv / "bin" / "pip"), "install", "-q", str(wheel)], cwd=str(base))
+    assert r.returncode == 0, ("installing the wheel's dependencies needs the package index "
+                               "(PyPI): " + r.stderr[-2000:])
+    return str(venv / "bin")
+
+
+def clean_env(tmp: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("CNMLAB_") and k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    env["CNMLAB_PROGRESS"] = os.path.join(tmp, "progress.json")
+    return env
+
+
+def test_wheel_lists_the_shipped_labs(installed, tmp_path):
+    shipped = sorted(e for e in os.listdir(os.path.join(REPO, "labs"))
+                     if os.path.isfile(os.path.join(REPO, "labs", e, "lab.yaml")))
+    r = run([os.path.join(installed, "cnmlab"), "lab", "list", "--json"], cwd=str(tmp_path),
+            env=clean_env(str(tmp_path)))
+    assert r.returncode == 0, r.stderr
+    assert [row["id"] for row in json.loads(r.stdout)] == shipped
+    where = run([os.path.join(installed, "python"), "-c",
+                 "import cnmlab, cnmlab.labs as l; print(cnmlab.__file__); print(l.labs_dir())"],
+                cwd=str(tmp_path), env=clean_env(str(tmp_path)))
+    pkg, labs_dir = where.stdout.split()
+    assert pkg.startswith(os.path.dirname(installed)) and not pkg.startswith(REPO)
+    assert labs_dir.startswith(os.path.dirname(installed)), labs_dir
+
+
+def test_wheel_adds_a_users_labs_dir(installed, tmp_path):
+    mine = tmp_path / "mylabs" / "42-my-own"
+    mine.mkdir(parents=True)
+    (mine / "lab.yaml").write_text(MY_LAB)
+    env = clean_env(str(tmp_path))
+    r = run([os.path.join(installed, "cnmlab"), "--labs-dir", str(tmp_path / "mylabs"), "lab",
+             "show", "42"], cwd=str(tmp_path), env=env)
+    assert r.returncode == 0, r.stderr
+    assert "Step 1/1: Step one" in r.stdout
+    env["CNMLAB_LABS_PATH"] = str(tmp_path / "mylabs")
+    r = run([os.path.join(installed, "cnmlab"), "lab", "list"], cwd=str(tmp_path), env=env)
+    assert r.returncode == 0 and "42-my-own" in r.stdout and "02-default-bridge" in r.stdout
+
+
+def test_wheel_ships_profiles_schema_and_styles(installed, tmp_path):
+    code = textwrap.dedent("""\
+        import os
+        from cnmlab import labs
+        from cnmlab.checks import conformance
+        from cnmlab.tui.app import CnmlabApp
+        assert os.path.isfile(labs.SCHEMA_PATH), labs.SCHEMA_PATH
+        assert conformance.available() == ["bridge"], conformance.available()
+        conformance.load("bridge")
+        assert len(CnmlabApp.CSS_PATH) == 2, CnmlabApp.CSS_PATH
+        print("ok")
+        """)
+    r = run([os.path.join(installed, "python"), "-c", code], cwd=str(tmp_path),
+            env=clean_env(str(tmp_path)))
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr
