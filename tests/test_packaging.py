@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -51,16 +52,24 @@ def run(argv: list[str], cwd: str, env: dict[str, str] | None = None,
 
 
 @pytest.fixture(scope="module")
-def installed(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """A fresh venv with cnmlab installed from a freshly built wheel; returns its bin/."""
+def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
+    """A wheel built from a copy of the source tree, and the build backend's verbose output."""
     base = tmp_path_factory.mktemp("wheel")
     src = base / "src"
     shutil.copytree(REPO, src, ignore=SKIP)
     wheels = base / "dist"
-    r = run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(wheels),
+    r = run([sys.executable, "-m", "pip", "wheel", "-v", "--no-deps", "-w", str(wheels),
              str(src)], cwd=str(base))
     assert r.returncode == 0, r.stderr[-2000:]
     (wheel,) = wheels.glob("cnmlab-*.whl")
+    return str(wheel), r.stdout + r.stderr
+
+
+@pytest.fixture(scope="module")
+def installed(built: tuple[str, str], tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A fresh venv with cnmlab installed from the freshly built wheel; returns its bin/."""
+    wheel = built[0]
+    base = tmp_path_factory.mktemp("venv")
     venv = base / "venv"
     r = run([sys.executable, "-m", "venv", str(venv)], cwd=str(base))
     assert r.returncode == 0, r.stderr
@@ -74,7 +83,15 @@ def clean_env(tmp: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items()
            if not k.startswith("CNMLAB_") and k not in ("PYTHONPATH", "VIRTUAL_ENV")}
     env["CNMLAB_PROGRESS"] = os.path.join(tmp, "progress.json")
+    env["CNMLAB_STATE_DIR"] = os.path.join(tmp, "state")  # other labs on this machine: not ours
     return env
+
+
+def test_build_prints_no_setuptools_warnings(built):
+    """Deprecations (license table) and data folders missing from ``packages`` are gone."""
+    warnings = [line.strip() for line in built[1].splitlines()
+                if re.search(r"[a-z_]Warning: ", line)]
+    assert warnings == []
 
 
 def test_wheel_lists_the_shipped_labs(installed, tmp_path):
