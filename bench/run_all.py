@@ -18,10 +18,12 @@ FULL = [
     ("reachability truth tables (issue: checks)", ["bench_truth.py", "--sizes", "10,50,100"]),
     ("TUI first screen and responsiveness", ["bench_tui.py"]),
     ("TUI live state latency", ["bench_tui_live.py"]),
+    ("userland proxy: 100 published ports in one process", ["bench_proxy.py", "--ports", "100"]),
 ]
 QUICK = [
     ("engine build/teardown", ["bench_build.py", "--sizes", "10,50", "--no-mininet"]),
     ("reachability truth tables", ["bench_truth.py", "--sizes", "10,20", "--no-mininet"]),
+    ("userland proxy", ["bench_proxy.py", "--ports", "100"]),
 ]
 
 

@@ -21,7 +21,7 @@ import subprocess
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from cnmlab import dns, drivers, neigh, netns, nsexec, state, sysctl
+from cnmlab import dns, drivers, neigh, netns, nsexec, proxy, state, sysctl
 from cnmlab.cluster import Cluster
 from cnmlab.constants import (DEFAULT_BRIDGE_OPTIONS, NS_PREFIX, OPT_BRIDGE_NAME, OPT_ICC,
                               OPT_MASQUERADE, OPT_MTU, UPSTREAM, UPSTREAM_GW, UPSTREAM_SERVICES)
@@ -428,11 +428,12 @@ def teardown(name: str, lab_state: LabState | None) -> list[str]:
         known = list(lab_state.namespaces if lab_state else [])
         known += [ns for ns in state.recorded_namespaces(name) if ns not in known]
         namespaces = list(reversed(known))
-        netns.kill_processes(*namespaces)
+        netns.kill_processes(*namespaces)  # port proxies and resolvers live in them
         for ns in namespaces:
             if netns.delete(ns):
                 removed.append(ns)
             remove_etc(ns)
+            proxy.forget(ns)
         neigh.release(f"lab:{name}")
         state.remove(name)
     state.remove_lock(name)

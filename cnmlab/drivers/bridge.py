@@ -21,7 +21,7 @@ from cnmlab.driverapi import LOCAL, Capability, HostContext, JoinInfo
 from cnmlab.errors import InvalidInput, ObjectNotFound
 
 if TYPE_CHECKING:
-    from cnmlab.model import Endpoint, Network, Sandbox
+    from cnmlab.model import Endpoint, Network, PortMapping, Sandbox
 
 
 def veth_name() -> str:
@@ -104,23 +104,38 @@ class BridgeDriver:
     def leave(self, ctx: HostContext, net: Network, ep: Endpoint, sb: Sandbox) -> None:
         pass
 
-    # ExtConner: published ports get a userland proxy, as dockerd's docker-proxy.
+    # ExtConner: published ports get a userland proxy, as dockerd's docker-proxy (here one
+    # daemon per host serves them all).
     def program_external_connectivity(self, ctx: HostContext, net: Network,
                                       ep: Endpoint) -> None:
         for p in ep.ports:
             binding = (p.host_ip if p.host_ip not in ("", "0.0.0.0")
                        else net.options.get(OPT_BINDING, "0.0.0.0"))
             key = f"{p.proto}/{p.host_port}"
+            binding = _binding(net, p)
             if key in ctx.host.proxies:
                 raise InvalidInput(f"port {p.host_port}/{p.proto} is already published on host "
                                    f"{ctx.host.name}: Bind for {binding}:{p.host_port} failed: "
                                    f"port is already allocated")
-            pid = proxy.spawn(ctx.host.netns, p.proto, binding, p.host_port,
-                              (ep.ip or "").split("/")[0], p.container_port)
+            pid = proxy.publish(ctx.host.netns, proxy.Mapping(
+                p.proto, binding, p.host_port, (ep.ip or "").split("/")[0], p.container_port))
             ctx.host.proxies[key] = pid
-            ctx.undo(lambda key=key: proxy.stop(ctx.host.proxies.pop(key, 0)))
+            ctx.undo(lambda p=p, key=key, binding=binding: self._unpublish(ctx, key, p, binding))
 
     def revoke_external_connectivity(self, ctx: HostContext, net: Network,
                                      ep: Endpoint) -> None:
         for p in ep.ports:
-            proxy.stop(ctx.host.proxies.pop(f"{p.proto}/{p.host_port}", 0))
+            self._unpublish(ctx, f"{p.proto}/{p.host_port}", p, _binding(net, p))
+
+    @staticmethod
+    def _unpublish(ctx: HostContext, key: str, p: PortMapping, binding: str) -> None:
+        if ctx.host.proxies.pop(key, None) is not None:
+            proxy.unpublish(ctx.host.netns, p.proto, binding, p.host_port)
+
+
+def _binding(net: Network, p: PortMapping) -> str:
+    """The address a port is bound to: its own (``-p 127.0.0.1:8080:80``), else the network's
+    ``host_binding_ipv4`` (Docker's default binding IP, 0.0.0.0)."""
+    if p.host_ip and p.host_ip != "0.0.0.0":
+        return p.host_ip
+    return net.options.get(OPT_BINDING, "0.0.0.0")
