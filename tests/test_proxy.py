@@ -384,3 +384,60 @@ def test_clean_after_kill_9_stops_the_daemon_and_forgets_its_files(lab_name):
     assert r.returncode == 0, r.stderr
     assert proxy.start_time(int(pid)) is None
     assert not any(os.path.exists(p) for p in files)
+
+
+def test_concurrent_publishers_share_one_daemon(servers):
+    """Callers in several processes at once: the lock makes them start exactly one daemon."""
+    host, web, srv = servers
+    srv.tcp(80, "eof")
+    code = ("import sys; from cnmlab import proxy\n"
+            "print(proxy.publish(sys.argv[1], proxy.Mapping('tcp', '0.0.0.0', int(sys.argv[2]),"
+            " sys.argv[3], 80)))\n")
+    procs = [subprocess.Popen([sys.executable, "-c", code, host.netns, str(7700 + i), web.ip()],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for i in range(6)]
+    outs = [p.communicate(timeout=60) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [o[1] for o in outs]
+    assert len({o[0].strip() for o in outs}) == 1 and len(proxy_pids(host.netns)) == 1
+    assert sorted(p["host_port"] for p in proxy.published(host.netns)) == list(range(7700, 7706))
+
+
+def test_no_server_in_the_container_closes_the_client(servers):
+    host, web, srv = servers
+    publish(host, web, "tcp", 7800, 80)  # nothing listens on web:80
+    c = sock_in(host.netns)
+    c.settimeout(3)
+    c.connect(("127.0.0.1", 7800))  # the proxy accepts, then finds no one behind it
+    try:
+        assert c.recv(100) == b""
+    except ConnectionResetError:
+        pass
+    finally:
+        c.close()
+
+
+def test_an_idle_daemon_leaves_but_not_under_a_callers_lock(lab, tmp_path):
+    """A daemon whose starter died before its first port leaves by itself, lock permitting."""
+    import fcntl
+
+    host = lab.add_host("h1")
+    sock, lock = str(tmp_path / "c.sock"), str(tmp_path / "c.lock")
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # a caller is at work
+    r, w = os.pipe()
+    d = subprocess.Popen([sys.executable, "-m", "cnmlab.proxyd", "--netns", host.netns,
+                          "--control", sock, "--lock", lock, "--ready-fd", str(w),
+                          "--idle", "0.3"], pass_fds=(w,))
+    os.close(w)
+    try:
+        assert os.read(r, 10) == b"ready\n"
+        time.sleep(1.0)
+        assert d.poll() is None and os.path.exists(sock)  # waits while the lock is held
+        os.close(fd)
+        assert d.wait(timeout=5) == 0
+        assert not os.path.exists(sock)
+    finally:
+        os.close(r)
+        if d.poll() is None:
+            d.kill()
+            d.wait()
