@@ -15,6 +15,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import zipfile
 
 import pytest
 
@@ -92,6 +93,19 @@ def test_build_prints_no_setuptools_warnings(built):
     warnings = [line.strip() for line in built[1].splitlines()
                 if re.search(r"[a-z_]Warning: ", line)]
     assert warnings == []
+
+
+def test_wheel_holds_every_source_file(built):
+    """Each file of the source folders the wheel maps under ``cnmlab`` is in it (a package left
+    out of pyproject's list, or a data file its globs miss, would only fail outside a checkout)."""
+    mapped = {"cnmlab": "cnmlab", "checks": "cnmlab/checks", "tui": "cnmlab/tui",
+              "labs": "cnmlab/labs_data"}
+    tracked = subprocess.run(["git", "-C", REPO, "ls-files", *mapped], capture_output=True,
+                             text=True, check=True).stdout.split()
+    with zipfile.ZipFile(built[0]) as z:
+        names = set(z.namelist())
+    wanted = {mapped[path.split("/", 1)[0]] + "/" + path.split("/", 1)[1] for path in tracked}
+    assert sorted(wanted - names) == []
 
 
 def test_wheel_lists_the_shipped_labs(installed, tmp_path):
