@@ -109,8 +109,6 @@ class BridgeDriver:
     def program_external_connectivity(self, ctx: HostContext, net: Network,
                                       ep: Endpoint) -> None:
         for p in ep.ports:
-            binding = (p.host_ip if p.host_ip not in ("", "0.0.0.0")
-                       else net.options.get(OPT_BINDING, "0.0.0.0"))
             key = f"{p.proto}/{p.host_port}"
             binding = _binding(net, p)
             if key in ctx.host.proxies:
