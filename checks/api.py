@@ -14,7 +14,11 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from cnmlab.checks.nsref import NsRef
+from cnmlab.constants import UPSTREAM, UPSTREAM_WEB  # the fake internet's observer, its "web"
 from cnmlab.errors import CnmError, InvalidInput
+
+
+UPSTREAM_NET = "internet"  # the network name under which the upstream's address is listed
 
 
 @dataclass
@@ -111,7 +115,15 @@ def parse_spec(spec: dict[str, Any]) -> tuple[str, dict[str, Any]]:
 
 
 def run_check(target: Target, spec: dict[str, Any]) -> CheckResult:
-    kind, params = parse_spec(spec)
+    """Run one check; whatever goes wrong inside it is a failed result with a one-line reason
+    (a bad spec, a gone namespace, a bug in the check itself), never an exception, so a grade
+    sheet or a lab step always gets its row."""
+    try:
+        kind, params = parse_spec(spec)
+    except InvalidInput as e:
+        label = next(iter(spec), "check") if isinstance(spec, dict) and spec else "check"
+        return CheckResult(check=str(label), kind=str(label), ok=False, expected=str(spec),
+                           observed="error", reason=str(e))
     if target.profile and kind not in target.profile:
         return CheckResult(check=kind, kind=kind, ok=True, expected="-", observed="-",
                            reason=f"not in the {target.name} profile", skipped=True)
@@ -120,6 +132,11 @@ def run_check(target: Target, spec: dict[str, Any]) -> CheckResult:
     except CnmError as e:
         return CheckResult(check=kind, kind=kind, ok=False, expected=str(params),
                            observed="error", reason=str(e))
+    except Exception as e:  # a bug in a check (or an instructor's python check)
+        text = " ".join(str(e).split())[:300]
+        return CheckResult(check=kind, kind=kind, ok=False, expected=str(params),
+                           observed="error",
+                           reason=f"the check crashed: {type(e).__name__}: {text}")
 
 
 def run_checks(target: Target, specs: list[dict[str, Any]]) -> list[CheckResult]:

@@ -1,9 +1,10 @@
 """``cnmlab grade`` and ``cnmlab conform``: checks for instructors and implementers.
 
-* ``cnmlab grade MANIFEST... [--json OUT] [--junit OUT] [--profile NAME]`` runs pytest with the
-  cnmlab plugin over each learner's manifest (one item per check, in a subprocess so a learner's
-  broken namespaces cannot wedge the caller), prints a per-learner table and exits 0 only if
-  every learner passed.
+* ``cnmlab grade (--assignment FILE | --profile NAME) SUBMISSION... [--json OUT] [--junit OUT]``
+  grades every learner's submission (``PATH``, the learner being the file's name, or
+  ``NAME=PATH``) against the instructor's assignment (``checks/grading.py``: each learner in
+  a worker process with a wall-clock budget, each check with a deadline), prints a per-learner
+  table with points and exits 0 only if every learner passed every required check.
 * ``cnmlab conform --target engine|docker|docker:SOCKET [--profile bridge] [--json OUT]``
   builds the profile's topology with cnmlab's engine (in a fresh lab) or with real Docker
   (dockerd 20.10 started inside the manual host namespace of a fresh lab, whose upstream plays
@@ -16,27 +17,33 @@ Errors are one line (``cnmlab: ...``), as everywhere in the CLI.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import subprocess
 import sys
-import tempfile
 import time
 from typing import Any
 
-from cnmlab.errors import CnmError, InvalidInput, NotRootError, ObjectNotFound
-
-
+from cnmlab.errors import InvalidInput, NotRootError
 
 def register(subparsers: Any) -> None:
-    sp = subparsers.add_parser("grade", help="grade learners' hand-built setups (manifests)",
-                               description="Run every learner's manifest checks through pytest "
-                                           "and print a per-learner table.")
-    sp.add_argument("manifests", nargs="+", metavar="MANIFEST")
+    sp = subparsers.add_parser(
+        "grade", help="grade learners' submissions against an assignment",
+        description="Run the instructor's assignment (or a conformance profile) against every "
+                    "learner's submission and print a per-learner table. A submission only "
+                    "says which of the learner's namespaces plays which role; the learner is "
+                    "named by the file (or NAME=PATH), never by its content.")
+    sp.add_argument("submissions", nargs="+", metavar="[NAME=]SUBMISSION")
+    what = sp.add_mutually_exclusive_group(required=True)
+    what.add_argument("--assignment", metavar="FILE", help="the instructor's assignment file")
+    what.add_argument("--profile", metavar="NAME",
+                      help="grade a conformance profile's checks (one point each)")
+    sp.add_argument("--budget", metavar="S", type=float,
+                    help="wall-clock seconds per learner (overrides the assignment's)")
+    sp.add_argument("--jobs", metavar="N", type=int, default=None,
+                    help="learners graded at a time (default 8)")
     sp.add_argument("--json", metavar="OUT", help="write the grade sheet (one row per check)")
     sp.add_argument("--junit", metavar="OUT", help="write JUnit XML (one testcase per check)")
-    sp.add_argument("--profile", metavar="NAME", help="also run a conformance profile's checks")
-    sp.add_argument("-v", "--verbose", action="store_true", help="show pytest's own output")
+    sp.add_argument("-v", "--verbose", action="store_true",
+                    help="print every learner's results, not only the table")
     sp.set_defaults(func=cmd_grade)
 
     sp = subparsers.add_parser("conform", help="hold an implementation to a conformance profile",
@@ -62,49 +69,62 @@ def _need_root() -> None:
 # grade
 
 
-def grade(manifests: list[str], json_out: str | None = None, junit_out: str | None = None,
-          profile: str | None = None, verbose: bool = False) -> tuple[int, dict[str, Any]]:
-    """Run pytest with the plugin over the manifests; (pytest's exit code, the grade sheet)."""
-    for m in manifests:
-        if not os.path.isfile(m):
-            raise ObjectNotFound(f"no such manifest: {m}")
-    with tempfile.TemporaryDirectory(prefix="cnmlab-grade-") as tmp:
-        with open(os.path.join(tmp, "pytest.ini"), "w") as f:
-            f.write("[pytest]\n")
-        sheet_path = json_out or os.path.join(tmp, "grades.json")
-        argv = [sys.executable, "-m", "pytest", tmp, "-c", os.path.join(tmp, "pytest.ini"),
-                "--rootdir", tmp, "-p", "no:cacheprovider", "-q", "-rN",
-                "--cnmlab-json", os.path.abspath(sheet_path)]
-        for m in manifests:
-            argv += ["--cnmlab-manifest", os.path.abspath(m)]
-        if profile:
-            argv += ["--cnmlab-profile", profile]
-        if junit_out:
-            argv += ["--junitxml", os.path.abspath(junit_out)]
-        env = dict(os.environ)
-        env.pop("PYTEST_ADDOPTS", None)
-        cp = subprocess.run(argv, cwd=tmp, capture_output=not verbose, text=True, env=env)
-        try:
-            with open(sheet_path) as f:
-                sheet = json.load(f)
-        except (OSError, ValueError):
-            tail = ((cp.stderr or "") + (cp.stdout or "")).strip().splitlines()[-1:] \
-                if not verbose else []
-            raise CnmError("grading did not produce a grade sheet (pytest exit "
-                           f"{cp.returncode}{': ' + tail[0] if tail else ''})") from None
-    return cp.returncode, sheet
+def load_assignment(assignment: str | None, profile: str | None,
+                    budget: float | None = None) -> Any:
+    """The instructor's side: an assignment file, or a profile graded one point per check."""
+    from cnmlab.checks import assignment as amod
+
+    if (assignment is None) == (profile is None):
+        raise InvalidInput("give --assignment FILE or --profile NAME: the instructor decides "
+                           "what is checked, never the submission")
+    a = amod.load(assignment) if assignment is not None else amod.from_profile(profile)
+    if budget is not None:
+        if not 0 < budget <= amod.MAX_SECONDS:
+            raise InvalidInput(f"--budget {budget:g}: give seconds in (0, {amod.MAX_SECONDS:g}]")
+        a.budget = budget
+    return a
+
+
+def grade(submissions: list[str], assignment: Any, json_out: str | None = None,
+          junit_out: str | None = None, jobs: int | None = None,
+          on_learner: Any = None) -> tuple[list[Any], dict[str, Any]]:
+    """Grade the class; (one ``LearnerGrade`` per learner, the grade sheet)."""
+    from cnmlab.checks import assignment as amod
+    from cnmlab.checks import grading, report
+
+    learners = amod.learners(submissions)
+    t0 = time.monotonic()
+    grades = grading.grade(assignment, learners, jobs=jobs or grading.DEFAULT_JOBS,
+                           on_learner=on_learner)
+    sheet = report.grading_sheet(grades, assignment, tool="cnmlab grade",
+                                 seconds=round(time.monotonic() - t0, 3))
+    if json_out:
+        report.write_json(json_out, sheet)
+    if junit_out:
+        report.write_junit(junit_out, {g.learner: g.results for g in grades},
+                           suite=f"cnmlab.{assignment.name}")
+    return grades, sheet
 
 
 def cmd_grade(args: argparse.Namespace) -> int:
     from cnmlab.checks import report
 
     _need_root()
-    code, sheet = grade(args.manifests, args.json, args.junit, args.profile, args.verbose)
-    print(report.render_grades(sheet, color=sys.stdout.isatty()))
-    if code not in (0, 1):
-        print(f"cnmlab: pytest ended with exit code {code}", file=sys.stderr)
-        return 1
-    return 0 if sheet.get("ok") and code == 0 else 1
+    a = load_assignment(args.assignment, args.profile, args.budget)
+    color = sys.stdout.isatty()
+
+    def progress(g: Any) -> None:
+        if args.verbose and g.error:
+            print(f"{g.learner}: submission refused: {g.error}")
+        elif args.verbose:
+            print(report.render_results(g.results, title=f"{g.learner}:", color=color))
+            if g.extra:
+                print(report.render_results(g.extra, title=f"{g.learner}, own checks "
+                                                           f"(not graded):", color=color))
+
+    grades, sheet = grade(args.submissions, a, args.json, args.junit, args.jobs, progress)
+    print(report.render_grades(sheet, color=color))
+    return 0 if sheet.get("ok") else 1
 
 
 # ---------------------------------------------------------------------------------------------

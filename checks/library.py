@@ -298,16 +298,42 @@ def _host_label(target: Target, end: End) -> str:
 
 def _probe(src: End, dst: End, ip: str, proto: str, port: int | None, timeout: float,
            server: Any) -> probes.ProbeResult:
+    """One probe from ``src`` to ``ip``, watching ``dst``'s namespace (when it has one) for
+    the probe's packets, so a lost reply is told apart from a blocked request."""
     assert src.ns is not None
+    watch = dst.ns if dst.literal is None else None
     if proto == "icmp":
-        return probes.ping(src.ref, ip, timeout=timeout)
+        return probes.ping(src.ref, ip, timeout=timeout, watch=watch)
     assert port is not None
     start = server is not False and dst.ns is not None
     srv = probes.EchoServer(dst.ref, proto, port, name=dst.label) if start else None
     with srv if srv is not None else contextlib.nullcontext():
         if proto == "tcp":
-            return probes.tcp_connect(src.ref, ip, port, timeout=timeout, echo=srv is not None)
-        return probes.udp_probe(src.ref, ip, port, timeout=timeout)
+            return probes.tcp_connect(src.ref, ip, port, timeout=timeout, echo=srv is not None,
+                                      watch=watch)
+        return probes.udp_probe(src.ref, ip, port, timeout=timeout, watch=watch)
+
+
+def one_way(res: probes.ProbeResult) -> bool:
+    """The destination received the probe's packets but no answer at all came back."""
+    return not res.ok and bool(res.arrived) and res.reason == "timeout"
+
+
+def _arrived_text(src: End, dst: End, res: probes.ProbeResult) -> str:
+    if one_way(res):
+        return (f"{dst.label} received {res.arrived} of {src.label}'s packets, no reply came "
+                f"back (one-way: {src.label} -> {dst.label})")
+    return f"{dst.label} received {res.arrived} of {src.label}'s packets"
+
+
+def _leak_hint(target: Target, src: End, dst: End, res: probes.ProbeResult) -> str:
+    host = _host_label(target, src if src.sandbox and not src.is_upstream else dst)
+    how = ("leaks one way: only the replies are lost" if one_way(res)
+           else f"is not isolated: {dst.label} answered ({res.reason})")
+    return (f"{src.label} -> {dst.label} {how}; {dst.label} receives {src.label}'s packets, "
+            f"and isolation must stop them before they get there (DOCKER-ISOLATION-STAGE-1/2 "
+            f"on {host} drop both directions), not drop the answers (OUTPUT in {dst.label}, "
+            f"a one-way FORWARD rule)")
 
 
 def _reach_hint(target: Target, src: End, dst: End, ip: str, network: str | None,
@@ -373,11 +399,24 @@ def _reach(target: Target, params: dict[str, Any], want: bool, kind: str) -> Che
     label = f"{kind} {src.label} -> {dst.label} ({what})"
     res = _probe(src, dst, ip, proto, port, float(p.get("timeout", DEFAULT_TIMEOUT)),
                  p.get("server", True))
-    ok = bool(res.ok) == want
+    # a packet that arrived is a breach of isolation, even if its reply was dropped
+    ok = bool(res.ok) if want else not res.ok and not res.arrived
     tgt = ip if dst.label == ip else f"{dst.label} at {ip}"
     expected = f"{src.label} {'reaches' if want else 'cannot reach'} {tgt} ({what})"
-    reason = "" if ok else _reach_hint(target, src, dst, ip, p.get("network"), want, res, what)
-    return CheckResult(label, kind, ok, expected, res.observed or res.reason, reason)
+    observed = res.observed or res.reason
+    if not res.ok and res.arrived:
+        observed += f"; {_arrived_text(src, dst, res)}"
+    if ok:
+        reason = ""
+    elif not want and not res.ok:
+        reason = _leak_hint(target, src, dst, res)
+    elif want and one_way(res):
+        reason = (f"{dst.label} receives {src.label}'s packets but its answers never come "
+                  f"back: look at the OUTPUT chain and the routes in {dst.label} (a way back "
+                  f"to {src.label}) and at FORWARD on the way back")
+    else:
+        reason = _reach_hint(target, src, dst, ip, p.get("network"), want, res, what)
+    return CheckResult(label, kind, ok, expected, observed, reason)
 
 
 @check_kind("reachable")
@@ -418,9 +457,15 @@ def matrix(target: Target, params: dict[str, Any]) -> CheckResult:
         key = f"{a}>{b}"
         targets[key] = _dest_ip(ends[a], ends[b], p.get("network"))
         pairs.append((a, key))
+    watch = {f"{a}>{b}": ends[b].ns for a, b in expected if ends[b].ns is not None}
     res = probes.ping_results(sources, targets, timeout=float(p.get("timeout", DEFAULT_TIMEOUT)),
-                              pairs=pairs)
+                              pairs=pairs, watch=watch)
     results = {(a, key.split(">", 1)[1]): r for (a, key), r in res.items()}
+    for (a, b), r in results.items():
+        if one_way(r):
+            r.observed += f"; {b} received {r.arrived}, no reply came back ({a} -> {b} one-way)"
+        elif not r.ok and r.arrived:
+            r.observed += f"; {b} received {r.arrived} of them"
     table = TruthTable.from_results(names, expected, results, title="icmp reachability")
     label = f"matrix {' '.join(names)} (icmp)"
     n_reach = sum(expected.values())
@@ -429,10 +474,15 @@ def matrix(target: Target, params: dict[str, Any]) -> CheckResult:
     if not table.ok:
         bad = []
         for s, d in table.wrong[:3]:
-            bad.append(f"{s}->{d} {'blocked' if expected[(s, d)] else 'reached'}")
+            state = ("reached one way (replies lost)" if (s, d) in table.one_way
+                     else "blocked" if expected[(s, d)] else "reached")
+            bad.append(f"{s}->{d} {state}")
         more = f" (+{len(table.wrong) - 3} more)" if len(table.wrong) > 3 else ""
         reason = (f"{', '.join(bad)}{more}: look at icc (FORWARD -i br -o br) and "
                   f"DOCKER-ISOLATION-STAGE-2 on the hosts, and which networks each sandbox joined")
+        if any(not expected[c] and c in table.one_way for c in table.wrong):
+            reason += ("; a one-way cell means packets reach the destination and only the "
+                       "replies are dropped: isolation must stop the packets themselves")
     return CheckResult(label, "matrix", table.ok, exp_text, table.summary, reason, table=table)
 
 
@@ -459,16 +509,22 @@ def egress_nat_seen(target: Target, params: dict[str, Any]) -> CheckResult:
     label = f"egress-nat-seen {src.label} -> upstream ({expect})"
     with probes.EchoServer(up.ns, "tcp", p.get("port", 0), bind=up_ip, name="upstream") as srv:
         res = probes.tcp_connect(src.ref, up_ip, srv.port,
-                                 timeout=float(p.get("timeout", DEFAULT_TIMEOUT)), echo=True)
+                                 timeout=float(p.get("timeout", DEFAULT_TIMEOUT)), echo=True,
+                                 watch=up.ns)
     seen = _seen_ip(res)
     mine = set(src.sandbox.addresses.values())
     hl = host.name
     if expect == "none":
         exp = f"{src.label} cannot reach the upstream at {up_ip}"
-        ok = not res.ok
+        ok = not res.ok and not res.arrived
         obs = f"upstream saw {seen}" if res.ok else res.observed
-        reason = "" if ok else (f"{src.label} got out as {seen}: look at whether its network "
-                                f"should be internal (no default route, no MASQUERADE) on {hl}")
+        if not res.ok and res.arrived:
+            obs += (f"; the upstream received {res.arrived} of {src.label}'s connection "
+                    f"attempts, no answer came back (one-way: {src.label} -> upstream)")
+        reason = "" if ok else (f"{src.label} got out" + (f" as {seen}" if seen else
+                                " (only the answers were lost)")
+                                + f": look at whether its network should be internal (no "
+                                f"default route, no MASQUERADE, DOCKER-ISOLATION drops) on {hl}")
         return CheckResult(label, "egress-nat-seen", ok, exp, obs, reason)
     want = host.public_ip if expect == "host" else None
     exp = (f"upstream sees {src.label} as {want} (host {hl})" if expect == "host"
@@ -825,7 +881,11 @@ def link(target: Target, params: dict[str, Any]) -> CheckResult:
 
 
 def _iptables_lines(ns: NsRef, table: str) -> list[str]:
-    out = nsexec.run(ns.fspath, ["iptables", "-w", "-t", table, "-S"]).stdout
+    with ns.pinned_path() as path:
+        try:
+            out = nsexec.run(path, ["iptables", "-w", "-t", table, "-S"]).stdout
+        except CnmError as e:  # name the namespace, not the fd it was entered by
+            raise CnmError(str(e).replace(path, str(ns))) from None
     return [" ".join(l.split()) for l in out.splitlines() if l.strip()]
 
 
@@ -845,7 +905,8 @@ def iptables_rule(target: Target, params: dict[str, Any]) -> CheckResult:
             argv = ["iptables", "-w", "-t", table, "-C", *words[1:]]
             if words[0] == "-I" and len(words) >= 3 and words[2].isdigit():
                 argv = ["iptables", "-w", "-t", table, "-C", words[1], *words[3:]]
-            found = nsexec.run(host.ns.fspath, argv, check=False).returncode == 0
+            with host.ns.pinned_path() as path:
+                found = nsexec.run(path, argv, check=False).returncode == 0
     ok = found == present
     exp = f"{'present' if present else 'absent'} in {table} on {host.name}"
     obs = "present" if found else "absent"

@@ -4,6 +4,12 @@ Checks run against sandboxes that cnmlab made (``/run/netns/NAME``), that a lear
 or that another implementation made (a Docker container found by its PID). ``open()`` turns the
 reference into an fd for ``netns.entered(fd=...)``; a gone namespace is a one-line ``CnmError``,
 never a hang.
+
+A reference that came from a learner's submission is made with ``foreign=True``: it must never
+lead into the machine's own network namespace (PID 1's, or the grader's), whatever name, path,
+bind mount or PID it uses. Namespaces are compared by identity (the nsfs inode: ``st_dev`` and
+``st_ino``), checked on the very fd that is opened, so a file swapped after loading cannot slip
+through either.
 """
 from __future__ import annotations
 
@@ -12,10 +18,10 @@ import errno
 import fcntl
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from cnmlab import netns
-from cnmlab.errors import ObjectNotFound
+from cnmlab.errors import CnmError, ObjectNotFound
 
 NS_GET_NSTYPE = 0xB703  # ioctl on an nsfs fd: which kind of namespace it is
 CLONE_NEWNET = 0x40000000
@@ -25,6 +31,44 @@ class NamespaceGone(ObjectNotFound):
     """The namespace a check was pointed at does not exist (any more)."""
 
 
+class MachineNamespace(CnmError):
+    """A foreign reference leads into the machine's own network namespace."""
+
+
+NsId = tuple[int, int]  # (st_dev, st_ino) of an nsfs file: a namespace's identity
+_machine: dict[str, NsId] = {}
+
+
+def machine_namespaces() -> dict[NsId, str]:
+    """Identity -> description of the namespaces a learner may never name: PID 1's and ours.
+
+    Ours is read once (the first call comes before any thread enters another namespace) and
+    kept, so a later call from a thread inside a sandbox still knows the grader's own.
+    """
+    out: dict[NsId, str] = {}
+    try:
+        st = os.stat("/proc/1/ns/net")
+        out[(st.st_dev, st.st_ino)] = "the machine's own network namespace (PID 1's)"
+    except OSError:
+        pass
+    if "self" not in _machine:
+        st = os.stat("/proc/self/ns/net")
+        _machine["self"] = (st.st_dev, st.st_ino)
+    out.setdefault(_machine["self"], "the grader's own network namespace")
+    return out
+
+
+try:  # at import, in the main thread, before anything enters another namespace
+    machine_namespaces()
+except OSError:
+    pass
+
+
+def ns_identity(fd: int) -> NsId:
+    st = os.fstat(fd)
+    return (st.st_dev, st.st_ino)
+
+
 @dataclass(frozen=True)
 class NsRef:
     """Where a network namespace is: exactly one of ``name``, ``path`` or ``pid``."""
@@ -32,6 +76,7 @@ class NsRef:
     name: str | None = None
     path: str | None = None
     pid: int | None = None
+    foreign: bool = field(default=False, compare=False)  # never the machine's own namespace
 
     def __post_init__(self) -> None:
         if sum(x is not None for x in (self.name, self.path, self.pid)) != 1:
@@ -78,7 +123,21 @@ class NsRef:
         if kind != CLONE_NEWNET:
             os.close(fd)
             raise NamespaceGone(f"{self} is not a network namespace (a stale file?)")
+        if self.foreign:
+            what = machine_namespaces().get(ns_identity(fd))
+            if what is not None:
+                os.close(fd)
+                raise MachineNamespace(f"{self} is {what}: name a namespace you created")
         return fd
+
+    def check_foreign(self) -> None:
+        """Raise ``MachineNamespace`` if this reference leads into the machine's own namespace
+        now (a reference that does not exist yet passes: using it later is checked again)."""
+        try:
+            fd = self.open()
+        except NamespaceGone:
+            return
+        os.close(fd)
 
     @contextlib.contextmanager
     def opened(self) -> Iterator[int]:
@@ -87,6 +146,13 @@ class NsRef:
             yield fd
         finally:
             os.close(fd)
+
+    @contextlib.contextmanager
+    def pinned_path(self) -> Iterator[str]:
+        """A path that names exactly the namespace opened now (``/proc/<us>/fd/N``), for a
+        program run with ``nsenter --net=PATH``: what was checked is what it enters."""
+        with self.opened() as fd:
+            yield f"/proc/{os.getpid()}/fd/{fd}"
 
     def exists(self) -> bool:
         try:

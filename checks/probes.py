@@ -6,6 +6,12 @@ the sockets it needs there, comes back, and then drives every socket of every na
 ``epoll`` loop: a 100x100 ICMP matrix is 9,900 echo requests in flight at once, matched back to
 their source socket and destination by (ident, seq, source address, token).
 
+A probe can also watch the destination (``watch=``): a raw socket in the destination's namespace
+sees every probe packet that namespace accepted for local delivery, so a reply-less probe can
+still tell "blocked on the way there" from "arrived, only the reply was lost" (``arrived``).
+Isolation judged by replies alone passes a setup that lets packets through one way and drops
+only the answers.
+
 Every probe has a deadline and closes its sockets. Probes only send to the addresses the caller
 names; nothing here picks a destination by itself.
 
@@ -54,6 +60,7 @@ class ProbeResult:
     server: str | None = None   # the EchoServer that answered (from its marker line)
     seen_as: str | None = None  # "ip:port" the server saw this probe come from
     reply: bytes = b""
+    arrived: int | None = None  # probe packets the watched destination received (None: unwatched)
 
     def __bool__(self) -> bool:
         return self.ok
@@ -190,6 +197,111 @@ def ensure_neighbour_capacity(n_entries: int) -> Callable[[], None]:
 
 
 # ---------------------------------------------------------------------------------------------
+# arrivals: what reached the destination, whether or not a reply came back
+
+
+class Arrivals:
+    """Raw sockets (one per destination namespace) that keep a copy of every ``proto`` packet
+    the namespace delivers locally.
+
+    A raw socket gets its copy in ``ip_local_deliver``, after the INPUT chain: "arrived" means
+    the destination's own stack took the packet in, so a namespace that only routes it onwards
+    (a host forwarding to a sandbox) or drops it on the way in does not count, while one whose
+    replies are dropped afterwards (its OUTPUT chain, a one-way FORWARD rule) does.
+    Sockets are opened before the probe sends anything and read once it is over.
+    """
+
+    def __init__(self, where: Iterable[NsLike], proto: str) -> None:
+        num = {"icmp": socket.IPPROTO_ICMP, "tcp": socket.IPPROTO_TCP,
+               "udp": socket.IPPROTO_UDP}[proto]
+        self.proto = proto
+        self.socks: dict[NsRef, socket.socket] = {}
+        try:
+            for ns in where:
+                ref = NsRef.of(ns)
+                if ref in self.socks:
+                    continue
+                setup = _echo_only if proto == "icmp" else _big_rcvbuf
+                self.socks[ref] = _make_sockets(ref, 1, socket.AF_INET, socket.SOCK_RAW, num,
+                                                setup)[0]
+        except BaseException:
+            self.close()
+            raise
+
+    def packets(self, grace: float = 0.02) -> dict[NsRef, list[bytes]]:
+        """Every packet queued so far, per namespace (after ``grace`` s for late ones)."""
+        if grace > 0:
+            time.sleep(grace)
+        out: dict[NsRef, list[bytes]] = {}
+        for ref, s in self.socks.items():
+            got = out.setdefault(ref, [])
+            while True:
+                try:
+                    got.append(s.recv(65535))
+                except (BlockingIOError, InterruptedError):
+                    break
+                except OSError:
+                    break
+        return out
+
+    def close(self) -> None:
+        _close_all(self.socks.values())
+        self.socks = {}
+
+    def __enter__(self) -> "Arrivals":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _echo_only(s: socket.socket) -> None:
+    s.setsockopt(SOL_RAW, ICMP_FILTER, struct.pack("I", ~(1 << ICMP_ECHO) & 0xFFFFFFFF))
+    _big_rcvbuf(s)
+
+
+def _l4(packet: bytes, proto: int) -> tuple[bytes, bytes] | None:
+    """(IPv4 header, layer-4 bytes) of an IPv4 packet of protocol ``proto``, else None."""
+    if len(packet) < 20 or packet[0] >> 4 != 4 or packet[9] != proto:
+        return None
+    ihl = (packet[0] & 0x0F) * 4
+    return packet[:ihl], packet[ihl:]
+
+
+def echo_tag(packet: bytes, token: int) -> int | None:
+    """The pair tag of one of our echo requests (carrying ``token``), else None."""
+    parts = _l4(packet, socket.IPPROTO_ICMP)
+    if parts is None:
+        return None
+    icmp = parts[1]
+    if len(icmp) < 24 or icmp[0] != ICMP_ECHO or struct.unpack("!I", icmp[8:12])[0] != token:
+        return None
+    return struct.unpack("!I", icmp[20:24])[0]
+
+
+def is_tcp_syn(packet: bytes, port: int) -> bool:
+    """A TCP SYN (not SYN-ACK) to ``port``: a connection attempt that reached its target."""
+    parts = _l4(packet, socket.IPPROTO_TCP)
+    if parts is None or len(parts[1]) < 14:
+        return False
+    tcp = parts[1]
+    flags = tcp[13]
+    return struct.unpack("!H", tcp[2:4])[0] == port and flags & 0x02 and not flags & 0x10
+
+
+def _tcp_sport(packet: bytes) -> int | None:
+    parts = _l4(packet, socket.IPPROTO_TCP)
+    return struct.unpack("!H", parts[1][0:2])[0] if parts and len(parts[1]) >= 2 else None
+
+
+def udp_payload_to(packet: bytes, port: int) -> bytes | None:
+    parts = _l4(packet, socket.IPPROTO_UDP)
+    if parts is None or len(parts[1]) < 8 or struct.unpack("!H", parts[1][2:4])[0] != port:
+        return None
+    return parts[1][8:]
+
+
+# ---------------------------------------------------------------------------------------------
 # ICMP echo
 
 ICMP_ECHOREPLY, ICMP_DEST_UNREACH, ICMP_ECHO, ICMP_TIME_EXCEEDED = 0, 3, 8, 11
@@ -209,8 +321,10 @@ def _checksum(data: bytes) -> int:
     return ~s & 0xFFFF
 
 
-def _echo_request(ident: int, seq: int, token: int) -> bytes:
-    payload = struct.pack("!Id", token, time.monotonic()) + b"cnmlab-ping"
+def _echo_request(ident: int, seq: int, token: int, tag: int = 0) -> bytes:
+    # token (4) + send time (8) + the pair's tag (4), which lets a watcher at the
+    # destination tell which pair a request belongs to
+    payload = struct.pack("!IdI", token, time.monotonic(), tag) + b"cnmlab-ping"
     head = struct.pack("!BBHHH", ICMP_ECHO, 0, 0, ident, seq)
     c = _checksum(head + payload)
     return struct.pack("!BBHHH", ICMP_ECHO, 0, c, ident, seq) + payload
@@ -227,6 +341,7 @@ class _PingState:
     src: str
     dst: str
     ip: str
+    tag: int = 0
     sent: int = 0
     got: int = 0
     rtts: list[float] = field(default_factory=list)
@@ -236,8 +351,8 @@ class _PingState:
 
 def ping_results(sources: Mapping[str, NsLike], targets: Mapping[str, str], count: int = 1,
                  timeout: float = 1.0, retries: int = 2, pairs: Iterable[Pair] | None = None,
-                 adjust_neighbours: bool = True,
-                 send_threads: int | None = None) -> dict[Pair, ProbeResult]:
+                 adjust_neighbours: bool = True, send_threads: int | None = None,
+                 watch: Mapping[str, NsLike] | None = None) -> dict[Pair, ProbeResult]:
     """ICMP echo from every source namespace to every target address, all at once.
 
     A pair is reachable once ``count`` echo replies came back. ``timeout`` bounds the whole
@@ -247,21 +362,27 @@ def ping_results(sources: Mapping[str, NsLike], targets: Mapping[str, str], coun
     error (no route) makes the pair blocked at once. By default every source reaches every
     target except the one with its own name; pass ``pairs`` to choose. Big batches are sent
     by ``send_threads`` threads (default: one per CPU); replies are read by one epoll loop.
+    ``watch`` (target -> its namespace) also counts, per pair, the echo requests that target's
+    namespace received (``ProbeResult.arrived``), replied to or not.
     """
     if count < 1 or timeout <= 0 or retries < 0:
         raise ValueError("count >= 1, timeout > 0 and retries >= 0")
     refs = _refs(sources)
     todo = _pairs(refs, targets, pairs)
-    states = {p: _PingState(p[0], p[1], targets[p[1]]) for p in todo}
+    states = {p: _PingState(p[0], p[1], targets[p[1]], tag=i) for i, p in enumerate(todo)}
     if not todo:
         return {}
+    arrivals: Arrivals | None = None
+    if watch:
+        arrivals = Arrivals([watch[d] for d in dict.fromkeys(d for _, d in todo if d in watch)],
+                            "icmp")
     restore: Callable[[], None] = lambda: None
-    if adjust_neighbours:
-        restore = ensure_neighbour_capacity(2 * len(todo))
-    fulls_before = arp_cache_stats().get("table_fulls", 0)
     socks: dict[str, socket.socket] = {}
     ep = select.epoll()
     try:
+        if adjust_neighbours:
+            restore = ensure_neighbour_capacity(2 * len(todo))
+        fulls_before = arp_cache_stats().get("table_fulls", 0)
         by_src: dict[str, list[_PingState]] = {}
         for st in states.values():
             by_src.setdefault(st.src, []).append(st)
@@ -302,7 +423,7 @@ def ping_results(sources: Mapping[str, NsLike], targets: Mapping[str, str], coun
                 next_seq[src] = (seq + 1) & 0xFFFF
                 if seq in seqmap[src]:
                     raise ProbeError(f"too many echo requests in flight from {src}")
-                pkt = _echo_request(ident_of[src], seq, token)
+                pkt = _echo_request(ident_of[src], seq, token, st.tag)
                 try:
                     socks[src].sendto(pkt, (st.ip, 0))
                 except BlockingIOError:
@@ -420,6 +541,15 @@ def ping_results(sources: Mapping[str, NsLike], targets: Mapping[str, str], coun
                 "the kernel's neighbour table overflowed during the probe, so blocked cells may "
                 "be false: raise net.ipv4.neigh.default.gc_thresh3 (see ensure_neighbour_capacity)")
         out: dict[Pair, ProbeResult] = {}
+        arrived: dict[int, int] = {}
+        if arrivals is not None and watch is not None:
+            by_ns = arrivals.packets()
+            for ref, packets in by_ns.items():
+                for pkt in packets:
+                    tag = echo_tag(pkt, token)
+                    if tag is not None and tag < len(todo) and \
+                            NsRef.of(watch.get(todo[tag][1], "")) == ref:
+                        arrived[tag] = arrived.get(tag, 0) + 1
         for p, st in states.items():
             rtt = sum(st.rtts) / len(st.rtts) if st.rtts else None
             if st.got >= count:
@@ -433,10 +563,14 @@ def ping_results(sources: Mapping[str, NsLike], targets: Mapping[str, str], coun
                 extra = f", {st.got} of {count} replies" if st.got else ""
                 out[p] = ProbeResult(False, f"timeout after {_fmt_s(timeout)} "
                                      f"({st.sent} echo requests to {st.ip}{extra})", "timeout")
+            if watch is not None and p[1] in watch:
+                out[p].arrived = arrived.get(st.tag, 0)
         return out
     finally:
         ep.close()
         _close_all(socks.values())
+        if arrivals is not None:
+            arrivals.close()
         restore()
 
 
@@ -449,9 +583,12 @@ def ping_matrix(sources: Mapping[str, NsLike], targets: Mapping[str, str], count
     return {p: r.ok for p, r in res.items()}
 
 
-def ping(src: NsLike, ip: str, timeout: float = 1.0, count: int = 1) -> ProbeResult:
+def ping(src: NsLike, ip: str, timeout: float = 1.0, count: int = 1,
+         watch: NsLike | None = None) -> ProbeResult:
+    """One source, one address; ``watch``: the destination's namespace (see ``arrived``)."""
     return ping_results({"src": src}, {"dst": ip}, count=count, timeout=timeout,
-                        pairs=[("src", "dst")])[("src", "dst")]
+                        pairs=[("src", "dst")],
+                        watch={"dst": watch} if watch is not None else None)[("src", "dst")]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -498,18 +635,21 @@ class _TcpState:
     buf: bytes = b""
     nonce: bytes = b""
     result: ProbeResult | None = None
+    sport: int = 0
 
 
 def tcp_matrix(sources: Mapping[str, NsLike], targets: Mapping[str, tuple[str, int]],
                timeout: float = 1.0, echo: bool = False,
-               pairs: Iterable[Pair] | None = None) -> dict[Pair, ProbeResult]:
+               pairs: Iterable[Pair] | None = None,
+               watch: Mapping[str, NsLike] | None = None) -> dict[Pair, ProbeResult]:
     """Non-blocking TCP connects from every source to every ``(ip, port)`` target, together.
 
     ``ok`` means the handshake completed (reason ``connected``). With ``echo=True`` the target
     must be an ``EchoServer``: the probe reads its marker line, sends a nonce and waits for it
     to come back, and the result says which server answered and the address it saw
     (``server``, ``seen_as``). Failures: ``refused`` (RST), ``unreachable`` (ICMP error),
-    ``timeout`` (nothing before ``timeout``).
+    ``timeout`` (nothing before ``timeout``). ``watch`` (target -> its namespace) counts the
+    SYNs each target's namespace received (``arrived``), answered or not.
     """
     refs = _refs(sources)
     todo = _pairs(refs, targets, pairs)
@@ -518,7 +658,11 @@ def tcp_matrix(sources: Mapping[str, NsLike], targets: Mapping[str, tuple[str, i
         by_src.setdefault(p[0], []).append(p)
     states: dict[int, _TcpState] = {}
     ep = select.epoll()
+    arrivals: Arrivals | None = None
     try:
+        if watch:
+            arrivals = Arrivals([watch[d] for d in dict.fromkeys(
+                d for _, d in todo if d in watch)], "tcp")
         for src, plist in by_src.items():
             for p, s in zip(plist, _make_sockets(refs[src], len(plist), socket.AF_INET,
                                                   socket.SOCK_STREAM)):
@@ -528,6 +672,10 @@ def tcp_matrix(sources: Mapping[str, NsLike], targets: Mapping[str, tuple[str, i
         for fd, st in states.items():
             st.t0 = time.monotonic()
             err = st.sock.connect_ex(st.addr)
+            try:
+                st.sport = st.sock.getsockname()[1]
+            except OSError:
+                pass
             if err in (0, errno.EINPROGRESS):
                 ep.register(fd, select.EPOLLOUT)
             else:
@@ -609,16 +757,41 @@ def tcp_matrix(sources: Mapping[str, NsLike], targets: Mapping[str, tuple[str, i
                          else "waiting for the echo from")
                 out[st.pair] = ProbeResult(False, f"timeout after {_fmt_s(timeout)} {where} "
                                            f"{ip}:{port}", "timeout")
+        if arrivals is not None and watch is not None:
+            _count_syns(arrivals.packets(), list(states.values()), watch, out)
         return out
     finally:
         ep.close()
         _close_all(st.sock for st in states.values())
+        if arrivals is not None:
+            arrivals.close()
+
+
+def _count_syns(by_ns: Mapping[NsRef, list[bytes]], states: list[_TcpState],
+                watch: Mapping[str, NsLike], out: dict[Pair, ProbeResult]) -> None:
+    """Attribute the SYNs each watched namespace received to the probes that sent them.
+
+    A SYN is matched by (source port, destination port); one whose source port was rewritten
+    on the way (NAT) still counts when a single probe went to that namespace and port.
+    """
+    for st in states:
+        dst = st.pair[1]
+        if dst not in watch:
+            continue
+        ref = NsRef.of(watch[dst])
+        port = st.addr[1]
+        syns = [pkt for pkt in by_ns.get(ref, []) if is_tcp_syn(pkt, port)]
+        mine = [pkt for pkt in syns if _tcp_sport(pkt) == st.sport]
+        alone = sum(1 for o in states if o.pair[1] in watch and
+                    NsRef.of(watch[o.pair[1]]) == ref and o.addr[1] == port) == 1
+        out[st.pair].arrived = len(mine) or (len(syns) if alone else 0)
 
 
 def tcp_connect(src: NsLike, ip: str, port: int, timeout: float = 1.0,
-                echo: bool = False) -> ProbeResult:
+                echo: bool = False, watch: NsLike | None = None) -> ProbeResult:
     return tcp_matrix({"src": src}, {"dst": (ip, port)}, timeout=timeout, echo=echo,
-                      pairs=[("src", "dst")])[("src", "dst")]
+                      pairs=[("src", "dst")],
+                      watch={"dst": watch} if watch is not None else None)[("src", "dst")]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -627,12 +800,14 @@ def tcp_connect(src: NsLike, ip: str, port: int, timeout: float = 1.0,
 
 def udp_matrix(sources: Mapping[str, NsLike], targets: Mapping[str, tuple[str, int]],
                timeout: float = 1.0, retries: int = 2,
-               pairs: Iterable[Pair] | None = None) -> dict[Pair, ProbeResult]:
+               pairs: Iterable[Pair] | None = None,
+               watch: Mapping[str, NsLike] | None = None) -> dict[Pair, ProbeResult]:
     """A datagram with a nonce from every source to every ``(ip, port)`` echo service.
 
     ``ok`` when the nonce comes back (from an ``EchoServer``, whose marker fills ``server`` and
     ``seen_as``). An ICMP port unreachable is ``refused``; silence until ``timeout`` (the
-    datagram is re-sent ``retries`` times within it) is ``timeout``.
+    datagram is re-sent ``retries`` times within it) is ``timeout``. ``watch`` (target -> its
+    namespace) counts the datagrams each target's namespace received (``arrived``).
     """
     refs = _refs(sources)
     todo = _pairs(refs, targets, pairs)
@@ -642,12 +817,16 @@ def udp_matrix(sources: Mapping[str, NsLike], targets: Mapping[str, tuple[str, i
     socks: dict[int, tuple[Pair, socket.socket]] = {}
     results: dict[Pair, ProbeResult] = {}
     ep = select.epoll()
+    arrivals: Arrivals | None = None
+    nonces: dict[int, bytes] = {}
     try:
+        if watch:
+            arrivals = Arrivals([watch[d] for d in dict.fromkeys(
+                d for _, d in todo if d in watch)], "udp")
         for src, plist in by_src.items():
             for p, s in zip(plist, _make_sockets(refs[src], len(plist), socket.AF_INET,
                                                   socket.SOCK_DGRAM)):
                 socks[s.fileno()] = (p, s)
-        nonces: dict[int, bytes] = {}
         sent_at: dict[int, float] = {}
         for fd, (p, s) in socks.items():
             ip, port = targets[p[1]]
@@ -713,16 +892,27 @@ def udp_matrix(sources: Mapping[str, NsLike], targets: Mapping[str, tuple[str, i
                 ip, port = targets[p[1]]
                 results[p] = ProbeResult(False, f"timeout after {_fmt_s(timeout)}: no echo from "
                                          f"{ip}:{port}", "timeout")
+        if arrivals is not None and watch is not None:
+            by_ns = arrivals.packets()
+            for fd, (p, _) in socks.items():
+                if p[1] in watch and fd in nonces:
+                    port = targets[p[1]][1]
+                    results[p].arrived = sum(
+                        1 for pkt in by_ns.get(NsRef.of(watch[p[1]]), [])
+                        if nonces[fd] in (udp_payload_to(pkt, port) or b""))
         return results
     finally:
         ep.close()
         _close_all(s for _, s in socks.values())
+        if arrivals is not None:
+            arrivals.close()
 
 
 def udp_probe(src: NsLike, ip: str, port: int, timeout: float = 1.0,
-              retries: int = 2) -> ProbeResult:
+              retries: int = 2, watch: NsLike | None = None) -> ProbeResult:
     return udp_matrix({"src": src}, {"dst": (ip, port)}, timeout=timeout, retries=retries,
-                      pairs=[("src", "dst")])[("src", "dst")]
+                      pairs=[("src", "dst")],
+                      watch={"dst": watch} if watch is not None else None)[("src", "dst")]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -2,7 +2,9 @@
 
 * ``render_result`` / ``render_results``: PASS/FAIL/SKIP lines with expected / observed /
   reason, and the truth tables of matrix checks.
-* ``rows`` and ``grade_sheet``: the JSON grade sheet, one row per (learner, check).
+* ``rows`` and ``grade_sheet``: the JSON grade sheet, one row per (learner, check); a row with
+  ``"graded": false`` (a learner's own check) is listed but never counted.
+* ``grading_sheet``: the sheet of a graded class (points, budget, refused submissions).
 * ``render_grades``: a per-learner table for the terminal.
 * ``write_json`` / ``write_junit``: files for CI (the plugin's JUnit comes from pytest's own
   ``--junitxml``; ``write_junit`` serves the CLI when it runs checks without pytest).
@@ -112,33 +114,81 @@ def rows(by_learner: Mapping[str, Sequence[CheckResult]]) -> list[dict[str, Any]
     return [row(learner, r) for learner, results in by_learner.items() for r in results]
 
 
-def grade_sheet(all_rows: Sequence[Mapping[str, Any]], **meta: Any) -> dict[str, Any]:
-    """``{"rows": [...], "learners": {name: {passed, failed, skipped, total, ok}}, ...meta}``."""
+def grade_sheet(all_rows: Sequence[Mapping[str, Any]],
+                info: Mapping[str, Mapping[str, Any]] | None = None,
+                **meta: Any) -> dict[str, Any]:
+    """``{"rows": [...], "learners": {name: {passed, failed, skipped, total, ok, ...info}},
+    ...meta}``. Rows marked ``"graded": false`` are listed but not counted."""
     learners: dict[str, dict[str, Any]] = {}
+    for name in info or {}:
+        learners[name] = {"passed": 0, "failed": 0, "skipped": 0, "total": 0}
     for rw in all_rows:
         s = learners.setdefault(rw["learner"], {"passed": 0, "failed": 0, "skipped": 0,
                                                 "total": 0})
+        if rw.get("graded") is False:
+            continue
         s["total"] += 1
         s["skipped" if rw.get("skipped") else "passed" if rw["ok"] else "failed"] += 1
-    for s in learners.values():
-        s["ok"] = s["failed"] == 0
+    for name, s in learners.items():
+        s.update((info or {}).get(name, {}))
+        s["ok"] = s["failed"] == 0 and not s.get("error")
     return {**meta, "ok": all(s["ok"] for s in learners.values()), "learners": learners,
             "rows": list(all_rows)}
 
 
+def grading_sheet(grades: Sequence[Any], assignment: Any, **meta: Any) -> dict[str, Any]:
+    """The sheet of a graded class (``grading.LearnerGrade`` per learner): every assignment
+    check as a graded row with its points, the learners' own checks as ungraded rows."""
+    all_rows: list[dict[str, Any]] = []
+    info: dict[str, dict[str, Any]] = {}
+    for g in grades:
+        for c, r in zip(assignment.checks, g.results):
+            rw = row(g.learner, r)
+            rw.update(graded=True, id=c.id, optional=c.optional, max_points=c.points,
+                      points=c.points if r.ok and not r.skipped and not c.optional else 0.0)
+            all_rows.append(rw)
+        for r in g.extra:
+            rw = row(g.learner, r)
+            rw.update(graded=False, id=None, optional=True, max_points=0.0, points=0.0)
+            all_rows.append(rw)
+        info[g.learner] = {"points": g.points, "max_points": g.max_points,
+                           "submission": g.path, "error": g.error,
+                           "seconds": round(g.seconds, 3)}
+    return grade_sheet(all_rows, info, assignment=assignment.to_dict(), **meta)
+
+
+def _num(x: float) -> str:
+    return f"{x:g}"
+
+
 def render_grades(sheet: Mapping[str, Any], color: bool = False) -> str:
-    """A per-learner table: passed/total and the names of the failed checks."""
+    """A per-learner table: points (when graded), passed/total and the failed checks; a
+    learner's own checks follow on their own line, marked as not graded."""
     learners = sheet.get("learners") or {}
     if not learners:
         return "no results"
     w = max([len(n) for n in learners] + [7])
-    out = [f"{'learner'.ljust(w)}  result  passed  failed checks"]
+    graded = any("points" in s for s in learners.values())
+    pw = max([len(f"{_num(s.get('points', 0))}/{_num(s.get('max_points', 0))}")
+              for s in learners.values()] + [6]) if graded else 0
+    head = f"{'learner'.ljust(w)}  result  " + (f"{'points'.ljust(pw)}  " if graded else "")
+    out = [head + "passed  failed checks"]
     for name, s in learners.items():
-        failed = [r["check"] for r in sheet["rows"] if r["learner"] == name
+        mine = [r for r in sheet["rows"] if r["learner"] == name]
+        failed = [r["check"] for r in mine if r.get("graded") is not False
                   and not r["ok"] and not r.get("skipped")]
         res = _paint("PASS" if s["ok"] else "FAIL", GREEN if s["ok"] else RED, color)
-        out.append(f"{name.ljust(w)}  {res}    {s['passed']:>2}/{s['total']:<3} "
-                   f"{'; '.join(failed) or '-'}")
+        pts = (f"{_num(s.get('points', 0))}/{_num(s.get('max_points', 0))}".ljust(pw) + "  "
+               if graded else "")
+        what = f"submission refused: {s['error']}" if s.get("error") else \
+            ("; ".join(failed) or "-")
+        out.append(f"{name.ljust(w)}  {res}    {pts}{s['passed']:>2}/{s['total']:<3} {what}")
+        own = [r for r in mine if r.get("graded") is False]
+        if own:
+            bad = [r["check"] for r in own if not r["ok"]]
+            out.append(f"{''.ljust(w)}  own checks (not graded): "
+                       f"{len(own) - len(bad)}/{len(own)} passed"
+                       + (f"; failed: {'; '.join(bad)}" if bad else ""))
     return "\n".join(out)
 
 

@@ -4,27 +4,29 @@ Three kinds, all in the ``api.Target`` shape:
 
 - ``EngineTarget(lab)``: a running cnmlab lab (a ``Lab`` or its name), read from the engine's
   model. Every check kind applies.
-- ``ManifestTarget(path)``: a YAML manifest naming hand-built namespaces (for instructor
-  grading), plus the checks that say how they must behave.
+- ``SubmissionTarget(path)`` (``cnmlab.checks.submission``): a learner's YAML submission
+  naming hand-built namespaces (for instructor grading; what is checked comes from the
+  instructor's assignment, never from this file).
 - ``DockerAdapter(docker_target, public_ip=...)``: real Docker, through
   ``cnmlab.checks.docker_target.DockerTarget``; containers are entered by PID.
 
-``make_target(kind, arg)`` builds one by name, for the CLI and the pytest plugin.
+``make_target(kind, arg)`` builds one by name, for the CLI and the pytest plugin (``manifest``
+and ``submission`` are the same kind).
 """
 from __future__ import annotations
 
-import ipaddress
 import os
 from collections.abc import Callable
 from typing import Any
 
-from cnmlab.constants import OPT_ICC, UPSTREAM_WEB
-from cnmlab.checks.api import HostRef, SandboxRef, Target, parse_spec
+from cnmlab.constants import OPT_ICC
+from cnmlab.checks.api import UPSTREAM, UPSTREAM_NET, UPSTREAM_WEB, HostRef, SandboxRef, Target
 from cnmlab.checks.nsref import NsRef
-from cnmlab.errors import CnmError, InvalidInput
+from cnmlab.checks.submission import SubmissionTarget
+from cnmlab.errors import CnmError
 
-UPSTREAM = "upstream"
-UPSTREAM_NET = "internet"       # the network name under which the upstream's address is listed
+__all__ = ["UPSTREAM", "UPSTREAM_NET", "UPSTREAM_WEB", "EngineTarget", "SubmissionTarget",
+           "DockerAdapter", "make_target", "uplink_address"]
 
 # (sandbox, host, host port, container port, proto): what a target says it published
 Published = tuple[str, str, int, int, str]
@@ -104,151 +106,6 @@ class EngineTarget:
                     "icc": n.option_bool(OPT_ICC, True),
                     "internal": n.internal, "driver": n.driver})
         return out
-
-
-# ---------------------------------------------------------------------------------------------
-# a manifest of hand-built namespaces
-
-_TOP = {"name", "sandboxes", "hosts", "upstream", "checks", "profile"}
-_NS_KEYS = ("netns", "pid", "path")
-
-
-def _ipv4(src: Any, where: tuple[Any, ...], value: Any) -> str:
-    try:
-        return str(ipaddress.IPv4Address(str(value)))
-    except ValueError:
-        raise src.error(where, f"{value!r} is not an IPv4 address") from None
-
-
-def _nsref(src: Any, where: tuple[Any, ...], spec: dict[str, Any]) -> NsRef:
-    given = [k for k in _NS_KEYS if k in spec]
-    if len(given) != 1:
-        raise src.error(where + tuple(given[1:2]),
-                        "give exactly one of netns: NAME, pid: N or path: P"
-                        + (f" (got {', '.join(given)})" if given else ""))
-    key = given[0]
-    value = spec[key]
-    if key == "pid":
-        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-            raise src.error(where + ("pid",), f"{value!r} is not a process id")
-        return NsRef(pid=value)
-    if not isinstance(value, str) or not value:
-        raise src.error(where + (key,), f"{value!r} is not a {'path' if key == 'path' else 'name'}")
-    if key == "path":
-        if not value.startswith("/"):
-            raise src.error(where + ("path",), f"{value!r} must be an absolute path")
-        return NsRef(path=value)
-    if "/" in value:
-        raise src.error(where + ("netns",), f"{value!r}: a netns name has no '/' (use path:)")
-    return NsRef(name=value)
-
-
-def _mapping(src: Any, where: tuple[Any, ...], value: Any, what: str) -> dict[str, Any]:
-    if not isinstance(value, dict):
-        raise src.error(where, f"must be a mapping of {what}")
-    return value
-
-
-def _unknown(src: Any, where: tuple[Any, ...], spec: dict[str, Any], known: set[str]) -> None:
-    for k in spec:
-        if k not in known:
-            raise src.error(where + (k,), f"unknown field; known: {', '.join(sorted(known))}")
-
-
-class ManifestTarget:
-    """Hand-built namespaces described in YAML::
-
-        name: alice
-        sandboxes:
-          web: {netns: web, addresses: {front: 10.0.0.2}, host: h1}
-          db:  {pid: 4242, addresses: {front: 10.0.0.3}}
-        hosts:
-          h1: {netns: h1, public_ip: 203.0.113.10}
-        upstream: {netns: inet, ip: 198.51.100.10}     # optional
-        checks:
-          - reachable: {from: web, to: db}
-        profile: [reachable, isolated]                  # optional: kinds that apply
-
-    Every error names the file, the line and the field.
-    """
-
-    def __init__(self, path: str) -> None:
-        from cnmlab import yamlsrc
-
-        self.path = path
-        src = yamlsrc.load(path)
-        data = src.data
-        if not isinstance(data, dict):
-            raise src.error((), "a manifest is a mapping with sandboxes:, hosts:, checks:")
-        _unknown(src, (), data, _TOP)
-        self.name = str(data.get("name") or os.path.splitext(os.path.basename(path))[0])
-        self._hosts: dict[str, HostRef] = {}
-        for hname, spec in _mapping(src, ("hosts",), data.get("hosts") or {}, "hosts").items():
-            where = ("hosts", hname)
-            spec = _mapping(src, where, spec, "fields")
-            _unknown(src, where, spec, {*_NS_KEYS, "public_ip"})
-            public = spec.get("public_ip")
-            self._hosts[str(hname)] = HostRef(
-                str(hname), _nsref(src, where, spec),
-                _ipv4(src, where + ("public_ip",), public) if public is not None else None)
-        self._sandboxes: dict[str, SandboxRef] = {}
-        sbs = _mapping(src, ("sandboxes",), data.get("sandboxes") or {}, "sandboxes")
-        for sname, spec in sbs.items():
-            where = ("sandboxes", sname)
-            spec = _mapping(src, where, spec, "fields")
-            _unknown(src, where, spec, {*_NS_KEYS, "addresses", "host"})
-            addrs = _mapping(src, where + ("addresses",), spec.get("addresses") or {},
-                             "network: IPv4")
-            host = spec.get("host")
-            if host is None and len(self._hosts) == 1:
-                host = next(iter(self._hosts))
-            if host is not None and str(host) not in self._hosts:
-                raise src.error(where + ("host",), f"no host {host!r} in hosts:")
-            self._sandboxes[str(sname)] = SandboxRef(
-                str(sname), _nsref(src, where, spec),
-                {str(n): _ipv4(src, where + ("addresses", n), ip) for n, ip in addrs.items()},
-                str(host) if host is not None else None)
-        self._upstream: SandboxRef | None = None
-        if data.get("upstream") is not None:
-            spec = _mapping(src, ("upstream",), data["upstream"], "fields")
-            _unknown(src, ("upstream",), spec, {*_NS_KEYS, "ip"})
-            ip = _ipv4(src, ("upstream", "ip"), spec.get("ip", UPSTREAM_WEB))
-            self._upstream = SandboxRef(UPSTREAM, _nsref(src, ("upstream",), spec),
-                                        {UPSTREAM_NET: ip})
-        profile = data.get("profile") or []
-        if not isinstance(profile, list):
-            raise src.error(("profile",), "must be a list of check kinds")
-        from cnmlab.checks import api, library
-
-        for i, kind in enumerate(profile):
-            if kind not in api.kinds():
-                raise src.error(("profile", i), f"unknown check {kind!r}")
-        self.profile: frozenset[str] = frozenset(profile)
-        checks = data.get("checks") or []
-        if not isinstance(checks, list):
-            raise src.error(("checks",), "must be a list of checks ({kind: {params}})")
-        self.checks: list[dict[str, Any]] = []
-        for i, spec in enumerate(checks):
-            try:
-                kind, params = parse_spec(spec)
-            except InvalidInput as e:
-                raise src.error(("checks", i), str(e)) from None
-            try:
-                library.validate(kind, params)
-            except InvalidInput as e:
-                field = getattr(e, "param", None)
-                where = ("checks", i, kind) + ((field,) if field else ())
-                raise src.error(where, str(e)) from None
-            self.checks.append({kind: params})
-
-    def sandboxes(self) -> dict[str, SandboxRef]:
-        return dict(self._sandboxes)
-
-    def hosts(self) -> dict[str, HostRef]:
-        return dict(self._hosts)
-
-    def upstream(self) -> SandboxRef | None:
-        return self._upstream
 
 
 # ---------------------------------------------------------------------------------------------
@@ -339,8 +196,8 @@ def _engine(arg: str) -> Target:
     return EngineTarget(arg)
 
 
-def _manifest(arg: str) -> Target:
-    return ManifestTarget(arg)
+def _submission(arg: str) -> Target:
+    return SubmissionTarget(arg)
 
 
 def _docker(arg: str) -> Target:
@@ -354,7 +211,8 @@ def _docker(arg: str) -> Target:
 
 TARGETS: dict[str, Callable[[str], Target]] = {
     "engine": _engine,
-    "manifest": _manifest,
+    "manifest": _submission,
+    "submission": _submission,
     "docker": _docker,
 }
 

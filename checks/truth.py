@@ -2,13 +2,16 @@
 
 Rows are sources, columns are targets. ``.`` reaches, ``X`` is blocked, ``-`` is the diagonal,
 ``?`` was expected but not observed (not probed), and a blank cell is not part of the check.
+``>`` (observed only) is a one-way cell: the destination received the source's packets but no
+reply came back. For a pair that must be blocked it counts as reached (isolation is judged at
+the receiver); for a pair that must reach it counts as blocked (no answer).
 Expected and observed are printed side by side with the wrong observed cells highlighted, then
 one line "N wrong, M correct".
 """
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 Pair = tuple[str, str]
@@ -32,7 +35,8 @@ class TruthTable:
 
     def __init__(self, names: Sequence[str], expected: Mapping[Pair, bool],
                  observed: Mapping[Pair, bool], title: str = "",
-                 details: Mapping[Pair, str] | None = None) -> None:
+                 details: Mapping[Pair, str] | None = None,
+                 one_way: Iterable[Pair] = ()) -> None:
         self.names = list(names)
         known = set(self.names)
         for s, d in list(expected) + list(observed):
@@ -42,6 +46,7 @@ class TruthTable:
         self.observed = dict(observed)
         self.title = title
         self.details = dict(details or {})
+        self.one_way: set[Pair] = set(one_way)
         order = {n: i for i, n in enumerate(self.names)}
         cells = sorted(self.expected, key=lambda p: (order[p[0]], order[p[1]]))
         self.cells: list[Pair] = cells
@@ -51,9 +56,19 @@ class TruthTable:
     @classmethod
     def from_results(cls, names: Sequence[str], expected: Mapping[Pair, bool],
                      results: Mapping[Pair, Any], title: str = "") -> "TruthTable":
-        """From probe results (anything with ``.ok`` and ``.observed``, e.g. ProbeResult)."""
-        return cls(names, expected, {p: bool(r.ok) for p, r in results.items()}, title,
-                   details={p: r.observed for p, r in results.items()})
+        """From probe results (anything with ``.ok`` and ``.observed``, e.g. ProbeResult).
+
+        A pair that must be blocked counts as reached when its destination received any of its
+        packets (``arrived``), answered or not; one whose packets arrived without any answer is
+        a one-way cell (``>``).
+        """
+        one_way = {p for p, r in results.items() if not r.ok and getattr(r, "arrived", None)
+                   and getattr(r, "reason", "timeout") == "timeout"}
+        observed = {p: bool(r.ok) or (bool(getattr(r, "arrived", None))
+                                      and not expected.get(p, False))
+                    for p, r in results.items()}
+        return cls(names, expected, observed, title,
+                   details={p: r.observed for p, r in results.items()}, one_way=one_way)
 
     @property
     def ok(self) -> bool:
@@ -75,6 +90,8 @@ class TruthTable:
             return " ", False
         if which == "expected":
             return _sym(self.expected[(s, d)]), False
+        if (s, d) in self.one_way:
+            return ">", (s, d) in self.wrong
         return _sym(self.observed.get((s, d))), (s, d) in self.wrong
 
     def _matrix_lines(self, which: str, color: bool) -> list[str]:
@@ -108,15 +125,22 @@ class TruthTable:
             summary = (RED if self.wrong else GREEN) + summary + RESET
         out.append(summary)
         for s, d in self.wrong:
-            exp = "reach" if self.expected[(s, d)] else "blocked"
-            seen = self.observed.get((s, d))
-            obs = "not probed" if seen is None else ("reaches" if seen else "blocked")
-            why = self.details.get((s, d))
-            out.append(f"  {s} -> {d}: expected {exp}, observed {obs}" + (f" ({why})" if why else ""))
+            out.append(self._wrong_line(s, d))
         legend = "legend: . reaches   X blocked   - self   ? not probed   " + \
+            ("> one way (arrived, no reply)   " if self.one_way else "") + \
             ("red = wrong" if color else "[ ] = wrong")
         out.append(legend)
         return "\n".join(out)
+
+    def _wrong_line(self, s: str, d: str) -> str:
+        exp = "reach" if self.expected[(s, d)] else "blocked"
+        seen = self.observed.get((s, d))
+        if (s, d) in self.one_way:
+            obs = f"one way: {d} received {s}'s packets, no reply"
+        else:
+            obs = "not probed" if seen is None else ("reaches" if seen else "blocked")
+        why = self.details.get((s, d))
+        return f"  {s} -> {d}: expected {exp}, observed {obs}" + (f" ({why})" if why else "")
 
     # ---- JSON ----------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -136,6 +160,7 @@ class TruthTable:
                        "observed": self.observed.get((s, d)),
                        **({"detail": self.details[(s, d)]} if (s, d) in self.details else {})}
                       for s, d in self.wrong],
+            "one_way": [{"src": s, "dst": d} for s, d in self.cells if (s, d) in self.one_way],
             "wrong_count": len(self.wrong),
             "correct_count": self.correct,
             "summary": self.summary,
@@ -174,10 +199,5 @@ class TruthTable:
             parts.append(Text(self.title, style="bold"))
         parts += [grid, Text(self.summary, style="bold red" if self.wrong else "bold green")]
         for s, d in self.wrong:
-            exp = "reach" if self.expected[(s, d)] else "blocked"
-            seen = self.observed.get((s, d))
-            obs = "not probed" if seen is None else ("reaches" if seen else "blocked")
-            why = self.details.get((s, d))
-            parts.append(Text(f"  {s} -> {d}: expected {exp}, observed {obs}"
-                              + (f" ({why})" if why else ""), style="red"))
+            parts.append(Text(self._wrong_line(s, d), style="red"))
         return Group(*parts)
