@@ -252,7 +252,7 @@ def passed(results: list[CheckResult]) -> bool:
 
 def no_embedded_dns(target: Target, params: dict[str, Any]) -> CheckResult:
     """``python`` check: the sandbox's resolv.conf does not name Docker's embedded resolver."""
-    from cnmlab.checks.library import resolv_conf_path
+    from cnmlab.checks.library import nameservers, read_config_file, resolv_conf_path
 
     name = params.get("sandbox")
     sbs = target.sandboxes()
@@ -265,9 +265,7 @@ def no_embedded_dns(target: Target, params: dict[str, Any]) -> CheckResult:
     if path is None:
         raise CnmError(f"cannot find the resolv.conf of {name}")
     try:
-        with open(path) as f:
-            servers = [w[1] for w in (line.split() for line in f)
-                       if len(w) >= 2 and w[0] == "nameserver"]
+        servers = nameservers(read_config_file(path))
     except OSError as e:
         if name and sbs[name].ns.name is not None:
             # a cnmlab sandbox without /etc/netns/NAME/resolv.conf uses the host's: no 127.0.0.11

@@ -15,9 +15,11 @@ import contextlib
 import fcntl
 import importlib
 import ipaddress
+import os
 import select
 import shlex
 import socket
+import stat
 import struct
 import threading
 import time
@@ -632,20 +634,40 @@ def resolv_conf_path(ref: NsRef) -> str | None:
     return None
 
 
+RESOLV_MAX = 64 << 10
+
+
+def read_config_file(path: str, limit: int = RESOLV_MAX) -> str:
+    """A small regular file that someone else controls (a sandbox's resolv.conf, seen through
+    ``/proc/PID/root``), read so that it cannot hang or swamp the checker: opened non-blocking
+    (a FIFO would wait for a writer forever), refused unless it is a regular file (not
+    /dev/zero, not a device), and read up to ``limit`` bytes. OSError as ``open`` raises it."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise CnmError(f"{path} is not a regular file")
+        return os.read(fd, limit).decode("utf-8", errors="replace")
+    finally:
+        os.close(fd)
+
+
+def nameservers(text: str) -> list[str]:
+    return [w[1] for w in (line.split() for line in text.splitlines())
+            if len(w) >= 2 and w[0] == "nameserver"]
+
+
 def nameserver_of(ref: NsRef) -> str:
     """The first nameserver the sandbox's resolv.conf names."""
     path = resolv_conf_path(ref)
     if path is None:
         raise CnmError(f"cannot find the resolv.conf of {ref}: give server:")
     try:
-        with open(path) as f:
-            for line in f:
-                words = line.split()
-                if len(words) >= 2 and words[0] == "nameserver":
-                    return words[1]
+        servers = nameservers(read_config_file(path))
     except OSError as e:
         raise CnmError(f"cannot read {path} ({e.strerror}): give server:") from None
-    raise CnmError(f"{path} names no nameserver")
+    if not servers:
+        raise CnmError(f"{path} names no nameserver")
+    return servers[0]
 
 
 def _dns_server(src: End, p: dict[str, Any]) -> str:

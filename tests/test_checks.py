@@ -16,7 +16,8 @@ import pytest
 from cnmlab import netns, nsexec
 from cnmlab.checks import library, probes, targets
 from cnmlab.checks.api import CheckResult, kinds, run_check, run_checks
-from cnmlab.checks.targets import EngineTarget, ManifestTarget, make_target
+from cnmlab.checks.submission import SubmissionTarget
+from cnmlab.checks.targets import EngineTarget, make_target
 from cnmlab.errors import CnmError, InvalidInput
 from cnmlab.lab import Lab
 from cnmlab.netlink import Netlink
@@ -92,7 +93,7 @@ def test_engine_target_model(lab, target):
 def test_make_target(lab):
     t = make_target("engine", lab.name)
     assert set(t.sandboxes()) == {"web", "api", "db", "db2", "old"}
-    with pytest.raises(CnmError, match="unknown target 'cni'; known: docker, engine, manifest"):
+    with pytest.raises(CnmError, match="unknown target .cni.; known: docker, engine, manifest, submission"):
         make_target("cni", "x")
 
 
@@ -316,7 +317,7 @@ def test_bad_params_are_a_failed_result(target):
     assert not r.ok and "missing parameter 'to'" in r.reason
 
 
-# ---- manifest ------------------------------------------------------------------------------
+# ---- submission (a learner's hand-built namespaces) ----------------------------------------
 
 SAME_CHECKS = [
     {"reachable": {"from": "api", "to": "web"}},
@@ -342,7 +343,7 @@ SAME_CHECKS = [
 ]
 
 
-def _manifest(lab, path, api_pid=None):
+def _submission(lab, path, api_pid=None):
     sbs = {}
     for sb in lab.sandboxes():
         ref = {"pid": api_pid} if sb.name == "api" and api_pid else {"netns": sb.netns}
@@ -350,78 +351,69 @@ def _manifest(lab, path, api_pid=None):
                                              for n, ep in sb.endpoints()}}
     import yaml
 
-    doc = {"name": "by-hand", "sandboxes": sbs,
+    doc = {"sandboxes": sbs,
            "hosts": {"h1": {"netns": lab.host("h1").netns, "public_ip": "203.0.113.10"}},
            "upstream": {"path": netns.path_of(lab.upstream_netns), "ip": "198.51.100.10"},
-           "checks": SAME_CHECKS}
+           "extra_checks": SAME_CHECKS[:2]}
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
     return str(path)
 
 
-def test_manifest_target_gives_the_same_results(lab, target, tmp_path):
+def test_submission_target_gives_the_same_results(lab, target, tmp_path):
     assert _wait_dns(target).ok
     # api by PID: a process living in its namespace (with its own resolv.conf mounted)
     proc = subprocess.Popen(["ip", "netns", "exec", lab.sandbox("api").netns, "sleep", "60"])
     try:
         time.sleep(0.3)
-        m = ManifestTarget(_manifest(lab, tmp_path / "alice.yaml", api_pid=proc.pid))
-        assert m.name == "by-hand"
+        m = SubmissionTarget(_submission(lab, tmp_path / "alice.yaml", api_pid=proc.pid))
+        assert m.learner == "alice" and m.profile == frozenset()
         assert m.sandboxes()["api"].ns.pid == proc.pid
+        assert m.sandboxes()["api"].ns.foreign
         assert m.sandboxes()["web"].host == "h1"
         assert m.upstream().ns.path == netns.path_of(lab.upstream_netns)
-        by_manifest = run_checks(m, m.checks)
+        by_submission = run_checks(m, SAME_CHECKS)
         by_engine = run_checks(target, SAME_CHECKS)
-        got = [(r.check, r.ok) for r in by_manifest]
+        got = [(r.check, r.ok) for r in by_submission]
         want = [(r.check, r.ok) for r in by_engine]
         assert got == want
         assert [ok for _, ok in got] == [True, False, True, False, True, True, True, True, False,
                                          True, True, True, True, True, True, True, False, True,
                                          True, True]
-        assert make_target("manifest", str(tmp_path / "alice.yaml")).checks == SAME_CHECKS
+        assert make_target("manifest", str(tmp_path / "alice.yaml")).extra_checks == \
+            SAME_CHECKS[:2]
     finally:
         proc.kill()
         proc.wait()
-
-
-def test_manifest_profile_skips(lab, tmp_path):
-    p = tmp_path / "p.yaml"
-    p.write_text(textwrap.dedent(f"""\
-        sandboxes:
-          web: {{netns: {lab.sandbox('web').netns}, addresses: {{front: 10.61.0.2}}}}
-        hosts:
-          h1: {{netns: {lab.host('h1').netns}}}
-        profile: [mtu]
-        checks:
-          - mtu: {{sandbox: web, mtu: 1500}}
-          - reachable: {{from: web, to: upstream}}
-        """))
-    m = ManifestTarget(str(p))
-    assert m.name == "p" and m.upstream() is None
-    r1, r2 = run_checks(m, m.checks)
-    assert r1.ok and not r1.skipped
-    assert r2.skipped and "profile" in r2.reason
 
 
 @pytest.mark.parametrize("body, where", [
     ("sandboxes:\n  web:\n    netns: a\n    pid: 3\n", "p.yaml:4: sandboxes.web.pid: give exactly one"),
     ("sandboxes:\n  web:\n    netns: a\n    addresses:\n      front: 10.0.0.999\n",
      "p.yaml:5: sandboxes.web.addresses.front: '10.0.0.999' is not an IPv4"),
-    ("sandboxes:\n  web: {netns: a}\nchecks:\n  - reachable: {from: web}\n",
-     "p.yaml:4: checks.0.reachable.to: check reachable: missing parameter 'to'"),
-    ("sandboxes:\n  web: {netns: a}\nchecks:\n  - reachable:\n      from: web\n      too: x\n",
-     "p.yaml:6: checks.0.reachable.too: check reachable: unknown parameter 'too'"),
-    ("sandboxes:\n  web: {netns: a}\nchecks:\n  - pingpong: {}\n",
-     "p.yaml:4: checks.0: unknown check 'pingpong'"),
+    ("sandboxes:\n  web: {netns: a}\nextra_checks:\n  - reachable: {from: web}\n",
+     "p.yaml:4: extra_checks.0.reachable.to: check reachable: missing parameter 'to'"),
+    ("sandboxes:\n  web: {netns: a}\nextra_checks:\n  - reachable:\n      from: web\n      too: x\n",
+     "p.yaml:6: extra_checks.0.reachable.too: check reachable: unknown parameter 'too'"),
+    ("sandboxes:\n  web: {netns: a}\nextra_checks:\n  - pingpong: {}\n",
+     "p.yaml:4: extra_checks.0: unknown check 'pingpong'"),
     ("hosts:\n  h1:\n    netns: a\n    public_ip: nope\n",
      "p.yaml:4: hosts.h1.public_ip: 'nope' is not an IPv4"),
     ("sandbox:\n  web: {netns: a}\n", "p.yaml:1: sandbox: unknown field"),
     ("sandboxes:\n  web:\n    pid: -4\n", "p.yaml:3: sandboxes.web.pid: -4 is not a process id"),
+    ("sandboxes: [web, db]\n", "p.yaml:1: sandboxes: must be a mapping of sandboxes, got list"),
+    ("sandboxes:\n  web: {pid: '12'}\n", "p.yaml:2: sandboxes.web.pid: '12' is not a process id"),
+    ("sandboxes:\n  web: {netns: a, addresses: {front: 10}}\n",
+     "p.yaml:2: sandboxes.web.addresses.front: 10 is not an IPv4 address"),
+    ("sandboxes:\n  upstream: {netns: a}\n", "p.yaml:2: sandboxes.upstream: 'upstream' is not a "
+                                              "usable sandbox name"),
+    ("sandboxes:\n  web: {netns: a, host: h9}\n", "p.yaml:2: sandboxes.web.host: no host 'h9'"),
+    ("- a\n", "p.yaml:1: a submission is a mapping"),
 ])
-def test_manifest_errors_name_file_line_field(tmp_path, body, where):
+def test_submission_errors_name_file_line_field(tmp_path, body, where):
     p = tmp_path / "p.yaml"
     p.write_text(body)
     with pytest.raises(InvalidInput) as e:
-        ManifestTarget(str(p))
+        SubmissionTarget(str(p))
     assert str(e.value).startswith(f"{tmp_path}/{where}"), str(e.value)
     assert "\n" not in str(e.value)
 
