@@ -31,11 +31,18 @@ class NamespaceGone(ObjectNotFound):
     """The namespace a check was pointed at does not exist (any more)."""
 
 
+class NamespaceDenied(NamespaceGone):
+    """The namespace file exists but this process may not open it."""
+
+
 class MachineNamespace(CnmError):
     """A foreign reference leads into the machine's own network namespace."""
 
 
 NsId = tuple[int, int]  # (st_dev, st_ino) of an nsfs file: a namespace's identity
+INIT_NET_INO = 0xEFFFFFF9  # the initial namespace's fixed inode number (Linux >= 6.x)
+MACHINE = "the machine's own network namespace"
+GRADER = "the grader's own network namespace"
 _machine: dict[str, NsId] = {}
 
 
@@ -43,25 +50,34 @@ def machine_namespaces() -> dict[NsId, str]:
     """Identity -> description of the namespaces a learner may never name: PID 1's and ours.
 
     Ours is read once (the first call comes before any thread enters another namespace) and
-    kept, so a later call from a thread inside a sandbox still knows the grader's own.
+    kept, so a later call from a thread inside a sandbox still knows the grader's own. PID 1's
+    may be unreadable (a container whose init belongs to another user namespace); the kernel's
+    initial namespace is then still recognised by its fixed inode number (``is_initial``).
     """
     out: dict[NsId, str] = {}
     try:
         st = os.stat("/proc/1/ns/net")
-        out[(st.st_dev, st.st_ino)] = "the machine's own network namespace (PID 1's)"
+        out[(st.st_dev, st.st_ino)] = MACHINE
     except OSError:
         pass
     if "self" not in _machine:
         st = os.stat("/proc/self/ns/net")
         _machine["self"] = (st.st_dev, st.st_ino)
-    out.setdefault(_machine["self"], "the grader's own network namespace")
+    out.setdefault(_machine["self"], MACHINE if is_initial(_machine["self"]) else GRADER)
     return out
 
 
-try:  # at import, in the main thread, before anything enters another namespace
-    machine_namespaces()
-except OSError:
-    pass
+def is_initial(ident: NsId) -> bool:
+    """The kernel's initial network namespace (``init_net``), on kernels that give it a fixed
+    inode number; dynamic numbers never take that value, so this is never a false match."""
+    return ident[1] == INIT_NET_INO
+
+
+def forbidden(ident: NsId) -> str | None:
+    """Why a learner may not name this namespace, or None."""
+    if is_initial(ident):
+        return MACHINE
+    return machine_namespaces().get(ident)
 
 
 def ns_identity(fd: int) -> NsId:
@@ -113,7 +129,9 @@ class NsRef:
         try:
             fd = os.open(self.fspath, os.O_RDONLY | os.O_CLOEXEC)
         except OSError as e:
-            if self.pid is not None and e.errno in (errno.ENOENT, errno.ESRCH, errno.EACCES):
+            if e.errno in (errno.EACCES, errno.EPERM):
+                raise NamespaceDenied(f"{self} cannot be entered ({e.strerror})") from None
+            if self.pid is not None and e.errno in (errno.ENOENT, errno.ESRCH):
                 raise NamespaceGone(f"process {self.pid} is gone: no network namespace to probe") from None
             raise NamespaceGone(f"{self} does not exist ({e.strerror})") from None
         try:
@@ -124,7 +142,7 @@ class NsRef:
             os.close(fd)
             raise NamespaceGone(f"{self} is not a network namespace (a stale file?)")
         if self.foreign:
-            what = machine_namespaces().get(ns_identity(fd))
+            what = forbidden(ns_identity(fd))
             if what is not None:
                 os.close(fd)
                 raise MachineNamespace(f"{self} is {what}: name a namespace you created")
@@ -132,9 +150,12 @@ class NsRef:
 
     def check_foreign(self) -> None:
         """Raise ``MachineNamespace`` if this reference leads into the machine's own namespace
-        now (a reference that does not exist yet passes: using it later is checked again)."""
+        now, ``NamespaceDenied`` if it cannot be entered at all. A reference that does not
+        exist (yet) passes: every later use is checked again."""
         try:
             fd = self.open()
+        except NamespaceDenied:
+            raise
         except NamespaceGone:
             return
         os.close(fd)

@@ -30,7 +30,7 @@ from typing import Any
 from cnmlab import yamlsrc
 from cnmlab.checks import library
 from cnmlab.checks.api import UPSTREAM, UPSTREAM_NET, UPSTREAM_WEB, HostRef, SandboxRef, parse_spec
-from cnmlab.checks.nsref import MachineNamespace, NsRef
+from cnmlab.checks.nsref import MachineNamespace, NamespaceDenied, NsRef
 from cnmlab.errors import InvalidInput
 from cnmlab.yamlsrc import Source
 
@@ -109,7 +109,7 @@ def _nsref(src: Source, where: tuple[Any, ...], spec: dict[str, Any]) -> NsRef:
         ref = NsRef(name=value, foreign=True)
     try:
         ref.check_foreign()
-    except MachineNamespace as e:
+    except (MachineNamespace, NamespaceDenied) as e:
         raise src.error(where + (key,), str(e)) from None
     return ref
 
