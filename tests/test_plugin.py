@@ -1,30 +1,27 @@
 """The cnmlab pytest plugin, driven through ``pytester`` over namespaces built by hand.
 
-A host namespace with bridge ``br0`` (10.77.0.1/24) holds sandboxes ``a`` and ``b``; ``c`` sits
-on a second bridge ``br1`` (10.78.0.0/24) and the host does not forward, so ``c`` is isolated.
-A learner's manifest names them and six checks; the plugin must collect one item per check,
-fail exactly the items a broken setup breaks (with expected/observed, no traceback), write one
-JUnit testcase and one grade-sheet row per check, run ``cnmlab_check`` and ``cnmlab_needs``, and
-do nothing at all when no cnmlab option is given.
+``_handbuilt``: a host namespace with bridge ``br0`` (10.77.0.1/24) holds sandboxes ``a`` and
+``b``; ``c`` sits on a second bridge ``br1`` (10.78.0.0/24) and the host does not forward, so
+``c`` is isolated. The instructor's assignment lists six checks; a learner's submission names
+the namespaces. The plugin must collect one item per (learner, assignment check), fail exactly
+the items a broken setup breaks (with expected/observed, no traceback), write one JUnit
+testcase and one grade-sheet row per check, count what did not run as failed, refuse
+submissions without an assignment, run ``cnmlab_check`` and ``cnmlab_needs``, and do nothing
+at all when no cnmlab option is given.
 """
 from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
-import textwrap
 import xml.etree.ElementTree as ET
 
 import pytest
 
-from cnmlab import netns
+from _handbuilt import HandBuilt
 from cnmlab.netlink import Netlink
 
 pytest_plugins = ["pytester"]
 
-PID = os.getpid()
-PREFIX = f"cnmt-plg-{PID}"
 CHECKS = [
     "reachable a -> b (icmp)",
     "reachable b -> a (icmp)",
@@ -34,82 +31,49 @@ CHECKS = [
     "link br0 in host:h",
 ]
 BROKEN = {"reachable a -> b (icmp)", "reachable b -> a (icmp)", "matrix a b c (icmp)"}
+ASSIGNMENT = """\
+name: hw
+budget: 30
+checks:
+  - {id: ab, check: {reachable: {from: a, to: b}}, points: 2}
+  - {id: ba, check: {reachable: {from: b, to: a}}}
+  - {id: ac, check: {isolated: {from: a, to: c, timeout: 0.5}}}
+  - {id: matrix, check: {matrix: {sandboxes: [a, b, c], groups: [[a, b]], timeout: 0.5}},
+     points: 3}
+  - {id: mtu, check: {mtu: {sandbox: a, mtu: 1500}}}
+  - {id: br0, check: {link: {ns: "host:h", name: br0, kind: bridge, up: true}}}
+"""
 
 
 def _run(pytester, *args):
-    # in-process runs share module globals with this session: pytest-textual-snapshot keeps
-    # its temp dir in one and removes it when the inner session ends
-    return pytester.runpytest("-p", "no:textual-snapshot", *args)
-
-
-def _ns(name: str) -> str:
-    return f"{PREFIX}-{name}"
-
-
-def _build() -> dict[str, str]:
-    from cnmlab.controller import setup_namespace
-
-    names = {n: _ns(n) for n in ("h", "a", "b", "c")}
-    for n in names.values():
-        setup_namespace(n)
-    with Netlink(names["h"]) as h:
-        for br, gw in (("br0", "10.77.0.1/24"), ("br1", "10.78.0.1/24")):
-            h.add_bridge(br)
-            h.add_address(br, gw)
-            h.set_link(br, up=True)
-        for sb, br, ip, gw in (("a", "br0", "10.77.0.2/24", "10.77.0.1"),
-                               ("b", "br0", "10.77.0.3/24", "10.77.0.1"),
-                               ("c", "br1", "10.78.0.2/24", "10.78.0.1")):
-            fd = netns.open_fd(names[sb])
-            try:
-                h.add_veth(f"v{sb}", "eth0", peer_ns_fd=fd)
-            finally:
-                os.close(fd)
-            h.set_link(f"v{sb}", master=br, up=True)
-            with Netlink(names[sb]) as s:
-                s.add_address("eth0", ip)
-                s.set_link("eth0", up=True)
-                s.add_route("default", gateway=gw)
-    return names
+    # a subprocess: in-process runs share module globals with this session (pytester drops the
+    # inner run's modules from sys.modules, but a package keeps its submodules as attributes,
+    # so a second inner run would mix two generations of cnmlab.checks classes), and
+    # pytest-textual-snapshot keeps its temp dir in one and removes it when the run ends
+    return pytester.runpytest_subprocess("-p", "no:textual-snapshot", "-p", "no:randomly",
+                                         "-p", "no:cacheprovider", *args)
 
 
 @pytest.fixture(scope="module")
 def hand_built():
     if os.geteuid() != 0:
         pytest.skip("needs root to build namespaces")
+    hb = HandBuilt("plg").build()
     try:
-        yield _build()
+        yield hb
     finally:
-        for n in ("a", "b", "c", "h"):
-            netns.delete(_ns(n))
+        hb.teardown()
 
 
-def _manifest(path, names: dict[str, str], name: str = "alice", checks: bool = True) -> str:
-    body = textwrap.dedent(f"""\
-        name: {name}
-        sandboxes:
-          a: {{netns: {names['a']}, addresses: {{lan: 10.77.0.2}}}}
-          b: {{netns: {names['b']}, addresses: {{lan: 10.77.0.3}}}}
-          c: {{netns: {names['c']}, addresses: {{dmz: 10.78.0.2}}}}
-        hosts:
-          h: {{netns: {names['h']}}}
-        """)
-    if checks:
-        body += textwrap.dedent("""\
-            checks:
-              - reachable: {from: a, to: b}
-              - reachable: {from: b, to: a}
-              - isolated: {from: a, to: c, timeout: 0.5}
-              - matrix: {sandboxes: [a, b, c], groups: [[a, b]], timeout: 0.5}
-              - mtu: {sandbox: a, mtu: 1500}
-              - link: {ns: "host:h", name: br0, kind: bridge, up: true}
-            """)
-    path.write_text(body)
-    return str(path)
+@pytest.fixture
+def hw(pytester):
+    p = pytester.path / "hw.yaml"
+    p.write_text(ASSIGNMENT)
+    return str(p)
 
 
-def _set_b(up: bool) -> None:
-    with Netlink(_ns("b")) as nl:
+def _set_b(hb, up: bool) -> None:
+    with Netlink(hb["b"]) as nl:
         nl.set_link("eth0", up=up)
         if up:
             nl.add_route("default", gateway="10.77.0.1")
@@ -118,28 +82,31 @@ def _set_b(up: bool) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-def test_manifest_collects_one_item_per_check(pytester, hand_built):
-    m = _manifest(pytester.path / "alice.yaml", hand_built)
-    res = _run(pytester, "--collect-only", "-q", "--cnmlab-manifest", m)
+def test_submission_collects_one_item_per_assignment_check(pytester, hand_built, hw):
+    m = hand_built.submission(pytester.path / "alice.yaml")
+    res = _run(pytester, "--collect-only", "-q", "--cnmlab-assignment", hw,
+               "--cnmlab-submission", m)
     ids = [l for l in res.outlines if l.startswith("cnmlab/")]
     assert ids == [f"cnmlab/alice::{c}" for c in CHECKS], res.outlines
-    res = _run(pytester, "-v", "--cnmlab-manifest", m)
+    res = _run(pytester, "-v", "--cnmlab-assignment", hw, "--cnmlab-submission", m)
     res.assert_outcomes(passed=len(CHECKS))
     out = res.stdout.str()
     assert "= cnmlab =" in out and "alice:" in out and "6 passed, 0 failed" in out
     assert "truth table: matrix a b c (icmp)" in out and "0 wrong, 6 correct" in out
+    assert [l.split()[:4] for l in res.outlines if l.startswith("alice ")] == \
+        [["alice", "PASS", "9/9", "6/6"]]
 
 
-def test_broken_setup_fails_exactly_the_expected_items(pytester, hand_built):
-    m = _manifest(pytester.path / "alice.yaml", hand_built)
+def test_broken_setup_fails_exactly_the_expected_items(pytester, hand_built, hw):
+    m = hand_built.submission(pytester.path / "alice.yaml")
     junit = pytester.path / "junit.xml"
     sheet_path = pytester.path / "grades.json"
-    _set_b(False)
+    _set_b(hand_built, False)
     try:
-        res = _run(pytester, "-rf", "--cnmlab-manifest", m, f"--junitxml={junit}",
-                                 f"--cnmlab-json={sheet_path}")
+        res = _run(pytester, "-rf", "--cnmlab-assignment", hw, "--cnmlab-manifest", m,
+                   f"--junitxml={junit}", f"--cnmlab-json={sheet_path}")
     finally:
-        _set_b(True)
+        _set_b(hand_built, True)
     res.assert_outcomes(passed=len(CHECKS) - len(BROKEN), failed=len(BROKEN))
     out = res.stdout.str()
     assert "Traceback" not in out and "def runtest" not in out
@@ -157,40 +124,57 @@ def test_broken_setup_fails_exactly_the_expected_items(pytester, hand_built):
     assert "expected: a reaches b" in got["reachable a -> b (icmp)"].text
     assert all(c.get("classname") == "cnmlab.alice" for c in ET.parse(junit).getroot().iter(
         "testcase"))
-    # the grade sheet: one row per (learner, check)
+    # the grade sheet: one row per (learner, check), with points
     sheet = json.loads(sheet_path.read_text())
     rows = sheet["rows"]
     assert [(r["learner"], r["check"]) for r in rows] == [("alice", c) for c in CHECKS]
     assert {r["check"] for r in rows if not r["ok"]} == BROKEN
     for r in rows:
-        assert set(r) >= {"learner", "check", "kind", "ok", "expected", "observed", "reason"}
-    assert sheet["learners"]["alice"] == {"passed": 3, "failed": 3, "skipped": 0, "total": 6,
-                                          "ok": False}
+        assert set(r) >= {"learner", "check", "kind", "ok", "expected", "observed", "reason",
+                          "points", "max_points", "graded"}
+    learner = sheet["learners"]["alice"]
+    assert {k: learner[k] for k in ("passed", "failed", "skipped", "total", "ok", "points",
+                                    "max_points")} == \
+        {"passed": 3, "failed": 3, "skipped": 0, "total": 6, "ok": False, "points": 3.0,
+         "max_points": 9.0}
     matrix = next(r for r in rows if r["kind"] == "matrix")
     assert matrix["table"]["wrong_count"] == 2
 
 
-def test_two_learners_and_a_broken_manifest(pytester, hand_built):
-    alice = _manifest(pytester.path / "alice.yaml", hand_built)
+def test_two_learners_a_refused_submission_and_deselection(pytester, hand_built, hw):
+    alice = hand_built.submission(pytester.path / "alice.yaml")
     bob = pytester.path / "bob.yaml"
-    bob.write_text("name: bob\nsandboxes:\n  a: {netns: x, pid: 3}\n")
+    bob.write_text("sandboxes:\n  a: {netns: x, pid: 3}\n")
     sheet_path = pytester.path / "g.json"
-    res = _run(pytester, "--cnmlab-manifest", alice, "--cnmlab-manifest", str(bob),
-                             f"--cnmlab-json={sheet_path}", "-k", "not matrix")
-    res.assert_outcomes(passed=5, failed=1, deselected=1)
+    res = _run(pytester, "--cnmlab-assignment", hw, "--cnmlab-submission", alice,
+               "--cnmlab-submission", str(bob), f"--cnmlab-json={sheet_path}", "-k", "not matrix")
+    res.assert_outcomes(passed=5, failed=5, deselected=2)
     out = res.stdout.str()
-    assert "FAILED cnmlab/bob::manifest" in out
-    assert "bob.yaml:3: sandboxes.a.pid: give exactly one of netns" in out
+    assert "FAILED cnmlab/bob::reachable a -> b (icmp)" in out
+    assert f"bob: submission refused: {bob}:2: sandboxes.a.pid: give exactly one of netns" in out
     sheet = json.loads(sheet_path.read_text())
-    assert sheet["learners"]["alice"]["ok"] is True
-    assert sheet["learners"]["bob"] == {"passed": 0, "failed": 1, "skipped": 0, "total": 1,
-                                        "ok": False}
+    # the deselected matrix did not run: a failed row, never a pass
+    alice_rows = {r["check"]: r for r in sheet["rows"] if r["learner"] == "alice"}
+    assert alice_rows["matrix a b c (icmp)"]["ok"] is False
+    assert alice_rows["matrix a b c (icmp)"]["reason"] == "not run: not selected"
+    assert sheet["learners"]["alice"]["ok"] is False and sheet["learners"]["alice"]["points"] == 6
+    assert sheet["learners"]["bob"]["failed"] == 6 and sheet["learners"]["bob"]["points"] == 0
+    assert sheet["learners"]["bob"]["error"].startswith(f"{bob}:2: sandboxes.a.pid")
+
+
+def test_profile_as_assignment_and_learner_fields_refused(pytester, hand_built):
+    """The reproduced exploit, through pytest: the learner's profile list changes nothing."""
+    alice = pytester.path / "alice.yaml"
+    alice.write_text("name: alice\nprofile: [mtu]\n")
+    res = _run(pytester, "--cnmlab-profile", "bridge", "--cnmlab-submission", str(alice))
+    res.assert_outcomes(failed=15, skipped=2)  # the two optional checks are worth nothing
+    assert "alice    FAIL    0/15" in res.stdout.str()
 
 
 def test_cnmlab_check_fixture_and_marker(pytester, hand_built):
     from cnmlab import features
 
-    m = _manifest(pytester.path / "lab.yaml", hand_built, name="hand", checks=False)
+    m = hand_built.submission(pytester.path / "hand.yaml")
     pytester.makepyfile(test_mine="""
         import pytest
 
@@ -243,6 +227,25 @@ def test_bad_options_are_usage_errors(pytester):
     res = _run(pytester, "--cnmlab-profile=nosuch")
     assert res.ret == pytest.ExitCode.USAGE_ERROR
     assert "unknown profile 'nosuch'; known: bridge" in res.stderr.str()
+    sub = pytester.path / "alice.yaml"
+    sub.write_text("sandboxes: {}\n")
+    res = _run(pytester, f"--cnmlab-submission={sub}")
+    assert res.ret == pytest.ExitCode.USAGE_ERROR
+    assert ("--cnmlab-submission needs --cnmlab-assignment FILE or --cnmlab-profile NAME: the "
+            "instructor decides what is checked, never the submission") in res.stderr.str()
+    (pytester.path / "x").mkdir()
+    twin = pytester.path / "x" / "alice.yaml"
+    twin.write_text("sandboxes: {}\n")
+    res = _run(pytester, "--cnmlab-profile=bridge", f"--cnmlab-submission={sub}",
+               f"--cnmlab-submission={twin}")
+    assert res.ret == pytest.ExitCode.USAGE_ERROR
+    assert "learner alice is given twice" in res.stderr.str()
+    hw = pytester.path / "hw.yaml"
+    hw.write_text(ASSIGNMENT)
+    res = _run(pytester, f"--cnmlab-assignment={hw}", "--cnmlab-profile=bridge",
+               f"--cnmlab-submission={sub}")
+    assert res.ret == pytest.ExitCode.USAGE_ERROR
+    assert "give --cnmlab-assignment or --cnmlab-profile, not both" in res.stderr.str()
 
 
 def test_inert_without_options(pytester):
@@ -262,32 +265,3 @@ def test_inert_without_options(pytester):
     res.assert_outcomes(passed=1)
     assert "cnmlab" not in res.stdout.str().replace("cnmlab.checks", "")
     assert not list(pytester.path.glob("*.json"))
-
-
-def test_grade_cli(hand_built, tmp_path):
-    good = _manifest(tmp_path / "alice.yaml", hand_built, name="alice")
-    lazy = tmp_path / "bob.yaml"
-    # bob claims b at the wrong address: his reach checks to b fail
-    lazy.write_text(open(good).read().replace("name: alice", "name: bob")
-                    .replace("lan: 10.77.0.3", "lan: 10.77.0.9"))
-    out_json, out_junit = tmp_path / "g.json", tmp_path / "g.xml"
-    cp = subprocess.run([sys.executable, "-m", "cnmlab.cli", "grade", good, str(lazy),
-                         "--json", str(out_json), "--junit", str(out_junit)],
-                        capture_output=True, text=True, timeout=120)
-    assert cp.returncode == 1, cp.stdout + cp.stderr
-    lines = cp.stdout.splitlines()
-    assert lines[0].split() == ["learner", "result", "passed", "failed", "checks"]
-    assert lines[1].split()[:3] == ["alice", "PASS", "6/6"]
-    assert lines[2].split()[:3] == ["bob", "FAIL", "4/6"]
-    assert "reachable a -> b (icmp); matrix a b c (icmp)" in lines[2]
-    sheet = json.loads(out_json.read_text())
-    assert len(sheet["rows"]) == 12 and sheet["ok"] is False
-    assert len(list(ET.parse(out_junit).getroot().iter("testcase"))) == 12
-    cp = subprocess.run([sys.executable, "-m", "cnmlab.cli", "grade", good],
-                        capture_output=True, text=True, timeout=120)
-    assert cp.returncode == 0, cp.stdout + cp.stderr
-    assert cp.stdout.splitlines()[1].split() == ["alice", "PASS", "6/6", "-"]
-    cp = subprocess.run([sys.executable, "-m", "cnmlab.cli", "grade", str(tmp_path / "no.yaml")],
-                        capture_output=True, text=True, timeout=60)
-    assert cp.returncode == 1 and cp.stderr.strip().splitlines() == [
-        f"cnmlab: no such manifest: {tmp_path / 'no.yaml'}"]
