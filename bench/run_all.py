@@ -19,11 +19,14 @@ FULL = [
     ("TUI first screen and responsiveness", ["bench_tui.py"]),
     ("TUI live state latency", ["bench_tui_live.py"]),
     ("userland proxy: 100 published ports in one process", ["bench_proxy.py", "--ports", "100"]),
+    ("grading a class (issue 9: 30 submissions < 60 s)", ["bench_grade.py", "--learners", "30",
+                                                          "--broken", "10"]),
 ]
 QUICK = [
     ("engine build/teardown", ["bench_build.py", "--sizes", "10,50", "--no-mininet"]),
     ("reachability truth tables", ["bench_truth.py", "--sizes", "10,20", "--no-mininet"]),
     ("userland proxy", ["bench_proxy.py", "--ports", "100"]),
+    ("grading a class", ["bench_grade.py", "--learners", "4", "--broken", "1"]),
 ]
 
 

@@ -16,7 +16,8 @@ Options (group "cnmlab", one prefix)::
                                alone, it builds the profile's topology in a fresh engine lab
     --cnmlab-budget=S          wall-clock seconds per learner (overrides the assignment's)
     --cnmlab-jobs=N            learners graded at a time
-    --cnmlab-target=KIND:ARG   engine:LAB, manifest:PATH, docker:SOCKET (or a dockerd workdir)
+    --cnmlab-target=KIND:ARG   engine:LAB, submission:PATH (or manifest:PATH), docker:SOCKET
+                               (or a dockerd workdir): a target for the fixtures and profile
     --cnmlab-lab=LAB           shorthand for --cnmlab-target=engine:LAB
     --cnmlab-upstream=NETNS    the namespace that plays the internet (docker targets)
     --cnmlab-json=PATH         write the grade sheet: one row per (learner, check)
@@ -47,7 +48,7 @@ from typing import Any
 
 import pytest
 
-TARGET_KINDS = ("engine", "manifest", "docker")
+TARGET_KINDS = ("engine", "manifest", "submission", "docker")
 
 
 class CnmlabHooks:
@@ -243,7 +244,7 @@ def pytest_configure(config: pytest.Config) -> None:
             raise pytest.UsageError(f"--cnmlab-target {spec!r}: use KIND:ARG with KIND one of "
                                     f"{', '.join(TARGET_KINDS)} (engine:LAB, manifest:PATH, "
                                     f"docker:SOCKET)")
-        if kind == "manifest":
+        if kind in ("manifest", "submission"):
             src = _manifest_source(arg, pchecks)
         else:
             src = Source(learner=spec, kind=kind, arg=arg, checks=list(pchecks),

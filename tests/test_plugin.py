@@ -223,7 +223,7 @@ def test_without_a_target_the_fixture_skips(pytester):
 def test_bad_options_are_usage_errors(pytester):
     res = _run(pytester, "--cnmlab-target=cni:x")
     assert res.ret == pytest.ExitCode.USAGE_ERROR
-    assert "use KIND:ARG with KIND one of engine, manifest, docker" in res.stderr.str()
+    assert "use KIND:ARG with KIND one of engine, manifest, submission, docker" in res.stderr.str()
     res = _run(pytester, "--cnmlab-profile=nosuch")
     assert res.ret == pytest.ExitCode.USAGE_ERROR
     assert "unknown profile 'nosuch'; known: bridge" in res.stderr.str()
