@@ -543,3 +543,13 @@ def test_grade_cli_outputs(hb, tmp_path):
     cp = cli("grade", "--assignment", str(a), str(tmp_path / "no.yaml"))
     assert cp.returncode == 1
     assert f"submission refused: {tmp_path / 'no.yaml'}: No such file or directory" in cp.stdout
+
+
+def test_examples_load():
+    root = os.path.join(os.path.dirname(__file__), "..", "examples", "grading")
+    a = amod.load(os.path.join(root, "assignment.yaml"))
+    assert a.profile == "bridge" and "hairpin" not in {c.id for c in a.checks}
+    assert a.max_points == 21 and a.budget == 60
+    t = SubmissionTarget(os.path.join(root, "alice.yaml"))
+    assert t.learner == "alice" and set(t.sandboxes()) == {f"c{i}" for i in range(1, 7)}
+    assert t.upstream().ip() == "198.51.100.10"
