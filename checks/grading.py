@@ -204,16 +204,18 @@ class Grader:
         status = ""
         proc, run.proc = run.proc, None
         if proc is not None:
-            if kill:
+            for attempt in range(2):
+                if kill or attempt:  # a worker that closed its pipe but lingers is killed too
+                    try:
+                        os.killpg(proc.pid, signal.SIGKILL)  # the worker and what it started
+                    except ProcessLookupError:
+                        pass
                 try:
-                    os.killpg(proc.pid, signal.SIGKILL)  # the worker and anything it started
-                except ProcessLookupError:
-                    pass
-            try:
-                code = proc.wait(timeout=KILL_WAIT)
-                status = f"exit code {code}" if code >= 0 else f"signal {-code}"
-            except subprocess.TimeoutExpired:
-                status = "still stuck in the kernel after SIGKILL"
+                    code = proc.wait(timeout=KILL_WAIT)
+                    status = f"exit code {code}" if code >= 0 else f"signal {-code}"
+                    break
+                except subprocess.TimeoutExpired:
+                    status = "still stuck in the kernel after SIGKILL"
         if run.errfile is not None:
             if not kill and run.todo:
                 run.errfile.seek(0)

@@ -191,15 +191,22 @@ def test_docker_broken_isolation_fails_the_isolation_checks(docker_profile):
     app, other = nets["app"]["device"], nets["other"]["device"]
     iso = conformance.ProfileCheck("x", {"isolated": {"from": "c1", "to": "c6"}},
                                    "isolated c1 -> c6 (icmp)")
+    back = conformance.ProfileCheck("y", {"isolated": {"from": "c6", "to": "c1"}},
+                                    "isolated c6 -> c1 (icmp)")
     deleted = []
     try:
-        # One bridge's rule is not enough: the echo request gets out, but the reply crosses
-        # the other bridge's "-o br -j DROP" (STAGE-1 runs before the RELATED,ESTABLISHED
-        # ACCEPT in 20.10's FORWARD chain). Isolation is behaviour, and it still holds.
+        # One bridge's rule gone: c1's echo requests now reach c6, and only the replies are
+        # dropped, crossing the other bridge's "-o br -j DROP" (STAGE-1 runs before the
+        # RELATED,ESTABLISHED ACCEPT in 20.10's FORWARD chain). Judged by replies alone this
+        # looked isolated; judged at the receiver it is a one-way leak, c1 -> c6, while c6's
+        # own packets to c1 are still stopped on the way.
         rule = ["DOCKER-ISOLATION-STAGE-2", "-o", other, "-j", "DROP"]
         assert _iptables(daemon, "-D", *rule).returncode == 0
         deleted.append(rule)
-        assert conformance.run_one(target, iso).ok
+        one_way = conformance.run_one(target, iso)
+        assert not one_way.ok and "(one-way: c1 -> c6)" in one_way.observed, one_way
+        assert one_way.reason.startswith("c1 -> c6 leaks one way")
+        assert conformance.run_one(target, back).ok
         rule = ["DOCKER-ISOLATION-STAGE-2", "-o", app, "-j", "DROP"]
         assert _iptables(daemon, "-D", *rule).returncode == 0
         deleted.append(rule)
@@ -209,11 +216,19 @@ def test_docker_broken_isolation_fails_the_isolation_checks(docker_profile):
             _iptables(daemon, "-I", rule[0], "1", *rule[1:])
     text = report.render_results(results, verbose=True)
     failed = {r.check for r in results if not r.ok}
-    assert failed == {"isolated c1 -> c6 (icmp)", "matrix c1 c2 c3 c4 c5 c6 (icmp)"}, text
+    # app and other now talk both ways; the default bridge (c3) reaches into both one way
+    # (its packets arrive, the replies die at docker0's own "-o docker0 -j DROP")
+    assert failed == {"isolated c1 -> c6 (icmp)", "isolated c3 -> c1 (icmp)",
+                      "matrix c1 c2 c3 c4 c5 c6 (icmp)"}, text
     matrix = next(r for r in results if r.kind == "matrix")
-    assert set(matrix.table.wrong) == {("c1", "c6"), ("c6", "c1"), ("c2", "c6"), ("c6", "c2")}
+    one_way = {("c3", "c1"), ("c3", "c2"), ("c3", "c6")}
+    assert set(matrix.table.wrong) == {("c1", "c6"), ("c6", "c1"), ("c2", "c6"),
+                                       ("c6", "c2")} | one_way, text
+    assert matrix.table.one_way == one_way
     iso_r = next(r for r in results if r.check == "isolated c1 -> c6 (icmp)")
     assert iso_r.observed.startswith("reply from") and "DOCKER-ISOLATION" in iso_r.reason
+    c3 = next(r for r in results if r.check == "isolated c3 -> c1 (icmp)")
+    assert "(one-way: c3 -> c1)" in c3.observed
     # restored: isolated again
     assert conformance.run_one(target, iso).ok
 
