@@ -48,8 +48,8 @@ import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+from cnmlab import netns, procs, rundir
 from cnmlab.constants import UPSTREAM_DNS
-from cnmlab import netns
 from cnmlab.errors import CnmError, FeatureMissing, InvalidInput, NotRootError, ObjectExists
 
 DOCKERD = "/usr/sbin/dockerd"
@@ -60,7 +60,8 @@ BUSYBOX = "/bin/busybox"
 IMAGE = "cnmlab/busybox"
 STATE_FILE = "cnmlab-dockerd.json"
 # Where ``cnmlab conform`` keeps its daemons' workdirs (not under /run: the daemon gets a
-# tmpfs there) and the busybox image it builds once; ``clean_all`` sweeps this folder.
+# tmpfs there) and the busybox image it builds once; ``clean_all`` sweeps this folder. /tmp is
+# world-writable: the folder is root's alone (0700), checked before every use (``rundir``).
 DAEMONS_DIR = "/tmp/cnmlab-dockerd"
 IMAGE_CACHE = os.path.join(DAEMONS_DIR, "cache")
 CGROUP_PREFIX = "cnmlab-dockerd-"
@@ -191,19 +192,16 @@ def _kill_cgroup(cgroup: str, timeout: float = 10.0) -> None:
                     time.sleep(0.02)
 
 
-def _terminate(pid: int | None, timeout: float) -> None:
-    if pid is None or not _alive(pid):
+def _terminate(pid: int, start: int, timeout: float) -> None:
+    """SIGTERM, then SIGKILL, a process known by its PID and start time (never a PID reuse)."""
+    if not procs.signal_if_same(pid, start, signal.SIGTERM):
         return
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
-    while _alive(pid) and time.monotonic() < deadline:
+    while procs.same_process(pid, start) and time.monotonic() < deadline:
         time.sleep(0.05)
-    if _alive(pid):
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
+    if procs.signal_if_same(pid, start, signal.SIGKILL):
         deadline = time.monotonic() + 5
-        while _alive(pid) and time.monotonic() < deadline:
+        while procs.same_process(pid, start) and time.monotonic() < deadline:
             time.sleep(0.02)
 
 
@@ -232,17 +230,20 @@ def cleanup_workdir(workdir: str | os.PathLike, *, remove: bool = True,
         state = json.loads((workdir / STATE_FILE).read_text())
     except (OSError, ValueError):
         state = {}
+    if not isinstance(state, dict):
+        state = {}
     found = bool(state)
-    supervisor = state.get("pid")
-    if supervisor and _alive(supervisor) and _same_process(supervisor, state.get("pid_start"),
-                                                           workdir):
+    supervisor = _recorded(state, "pid", workdir)
+    if supervisor:
         found = True
-        _terminate(supervisor, timeout=40)  # it stops containers, dockerd, containerd, shims
-    for pidfile, timeout in (("docker.pid", 15), ("containerd.pid", 5)):
-        pid = _read_pid(workdir / pidfile)  # in case the supervisor was killed with SIGKILL
-        if pid and _alive(pid) and str(workdir) in _cmdline(pid):
+        _terminate(*supervisor, timeout=40)  # it stops containers, dockerd, containerd, shims
+    for key, pidfile, timeout in (("dockerd", "docker.pid", 15),
+                                  ("containerd", "containerd.pid", 5)):
+        # in case the supervisor was killed with SIGKILL
+        proc = _recorded(state, key, workdir) or _from_pidfile(workdir / pidfile, workdir)
+        if proc:
             found = True
-            _terminate(pid, timeout=timeout)
+            _terminate(*proc, timeout=timeout)
     if state.get("cgroup"):
         _kill_cgroup(state["cgroup"])
     ns = state.get("netns")
@@ -276,15 +277,24 @@ def cleanup_workdir(workdir: str | os.PathLike, *, remove: bool = True,
 def clean_all() -> list[str]:
     """Stop every daemon cnmlab started under ``DAEMONS_DIR`` (``cnmlab clean``)."""
     cleaned = []
-    try:
-        entries = sorted(os.listdir(DAEMONS_DIR))
-    except FileNotFoundError:
+    if not os.path.lexists(DAEMONS_DIR):
         return cleaned
+    rundir.check_private(DAEMONS_DIR)  # never act on workdirs someone else could have made
+    entries = sorted(os.listdir(DAEMONS_DIR))
     for entry in entries:
         workdir = os.path.join(DAEMONS_DIR, entry)
         if os.path.isfile(os.path.join(workdir, STATE_FILE)) and cleanup_workdir(workdir):
             cleaned.append(f"dockerd {entry}")
     return cleaned
+
+
+def _private(path: Path) -> None:
+    """Make ``path`` a private folder (see ``rundir``); under ``DAEMONS_DIR`` that one too."""
+    if path.parent == Path(DAEMONS_DIR):
+        rundir.private_dir(DAEMONS_DIR)
+    else:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    rundir.private_dir(str(path))
 
 
 def _cmdline(pid: int) -> str:
@@ -295,19 +305,38 @@ def _cmdline(pid: int) -> str:
         return ""
 
 
-def _start_time(pid: int) -> str | None:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[19]
-    except (OSError, IndexError):
+def _recorded(state: dict, key: str, workdir: Path) -> tuple[int, int] | None:
+    """(pid, start time) of a process recorded in the state file, if it still is that process.
+
+    A PID alone may have been reused by now; with its start time it names one process only.
+    """
+    pid, start = state.get(key), state.get(f"{key}_start")
+    if isinstance(start, str) and start.isdigit():  # written as text by older versions
+        start = int(start)
+    if procs.same_process(pid, start) and str(workdir) in _cmdline(pid):
+        return pid, start
+    return None
+
+
+def _from_pidfile(path: Path, workdir: Path) -> tuple[int, int] | None:
+    """A daemon's pidfile, when the state file never got its start time (killed early).
+
+    Trusted only if the process runs from this workdir and started before the pidfile was
+    written (a reused PID belongs to a process started later).
+    """
+    pid = _read_pid(path)
+    if not pid:
         return None
-
-
-def _same_process(pid: int, start: str | None, workdir: Path) -> bool:
-    """Guard against pid reuse: the pid still names the process we started."""
-    if start is None:
-        return str(workdir) in _cmdline(pid)
-    return _start_time(pid) == start
+    start = procs.start_time(pid)
+    try:
+        written = path.stat().st_mtime
+    except OSError:
+        return None
+    if start is None or str(workdir) not in _cmdline(pid):
+        return None
+    if procs.started_at(start) > written + 1:  # btime has a one-second resolution
+        return None
+    return pid, start
 
 
 _LAUNCHER = r"""#!/bin/sh
@@ -568,6 +597,7 @@ class DockerDaemon:
     def start(self) -> DockerDaemon:
         self._check_can_start()
         t0 = time.monotonic()
+        _private(self.workdir)  # everything below is created inside a folder only root can touch
         if self.plugins_dir:
             self.plugins_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         for d in (self.workdir, self.data_root, self.exec_root, self.containerd_socket.parent,
@@ -616,10 +646,15 @@ class DockerDaemon:
                  "/bin/sh", str(launcher)],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                 env=_clean_env(), start_new_session=True)
-        state.update(pid=self._proc.pid, pid_start=_start_time(self._proc.pid))
+        state.update(pid=self._proc.pid, pid_start=procs.start_time(self._proc.pid))
         self._write_state(state)
         try:
             self._wait_ready()
+            for key, pid in (("dockerd", self._dockerd_pid),
+                             ("containerd", _read_pid(self.workdir / "containerd.pid"))):
+                if pid:  # from now on cleanup knows them by PID and start time
+                    state.update({key: pid, f"{key}_start": procs.start_time(pid)})
+            self._write_state(state)
             t1 = time.monotonic()
             self.image_source = self.ensure_image()
         except BaseException:
@@ -736,9 +771,9 @@ class DockerDaemon:
     def image_tarball(self) -> tuple[Path, bool]:
         """The busybox rootfs tarball (built once into ``cache_dir``); (path, was cached)."""
         tar_path = self.cache_dir / "busybox-rootfs.tar"
+        _private(self.cache_dir)
         if tar_path.exists():
             return tar_path, True
-        self.cache_dir.mkdir(parents=True, exist_ok=True)
         build_tarball(tar_path)
         return tar_path, False
 

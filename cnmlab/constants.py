@@ -6,8 +6,11 @@ takes them, so a lab file, the engine and the Docker target read the same words.
 """
 from __future__ import annotations
 
-# Every namespace cnmlab makes is called NS_PREFIX + <lab> + NS_SEP + <object>.
+# Every namespace cnmlab makes is called NS_PREFIX + <lab> + NS_SEP + <object>. Lab names cannot
+# contain NS_SEP, so the first NS_SEP after the prefix ends the lab's name: no two labs' names
+# can ever meet (with '-', lab x's host y-upstream and lab x-y's upstream were one namespace).
 NS_PREFIX = "cnm-"
+NS_SEP = "."
 
 # The upstream namespace that plays "the internet".
 UPSTREAM = "upstream"

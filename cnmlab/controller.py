@@ -76,16 +76,17 @@ def bare_ip(cidr: str) -> str:
 class Controller:
     """One Docker host: its networks, endpoints and sandboxes, and the rules that bind them.
 
-    ``record_ns`` is called with a namespace name *before* it is created (write-ahead), and
-    ``save`` after every successful change, so state on disk always covers what exists.
+    ``make_ns(name, lo_up)`` records a namespace (write-ahead) and creates it, and ``save`` is
+    called after every successful change, so state on disk always covers what exists.
     ``cluster`` is the control plane for global-scope networks (None: local networks only).
     """
 
-    def __init__(self, host: Host, record_ns: Callable[[str], None], save: Callable[[], None],
-                 ns_name: Callable[[str], str], cluster: Cluster | None = None) -> None:
+    def __init__(self, host: Host, make_ns: Callable[[str, bool], None],
+                 save: Callable[[], None], ns_name: Callable[[str], str],
+                 cluster: Cluster | None = None) -> None:
         self.host = host
         self.cluster = cluster
-        self._record_ns = record_ns
+        self._make_ns = make_ns
         self._save = save
         self._ns_name = ns_name
         self._nl: Netlink | None = None
@@ -256,8 +257,7 @@ class Controller:
         sb = Sandbox(id=new_id(), name=name, netns=None if shares_host else self._ns_name(name))
         with self._transaction() as ctx:
             if sb.netns:
-                self._record_ns(sb.netns)
-                setup_namespace(sb.netns, lo_up=False)  # lo comes up when it joins
+                self._make_ns(sb.netns, False)  # lo comes up when it joins
                 ctx.undo(lambda: (netns.delete(sb.netns or ""), remove_etc(sb.netns or "")))
             self.host.sandboxes[name] = sb
         return sb

@@ -56,7 +56,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from cnmlab import netns, state
+from cnmlab import netns, procs, state
 from cnmlab.constants import EMBEDDED_DNS, UPSTREAM_DNS, UPSTREAM_WEB
 from cnmlab.model import LabState
 
@@ -611,8 +611,12 @@ def _home_netns(lab: LabState) -> str | None:
     return None
 
 
-def _is_resolver(pid: Any, lab_name: str) -> bool:
+def _is_resolver(pid: Any, lab_name: str, start: Any = ...) -> bool:
+    """Whether ``pid`` is a resolver of this lab; with ``start`` (the start time recorded with
+    the PID), also that it is the very process that was recorded, not a reuse of its PID."""
     if not isinstance(pid, int) or pid <= 0:
+        return False
+    if start is not ... and not procs.same_process(pid, start):
         return False
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as f:
@@ -639,20 +643,18 @@ def ensure_running(lab_name: str, lab: LabState, timeout: float = 5.0) -> None:
     if not wants_dns(lab):
         return
     pid = lab.extra.get("dns_pid")
-    if _is_resolver(pid, lab_name):
+    if _is_resolver(pid, lab_name, lab.extra.get("dns_pid_start")):
         try:
             inode = os.stat(state._path(lab_name)).st_ino
         except FileNotFoundError:
             inode = None
-        try:
-            os.kill(pid, signal.SIGUSR1)  # re-read the state now, not at the next poll
-        except ProcessLookupError:
-            pass
-        else:
+        # re-read the state now, not at the next poll
+        if procs.signal_if_same(pid, lab.extra.get("dns_pid_start"), signal.SIGUSR1):
             _wait_served(lab_name, pid, lab, min(timeout, 2.0))
             _wait_seen(lab_name, inode, min(timeout, 2.0))
             return
-    pid = lab.extra["dns_pid"] = _spawn(lab_name, [], timeout)
+    pid, lab.extra["dns_pid_start"] = _spawn(lab_name, [], timeout)
+    lab.extra["dns_pid"] = pid
     _confirmed[(lab_name, pid)] = {sb.id for sb in _dns_sandboxes(lab)}
 
 
@@ -714,13 +716,18 @@ def start_upstream(lab_name: str, lab: LabState, timeout: float = 5.0) -> None:
     on the default bridge (their resolv.conf names 198.51.100.53). PID in
     ``lab.extra["upstream_dns_pid"]``; teardown stops it with the upstream namespace.
     """
-    if not lab.upstream or _is_resolver(lab.extra.get("upstream_dns_pid"), lab_name):
+    if not lab.upstream or _is_resolver(lab.extra.get("upstream_dns_pid"), lab_name,
+                                        lab.extra.get("upstream_dns_pid_start")):
         return
-    lab.extra["upstream_dns_pid"] = _spawn(lab_name, ["--upstream"], timeout)
+    lab.extra["upstream_dns_pid"], lab.extra["upstream_dns_pid_start"] = _spawn(
+        lab_name, ["--upstream"], timeout)
 
 
-def _spawn(lab_name: str, extra: list[str], timeout: float) -> int:
-    """Start a resolver process and wait until it serves (or died, or ``timeout`` passed)."""
+def _spawn(lab_name: str, extra: list[str], timeout: float) -> tuple[int, int | None]:
+    """Start a resolver process and wait until it serves (or died, or ``timeout`` passed).
+
+    Returns its PID and start time: the pair, not the PID alone, names the process later.
+    """
     import select
 
     r, w = os.pipe()
@@ -738,25 +745,24 @@ def _spawn(lab_name: str, extra: list[str], timeout: float) -> int:
                 break
     finally:
         os.close(r)
+    start = procs.start_time(proc.pid)  # not reaped yet: still this process's
     threading.Thread(target=proc.wait, daemon=True).start()  # reap it if it ends before us
-    return proc.pid
+    return proc.pid, start
 
 
 def stop(lab_name: str, lab: LabState) -> None:
     """Stop the lab's resolver and upstream DNS processes (the caller saves the state)."""
     for key in ("dns_pid", "upstream_dns_pid"):
         pid = lab.extra.pop(key, None)
-        if not _is_resolver(pid, lab_name):
-            continue
-        try:
-            os.kill(pid, signal.SIGTERM)
-        except ProcessLookupError:
+        start = lab.extra.pop(f"{key}_start", None)
+        if not _is_resolver(pid, lab_name, start):
+            continue  # gone, or its PID now names another process: never signal that
+        if not procs.signal_if_same(pid, start, signal.SIGTERM):
             continue
         deadline = time.monotonic() + 2
-        while _is_resolver(pid, lab_name) and time.monotonic() < deadline:
+        while _is_resolver(pid, lab_name, start) and time.monotonic() < deadline:
             time.sleep(0.01)
-        if _is_resolver(pid, lab_name):
-            os.kill(pid, signal.SIGKILL)
+        procs.signal_if_same(pid, start, signal.SIGKILL)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -71,17 +71,18 @@ def _probe(name: str, ns: str) -> bool:
     raise FeatureMissing(f"unknown feature {name!r}")
 
 
-def _cache_path() -> str:
-    return os.path.join(state.STATE_DIR, f"_features-{os.uname().release}.json")
+def _cache_name() -> str:
+    return f"_features-{os.uname().release}.json"
 
 
 def probe_all(refresh: bool = False) -> dict[str, bool]:
-    path = _cache_path()
     if not refresh:
         try:
-            with open(path) as f:
-                return json.load(f)
-        except (OSError, ValueError):
+            folder = state.readable_dir()
+            if folder is not None:
+                with open(os.path.join(folder, _cache_name())) as f:
+                    return json.load(f)
+        except (OSError, ValueError, CnmError):
             pass
     ns = f"cnmfeat-{secrets.token_hex(4)}"
     netns.create(ns)
@@ -89,8 +90,7 @@ def probe_all(refresh: bool = False) -> dict[str, bool]:
         found = {name: _probe(name, ns) for name in DESCRIPTIONS}
     finally:
         netns.delete(ns)
-    os.makedirs(state.STATE_DIR, exist_ok=True)
-    with open(path, "w") as f:
+    with open(os.path.join(state.state_dir(), _cache_name()), "w") as f:
         json.dump(found, f)
     return found
 

@@ -7,9 +7,13 @@
         db = host.run("db", network="backend")
         print(web.ip(), lab.upstream_ip)
 
-Every namespace is named ``cnm-<lab>-<name>`` and recorded in the lab's state file before it is
+Every namespace is named ``cnm-<lab>.<name>`` and recorded in the lab's state file before it is
 created; everything else lives inside those namespaces. ``down()`` (or leaving the ``with``)
 removes exactly that, and so does ``cnmlab clean`` after a crash.
+
+Several processes may act on one lab at once (the workshop app, a learner's CLI, a test): every
+change runs under the lab's lock with the model reloaded first if another process saved a newer
+one (``Lab.locked``), so no change is lost and IPAM never hands out an address twice.
 """
 from __future__ import annotations
 
@@ -23,8 +27,9 @@ from typing import Any
 
 from cnmlab import dns, drivers, neigh, netns, nsexec, proxy, state, sysctl
 from cnmlab.cluster import Cluster
-from cnmlab.constants import (DEFAULT_BRIDGE_OPTIONS, NS_PREFIX, OPT_BRIDGE_NAME, OPT_ICC,
-                              OPT_MASQUERADE, OPT_MTU, UPSTREAM, UPSTREAM_GW, UPSTREAM_SERVICES)
+from cnmlab.constants import (DEFAULT_BRIDGE_OPTIONS, NS_PREFIX, NS_SEP, OPT_BRIDGE_NAME,
+                              OPT_ICC, OPT_MASQUERADE, OPT_MTU, UPSTREAM, UPSTREAM_GW,
+                              UPSTREAM_SERVICES)
 from cnmlab.controller import Controller, remove_etc, setup_namespace
 from cnmlab.errors import CnmError, InvalidInput, NotRootError, ObjectExists, ObjectNotFound
 from cnmlab.ipam import DefaultIpam
@@ -48,6 +53,24 @@ def parse_port(spec: str) -> PortMapping:
                        host_ip=m["ip"] or "0.0.0.0")
 
 
+def ns_name(lab: str, obj: str) -> str:
+    """The namespace of a lab's host, sandbox or upstream: ``cnm-<lab>.<name>``.
+
+    Injective: lab names have no '.', so two (lab, name) pairs never share a namespace name.
+    (With '-' as the separator, lab ``x``'s host ``y-upstream`` and lab ``x-y``'s upstream were
+    both ``cnm-x-y-upstream``.) At most 4 + 32 + 1 + 39 characters: well within NAME_MAX.
+    """
+    return f"{NS_PREFIX}{lab}{NS_SEP}{obj}"
+
+
+def split_ns_name(ns: str) -> tuple[str, str] | None:
+    """(lab, name) of a namespace cnmlab names, None for any other namespace."""
+    if not ns.startswith(NS_PREFIX) or NS_SEP not in ns:
+        return None
+    lab, _, obj = ns[len(NS_PREFIX):].partition(NS_SEP)
+    return (lab, obj) if lab and obj else None
+
+
 def check_name(kind: str, name: str) -> None:
     if not OBJ_NAME.match(name):
         raise InvalidInput(f"{kind} name {name!r}: use lowercase letters, digits, '-', '_' or "
@@ -59,11 +82,20 @@ class SandboxHandle:
 
     def __init__(self, host: "HostHandle", sb: Sandbox) -> None:
         self.host = host
-        self.model = sb
+        self._name = sb.name
+        self._last = sb
+
+    @property
+    def model(self) -> Sandbox:
+        """The sandbox in the lab's current model (another process may have reloaded it)."""
+        sb = self.host.model.sandboxes.get(self._name)
+        if sb is not None:
+            self._last = sb
+        return self._last
 
     @property
     def name(self) -> str:
-        return self.model.name
+        return self._name
 
     @property
     def netns(self) -> str:
@@ -101,7 +133,18 @@ class HostHandle:
     def __init__(self, lab: "Lab", host: Host) -> None:
         self.lab = lab
         self.model = host
-        self.controller = Controller(host, lab._record_ns, lab._save, lab.ns_name, lab.cluster)
+        self.controller = self._controller(host)
+
+    def _controller(self, host: Host) -> Controller:
+        return Controller(host, self.lab._make_ns, self.lab._save, self.lab.ns_name,
+                          self.lab.cluster)
+
+    def _adopt(self, host: Host) -> None:
+        """Follow a model reloaded from disk: a fresh controller (IPAM rebuilt from it)."""
+        old = self.controller
+        self.model = host
+        self.controller = self._controller(host)
+        old.close()
 
     @property
     def name(self) -> str:
@@ -128,12 +171,14 @@ class HostHandle:
                            (OPT_BRIDGE_NAME, bridge_name)):
             if value is not None:
                 opts[key] = str(value).lower() if isinstance(value, bool) else str(value)
-        return self.controller.create_network(name, driver, subnet=subnet, gateway=gateway,
-                                              ip_range=ip_range, internal=internal, options=opts,
-                                              ipam_driver=ipam_driver)
+        with self.lab.locked():
+            return self.controller.create_network(name, driver, subnet=subnet, gateway=gateway,
+                                                  ip_range=ip_range, internal=internal,
+                                                  options=opts, ipam_driver=ipam_driver)
 
     def network_rm(self, name: str) -> None:
-        self.controller.delete_network(name)
+        with self.lab.locked():
+            self.controller.delete_network(name)
 
     def networks(self) -> dict[str, Network]:
         return self.model.networks
@@ -142,33 +187,37 @@ class HostHandle:
             publish: Sequence[str] = (), aliases: Sequence[str] = ()) -> SandboxHandle:
         """``docker run --network NETWORK``: a sandbox, an endpoint, a join."""
         check_name("sandbox", name)
-        self.lab._check_free(name)
-        net = self.controller.network(network)
         ports = [parse_port(p) for p in publish]
-        shares_host = not drivers.capability(net.driver).own_namespace
-        sb = self.controller.create_sandbox(name, shares_host=shares_host)
-        try:
-            self.controller.connect(network, name, ip=ip, aliases=list(aliases), ports=ports)
-        except BaseException:
-            self.controller.delete_sandbox(name)
-            raise
-        self.lab._sandbox_added()
-        self.lab._serve_dns()
+        with self.lab.locked():
+            self.lab._check_free(name)
+            net = self.controller.network(network)
+            shares_host = not drivers.capability(net.driver).own_namespace
+            sb = self.controller.create_sandbox(name, shares_host=shares_host)
+            try:
+                self.controller.connect(network, name, ip=ip, aliases=list(aliases), ports=ports)
+            except BaseException:
+                self.controller.delete_sandbox(name)
+                raise
+            self.lab._sandbox_added()
+            self.lab._serve_dns()
         return SandboxHandle(self, sb)
 
     def connect(self, network: str, sandbox: str, ip: str | None = None,
                 aliases: Sequence[str] = ()) -> Endpoint:
-        ep = self.controller.connect(network, sandbox, ip=ip, aliases=list(aliases))
-        self.lab._serve_dns()
+        with self.lab.locked():
+            ep = self.controller.connect(network, sandbox, ip=ip, aliases=list(aliases))
+            self.lab._serve_dns()
         return ep
 
     def disconnect(self, network: str, sandbox: str) -> None:
-        self.controller.disconnect(network, sandbox)
-        self.lab._serve_dns()
+        with self.lab.locked():
+            self.controller.disconnect(network, sandbox)
+            self.lab._serve_dns()
 
     def rm(self, sandbox: str) -> None:
-        self.controller.delete_sandbox(sandbox)
-        self.lab._serve_dns()
+        with self.lab.locked():
+            self.controller.delete_sandbox(sandbox)
+            self.lab._serve_dns()
 
     def sandbox(self, name: str) -> SandboxHandle:
         return SandboxHandle(self, self.controller.sandbox(name))
@@ -192,34 +241,37 @@ class Lab:
     """A running lab. ``Lab(name)`` creates it; ``Lab.open(name)`` attaches to a running one."""
 
     def __init__(self, name: str, *, upstream: bool = True, cluster: Cluster | None = None,
-                 _state: LabState | None = None) -> None:
+                 _state: LabState | None = None, _stamp: state.Stamp | None = None) -> None:
         if os.geteuid() != 0:
             raise NotRootError("cnmlab needs root to create namespaces: run it with sudo")
         self.cluster = cluster  # the control plane for global-scope networks, if any
         self._hosts: dict[str, HostHandle] = {}
         self._batch = 0
         self._dirty = False
+        self._depth = 0  # nesting of locked() in this object
+        self._stamp = _stamp  # the saved version self.state matches
         if _state is not None:
             self.state = _state
             for h in self.state.hosts.values():
                 self._hosts[h.name] = HostHandle(self, h)
             return
         state.check_lab_name(name)
-        with state.locked(name):
+        self.state = LabState(name=name)
+        with self.locked(refresh=False):
             if state.exists(name):
                 raise ObjectExists(f"lab {name} is already running: 'cnmlab down {name}' first")
-            self.state = LabState(name=name)
             self._save()
-        try:
-            if upstream:
-                self._build_upstream()
-        except BaseException:
-            self.down()
-            raise
+            try:
+                if upstream:
+                    self._build_upstream()
+            except BaseException:
+                self.down()
+                raise
 
     @classmethod
     def open(cls, name: str, cluster: Cluster | None = None) -> "Lab":
-        return cls(name, cluster=cluster, _state=state.load(name))
+        stamp = state.stamp(name)  # before loading: a save in between only costs a reload
+        return cls(name, cluster=cluster, _state=state.load(name), _stamp=stamp)
 
     @property
     def name(self) -> str:
@@ -232,34 +284,95 @@ class Lab:
         self.down()
 
     def ns_name(self, obj: str) -> str:
-        return f"{NS_PREFIX}{self.name}-{obj}"
+        return ns_name(self.name, obj)
 
-    def _record_ns(self, ns: str) -> None:
+    # ---- one change at a time, on the latest model ---------------------------------------
+    @contextlib.contextmanager
+    def locked(self, refresh: bool = True) -> Iterator["Lab"]:
+        """Hold the lab's lock for the body, with ``self.state`` reloaded first if another
+        process (the CLI, the workshop app) saved a newer model since this one was read.
+
+        Every change to the lab runs inside: a load-modify-save that is never interleaved
+        with another's. Re-entrant; the reload happens only at the outermost level.
+        """
+        with state.locked(self.name):
+            if self._depth == 0 and refresh:
+                self._refresh()
+            self._depth += 1
+            try:
+                yield self
+            finally:
+                self._depth -= 1
+
+    def refresh(self) -> None:
+        """Bring the model up to date with the saved one (another process may have acted)."""
+        with self.locked():
+            pass
+
+    def _refresh(self) -> None:
+        now = state.stamp(self.name)
+        if now is not None and now == self._stamp:
+            return
+        if now is None and not state.exists(self.name):
+            raise ObjectNotFound(f"lab {self.name} is not running any more (another process "
+                                 f"tore it down)")
+        self._adopt(state.load(self.name), now)
+
+    def _adopt(self, fresh: LabState, stamp: state.Stamp | None) -> None:
+        self.state, self._stamp = fresh, stamp
+        for name, h in fresh.hosts.items():
+            if name in self._hosts:
+                self._hosts[name]._adopt(h)
+            else:
+                self._hosts[name] = HostHandle(self, h)
+        for name in [n for n in self._hosts if n not in fresh.hosts]:
+            self._hosts.pop(name).controller.close()
+
+    def _make_ns(self, ns: str, lo_up: bool = True) -> None:
+        """Record a namespace (write-ahead), then create it.
+
+        If the name is taken, the record is withdrawn before the error is raised: a rollback
+        or ``cnmlab clean`` removes only namespaces this lab made, never one it found.
+        """
         state.record_namespace(self.name, ns)
         self.state.namespaces.append(ns)
+        try:
+            setup_namespace(ns, lo_up=lo_up)
+        except ObjectExists:
+            state.forget_namespace(self.name, ns)
+            self.state.namespaces.remove(ns)
+            raise ObjectExists(f"network namespace {ns} already exists and lab {self.name} did "
+                               f"not make it: 'ip netns delete {ns}' removes it if it is a "
+                               f"leftover") from None
 
     def _save(self) -> None:
         if self._batch:
             self._dirty = True
         else:
-            state.save(self.state)
+            self._write()
+
+    def _write(self) -> None:
+        if not self._depth:
+            raise RuntimeError(f"cnmlab bug: lab {self.name} saved outside Lab.locked()")
+        self._stamp = state.save(self.state)
 
     @contextlib.contextmanager
     def batch(self) -> Iterator["Lab"]:
         """Save the model once at the end instead of after every change (big topologies).
 
-        Namespaces are still logged before they are made, so a crash inside a batch is as
-        recoverable by ``cnmlab clean`` as anywhere else.
+        The lab stays locked for the whole batch. Namespaces are still logged before they are
+        made, so a crash inside a batch is as recoverable by ``cnmlab clean`` as anywhere else.
         """
-        self._batch += 1
-        try:
-            yield self
-        finally:
-            self._batch -= 1
-            if not self._batch and self._dirty:
-                self._dirty = False
-                state.save(self.state)
-                self._serve_dns()
+        with self.locked():
+            self._batch += 1
+            try:
+                yield self
+            finally:
+                self._batch -= 1
+                if not self._batch and self._dirty:
+                    self._dirty = False
+                    self._write()
+                    self._serve_dns()
 
     def _serve_dns(self) -> None:
         """Docker's embedded DNS (127.0.0.11) for sandboxes on user-defined networks.
@@ -269,7 +382,7 @@ class Lab:
         if self._batch or not dns.wants_dns(self.state):
             return
         dns.ensure_running(self.name, self.state)
-        state.save(self.state)
+        self._write()
 
     def _check_free(self, name: str) -> None:
         if name == UPSTREAM or name in self.state.hosts or any(
@@ -289,8 +402,7 @@ class Lab:
 
     def _build_upstream(self) -> None:
         ns = self.ns_name(UPSTREAM)
-        self._record_ns(ns)
-        setup_namespace(ns)
+        self._make_ns(ns)
         prefix = ipaddress.IPv4Network(self.state.upstream_subnet).prefixlen
         with Netlink(ns) as nl:
             nl.add_bridge("wan0")
@@ -305,6 +417,11 @@ class Lab:
                  firewall: str = "iptables", bip: str | None = None) -> HostHandle:
         """A Docker host on the upstream network, with ``docker0`` unless told otherwise."""
         check_name("host", name)
+        with self.locked():
+            return self._add_host(name, default_bridge, firewall, bip)
+
+    def _add_host(self, name: str, default_bridge: bool, firewall: str,
+                  bip: str | None) -> HostHandle:
         self._check_free(name)
         if firewall not in ("iptables", "manual"):
             raise InvalidInput(f"host {name}: firewall must be 'iptables' or 'manual'")
@@ -316,8 +433,7 @@ class Lab:
             public_ip = str(net.network_address + 10 + index)
         host = Host(name=name, netns=ns, public_ip=public_ip, firewall=firewall,
                     default_bridge=default_bridge)
-        self._record_ns(ns)
-        setup_namespace(ns)
+        self._make_ns(ns)
         sysctl.write_many({"net.ipv4.ip_forward": 1}, ns)
         if public_ip:
             self._uplink(host, index)
@@ -347,15 +463,17 @@ class Lab:
         if not drivers.capability(driver).global_scope:
             raise InvalidInput(f"network {name}: driver {driver} is local-scope; create it on "
                                f"a host (host.network_create)")
-        targets = [self.host(h) for h in hosts] if hosts else self.hosts()
-        if not targets:
-            raise InvalidInput(f"network {name}: lab {self.name} has no hosts yet")
-        net = targets[0].controller.create_network(name, driver, subnet=subnet, gateway=gateway,
-                                                   internal=internal, options=options)
-        record = targets[0].controller._global(net).network(name)
-        assert record is not None
-        for h in targets[1:]:
-            h.controller.attach_global_network(record)
+        with self.locked():
+            targets = [self.host(h) for h in hosts] if hosts else self.hosts()
+            if not targets:
+                raise InvalidInput(f"network {name}: lab {self.name} has no hosts yet")
+            net = targets[0].controller.create_network(name, driver, subnet=subnet,
+                                                       gateway=gateway, internal=internal,
+                                                       options=options)
+            record = targets[0].controller._global(net).network(name)
+            assert record is not None
+            for h in targets[1:]:
+                h.controller.attach_global_network(record)
         return net
 
     def _uplink(self, host: Host, index: int) -> None:
@@ -436,7 +554,6 @@ def teardown(name: str, lab_state: LabState | None) -> list[str]:
             proxy.forget(ns)
         neigh.release(f"lab:{name}")
         state.remove(name)
-    state.remove_lock(name)
     return removed
 
 

@@ -571,15 +571,11 @@ class LabRun:
         else:
             # another process (CLI, TUI) may have changed it since
             try:
-                fresh = state.load(self.name)
+                self.lab.refresh()
             except ObjectNotFound:
+                self.lab.close()
                 self.lab = None
                 return self._attach()
-            if fresh.to_json() != self.lab.state.to_json():
-                from cnmlab.lab import Lab
-
-                self.lab.close()
-                self.lab = Lab.open(self.name)
         return self.lab
 
     def start(self, resume: bool = False) -> "LabRun":
@@ -596,25 +592,28 @@ class LabRun:
 
             raise NotRootError("labs need root to create namespaces: run cnmlab with sudo")
         features.require(self.labdef.needs, f"lab {self.labdef.id}")
-        lab = Lab(self.name)
-        try:
-            spec.build(self.labdef.topology, lab)
-            self.lab = lab
-            self._save_run({"lab_id": self.labdef.id, "setup_done": []})
-            self._apply(self.labdef.setup)
-            passed = set(self.progress.lab(self.labdef.id)["passed"]) if resume else set()
-            upto = None
-            for s in self.labdef.steps:
-                if s.id not in passed:
-                    break
-                upto = s
-            if upto is not None:
-                self.solve(upto)
-            self._enter(self.current_step or self.labdef.steps[0])
-        except BaseException:
-            lab.down()
-            self.lab = None
-            raise
+        with state.locked(self.name):  # nobody acts on the lab before it is fully up
+            lab = Lab(self.name)
+            try:
+                with lab.locked():
+                    spec.build(self.labdef.topology, lab)
+                    self.lab = lab
+                    self._save_run({"lab_id": self.labdef.id, "setup_done": []})
+                    self._apply(self.labdef.setup)
+                    passed = (set(self.progress.lab(self.labdef.id)["passed"]) if resume
+                              else set())
+                    upto = None
+                    for s in self.labdef.steps:
+                        if s.id not in passed:
+                            break
+                        upto = s
+                    if upto is not None:
+                        self.solve(upto)
+                    self._enter(self.current_step or self.labdef.steps[0])
+            except BaseException:
+                lab.down()
+                self.lab = None
+                raise
         return self
 
     def stop(self) -> None:
@@ -632,9 +631,10 @@ class LabRun:
 
     def reset(self) -> "LabRun":
         """Down and up again, from step 1: the lab's progress is cleared."""
-        self.stop()
-        self.progress.clear(self.labdef.id)
-        return self.start()
+        with state.locked(self.name):
+            self.stop()
+            self.progress.clear(self.labdef.id)
+            return self.start()
 
     # ---- the run's own bookkeeping, kept in the engine's state file -----------------------
     def _run_info(self) -> dict[str, Any]:
@@ -642,19 +642,24 @@ class LabRun:
                                                           "setup_done": []})
 
     def _save_run(self, info: dict[str, Any]) -> None:
-        self.lab.state.extra["labrun"] = info
-        self.lab._save()
+        with self.lab.locked():
+            self.lab.state.extra["labrun"] = info
+            self.lab._save()
 
     def _enter(self, step: Step) -> None:
-        """Run a step's setup once, when the step is first checked or solved."""
-        self._attach()
-        info = self._run_info()
-        if step.id in info["setup_done"]:
-            return
-        self._apply(step.setup)
-        info = self._run_info()
-        info["setup_done"].append(step.id)
-        self._save_run(info)
+        """Run a step's setup once, when the step is first checked or solved.
+
+        Under the lab's lock: a check in the workshop app and one on the command line at the
+        same moment must not both run the setup.
+        """
+        with self._attach().locked():
+            info = self._run_info()
+            if step.id in info["setup_done"]:
+                return
+            self._apply(step.setup)
+            info = self._run_info()
+            info["setup_done"].append(step.id)
+            self._save_run(info)
 
     # ---- steps ---------------------------------------------------------------------------
     @property
@@ -672,7 +677,7 @@ class LabRun:
 
     def render(self, text: str) -> str:
         """Fill ``{ns:NAME}`` with the real namespace name and ``{lab}`` with the lab name."""
-        from cnmlab.lab import NS_PREFIX, UPSTREAM
+        from cnmlab.lab import ns_name
 
         def ns(m: re.Match[str]) -> str:
             name = m.group(1)
@@ -681,7 +686,7 @@ class LabRun:
                     return self.lab.netns_of(name)
                 except CnmError:
                     pass
-            return f"{NS_PREFIX}{self.name}-{UPSTREAM if name == UPSTREAM else name}"
+            return ns_name(self.name, name)
 
         return NS_TEMPLATE.sub(ns, text).replace("{lab}", self.name)
 
@@ -744,19 +749,19 @@ class LabRun:
         target = self._step(upto_step)
         if target is None:
             return []
-        self._attach()
         solved = []
-        for s in self.labdef.steps[:target.index + 1]:
-            info = self._run_info()
-            if s.id in info.get("solved", []):
-                continue
-            self._enter(s)
-            self._apply(s.solution)
-            info = self._run_info()
-            info.setdefault("solved", []).append(s.id)
-            self._save_run(info)
-            self._apply(s.cleanup)
-            solved.append(s)
+        with self._attach().locked():  # one solve at a time, each on the latest model
+            for s in self.labdef.steps[:target.index + 1]:
+                info = self._run_info()
+                if s.id in info.get("solved", []):
+                    continue
+                self._enter(s)
+                self._apply(s.solution)
+                info = self._run_info()
+                info.setdefault("solved", []).append(s.id)
+                self._save_run(info)
+                self._apply(s.cleanup)
+                solved.append(s)
         return solved
 
     # ---- actions -------------------------------------------------------------------------

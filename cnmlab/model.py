@@ -6,10 +6,14 @@ after the process that built a lab was killed.
 """
 from __future__ import annotations
 
+import dataclasses
+import types
+import typing
 from dataclasses import dataclass, field
 from typing import Any
 
 from cnmlab.constants import UPSTREAM_SUBNET
+from cnmlab.errors import InvalidInput
 
 # The predefined networks Docker creates at start and that users can neither create nor remove.
 PREDEFINED = ("bridge", "host", "none")
@@ -118,30 +122,87 @@ class LabState:
         return dict(vars(self))
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> "LabState":
-        hosts = {}
-        for hname, h in data.get("hosts", {}).items():
-            nets = {}
-            for nname, n in h.get("networks", {}).items():
-                eps = {}
-                for eid, e in n.get("endpoints", {}).items():
-                    e = dict(e)
-                    e["ports"] = [PortMapping(**p) for p in e.get("ports", [])]
-                    eps[eid] = Endpoint(**e)
-                n = dict(n)
-                n["endpoints"] = eps
-                nets[nname] = Network(**n)
-            h = dict(h)
-            h["networks"] = nets
-            sbs = {}
-            for k, v in h.get("sandboxes", {}).items():
-                v = dict(v)
-                v["endpoints"] = [EndpointRef(**r) if isinstance(r, dict)
-                                  else EndpointRef(*str(r).split("/", 1))  # before 0.2
-                                  for r in v.get("endpoints", [])]
-                sbs[k] = Sandbox(**v)
-            h["sandboxes"] = sbs
-            hosts[hname] = Host(**h)
-        d = dict(data)
-        d["hosts"] = hosts
-        return cls(**d)
+    def from_json(cls, data: Any) -> "LabState":
+        """Rebuild the model from a saved file, refusing what this version did not write.
+
+        Every field is checked against the dataclasses' annotations (types, unknown or missing
+        fields), so a damaged file or one from another cnmlab version is a one-line
+        ``InvalidInput`` naming the field, never a ``TypeError`` deep inside an operation.
+        """
+        return _build(cls, data, ())
+
+
+# ---- strict decoding ------------------------------------------------------------------------
+_HINTS: dict[type, dict[str, Any]] = {}
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    if cls not in _HINTS:
+        _HINTS[cls] = typing.get_type_hints(cls)
+    return _HINTS[cls]
+
+
+def _where(where: tuple[Any, ...]) -> str:
+    return ".".join(str(p) for p in where) or "(top)"
+
+
+def _build(cls: type, data: Any, where: tuple[Any, ...]) -> Any:
+    if not isinstance(data, dict):
+        raise InvalidInput(f"{_where(where)}: expected a mapping for {cls.__name__}, got "
+                           f"{type(data).__name__}")
+    hints = _hints(cls)
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    for key in data:
+        if key not in known:
+            raise InvalidInput(f"{_where(where + (key,))}: unknown field of {cls.__name__}")
+    kwargs = {}
+    for name, f in known.items():
+        if name not in data:
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise InvalidInput(f"{_where(where)}: missing field {name!r} of {cls.__name__}")
+            continue
+        kwargs[name] = _convert(hints[name], data[name], where + (name,))
+    return cls(**kwargs)
+
+
+def _convert(tp: Any, value: Any, where: tuple[Any, ...]) -> Any:
+    if tp is Any:
+        return value
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        problems = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _convert(arg, value, where)
+            except InvalidInput as e:
+                problems.append(str(e))
+        raise InvalidInput(problems[0] if len(problems) == 1 else
+                           f"{_where(where)}: unexpected {type(value).__name__} {value!r:.40}")
+    if origin is list:
+        if not isinstance(value, list):
+            raise InvalidInput(f"{_where(where)}: expected a list, got {type(value).__name__}")
+        (arg,) = typing.get_args(tp)
+        return [_convert(arg, v, where + (i,)) for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise InvalidInput(f"{_where(where)}: expected a mapping, got {type(value).__name__}")
+        _, arg = typing.get_args(tp)
+        out = {}
+        for k, v in value.items():
+            if not isinstance(k, str):
+                raise InvalidInput(f"{_where(where)}: key {k!r} is not a string")
+            out[k] = _convert(arg, v, where + (k,))
+        return out
+    if tp is EndpointRef and isinstance(value, str) and "/" in value:
+        return EndpointRef(*value.split("/", 1))  # "net/id", as written before 0.2
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, where)
+    if tp is int and isinstance(value, bool) or not isinstance(value, tp):
+        raise InvalidInput(f"{_where(where)}: expected {tp.__name__}, got "
+                           f"{type(value).__name__} {value!r:.40}")
+    return value

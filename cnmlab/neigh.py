@@ -8,13 +8,12 @@ originals are saved once and restored when the last reservation is released, eve
 """
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from cnmlab import state, sysctl
+from cnmlab import filelock, state, sysctl
 
 KEYS = ("net.ipv4.neigh.default.gc_thresh1", "net.ipv4.neigh.default.gc_thresh2",
         "net.ipv4.neigh.default.gc_thresh3")
@@ -37,10 +36,9 @@ def entries_for(sandboxes: int) -> int:
 
 @contextmanager
 def _locked_record() -> Iterator[dict]:
-    os.makedirs(state.STATE_DIR, exist_ok=True)
-    path = os.path.join(state.STATE_DIR, FILE)
-    with open(path + ".lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    path = os.path.join(state.state_dir(), FILE)
+    # the lock file goes with the record, removed by its holder (see filelock)
+    with filelock.locked(path + ".lock", remove_if=lambda: not os.path.exists(path)):
         try:
             with open(path) as f:
                 record = json.load(f)
@@ -60,11 +58,10 @@ def _locked_record() -> Iterator[dict]:
                 json.dump(record, f)
             os.replace(path + ".tmp", path)
         else:
-            for p in (path, path + ".lock"):
-                try:
-                    os.unlink(p)
-                except FileNotFoundError:
-                    pass
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
 
 
 def _apply(record: dict) -> None:

@@ -17,7 +17,7 @@ import ipaddress
 from dataclasses import dataclass, field
 from typing import Any
 
-from cnmlab import drivers, yamlsrc
+from cnmlab import drivers, state, yamlsrc
 from cnmlab.errors import CnmError, InvalidInput
 from cnmlab.lab import Lab, check_name, parse_port
 from cnmlab.netlink import IFNAMSIZ
@@ -159,16 +159,18 @@ def load(path: str, name: str | None = None) -> Topology:
 
 def build(topo: Topology, lab: Lab | None = None) -> Lab:
     """Build a topology; on any error, everything already built is removed."""
-    own = lab is None
-    lab = lab or Lab(topo.name)
-    src = topo.source
-    try:
-        with lab.batch():
-            _build_hosts(topo, lab, src)
-    except BaseException:
-        if own:
-            lab.down()
-        raise
+    if lab is None:
+        with state.locked(topo.name):  # nobody acts on the lab before it is fully built
+            lab = Lab(topo.name)
+            try:
+                with lab.batch():
+                    _build_hosts(topo, lab, topo.source)
+            except BaseException:
+                lab.down()
+                raise
+        return lab
+    with lab.batch():
+        _build_hosts(topo, lab, topo.source)
     return lab
 
 

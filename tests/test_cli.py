@@ -42,7 +42,7 @@ def write(tmp_path, text, name="topo.yaml"):
 
 
 def lab_namespaces(name):
-    return [n for n in netns.list_names() if n.startswith(f"cnm-{name}-")]
+    return [n for n in netns.list_names() if n.startswith(f"cnm-{name}.")]
 
 
 def test_up_inspect_exec_down(tmp_path, lab_name):
@@ -58,7 +58,7 @@ def test_up_inspect_exec_down(tmp_path, lab_name):
         assert h1["networks"]["front"]["gateway"] == "10.77.1.1"
         assert h1["networks"]["bridge"]["device"] == "docker0"
         web = h1["sandboxes"]["web"]
-        assert web["netns"] == f"cnm-{lab_name}-web"
+        assert web["netns"] == f"cnm-{lab_name}.web"
         itf = {i["name"]: i for i in web["interfaces"]}
         assert itf["eth0"]["addresses"] == ["10.77.1.2/24"]
         assert itf["eth1"]["mac"] == "02:42:0a:4d:02:02"
@@ -180,7 +180,7 @@ def test_clean_after_kill_9(lab_name, die_at):
     r = cnmlab("clean", "--lab", lab_name)  # only ours: parallel test workers keep theirs
     assert r.returncode == 0, r.stderr
     assert lab_namespaces(lab_name) == [] and not state.exists(lab_name)
-    assert not any(n.startswith(f"cnm-{lab_name}-") for n in os.listdir("/etc/netns")
+    assert not any(n.startswith(f"cnm-{lab_name}.") for n in os.listdir("/etc/netns")
                    if os.path.isdir("/etc/netns"))
 
 

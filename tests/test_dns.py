@@ -217,8 +217,9 @@ def test_upstream_mode_standalone():
         h = lab.add_host("h1")
         legacy = h.run("legacy")
         assert "dns_pid" not in lab.state.extra  # nobody needs the embedded resolver
-        dns.start_upstream(lab.name, lab.state)
-        lab._save()
+        with lab.locked():
+            dns.start_upstream(lab.name, lab.state)
+            lab._save()
         pid = lab.state.extra["upstream_dns_pid"]
         assert dns._is_resolver(pid, name)
         assert resolve(legacy, "example.com") == ["198.51.100.10"]
@@ -249,7 +250,7 @@ def test_down_leaves_no_resolver_and_no_namespace():
         ") ", 1)[1].startswith("Z")
     listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     assert not [ns for ns in namespaces if ns in listed]
-    assert not any(f"cnm-{name}-" in line for line in listed.splitlines())
+    assert not any(f"cnm-{name}." in line for line in listed.splitlines())
 
 
 def test_wire_format_roundtrip():

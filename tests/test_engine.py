@@ -162,7 +162,7 @@ def test_failed_run_rolls_back(lab):
         host.run("s2", "n1", ip="10.60.0.5")
     assert "s2" not in host.model.sandboxes
     assert not any("s2" in n for n in __import__("cnmlab.netns").netns.list_names()
-                   if n.startswith(f"cnm-{lab.name}-"))
+                   if n.startswith(f"cnm-{lab.name}."))
     # the address is free again for a correct request, and the state on disk agrees
     from cnmlab.lab import Lab
 

@@ -154,7 +154,7 @@ def test_good_file_loads(tmp_path):
     assert [s.id for s in lab.steps] == ["one", "two"]
     assert lab.step(2).id == "two" and lab.step("one").index == 0
     run = labs.LabRun(lab, "lab99x")
-    assert "cnm-lab99x-blue" in run.render(lab.steps[1].solution[0].raw["sh"])
+    assert "cnm-lab99x.blue" in run.render(lab.steps[1].solution[0].raw["sh"])
 
 
 def test_text_file(tmp_path):

@@ -117,7 +117,7 @@ def test_start_reset_stop_leave_nothing_behind():
     run = labs.LabRun(labs.get("03-nat-and-ports"), _instance("r"))
     try:
         run.start()
-        mine = {ns for ns in _netns_list() - before if ns.startswith(f"cnm-{run.name}-")}
+        mine = {ns for ns in _netns_list() - before if ns.startswith(f"cnm-{run.name}.")}
         assert mine, "the lab made no namespace"
         run.solve("masquerade")
         run.check("ip-forward")
@@ -129,7 +129,7 @@ def test_start_reset_stop_leave_nothing_behind():
         assert not all(r.ok for r in run.check("ip-forward"))
     finally:
         run.stop()
-    assert not {ns for ns in _netns_list() if ns.startswith(f"cnm-{run.name}-")}
+    assert not {ns for ns in _netns_list() if ns.startswith(f"cnm-{run.name}.")}
     assert not state.exists(run.name)
     assert not os.path.exists(os.path.join(state.STATE_DIR, f"{run.name}.json"))
     assert not os.path.exists(os.path.join(state.STATE_DIR, f"_{run.name}.lock"))

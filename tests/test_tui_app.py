@@ -187,7 +187,7 @@ def test_watch_mode_turns_green_and_stop_quit():
             assert not screen.passed
             # the learner fixes it in a shell of their own: no key pressed in the app
             for sb in ("red", "blue"):
-                subprocess.run(["ip", "netns", "exec", f"cnm-lab01-{PID}-{sb}", "ip", "link",
+                subprocess.run(["ip", "netns", "exec", f"cnm-lab01-{PID}.{sb}", "ip", "link",
                                 "set", "lo", "up"], check=True)
             await wait_for(pilot, lambda: screen.passed, 30, "watch mode to see the fix")
             assert screen.has_class("-passed") and screen.has_class("-watching")

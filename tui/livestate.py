@@ -35,8 +35,8 @@ from textual.widget import Widget
 from textual.widgets import Static
 from textual.worker import get_current_worker
 
-from cnmlab.constants import NS_PREFIX
 from cnmlab import netns as _netns
+from cnmlab.lab import split_ns_name
 from cnmlab import state
 from cnmlab.errors import CnmError
 from cnmlab.netlink import Netlink
@@ -70,8 +70,8 @@ def lab_targets(lab_name: str) -> list[Target]:
     for ns in st.namespaces:  # anything else the lab recorded (and still exists)
         if ns not in known and _netns.exists(ns):
             known.add(ns)
-            prefix = f"{NS_PREFIX}{lab_name}-"
-            out.append(Target(ns[len(prefix):] if ns.startswith(prefix) else ns, ns, "netns"))
+            parts = split_ns_name(ns)
+            out.append(Target(parts[1] if parts and parts[0] == lab_name else ns, ns, "netns"))
     return out
 
 
