@@ -161,7 +161,7 @@ def validate(kind: str, params: dict[str, Any]) -> None:
             if key == "reach" and len(r) != 2:
                 raise ParamError(f"check matrix: each reach item is [from, to], got {r!r}", key)
             for n in r:
-                if n not in names:
+                if not isinstance(n, str) or n not in names:
                     raise ParamError(f"check matrix: {n!r} in {key} is not in sandboxes", key)
     if kind == "egress-nat-seen" and params.get("expect", "host") not in (
             "host", "sandbox", "none"):

@@ -21,7 +21,7 @@ def clean(only: list[str] | None = None) -> list[str]:
             continue
         try:
             lab_state = state.load(name)
-        except InvalidInput:  # a model from another version: the namespace log is enough
+        except InvalidInput:  # damaged, or a model from another version: the log is enough
             lab_state = LabState(name=name, namespaces=state.recorded_namespaces(name))
         removed += teardown(name, lab_state)
     if only:

@@ -8,7 +8,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from cnmlab import state
-from cnmlab.errors import CnmError, InvalidInput, NotRootError, ObjectNotFound
+from cnmlab.errors import CnmError, InvalidInput, NotRootError, ObjectNotFound, one_line
 
 
 def _need_root() -> None:
@@ -216,7 +216,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return func(args) or 0
     except CnmError as e:
-        print(f"cnmlab: {e}", file=sys.stderr)
+        print(f"cnmlab: {one_line(str(e))}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

@@ -6,6 +6,13 @@ message as one line and exits non-zero, without a traceback. Anything else is a 
 from __future__ import annotations
 
 
+def one_line(text: str) -> str:
+    """``text`` with control characters (newlines from a YAML key, say) shown escaped."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 class CnmError(Exception):
     """A problem the user can fix; ``str(err)`` is the one-line message shown to them."""
 

@@ -31,7 +31,8 @@ from cnmlab.constants import (DEFAULT_BRIDGE_OPTIONS, NS_PREFIX, NS_SEP, OPT_BRI
                               OPT_ICC, OPT_MASQUERADE, OPT_MTU, UPSTREAM, UPSTREAM_GW,
                               UPSTREAM_SERVICES)
 from cnmlab.controller import Controller, remove_etc, setup_namespace
-from cnmlab.errors import CnmError, InvalidInput, NotRootError, ObjectExists, ObjectNotFound
+from cnmlab.errors import (CnmError, InvalidInput, IpamError, NotRootError, ObjectExists,
+                           ObjectNotFound)
 from cnmlab.ipam import DefaultIpam
 from cnmlab.model import Endpoint, Host, LabState, Network, PortMapping, Sandbox
 from cnmlab.netlink import Netlink
@@ -253,7 +254,7 @@ class Lab:
         if _state is not None:
             self.state = _state
             for h in self.state.hosts.values():
-                self._hosts[h.name] = HostHandle(self, h)
+                self._hosts[h.name] = self._handle(h)
             return
         state.check_lab_name(name)
         self.state = LabState(name=name)
@@ -322,11 +323,24 @@ class Lab:
         self.state, self._stamp = fresh, stamp
         for name, h in fresh.hosts.items():
             if name in self._hosts:
-                self._hosts[name]._adopt(h)
+                with self._saved_model_errors():
+                    self._hosts[name]._adopt(h)
             else:
-                self._hosts[name] = HostHandle(self, h)
+                self._hosts[name] = self._handle(h)
         for name in [n for n in self._hosts if n not in fresh.hosts]:
             self._hosts.pop(name).controller.close()
+
+    def _handle(self, host: Host) -> HostHandle:
+        with self._saved_model_errors():
+            return HostHandle(self, host)
+
+    @contextlib.contextmanager
+    def _saved_model_errors(self) -> Iterator[None]:
+        """IPAM rebuilt from a saved model that contradicts itself: a damaged state file."""
+        try:
+            yield
+        except IpamError as e:
+            raise state.damaged(state._path(self.name), self.name, f"hosts: {e}") from None
 
     def _make_ns(self, ns: str, lo_up: bool = True) -> None:
         """Record a namespace (write-ahead), then create it.

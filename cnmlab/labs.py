@@ -30,7 +30,7 @@ from importlib import resources
 from typing import Any, Iterator
 
 from cnmlab import spec, state, yamlsrc
-from cnmlab.errors import CnmError, InvalidInput, ObjectNotFound
+from cnmlab.errors import CnmError, InvalidInput, ObjectNotFound, one_line
 from cnmlab.yamlsrc import Source
 
 LAB_FILE = "lab.yaml"
@@ -162,7 +162,8 @@ class _TopologySource(Source):
 
     def error(self, where: tuple[Any, ...], message: str) -> InvalidInput:
         dotted = ".".join(str(p) for p in ("topology",) + tuple(where))
-        return InvalidInput(f"{self.path}:{self.line(tuple(where))}: {dotted}: {message}")
+        return InvalidInput(one_line(f"{self.path}:{self.line(tuple(where))}: {dotted}: "
+                                     f"{message}"))
 
 
 def _schema() -> dict[str, Any]:

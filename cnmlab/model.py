@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cnmlab.constants import UPSTREAM_SUBNET
-from cnmlab.errors import InvalidInput
+from cnmlab.errors import InvalidInput, one_line
 
 # The predefined networks Docker creates at start and that users can neither create nor remove.
 PREDEFINED = ("bridge", "host", "none")
@@ -143,7 +143,7 @@ def _hints(cls: type) -> dict[str, Any]:
 
 
 def _where(where: tuple[Any, ...]) -> str:
-    return ".".join(str(p) for p in where) or "(top)"
+    return one_line(".".join(str(p) for p in where)) or "(top)"
 
 
 def _build(cls: type, data: Any, where: tuple[Any, ...]) -> Any:

@@ -14,6 +14,7 @@ Everything is checked before anything is built, and errors name the file, line a
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -64,31 +65,137 @@ def _mapping(src: Source, value: Any, where: tuple[Any, ...], allowed: set[str] 
     return value
 
 
-def _check_net(src: Source, name: str, spec: dict[str, Any], where: tuple[Any, ...]) -> None:
-    for key in ("subnet", "ip_range"):
-        if key in spec:
-            try:
-                ipaddress.IPv4Network(str(spec[key]))
-            except ValueError as e:
-                raise src.error(where + (key,), f"{spec[key]!r} is not a valid IPv4 subnet "
-                                f"({e})") from None
-    if "gateway" in spec:
-        try:
-            ipaddress.IPv4Address(str(spec["gateway"]))
-        except ValueError:
-            raise src.error(where + ("gateway",), f"{spec['gateway']!r} is not an IPv4 "
-                            f"address") from None
+def _want(src: Source, where: tuple[Any, ...], value: Any, kind: type | tuple[type, ...],
+          what: str) -> Any:
+    """``value`` if it is of ``kind`` (a bool is no int here), else a one-line error."""
+    if isinstance(value, kind) and not (isinstance(value, bool) and kind in (int, (int,))):
+        return value
+    raise src.error(where, f"expected {what}, got {type(value).__name__} {value!r:.40}")
+
+
+def _str_list(src: Source, where: tuple[Any, ...], value: Any, what: str) -> list[str]:
+    if value is None:
+        return []
+    _want(src, where, value, list, f"a list of {what}")
+    return [_want(src, where + (i,), v, str, what) for i, v in enumerate(value)]
+
+
+def _subnet(src: Source, where: tuple[Any, ...], value: Any) -> None:
+    _want(src, where, value, str, "an IPv4 subnet such as 10.10.0.0/24")
     try:
-        drivers.capability(str(spec.get("driver", "bridge")))
+        ipaddress.IPv4Network(value)
+    except ValueError as e:
+        raise src.error(where, f"{value!r} is not a valid IPv4 subnet ({e})") from None
+
+
+def _address(src: Source, where: tuple[Any, ...], value: Any) -> None:
+    _want(src, where, value, str, "an IPv4 address such as 10.10.0.5")
+    try:
+        ipaddress.IPv4Address(value)
+    except ValueError:
+        raise src.error(where, f"{value!r} is not an IPv4 address") from None
+
+
+def _bool(src: Source, where: tuple[Any, ...], value: Any) -> None:
+    if not isinstance(value, bool):
+        raise src.error(where, "expected true or false")
+
+
+def _mtu(src: Source, where: tuple[Any, ...], value: Any) -> None:
+    _want(src, where, value, int, "an MTU (an integer)")
+    if not MTU_MIN <= value <= MTU_MAX:
+        raise src.error(where, f"MTU {value} is out of range ({MTU_MIN}-{MTU_MAX})")
+
+
+def _bridge_name(src: Source, where: tuple[Any, ...], value: Any) -> None:
+    _want(src, where, value, str, "an interface name")
+    if not value or len(value) > IFNAMSIZ:
+        raise src.error(where, f"interface name {value!r} is longer than {IFNAMSIZ} "
+                        f"characters" if value else "an interface name cannot be empty")
+    if any(c in value for c in "/ :\t\n") or value in (".", ".."):
+        raise src.error(where, f"{value!r} is not a valid interface name")
+
+
+def _options(src: Source, where: tuple[Any, ...], value: Any) -> None:
+    opts = _mapping(src, value, where, None)
+    for k, v in opts.items():
+        _want(src, where + (k,), k, str, "an option name")
+        if v is not None and not isinstance(v, (str, int, float, bool)):
+            raise src.error(where + (k,), f"expected a string, number or boolean, got "
+                            f"{type(v).__name__}")
+
+
+def _driver(src: Source, where: tuple[Any, ...], value: Any) -> None:
+    _want(src, where, value, str, "a driver name")
+    try:
+        drivers.capability(value)
     except InvalidInput as e:
-        raise src.error(where + ("driver",), str(e)) from None
-    bname = spec.get("bridge_name")
-    if bname is not None and len(str(bname)) > IFNAMSIZ:
-        raise src.error(where + ("bridge_name",), f"interface name {bname!r} is longer than "
-                        f"{IFNAMSIZ} characters")
-    for key in ("internal", "icc", "masquerade"):
-        if key in spec and not isinstance(spec[key], bool):
-            raise src.error(where + (key,), "expected true or false")
+        raise src.error(where, str(e)) from None
+
+
+# How each network field is checked: nothing reaches the engine with a type it does not expect.
+NETWORK_CHECKS: dict[str, Callable[[Source, tuple[Any, ...], Any], None]] = {
+    "driver": _driver, "subnet": _subnet, "ip_range": _subnet, "gateway": _address,
+    "internal": _bool, "icc": _bool, "masquerade": _bool, "mtu": _mtu,
+    "bridge_name": _bridge_name, "options": _options,
+}
+MTU_MIN, MTU_MAX = 68, 65535
+
+
+def _check_net(src: Source, name: str, spec: dict[str, Any], where: tuple[Any, ...]) -> None:
+    if not name or "/" in name or len(name) > 64:
+        raise src.error(where, f"invalid network name {name!r}")
+    for key, value in spec.items():
+        check = NETWORK_CHECKS.get(key)
+        if check is not None:
+            check(src, where + (key,), value)
+
+
+def _check_host(src: Source, hraw: dict[str, Any], where: tuple[Any, ...]) -> None:
+    if "default_bridge" in hraw:
+        _bool(src, where + ("default_bridge",), hraw["default_bridge"])
+    if "bip" in hraw:
+        _want(src, where + ("bip",), hraw["bip"], str, "a subnet such as 172.17.0.0/16")
+        _subnet(src, where + ("bip",), hraw["bip"])
+    if "firewall" in hraw and hraw["firewall"] not in ("iptables", "manual"):
+        raise src.error(where + ("firewall",), "firewall must be 'iptables' or 'manual'")
+
+
+def _attachments(src: Source, sraw: dict[str, Any], swhere: tuple[Any, ...]
+                 ) -> list[tuple[str, dict[str, Any]]]:
+    """The networks a sandbox joins, in order, each with its ``ip`` and ``aliases``."""
+    first = {"ip": sraw.get("ip"), "aliases": _str_list(src, swhere + ("aliases",),
+                                                        sraw.get("aliases"), "alias names")}
+    if first["ip"] is not None:
+        _address(src, swhere + ("ip",), first["ip"])
+    if "networks" in sraw and "network" in sraw:
+        raise src.error(swhere, "give 'network' or 'networks', not both")
+    nets_raw = sraw.get("networks", sraw.get("network", "bridge"))
+    nwhere = swhere + ("networks" if "networks" in sraw else "network",)
+    if isinstance(nets_raw, str):
+        attached = [(nets_raw, first)]
+    elif isinstance(nets_raw, list):
+        attached = [(n, {}) for n in _str_list(src, nwhere, nets_raw, "network names")]
+        if attached:
+            attached[0] = (attached[0][0], first)
+    elif isinstance(nets_raw, dict):
+        if first["ip"] is not None or first["aliases"]:
+            raise src.error(swhere, "with a 'networks' mapping, give ip and aliases per network")
+        attached = []
+        for n, v in nets_raw.items():
+            _want(src, nwhere, n, str, "a network name")
+            opts = dict(_mapping(src, v, nwhere + (n,), {"ip", "aliases"}))
+            if opts.get("ip") is not None:
+                _address(src, nwhere + (n, "ip"), opts["ip"])
+            opts["aliases"] = _str_list(src, nwhere + (n, "aliases"), opts.get("aliases"),
+                                        "alias names")
+            attached.append((n, opts))
+    else:
+        raise src.error(nwhere, f"expected a network name, a list or a mapping of networks, "
+                        f"got {type(nets_raw).__name__}")
+    if not attached:
+        raise src.error(nwhere, "a sandbox joins at least one network")
+    return attached
 
 
 def parse(src: Source, name: str | None = None) -> Topology:
@@ -96,6 +203,11 @@ def parse(src: Source, name: str | None = None) -> Topology:
     lab_name = name or top.get("name")
     if not lab_name:
         raise src.error((), "missing field 'name' (or pass --name)")
+    if not isinstance(lab_name, str) or not state.LAB_NAME.match(lab_name):
+        raise src.error(("name",), f"lab name {lab_name!r}: use 1-32 lowercase letters, "
+                        f"digits, '-' or '_'")
+    if "description" in top and top["description"] is not None:
+        _want(src, ("description",), top["description"], str, "a text")
     hosts_raw = _mapping(src, top.get("hosts"), ("hosts",), None)
     if not hosts_raw:
         raise src.error(("hosts",), "a topology needs at least one host")
@@ -104,53 +216,51 @@ def parse(src: Source, name: str | None = None) -> Topology:
     for hname, hval in hosts_raw.items():
         where = ("hosts", hname)
         try:
-            check_name("host", str(hname))
+            _want(src, where, hname, str, "a host name")
+            check_name("host", hname)
         except CnmError as e:
             raise src.error(where, str(e)) from None
         hraw = _mapping(src, hval, where, HOST_KEYS)
-        host = HostSpec(name=str(hname), options={k: hraw[k] for k in hraw
-                                                  if k in ("default_bridge", "bip", "firewall")})
+        _check_host(src, hraw, where)
+        host = HostSpec(name=hname, options={k: hraw[k] for k in hraw
+                                             if k in ("default_bridge", "bip", "firewall")})
         nets = _mapping(src, hraw.get("networks"), where + ("networks",), None)
         for nname, nval in nets.items():
             nwhere = where + ("networks", nname)
+            _want(src, nwhere, nname, str, "a network name")
             nspec = _mapping(src, nval, nwhere, NETWORK_KEYS)
-            _check_net(src, str(nname), nspec, nwhere)
-            host.networks[str(nname)] = nspec
+            _check_net(src, nname, nspec, nwhere)
+            host.networks[nname] = nspec
         known_nets = set(host.networks) | {"bridge", "host", "none"}
         sbs = _mapping(src, hraw.get("sandboxes"), where + ("sandboxes",), None)
         for sname, sval in sbs.items():
             swhere = where + ("sandboxes", sname)
             sraw = _mapping(src, sval, swhere, SANDBOX_KEYS)
             try:
-                check_name("sandbox", str(sname))
+                _want(src, swhere, sname, str, "a sandbox name")
+                check_name("sandbox", sname)
             except CnmError as e:
                 raise src.error(swhere, str(e)) from None
             if sname in seen or sname in hosts_raw:
                 raise src.error(swhere, f"the name {sname} is used twice in this lab")
-            seen.add(str(sname))
-            nets_raw = sraw.get("networks", sraw.get("network", "bridge"))
-            if isinstance(nets_raw, str):
-                attached = [(nets_raw, {"ip": sraw.get("ip"), "aliases": sraw.get("aliases", [])})]
-            elif isinstance(nets_raw, list):
-                attached = [(str(n), {}) for n in nets_raw]
-                if attached:
-                    attached[0][1].update({"ip": sraw.get("ip"), "aliases": sraw.get("aliases", [])})
-            else:
-                attached = [(str(n), _mapping(src, v, swhere + ("networks", n), {"ip", "aliases"}))
-                            for n, v in _mapping(src, nets_raw, swhere + ("networks",), None).items()]
-            for i, (n, _) in enumerate(attached):
+            seen.add(sname)
+            attached = _attachments(src, sraw, swhere)
+            for n, _ in attached:
                 if n not in known_nets:
                     raise src.error(swhere + ("networks",), f"network {n!r} is not defined on "
                                     f"host {hname}")
-            publish = [str(p) for p in sraw.get("publish", []) or []]
+            if len({n for n, _ in attached}) != len(attached):
+                raise src.error(swhere + ("networks",), "a network is listed twice")
+            publish = _str_list(src, swhere + ("publish",), sraw.get("publish"),
+                                "port mappings such as \"8080:80/tcp\"")
             for i, p in enumerate(publish):
                 try:
                     parse_port(p)
                 except CnmError as e:
                     raise src.error(swhere + ("publish", i), str(e)) from None
-            host.sandboxes.append(SandboxSpec(str(sname), attached, publish, swhere))
+            host.sandboxes.append(SandboxSpec(sname, attached, publish, swhere))
         hosts.append(host)
-    return Topology(name=str(lab_name), hosts=hosts, source=src)
+    return Topology(name=lab_name, hosts=hosts, source=src)
 
 
 def load(path: str, name: str | None = None) -> Topology:

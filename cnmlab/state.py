@@ -152,25 +152,26 @@ def load(name: str) -> LabState:
             raise ObjectNotFound(f"no lab named {name!r} is running (see 'cnmlab ls')") from None
         data = {"name": name}  # killed before its first save: the log is all there is
     except (ValueError, UnicodeDecodeError) as e:
-        raise _damaged(path, name, f"not JSON ({e})") from None
+        raise damaged(path, name, f"not JSON ({e})") from None
     except OSError as e:
         raise InvalidInput(f"{path}: {e.strerror}") from None
     if not isinstance(data, dict):
-        raise _damaged(path, name, f"expected a mapping, got {type(data).__name__}")
+        raise damaged(path, name, f"expected a mapping, got {type(data).__name__}")
     if "namespaces" in data:
-        raise _damaged(path, name, "namespaces: unknown field (they live in the .ns log)")
+        raise damaged(path, name, "namespaces: unknown field (they live in the .ns log)")
     if data.get("name") != name:
-        raise _damaged(path, name, f"name: {data.get('name')!r} is not {name!r}")
+        raise damaged(path, name, f"name: {data.get('name')!r} is not {name!r}")
     data["namespaces"] = recorded_namespaces(name)
     try:
         lab = LabState.from_json(data)
         check_model(lab)
     except InvalidInput as e:
-        raise _damaged(path, name, str(e)) from None
+        raise damaged(path, name, str(e)) from None
     return lab
 
 
-def _damaged(path: str, name: str, problem: str) -> InvalidInput:
+def damaged(path: str, name: str, problem: str) -> InvalidInput:
+    """The one-line error for a state file this version cannot use."""
     return InvalidInput(f"{path}: {problem}; a damaged state, or one from another cnmlab "
                         f"version: 'cnmlab clean --lab {name}' removes the lab")
 

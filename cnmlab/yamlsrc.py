@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from cnmlab.errors import InvalidInput
+from cnmlab.errors import InvalidInput, one_line
 
 MAX_BYTES = 2 << 20      # a hand-written lab, topology or submission is a few KiB
 MAX_NODES = 100_000      # nodes after alias expansion: what consumers will walk
@@ -36,8 +36,8 @@ class Source:
 
     def error(self, where: tuple[Any, ...], message: str) -> InvalidInput:
         dotted = ".".join(str(p) for p in where)
-        return InvalidInput(f"{self.path}:{self.line(where)}: {dotted + ': ' if dotted else ''}"
-                            f"{message}")
+        return InvalidInput(one_line(f"{self.path}:{self.line(where)}: "
+                                     f"{dotted + ': ' if dotted else ''}{message}"))
 
 
 class _Loader(yaml.SafeLoader):
