@@ -220,6 +220,11 @@ class HostHandle:
             self.controller.delete_sandbox(sandbox)
             self.lab._serve_dns()
 
+    def sync_peers(self) -> tuple[int, int]:
+        """One agent step for global-scope networks (see ``Controller.sync_peers``)."""
+        with self.lab.locked():
+            return self.controller.sync_peers()
+
     def sandbox(self, name: str) -> SandboxHandle:
         return SandboxHandle(self, self.controller.sandbox(name))
 

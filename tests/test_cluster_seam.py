@@ -91,15 +91,15 @@ def test_global_network_spans_hosts_and_peers_follow_the_store(lab_name, fake_ov
         c = h2.run("c1", "ov")
         assert [a.ip(), b.ip(), c.ip()] == ["10.0.0.2", "10.0.0.3", "10.0.0.4"]
         assert len(cluster.peers(net.id)) == 3
-        assert h1.controller.sync_peers() == (2, 0)
-        assert h2.controller.sync_peers() == (1, 0)
+        assert h1.sync_peers() == (2, 0)
+        assert h2.sync_peers() == (1, 0)
         assert permanent_neighbours(h1.netns, n1.device) == {
             "10.0.0.3": "02:42:0a:00:00:03", "10.0.0.4": "02:42:0a:00:00:04"}
         assert permanent_neighbours(h2.netns, n2.device) == {"10.0.0.2": "02:42:0a:00:00:02"}
-        assert h1.controller.sync_peers() == (0, 0)  # in sync: nothing to do
+        assert h1.sync_peers() == (0, 0)  # in sync: nothing to do
 
         h2.rm("c1")
-        assert h1.controller.sync_peers() == (0, 1)
+        assert h1.sync_peers() == (0, 1)
         assert permanent_neighbours(h1.netns, n1.device) == {"10.0.0.3": "02:42:0a:00:00:03"}
         # the freed address goes back to the one global space
         assert h1.run("d1", "ov").ip() == "10.0.0.4"
@@ -107,7 +107,7 @@ def test_global_network_spans_hosts_and_peers_follow_the_store(lab_name, fake_ov
         # an agent that restarts (a new process reading its saved state) converges
         h2.run("e1", "ov")
         again = Lab.open(lab_name, cluster=cluster)
-        assert again.host("h1").controller.sync_peers() == (1, 0)
+        assert again.host("h1").sync_peers() == (1, 0)
         assert set(permanent_neighbours(h1.netns, n1.device)) == {"10.0.0.3", "10.0.0.5"}
 
 

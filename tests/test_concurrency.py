@@ -41,8 +41,7 @@ def _sandboxes(lab: str) -> dict[str, dict[str, str]]:
         for name, sb in h.sandboxes.items():
             out[name] = {}
             for ref in sb.endpoints:
-                net, _, ep = ref.partition("/")
-                out[name][net] = h.networks[net].endpoints[ep].ip
+                out[name][ref.network] = h.networks[ref.network].endpoints[ref.endpoint].ip
     return out
 
 
