@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -133,13 +134,10 @@ class LabState:
 
 
 # ---- strict decoding ------------------------------------------------------------------------
-_HINTS: dict[type, dict[str, Any]] = {}
-
-
-def _hints(cls: type) -> dict[str, Any]:
-    if cls not in _HINTS:
-        _HINTS[cls] = typing.get_type_hints(cls)
-    return _HINTS[cls]
+# One checking function per annotation, made once: decoding a thousand-sandbox lab then costs
+# a few plain calls per field, not a walk through ``typing`` for every value.
+Check = Callable[[Any, tuple[Any, ...]], Any]
+_CHECKS: dict[Any, Check] = {}
 
 
 def _where(where: tuple[Any, ...]) -> str:
@@ -147,62 +145,96 @@ def _where(where: tuple[Any, ...]) -> str:
 
 
 def _build(cls: type, data: Any, where: tuple[Any, ...]) -> Any:
-    if not isinstance(data, dict):
-        raise InvalidInput(f"{_where(where)}: expected a mapping for {cls.__name__}, got "
-                           f"{type(data).__name__}")
-    hints = _hints(cls)
-    known = {f.name: f for f in dataclasses.fields(cls)}
-    for key in data:
-        if key not in known:
-            raise InvalidInput(f"{_where(where + (key,))}: unknown field of {cls.__name__}")
-    kwargs = {}
-    for name, f in known.items():
-        if name not in data:
-            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-                raise InvalidInput(f"{_where(where)}: missing field {name!r} of {cls.__name__}")
-            continue
-        kwargs[name] = _convert(hints[name], data[name], where + (name,))
-    return cls(**kwargs)
+    return _check_for(cls)(data, where)
 
 
-def _convert(tp: Any, value: Any, where: tuple[Any, ...]) -> Any:
+def _check_for(tp: Any) -> Check:
+    check = _CHECKS.get(tp)
+    if check is None:
+        check = _CHECKS[tp] = _make_check(tp)
+    return check
+
+
+def _make_check(tp: Any) -> Check:
     if tp is Any:
-        return value
+        return lambda value, where: value
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None and type(None) in args:
-            return None
+        return _union_check([a for a in typing.get_args(tp) if a is not type(None)],
+                            type(None) in typing.get_args(tp))
+    if origin is list:
+        item = _check_for(typing.get_args(tp)[0])
+
+        def check_list(value: Any, where: tuple[Any, ...]) -> list[Any]:
+            if type(value) is not list:
+                raise InvalidInput(f"{_where(where)}: expected a list, got "
+                                   f"{type(value).__name__}")
+            return [item(v, where + (i,)) for i, v in enumerate(value)]
+        return check_list
+    if origin is dict:
+        item = _check_for(typing.get_args(tp)[1])
+
+        def check_dict(value: Any, where: tuple[Any, ...]) -> dict[str, Any]:
+            if type(value) is not dict:
+                raise InvalidInput(f"{_where(where)}: expected a mapping, got "
+                                   f"{type(value).__name__}")
+            for k in value:
+                if type(k) is not str:
+                    raise InvalidInput(f"{_where(where)}: key {k!r} is not a string")
+            return {k: item(v, where + (k,)) for k, v in value.items()}
+        return check_dict
+    if dataclasses.is_dataclass(tp):
+        return _dataclass_check(tp)
+
+    def check_scalar(value: Any, where: tuple[Any, ...]) -> Any:
+        if type(value) is not tp:  # exact: a bool is no int, an int no float
+            raise InvalidInput(f"{_where(where)}: expected {tp.__name__}, got "
+                               f"{type(value).__name__} {value!r:.40}")
+        return value
+    return check_scalar
+
+
+def _union_check(args: list[Any], optional: bool) -> Check:
+    checks = [_check_for(a) for a in args]
+    plain = {a for a in args if a in (str, int, bool, float)}
+
+    def check_union(value: Any, where: tuple[Any, ...]) -> Any:
+        if value is None and optional or type(value) in plain:
+            return value
         problems = []
-        for arg in args:
-            if arg is type(None):
-                continue
+        for check in checks:
             try:
-                return _convert(arg, value, where)
+                return check(value, where)
             except InvalidInput as e:
                 problems.append(str(e))
         raise InvalidInput(problems[0] if len(problems) == 1 else
                            f"{_where(where)}: unexpected {type(value).__name__} {value!r:.40}")
-    if origin is list:
-        if not isinstance(value, list):
-            raise InvalidInput(f"{_where(where)}: expected a list, got {type(value).__name__}")
-        (arg,) = typing.get_args(tp)
-        return [_convert(arg, v, where + (i,)) for i, v in enumerate(value)]
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise InvalidInput(f"{_where(where)}: expected a mapping, got {type(value).__name__}")
-        _, arg = typing.get_args(tp)
-        out = {}
-        for k, v in value.items():
-            if not isinstance(k, str):
-                raise InvalidInput(f"{_where(where)}: key {k!r} is not a string")
-            out[k] = _convert(arg, v, where + (k,))
-        return out
-    if tp is EndpointRef and isinstance(value, str) and "/" in value:
-        return EndpointRef(*value.split("/", 1))  # "net/id", as written before 0.2
-    if dataclasses.is_dataclass(tp):
-        return _build(tp, value, where)
-    if tp is int and isinstance(value, bool) or not isinstance(value, tp):
-        raise InvalidInput(f"{_where(where)}: expected {tp.__name__}, got "
-                           f"{type(value).__name__} {value!r:.40}")
-    return value
+    return check_union
+
+
+def _dataclass_check(cls: type) -> Check:
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    required = [n for n, f in fields.items() if f.default is dataclasses.MISSING
+                and f.default_factory is dataclasses.MISSING]
+    checks: dict[str, Check] = {}
+
+    def check_dataclass(data: Any, where: tuple[Any, ...]) -> Any:
+        if cls is EndpointRef and type(data) is str and "/" in data:
+            return EndpointRef(*data.split("/", 1))  # "net/id", as written before 0.2
+        if type(data) is not dict:
+            raise InvalidInput(f"{_where(where)}: expected a mapping for {cls.__name__}, got "
+                               f"{type(data).__name__}")
+        for name in required:
+            if name not in data:
+                raise InvalidInput(f"{_where(where)}: missing field {name!r} of {cls.__name__}")
+        kwargs = {}
+        for key, value in data.items():
+            if key not in fields:
+                raise InvalidInput(f"{_where(where + (key,))}: unknown field of {cls.__name__}")
+            check = checks.get(key)
+            if check is None:  # resolved on first use: the classes refer to each other
+                check = checks[key] = _check_for(hints[key])
+            kwargs[key] = check(value, where + (key,))
+        return cls(**kwargs)
+    return check_dataclass

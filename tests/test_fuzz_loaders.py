@@ -150,7 +150,7 @@ LAB_FILES = {os.path.dirname(p): _yaml(p)
              for p in sorted(glob.glob(os.path.join(ROOT, "labs", "*", "lab.yaml")))}
 
 
-@FUZZ
+@settings(FUZZ, max_examples=100)  # lab files are long: PyYAML alone takes ~0.1 s for one
 @given(st.sampled_from(sorted(LAB_FILES)), st.data())
 def test_fuzz_lab_files(folder, data):
     doc = data.draw(mutated([LAB_FILES[folder]]))
