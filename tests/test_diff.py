@@ -110,7 +110,7 @@ def test_an_extra_route_flag_fails_naming_the_line(docker_default_bridge, monkey
 
     def with_metric(self, dst="default", gateway=None, dev=None):
         real(self, dst, gateway, dev)
-        if dst == "default" and self.ns and "-c" in self.ns:  # the containers' routes only
+        if dst == "default" and self.ns and ".c" in self.ns:  # the containers' routes only
             self._ip.route("replace", dst="0.0.0.0/0", gateway=gateway, priority=5, proto=3,
                            oif=self.index(dev) if dev else None)
 
