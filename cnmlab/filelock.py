@@ -88,8 +88,3 @@ def locked(path: str, remove_if: Callable[[], bool] | None = None) -> Iterator[N
                     fcntl.flock(fd, fcntl.LOCK_UN)
                     os.close(fd)
 
-
-def held(path: str) -> bool:
-    """Whether this process holds the lock on ``path`` (in any thread)."""
-    h = _held.get(os.path.abspath(path))
-    return h is not None and h.depth > 0
