@@ -5,6 +5,7 @@ brings it, before anything is downloaded or booted (``scripts/install.sh`` insta
 """
 from __future__ import annotations
 
+import os
 import shutil
 
 from cnmlab.errors import FeatureMissing
@@ -37,8 +38,9 @@ def need(*programs: str) -> dict[str, str]:
     """Full paths of ``programs``; a ``ToolMissing`` naming the apt package if one is absent."""
     found = {}
     for prog in programs:
-        path = shutil.which(prog, path="/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:"
-                                       "/sbin:/bin")
+        # PATH, plus the sbin folders a non-root PATH lacks (depmod, modprobe live there)
+        path = shutil.which(prog, path=os.environ.get("PATH", "/usr/bin:/bin") +
+                            ":/usr/sbin:/sbin")
         if path is None:
             raise ToolMissing(f"cnmlab vm needs {prog}: install it with "
                               f"'apt-get install --no-install-recommends {package_for(prog)}'")

@@ -1,0 +1,205 @@
+"""``cnmlab vm``: what must hold, each checked by booting the real VM (qemu, Debian's kernel).
+
+* ``cnmlab vm run -- cnmlab features`` lists ipvs, ipvlan, vlan and dummy as available;
+* the guest command's exit code is ours (``false`` -> 1), its stdout and stderr come back apart;
+* a guest that hangs is killed at the timeout with a one-line error;
+* nothing is left behind (qemu process, job folder) after a run, a timeout, Ctrl-C or even a
+  ``kill -9`` of ``cnmlab`` (qemu dies with it; the next run sweeps the folder);
+* the guest cannot write the host's files outside the results folder, not even by mounting the
+  host's root share again (refused: its channel is in use; and qemu exports it ``readonly=on``,
+  which refuses writes even through a read-write mount: checked by hand with a custom init);
+* a missing host program is a one-line error naming the apt package;
+* the kernel cache follows the kernel package's version, and ``--rebuild`` remakes it.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+import pytest
+
+from cnmlab.vm import boot, image, tools
+
+pytestmark = pytest.mark.kernel
+
+
+def cnmlab_vm(*args: str, timeout: float = 300, **kw: object) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "cnmlab.cli", "vm", *args], capture_output=True,
+                          text=True, timeout=timeout, **kw)  # type: ignore[call-overload]
+
+
+def leftovers(pid: int) -> list[str]:
+    """This cnmlab process's job folders and any process (qemu) still running one of them."""
+    prefix = f"{boot.JOB_PREFIX}{pid}-"
+    found = [f"folder {d}" for d in os.listdir(tempfile.gettempdir()) if d.startswith(prefix)]
+    for p in os.listdir("/proc"):
+        if p.isdigit():
+            try:
+                with open(f"/proc/{p}/cmdline", "rb") as f:
+                    if prefix.encode() in f.read():
+                        found.append(f"process {p}")
+            except OSError:
+                pass
+    return found
+
+
+def _start(argv: list[str]) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "-m", "cnmlab.cli", "vm", "run", "--", *argv],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_line(proc: subprocess.Popen[str], want: str, timeout: float = 120) -> None:
+    assert proc.stdout is not None
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if want in line:
+            return
+        if not line and proc.poll() is not None:
+            break
+    raise AssertionError(f"the guest never printed {want!r}")
+
+
+def test_vm_run_cnmlab_features_lists_the_full_kernel_features():
+    r = cnmlab_vm("run", "--", "cnmlab", "features")
+    assert r.returncode == 0, r.stderr
+    rows = {l.split()[0]: l.split()[1] for l in r.stdout.splitlines() if l.strip()}
+    for feature in ("ipvs", "ipvlan", "vlan", "dummy"):
+        assert rows.get(feature) == "yes", r.stdout
+
+
+def test_false_exits_1():
+    r = cnmlab_vm("run", "--", "false")
+    assert r.returncode == 1, r.stderr
+    assert "cnmlab:" not in r.stderr  # the command's failure, not an error of cnmlab's
+
+
+def test_exit_code_and_both_streams_come_back_apart(tmp_path):
+    r = cnmlab_vm("run", "--", "sh", "-c", "uname -r; echo to-stderr >&2; exit 7",
+                  cwd=tmp_path)
+    assert r.returncode == 7
+    assert r.stdout.splitlines() == [image.ensure().kver] != [os.uname().release]
+    assert "to-stderr" in r.stderr.splitlines() and "to-stderr" not in r.stdout
+
+
+def test_hung_guest_is_killed_at_the_timeout_with_one_line():
+    t0 = time.monotonic()
+    proc = subprocess.Popen([sys.executable, "-m", "cnmlab.cli", "vm", "run", "--timeout", "25",
+                             "--", "sh", "-c", "echo started; sleep 600"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    out, err = proc.communicate(timeout=120)
+    elapsed = time.monotonic() - t0
+    assert "started" in out  # the guest ran the command, which then hung
+    assert proc.returncode == 1 and elapsed < 60
+    lines = [l for l in err.splitlines() if not l.startswith("cnmlab vm: ")]  # build progress
+    assert lines == ["cnmlab: the VM did not finish within 25 s and was stopped (allow more "
+                     "time with --timeout)"], err
+    assert leftovers(proc.pid) == []
+
+
+def test_ctrl_c_stops_the_vm_and_leaves_nothing():
+    proc = _start(["sh", "-c", "echo started; sleep 600"])
+    try:
+        _wait_line(proc, "started")
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=30)
+    finally:
+        proc.kill()
+        proc.communicate()
+    assert proc.returncode == 130
+    assert leftovers(proc.pid) == []
+
+
+def test_kill_9_takes_qemu_along_and_the_next_run_sweeps_the_folder():
+    proc = _start(["sh", "-c", "echo started; sleep 600"])
+    try:
+        _wait_line(proc, "started")
+        proc.kill()
+        proc.wait()
+    finally:
+        proc.kill()
+        proc.communicate()
+    deadline = time.monotonic() + 10
+    while any(x.startswith("process") for x in leftovers(proc.pid)):
+        assert time.monotonic() < deadline, leftovers(proc.pid)
+        time.sleep(0.2)
+    assert [x for x in leftovers(proc.pid) if x.startswith("folder")]  # no finally ran
+    boot.sweep_stale_jobs()
+    assert leftovers(proc.pid) == []
+
+
+GUEST_WRITES = """
+echo guest > {outside} && echo wrote-outside-in-overlay
+rm -f {keep} && echo removed-keep-in-overlay
+echo guest > {repo_file} && echo wrote-repo-in-overlay
+echo guest > /etc/cnmlab-vm-probe-{pid}
+mkdir -p /mnt/hostroot && mount -t 9p -o trans=virtio,version=9p2000.L hostroot /mnt/hostroot \
+    && echo remounted-host-root
+echo guest > /mnt/hostroot{outside} && echo BREACH-outside
+touch /mnt/hostroot/etc/cnmlab-vm-probe-{pid} && echo BREACH-etc
+echo made-in-guest > {results}/result.txt
+"""
+
+
+def test_guest_cannot_write_host_files_outside_the_results_folder(tmp_path):
+    outside = tmp_path / "outside.txt"
+    outside.write_text("host\n")
+    keep = tmp_path / "keep.txt"
+    keep.write_text("keep\n")
+    results = tmp_path / "results"
+    results.mkdir()
+    repo_file = os.path.join(os.path.dirname(__file__), f"vm-probe-{os.getpid()}.txt")
+    script = GUEST_WRITES.format(outside=outside, keep=keep, repo_file=repo_file,
+                                 pid=os.getpid(), results=results)
+    r = cnmlab_vm("run", "--results", str(results), "--", "sh", "-c", script, cwd=tmp_path)
+    # the guest believed its writes worked (they landed in its tmpfs overlay)...
+    for said in ("wrote-outside-in-overlay", "removed-keep-in-overlay", "wrote-repo-in-overlay"):
+        assert said in r.stdout, (r.stdout, r.stderr)
+    # ...a second mount of the host's root share is refused (a virtio 9p channel serves one
+    # mount; behind it qemu's readonly=on refuses writes even to a read-write mount)...
+    assert "remounted-host-root" not in r.stdout and "BREACH" not in r.stdout
+    assert "busy" in r.stderr, r.stderr
+    # ...and the host is untouched
+    assert outside.read_text() == "host\n" and keep.read_text() == "keep\n"
+    assert not os.path.exists(repo_file)
+    assert not os.path.exists(f"/etc/cnmlab-vm-probe-{os.getpid()}")
+    assert (results / "result.txt").read_text() == "made-in-guest\n"
+
+
+def test_missing_qemu_is_one_line_naming_the_package(tmp_path):
+    empty = tmp_path / "bin"
+    empty.mkdir()
+    r = cnmlab_vm("run", "--", "true", env=dict(os.environ, PATH=str(empty)))
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert r.stderr.splitlines() == ["cnmlab: cnmlab vm needs qemu-system-x86_64: install it "
+                                     "with 'apt-get install --no-install-recommends "
+                                     "qemu-system-x86'"]
+
+
+def test_cache_follows_the_package_version_and_rebuild_remakes_it(tmp_path, monkeypatch):
+    cache = tmp_path / "cache"
+    stale = cache / "linux-image-0.0.0-0-amd64_0.0-0"
+    stale.mkdir(parents=True)
+    (stale / "image.json").write_text(json.dumps({"package": "linux-image-0.0.0-0-amd64",
+                                                  "version": "0.0-0", "kver": "0.0.0-0-amd64",
+                                                  "kernel": "vmlinux"}))
+    (cache / "current.json").write_text(json.dumps({"dir": stale.name, "apt_stamp": -1}))
+    monkeypatch.setenv("CNMLAB_VM_CACHE", str(cache))
+    package, version = image.wanted_package()
+    img = image.ensure()
+    assert (img.package, img.version) == (package, version)
+    assert os.path.basename(img.dir) == f"{package}_{version}"
+    assert not stale.exists()  # an older kernel's image is removed
+    assert os.path.exists(os.path.join(img.modules, "modules.dep"))
+    marker = os.path.join(img.dir, "marker")
+    open(marker, "w").close()
+    r = cnmlab_vm("run", "--rebuild", "--", "true", env=dict(os.environ,
+                                                              CNMLAB_VM_CACHE=str(cache)))
+    assert r.returncode == 0, r.stderr
+    assert "apt-get download" in r.stderr  # it fetched again...
+    assert not os.path.exists(marker)      # ...and replaced the image
