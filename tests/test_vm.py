@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -203,3 +204,88 @@ def test_cache_follows_the_package_version_and_rebuild_remakes_it(tmp_path, monk
     assert r.returncode == 0, r.stderr
     assert "apt-get download" in r.stderr  # it fetched again...
     assert not os.path.exists(marker)      # ...and replaced the image
+
+
+LAB = """\
+id: 99-vmtest
+title: A lab needing {feature}
+needs: [veth, {feature}]
+topology:
+  hosts:
+    host:
+      default_bridge: false
+      firewall: manual
+      sandboxes:
+        red: {{network: none}}
+steps:
+  - id: one
+    title: Step one
+    text: hello
+    task: bring lo up
+    checks:
+      - link: {{ns: red, name: lo, up: true}}
+    solution:
+      - {{sh: "ip link set lo up", in: red}}
+"""
+
+
+def test_lab_needing_a_missing_feature_names_it_offers_the_vm_and_starts_there(tmp_path):
+    from cnmlab import features
+
+    if features.has("dummy"):
+        pytest.skip("this kernel has dummy links: no lab here needs the VM")
+    (tmp_path / "labs" / "99-vmtest").mkdir(parents=True)
+    (tmp_path / "labs" / "99-vmtest" / "lab.yaml").write_text(LAB.format(feature="dummy"))
+    env = dict(os.environ, CNMLAB_LABS=str(tmp_path / "labs"),
+               CNMLAB_PROGRESS=str(tmp_path / "progress.json"))
+    r = subprocess.run([sys.executable, "-m", "cnmlab.cli", "lab", "start", "99-vmtest"],
+                       capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode == 1 and len(r.stderr.splitlines()) == 1, r.stderr
+    assert "lab 99-vmtest needs dummy (dummy links" in r.stderr
+    assert "'cnmlab vm' opens the workshop there" in r.stderr
+    # what it offers works: in the VM the same lab starts (and stops)
+    r = cnmlab_vm("run", "--", "sh", "-c", "cnmlab lab start 99-vmtest && "
+                  "cnmlab lab stop 99-vmtest", env=env, cwd=tmp_path)
+    assert r.returncode == 0, (r.stdout, r.stderr)
+    assert "lab 99-vmtest is up" in r.stdout
+
+
+def test_key_v_in_the_lab_list_opens_the_workshop_in_the_vm(tmp_path):
+    """A learner in a real terminal (tmux): the lab list, ``v``, the same workshop running in
+    the VM (its header says so), ``q`` there, and back in the host's lab list."""
+    if shutil.which("tmux") is None:
+        pytest.fail("tmux is missing: apt-get install --no-install-recommends tmux")
+    sock = f"cnmvm{os.getpid()}"
+    done = tmp_path / "exit-code"
+    cmd = (f"CNMLAB_PROGRESS={tmp_path}/progress.json {sys.executable} -m cnmlab.cli; "
+           f"echo $? > {done}")
+
+    def tmux(*args: str) -> str:
+        return subprocess.run(["tmux", "-L", sock, *args], capture_output=True, text=True,
+                              timeout=20).stdout
+
+    def wait(cond: object, timeout: float, what: str) -> str:
+        deadline = time.monotonic() + timeout
+        seen = ""
+        while time.monotonic() < deadline:
+            seen = tmux("capture-pane", "-p", "-t", "vm")
+            if cond(seen):  # type: ignore[operator]
+                return seen
+            time.sleep(0.3)
+        raise AssertionError(f"{what} never showed up; the screen was:\n{seen}")
+
+    try:
+        tmux("new-session", "-d", "-s", "vm", "-x", "120", "-y", "35", "sh", "-c", cmd)
+        wait(lambda s: "cnmlab — labs" in s, 60, "the host's lab list")
+        tmux("send-keys", "-t", "vm", "v")
+        wait(lambda s: "labs · full-kernel VM" in s, 240, "the lab list inside the VM")
+        tmux("send-keys", "-t", "vm", "q")
+        wait(lambda s: "cnmlab — labs" in s and "full-kernel VM" not in s, 90,
+             "the host's lab list again")
+        tmux("send-keys", "-t", "vm", "q")
+        deadline = time.monotonic() + 30
+        while not done.exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert done.read_text().strip() == "0"
+    finally:
+        tmux("kill-server")
