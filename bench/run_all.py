@@ -19,11 +19,13 @@ FULL = [
     ("TUI first screen and responsiveness", ["bench_tui.py"]),
     ("TUI live state latency", ["bench_tui_live.py"]),
     ("userland proxy: 100 published ports in one process", ["bench_proxy.py", "--ports", "100"]),
+    ("full-kernel VM: boot, guest/host slowdown, CI share", ["bench_vm.py", "--ci-share"]),
 ]
 QUICK = [
     ("engine build/teardown", ["bench_build.py", "--sizes", "10,50", "--no-mininet"]),
     ("reachability truth tables", ["bench_truth.py", "--sizes", "10,20", "--no-mininet"]),
     ("userland proxy", ["bench_proxy.py", "--ports", "100"]),
+    ("full-kernel VM boot", ["bench_vm.py", "--runs", "2", "--file", "tests/test_ipam.py"]),
 ]
 
 

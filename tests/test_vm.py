@@ -80,11 +80,16 @@ def test_false_exits_1():
     assert "cnmlab:" not in r.stderr  # the command's failure, not an error of cnmlab's
 
 
-def test_exit_code_and_both_streams_come_back_apart(tmp_path):
-    r = cnmlab_vm("run", "--", "sh", "-c", "uname -r; echo to-stderr >&2; exit 7",
-                  cwd=tmp_path)
+def test_exit_code_arguments_environment_and_both_streams(tmp_path):
+    odd = ["a b", "it's", "$HOME", "", "*"]
+    r = cnmlab_vm("run", "--", "sh", "-c", 'uname -r; pwd; printf "%s|" "$@"; echo; '
+                  'echo "$CNMLAB_ODD"; [ -t 1 ] || echo stdout-is-a-pipe; echo to-stderr >&2; '
+                  'exit 7', "sh", *odd, cwd=tmp_path,
+                  env=dict(os.environ, CNMLAB_ODD="x'y $z \\ \"q\""))
     assert r.returncode == 7
-    assert r.stdout.splitlines() == [image.ensure().kver] != [os.uname().release]
+    assert r.stdout.splitlines() == [image.ensure().kver, str(tmp_path), "|".join(odd) + "|",
+                                     "x'y $z \\ \"q\"", "stdout-is-a-pipe"]
+    assert image.ensure().kver != os.uname().release
     assert "to-stderr" in r.stderr.splitlines() and "to-stderr" not in r.stdout
 
 

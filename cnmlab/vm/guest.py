@@ -116,6 +116,8 @@ stty -F /dev/ttyS2 raw
 umask 022
 echo {HOSTNAME} > /proc/sys/kernel/hostname
 ip link set lo up 2>/dev/null
+# as on a Docker host (dockerd loads it): bridged traffic traverses iptables (icc=false...)
+modprobe -q br_netfilter 2>/dev/null
 {exports}cd {shlex.quote(cwd)} 2>/dev/null || cd /
 {body}echo 0 > /proc/sys/kernel/printk
 exec /bin/busybox poweroff -f
