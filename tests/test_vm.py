@@ -149,6 +149,7 @@ mkdir -p /mnt/hostroot && mount -t 9p -o trans=virtio,version=9p2000.L hostroot 
 echo guest > /mnt/hostroot{outside} && echo BREACH-outside
 touch /mnt/hostroot/etc/cnmlab-vm-probe-{pid} && echo BREACH-etc
 echo made-in-guest > {results}/result.txt
+echo "links: $(ls /sys/class/net)"
 """
 
 
@@ -175,6 +176,7 @@ def test_guest_cannot_write_host_files_outside_the_results_folder(tmp_path):
     assert not os.path.exists(repo_file)
     assert not os.path.exists(f"/etc/cnmlab-vm-probe-{os.getpid()}")
     assert (results / "result.txt").read_text() == "made-in-guest\n"
+    assert "links: lo\n" in r.stdout  # no network device: nothing leaves the guest
 
 
 def test_missing_qemu_is_one_line_naming_the_package(tmp_path):
