@@ -59,6 +59,9 @@ $bb mkdir -p /newroot/dev/pts /newroot/dev/shm
 $bb mount -t devpts -o gid=5,mode=620,ptmxmode=666 devpts /newroot/dev/pts
 $bb mount -t tmpfs -o mode=1777 shm /newroot/dev/shm
 $bb mount -t tmpfs -o mode=0755 run /newroot/run
+# the host's per-namespace /etc files belong to its live namespaces, not to the guest's
+$bb mkdir -p /newroot/etc/netns
+$bb mount -t tmpfs -o mode=0755 netns /newroot/etc/netns
 $bb mkdir -p "/newroot/lib/modules/$KVER"
 $bb mount --bind "/newroot$MODULES" "/newroot/lib/modules/$KVER" || fail 'show the modules'
 $bb mkdir -p "/newroot$JOB"

@@ -11,7 +11,7 @@ per kernel version:
 * the compressed ``vmlinuz`` is inflated to an ELF ``vmlinux``: qemu boots that directly through
   its PVH entry point, which skips the kernel's self-decompression. Under software emulation
   that decompression took longer than the rest of the boot (about 4.7 s -> 2.2 s to /init).
-* the initramfs is built (``initramfs.py``).
+* the initramfs is built (``initramfs.py``), once per version of cnmlab's ``/init``.
 
 The cache is keyed by the package's name and version, so a new kernel in Debian's archive is
 fetched on the next run after ``apt-get update``; asking apt costs a second or two, so it is
@@ -20,6 +20,7 @@ asked only when its package lists changed since the last answer.
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import lzma
 import os
@@ -66,11 +67,31 @@ class Image:
 
     @classmethod
     def load(cls, d: str) -> "Image":
+        """The image in ``d``, with an initramfs for *this* cnmlab's ``/init``.
+
+        The init script is code of cnmlab, not of the kernel: an initramfs is kept per script
+        (``initrd-<digest>.cpio``), so a newer cnmlab never boots an older init, and two
+        versions sharing the cache (two worktrees) do not rebuild each other's.
+        """
         with open(os.path.join(d, "image.json")) as f:
             meta = json.load(f)
+        moddir = os.path.join(d, "lib", "modules", meta["kver"])
+        order = initramfs.module_order(moddir, initramfs.MODULES)
+        init = guest.init_script([n for n, _ in order])
+        digest = hashlib.sha256(init.encode()).hexdigest()[:16]
+        initrd = os.path.join(d, f"initrd-{digest}.cpio")
+        if not os.path.exists(initrd):
+            tmp = f"{initrd}.{os.getpid()}.tmp"
+            with open(tmp, "wb") as f:
+                f.write(initramfs.build(tools.static_busybox(), order, init))
+            os.replace(tmp, initrd)
+            for old in os.listdir(d):  # other versions' initramfs, unused for a day
+                p = os.path.join(d, old)
+                if old.startswith("initrd-") and p != initrd and \
+                        time.time() - os.path.getmtime(p) > 86400:
+                    os.unlink(p)
         return cls(dir=d, package=meta["package"], version=meta["version"], kver=meta["kver"],
-                   kernel=os.path.join(d, meta["kernel"]), initrd=os.path.join(d, "initrd.cpio"),
-                   modules=os.path.join(d, "lib", "modules", meta["kver"]))
+                   kernel=os.path.join(d, meta["kernel"]), initrd=initrd, modules=moddir)
 
 
 def cache_root() -> str:
@@ -164,7 +185,7 @@ class Progress:
 def _build(root: str, final: str, package: str, version: str,
            progress: Progress | None) -> None:
     t = tools.need("apt-get", "dpkg-deb", "depmod")
-    busybox = tools.static_busybox()
+    tools.static_busybox()  # before a long download, not after
     say = progress.step if progress else (lambda text: None)
     work = tempfile.mkdtemp(prefix=".build-", dir=root)
     try:
@@ -205,10 +226,7 @@ def _build(root: str, final: str, package: str, version: str,
                 with open(os.path.join(tree, "vmlinux"), "wb") as f:
                     f.write(elf)
                 kernel = "vmlinux"
-        say("building the initramfs")
-        order = initramfs.module_order(moddir, initramfs.MODULES)
-        with open(os.path.join(tree, "initrd.cpio"), "wb") as f:
-            f.write(initramfs.build(busybox, order, guest.init_script([n for n, _ in order])))
+        initramfs.module_order(moddir, initramfs.MODULES)  # all there? (built by Image.load)
         with open(os.path.join(tree, "image.json"), "w") as f:
             json.dump({"package": package, "version": version, "kver": kver, "kernel": kernel,
                        "built": time.strftime("%Y-%m-%dT%H:%M:%S")}, f, indent=1)
