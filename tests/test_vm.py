@@ -74,10 +74,12 @@ def test_vm_run_cnmlab_features_lists_the_full_kernel_features():
         assert rows.get(feature) == "yes", r.stdout
 
 
-def test_false_exits_1():
-    r = cnmlab_vm("run", "--", "false")
-    assert r.returncode == 1, r.stderr
-    assert "cnmlab:" not in r.stderr  # the command's failure, not an error of cnmlab's
+def test_false_exits_1_and_leaves_nothing():
+    proc = _start(["false"])
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 1, err
+    assert "cnmlab:" not in err  # the command's failure, not an error of cnmlab's
+    assert leftovers(proc.pid) == []
 
 
 def test_exit_code_arguments_environment_and_both_streams(tmp_path):
@@ -108,16 +110,18 @@ def test_hung_guest_is_killed_at_the_timeout_with_one_line():
     assert leftovers(proc.pid) == []
 
 
-def test_ctrl_c_stops_the_vm_and_leaves_nothing():
+@pytest.mark.parametrize("sig,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)],
+                         ids=["ctrl-c", "sigterm"])
+def test_ctrl_c_or_sigterm_stops_the_vm_and_leaves_nothing(sig, code):
     proc = _start(["sh", "-c", "echo started; sleep 600"])
     try:
-        _wait_line(proc, "started")
-        proc.send_signal(signal.SIGINT)
+        _wait_line(proc, "started")  # streamed: the guest is still running
+        proc.send_signal(sig)
         proc.wait(timeout=30)
     finally:
         proc.kill()
         proc.communicate()
-    assert proc.returncode == 130
+    assert proc.returncode == code
     assert leftovers(proc.pid) == []
 
 
