@@ -34,8 +34,10 @@ matrix), never a Python traceback.
 Fixtures: ``cnmlab_target`` (session; the target the options name, skipped when there is none),
 ``cnmlab_check`` (function; ``cnmlab_check({"reachable": {...}})`` runs one check and fails the
 test readably), ``cnmlab_target_spec`` (session; where the target comes from: override it in
-a conftest with a ``"KIND:ARG"`` string or a ready Target). Marker ``@pytest.mark.cnmlab_needs("vxlan")`` skips a test when the
-kernel lacks the feature. Hook ``pytest_cnmlab_result(learner, result)`` sees every result.
+a conftest with a ``"KIND:ARG"`` string or a ready Target). Marker ``cnmlab_needs("ipvs")``
+(``from cnmlab.checks.vmlane import needs``): the test needs that kernel feature; where this
+kernel lacks it the test runs in the full-kernel VM (``cnmlab.checks.vmlane``, loaded from here,
+owns the marker and its options). Hook ``pytest_cnmlab_result(learner, result)`` sees every result.
 """
 from __future__ import annotations
 
@@ -49,6 +51,7 @@ from typing import Any
 import pytest
 
 TARGET_KINDS = ("engine", "manifest", "submission", "docker")
+pytest_plugins = ["cnmlab.checks.vmlane"]
 
 
 class CnmlabHooks:
@@ -217,9 +220,6 @@ def _active(config: pytest.Config) -> bool:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line(
-        "markers", "cnmlab_needs(feature, ...): skip unless the kernel has the cnmlab feature "
-                   "(veth, bridge, macvlan, ipvlan, vxlan, ipvs, iptables, nftables, ...)")
     st = _state(config)
     if not _active(config):
         return
@@ -515,26 +515,6 @@ def cnmlab_check(cnmlab_target: Any, pytestconfig: pytest.Config) -> Callable[..
         return r
 
     return check
-
-
-def pytest_runtest_setup(item: pytest.Item) -> None:
-    marks = list(item.iter_markers("cnmlab_needs"))
-    if not marks:
-        return
-    from cnmlab import features
-    from cnmlab.errors import CnmError
-
-    for mark in marks:
-        for name in mark.args:
-            if name not in features.DESCRIPTIONS:
-                pytest.fail(f"cnmlab_needs: unknown feature {name!r}; known: "
-                            f"{', '.join(sorted(features.DESCRIPTIONS))}", pytrace=False)
-            try:
-                ok = features.has(name)
-            except CnmError as e:
-                pytest.skip(f"needs {name}: cannot probe it ({e})")
-            if not ok:
-                pytest.skip(f"needs {name} ({features.DESCRIPTIONS[name]}): this kernel lacks it")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -190,7 +190,7 @@ def _extensions() -> list[Callable[[argparse._SubParsersAction], None]]:  # type
     """Subcommands owned by other packages (labs, checks) register themselves here."""
     found = []
     for mod_name in ("cnmlab.labcli", "cnmlab.checks.cli", "cnmlab.checks.diffcli",
-                     "cnmlab.plugin.cli"):
+                     "cnmlab.plugin.cli", "cnmlab.vm.cli"):
         try:
             mod = __import__(mod_name, fromlist=["register"])
         except ImportError:

@@ -12,7 +12,7 @@ import shutil
 
 from cnmlab import netns, state
 from cnmlab.errors import CnmError, FeatureMissing
-from cnmlab.netlink import Netlink
+from cnmlab.netlink import Netlink, ipvs_answers
 
 DESCRIPTIONS = {
     "veth": "veth pairs (every lab)",
@@ -26,8 +26,8 @@ DESCRIPTIONS = {
     "iptables": "iptables with NAT and addrtype (bridge firewall)",
     "nftables": "nftables (the nftables firewall backend)",
 }
-REMEDY = ("this kernel lacks it; run it in the full-kernel VM ('cnmlab vm') or on a machine "
-          "whose kernel has it")
+REMEDY = ("this kernel lacks it: run it in the full-kernel VM ('cnmlab vm' opens the workshop "
+          "there, 'cnmlab vm shell' a shell) or on a machine whose kernel has it")
 
 
 def _link_probe(kind: str, nl: Netlink, **extra: object) -> bool:
@@ -47,13 +47,15 @@ def _probe(name: str, ns: str) -> bool:
             extra = {"vxlan_id": 42} if name == "vxlan" else {}
             return _link_probe(name, nl, **extra)
         if name in ("macvlan", "ipvlan", "vlan"):
-            if not nl.has_link("par0"):
-                nl.add_veth("par0", "par1")
+            # one parent each: a link holding a macvlan refuses an ipvlan ("Device is already
+            # in use"), which would read as "no ipvlan" on a kernel that has it
+            parent = f"pa{name}"[:15]
+            nl.add_veth(parent, f"pb{name}"[:15])
             extra = {"vlan_id": 10} if name == "vlan" else {}
-            return _link_probe(name, nl, link=nl.index("par0"), **extra)
+            return _link_probe(name, nl, link=nl.index(parent), **extra)
     if name == "ipvs":
         with netns.entered(ns):
-            return os.path.exists("/proc/net/ip_vs")
+            return ipvs_answers()
     if name == "iptables":
         if not shutil.which("iptables"):
             return False

@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from pyroute2 import IPRoute
+from pyroute2 import IPVS, IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from cnmlab import netns
@@ -382,3 +382,18 @@ class Netlink:
                                master=names.get(master) if master else None,
                                dst=m.get_attr("NDA_DST"), permanent=bool(m["state"] & 0x80)))
         return out
+
+
+def ipvs_answers() -> bool:
+    """Whether IPVS answers in the calling thread's namespace.
+
+    Asking for the "IPVS" generic-netlink family makes the kernel load ``ip_vs`` when it is a
+    module (its alias ``net-pf-16-proto-16-family-IPVS``), so a modular kernel is not mistaken
+    for one without IPVS, as looking for ``/proc/net/ip_vs`` alone would.
+    """
+    try:
+        sock = IPVS()
+    except (NetlinkError, OSError):
+        return False
+    sock.close()
+    return True

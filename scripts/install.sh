@@ -16,9 +16,11 @@ APT_PACKAGES=(
   iproute2 iptables nftables util-linux      # ip, iptables-restore, nft, nsenter
   iputils-ping netcat-openbsd tcpdump        # what a learner types inside sandboxes
   bridge-utils dnsutils procps tmux          # bridge/dig for labs; tmux for the TUI e2e test
+  ipvsadm                                    # IPVS labs (inspect a service's table)
+  qemu-system-x86 busybox-static kmod        # cnmlab vm: qemu, the initramfs, modprobe/depmod
 )
 if [ "$want_tests" = 1 ]; then
-  APT_PACKAGES+=(docker.io busybox-static mininet)  # conformance against real Docker; benchmarks
+  APT_PACKAGES+=(docker.io mininet)          # conformance against real Docker; benchmarks
 fi
 installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
 missing=()

@@ -297,3 +297,31 @@ def test_missing_feature_is_marked_with_remedy():
             assert any(REMEDY in e for e in app.errors()), app.errors()
 
     asyncio.run(scenario())
+
+
+def test_missing_feature_offers_the_vm_key(monkeypatch):
+    """The lab list offers ``v`` (``cnmlab vm``) for a lab whose features are missing; headless,
+    where the app cannot hand the terminal over, ``v`` says what to type instead; inside the
+    VM it says so (test_vm.py presses ``v`` in a real terminal)."""
+    from cnmlab.tui.screens import VM_KEY
+
+    monkeypatch.delenv("CNMLAB_IN_VM", raising=False)
+    app = RecordingApp(features={**FEATURES, "bridge": False}, root=True)
+
+    async def scenario() -> None:
+        async with app.run_test(size=(120, 30)) as pilot:
+            await pilot.press("down")  # lab 02 needs bridge
+            await pilot.pause(0.1)
+            assert VM_KEY in plain(app.screen.query_one("#lab-detail"), width=200)
+            await pilot.press("enter")
+            await pilot.pause(0.2)
+            assert any(VM_KEY in e for e in app.errors()), app.errors()
+            await pilot.press("v")
+            await pilot.pause(0.2)
+            assert any("in a terminal run: cnmlab vm" in e for e in app.errors()), app.errors()
+            monkeypatch.setenv("CNMLAB_IN_VM", "1")
+            await pilot.press("v")
+            await pilot.pause(0.2)
+            assert ("information", "this is the full-kernel VM already") in app.notes
+
+    asyncio.run(scenario())

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -33,6 +34,9 @@ from textual.widgets.option_list import Option
 from textual.worker import Worker, WorkerState, get_current_worker
 
 from cnmlab.errors import CnmError
+from cnmlab.vm import in_vm
+
+VM_KEY = "Press v to open the workshop in the full-kernel VM (cnmlab vm)."
 
 # One engine thread per lab instance. Every engine call of a lab (start, check, solve, reset,
 # stop) runs there, one at a time: they never interleave, and the engine always sees the same
@@ -149,6 +153,8 @@ class LabListScreen(WorkerErrors, Screen):
         Binding("question_mark", "help", "Keys", key_display="?",
                 tooltip="this list of keys"),
         Binding("q", "quit", "Quit", tooltip="quit the app (running labs keep running)"),
+        Binding("v", "vm", "Full-kernel VM", show=False, tooltip="open the workshop in the "
+                "full-kernel VM (cnmlab vm): for labs needing what this kernel lacks"),
     ]
 
     def compose(self) -> ComposeResult:
@@ -161,7 +167,7 @@ class LabListScreen(WorkerErrors, Screen):
 
     def on_mount(self) -> None:
         self.title = "cnmlab"
-        self.sub_title = "labs"
+        self.sub_title = "labs · full-kernel VM" if in_vm() else "labs"
         self.query_one("#labs").border_title = "Labs · ↑↓ choose · Enter open · ? keys"
         app = self.app
         if not app.is_root:  # type: ignore[attr-defined]
@@ -318,6 +324,7 @@ class LabListScreen(WorkerErrors, Screen):
         text.append_text(needs)
         if missing:
             text.append(f"\n{REMEDY}", style="yellow")
+            text.append(f"\n{VM_KEY}", style="bold yellow")
         self.set_class(bool(missing), "-missing")
         detail.update(text)
 
@@ -339,7 +346,7 @@ class LabListScreen(WorkerErrors, Screen):
         _, missing = _feature_line(labdef, app.kernel_features)  # type: ignore[attr-defined]
         if missing:
             what = ", ".join(DESCRIPTIONS.get(m, m) for m in missing)
-            app.show_error(f"lab {labdef.id} needs {what}: {REMEDY}",
+            app.show_error(f"lab {labdef.id} needs {what}: {REMEDY}. {VM_KEY}",
                            title="missing kernel features")
             return
         if self.query_one("#labs").loading:
@@ -366,6 +373,23 @@ class LabListScreen(WorkerErrors, Screen):
         self.app.push_screen(ConfirmScreen(f"Stop lab {name}?",
                                            "Every namespace of this lab is torn down. Your "
                                            "progress is kept.", yes="Stop"), answer)
+
+    def action_vm(self) -> None:
+        """This workshop again, inside the full-kernel VM (``cnmlab vm``); back here on quit."""
+        if in_vm():
+            self.notify("this is the full-kernel VM already")
+            return
+        try:
+            with self.app.suspend():
+                print("\033[2J\033[Hcnmlab: opening the workshop in the full-kernel VM "
+                      "(Debian's kernel under qemu; the first time, its kernel is fetched). "
+                      "Quit it (q) to come back here.\n", flush=True)
+                subprocess.call([sys.executable, "-m", "cnmlab.cli", "vm"])
+        except Exception as e:  # SuspendNotSupported (headless, web), ...
+            self.app.show_error(f"cannot open the VM from here ({type(e).__name__}): in a "
+                                f"terminal run: cnmlab vm")
+            return
+        self.fill()
 
     def action_help(self) -> None:
         self.app.push_screen(HelpScreen())
