@@ -1141,9 +1141,13 @@ class HelpScreen(ModalScreen[None]):
                         for k in b.key.split(","))
                     t.add_row(keys, b.tooltip or b.description)
             parts.append(t)
-        parts.append(Text("Inside the Live and Topology tabs r re-reads the kernel state; in the "
-                          "Packets tab s starts/stops the capture and c clears it (Tab moves "
-                          "the focus out of a tab's widgets).", style="dim"))
+        parts.append(Text("Every letter above means the same in every tab. Inside the Live and "
+                          "Topology tabs F5 re-reads the kernel state; in the Packets tab g "
+                          "starts/stops the capture, Ctrl-L clears it and f hides the checks' "
+                          "own packets (marked [check]). While you type in the terminal, "
+                          "letters go to the shell and F1-F9 carry the commands; Ctrl-C "
+                          "interrupts the command in the shell, Ctrl-Q quits the app.",
+                          style="dim"))
         return Group(*parts)
 
     def on_mount(self) -> None:
