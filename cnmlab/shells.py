@@ -153,6 +153,10 @@ def shell_env(lab: str, member: str, ns: str, history: str | None = None,
     env["PS1"] = prompt(lab, member)
     env["CNMLAB_LAB"] = lab
     env["CNMLAB_MEMBER"] = member
+    # `cnmlab lab docker ...` and `cnmlab exec ...` work from inside a lab shell too
+    here = os.path.dirname(sys.executable)
+    if os.path.exists(os.path.join(here, "cnmlab")) and here not in env.get("PATH", ""):
+        env["PATH"] = f"{here}:{env.get('PATH', '/usr/sbin:/usr/bin:/sbin:/bin')}"
     guard = (f"[ -e {shlex.quote(netns.path_of(ns))} ] || {{ printf %b "
              f"{shlex.quote(gone_banner(lab, member, 'its namespace was deleted'))}; "
              f"exit {SHELL_EXIT_LAB_GONE}; }}")

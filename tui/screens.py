@@ -910,7 +910,14 @@ class StepScreen(WorkerErrors, Screen):
                 self.start_check(quiet=True)
 
     def action_tab(self, tab: str) -> None:
-        self.query_one(TabbedContent).active = tab
+        # leave the old pane first: a focused widget left inside a hidden pane pulls the tabs
+        # back to it (TabbedContent follows the focus)
+        tabs = self.query_one(TabbedContent)
+        if self.focused is not None and not self.terminal_focused():
+            self.set_focus(None)
+        tabs.active = tab
+        if tab == "tab-step" and not self.terminal_focused():
+            self.query_one("#step-scroll").focus()
 
     # ---- the terminal beside the step ---------------------------------------------------------
     def action_focus_terminal(self) -> None:
