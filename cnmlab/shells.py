@@ -27,8 +27,10 @@ import shlex
 import signal
 import subprocess
 import sys
+import termios
 import time
 from dataclasses import asdict, dataclass
+from typing import Any
 
 from cnmlab import netns, state
 
@@ -193,6 +195,7 @@ def run_shell(lab: str, member: str, ns: str, *, owner: str = "cli",
     env = shell_env(lab, member, ns, history)
     old = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGQUIT,
                                                           signal.SIGTSTP, signal.SIGTTOU)}
+    saved = _tty_modes()
     try:
         proc = subprocess.Popen(shell_argv(ns), env=env)
         register(lab, member, ns, proc.pid, owner)
@@ -200,7 +203,7 @@ def run_shell(lab: str, member: str, ns: str, *, owner: str = "cli",
             rc = proc.wait()
         finally:
             unregister(lab, proc.pid)
-        _take_terminal_back()
+        _take_terminal_back(saved)
         gone = rc < 0 or rc == SHELL_EXIT_LAB_GONE or not lab_alive(lab, ns)
         if gone:
             why = ("its namespace was deleted" if rc == SHELL_EXIT_LAB_GONE
@@ -223,10 +226,24 @@ def run_shell(lab: str, member: str, ns: str, *, owner: str = "cli",
             signal.signal(s, h)
 
 
-def _take_terminal_back() -> None:
-    """A killed job-control shell leaves its own (dead) process group in the foreground."""
+def _tty_modes() -> list[Any] | None:
     try:
-        if os.isatty(0):
-            os.tcsetpgrp(0, os.getpgrp())
-    except OSError:
+        return termios.tcgetattr(0) if os.isatty(0) else None
+    except termios.error:
+        return None
+
+
+def _take_terminal_back(saved: list[Any] | None) -> None:
+    """A killed shell leaves the terminal as it had it: its own (dead) process group in the
+    foreground, and readline's raw-ish modes (Enter would not end a line). Undo both."""
+    if not os.isatty(0):
+        return
+    try:
+        os.tcsetpgrp(0, os.getpgrp())
+    except OSError:  # not our controlling terminal
         pass
+    if saved is not None:
+        try:
+            termios.tcsetattr(0, termios.TCSANOW, saved)
+        except termios.error:
+            pass
