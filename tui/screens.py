@@ -927,7 +927,7 @@ class StepScreen(WorkerErrors, Screen):
 
     def action_toggle_terminal(self) -> None:
         if self.terminal_focused():
-            self.query_one("#step-scroll").focus()
+            self.set_focus(self.query_one("#step-scroll"))  # at once, not after a refresh
         else:
             self.action_focus_terminal()
 

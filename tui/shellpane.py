@@ -72,10 +72,13 @@ class ShellPane(Vertical):
             switcher.current = v.id
             if self.spawn and v.proc is None:
                 self.start(member)
-            if focus:
-                v.focus()
+            if focus:  # at once: the next key typed must already land in the shell
+                self.screen.set_focus(v)
 
-        self.call_after_refresh(front)
+        if v.is_mounted:
+            front()
+        else:  # just made: laid out on the next refresh
+            self.call_after_refresh(front)
         self._title()
         return v
 
