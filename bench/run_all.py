@@ -21,6 +21,7 @@ FULL = [
     ("userland proxy: 100 published ports in one process", ["bench_proxy.py", "--ports", "100"]),
     ("grading a class (issue 9: 30 submissions < 60 s)", ["bench_grade.py", "--learners", "30",
                                                           "--broken", "10"]),
+    ("terminal echo while watch mode checks (issue 17)", ["bench_terminal_echo.py"]),
 ]
 QUICK = [
     ("engine build/teardown", ["bench_build.py", "--sizes", "10,50", "--no-mininet"]),

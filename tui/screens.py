@@ -116,6 +116,16 @@ def result_renderable(r: Any) -> RenderableType:
     return Group(*parts)
 
 
+def _same(a: list[Any], b: list[Any]) -> bool:
+    """Two check runs that a learner would see identically (watch mode skips the repaint)."""
+    def key(r: Any) -> tuple[Any, ...]:
+        table = r.table.summary if r.table is not None else None
+        return (r.check, r.ok, r.expected, r.observed, r.reason, table,
+                getattr(r, "skipped", False))
+
+    return len(a) == len(b) and all(key(x) == key(y) for x, y in zip(a, b))
+
+
 class WorkerErrors:
     """Mixin for screens: a failed worker becomes a notification, never a traceback."""
 
@@ -621,8 +631,10 @@ class StepScreen(WorkerErrors, Screen):
         box = self.query_one("#results", Vertical)
         verdict = self.query_one("#verdict", Static)
         box.remove_children()
-        self.remove_class("-failed")
+        # classes on the screen restyle every widget (and re-highlight the step's code
+        # blocks): flip them only when the state really changes, never off-then-on
         if results is None:
+            self.set_class(False, "-failed")
             verdict.update("")
             verdict.set_class(True, "-empty")
             self.query_one("#why", Static).set_class(True, "-empty")
@@ -692,7 +704,7 @@ class StepScreen(WorkerErrors, Screen):
     def start_check(self, quiet: bool) -> None:
         self._checking = True
         self._pending = False
-        if not quiet or not self.busy:
+        if not quiet:  # watch mode's checks run quietly: no status flicker, no restyle
             self.busy = "checking"
         self._check(self.step, quiet)
 
@@ -708,7 +720,8 @@ class StepScreen(WorkerErrors, Screen):
 
     def _checked(self, step: Any, results: list[Any], quiet: bool) -> None:
         self._checking = False
-        self.busy = ""
+        if self.busy == "checking":
+            self.busy = ""
         if not results and quiet:
             return
         self.checks_done += 1
@@ -718,6 +731,10 @@ class StepScreen(WorkerErrors, Screen):
         if step is not self.step:
             return
         was_ok = was is not None and all(r.ok for r in was)
+        if quiet and was is not None and _same(was, results):
+            if self._pending and self.watching:  # nothing new to show: keep the screen still
+                self.start_check(quiet=True)
+            return
         self.show_results(results)
         self.passed = step.id in self.run.passed
         self.show_recap()
