@@ -797,7 +797,7 @@ class LabRun:
                 "text": self.render(s.text), "task": self.render(s.task),
                 "hints_total": len(s.hints),
                 "hints_shown": self.progress.lab(self.labdef.id)["hints"].get(s.id, 0),
-                "passed": s.id in self.passed}
+                "passed": s.id in self.passed, "where": list(s.where)}
 
     def _step(self, step: "str | int | Step | None") -> Step | None:
         return self.current_step if step is None else self.labdef.step(step)
