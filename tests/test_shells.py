@@ -60,6 +60,12 @@ def test_cli_shell_registered_prompt_and_banner(tmp_path, monkeypatch):
         assert info.member == "red" and info.owner == "cli"
         os.write(master, b"echo typed-$((6*7))\r")
         read_until(master, "typed-42")
+        hist_file = labs.Progress().history_file("01-sandboxes-by-hand", "red")
+        deadline = time.monotonic() + 10  # bash appends it when it prints the next prompt
+        while time.monotonic() < deadline:
+            if os.path.exists(hist_file) and "echo typed-" in open(hist_file).read():
+                break
+            time.sleep(0.05)
         # the lab goes away (Q in the app, 'cnmlab lab stop' elsewhere)
         run.stop()
         out = read_until(master, "Press Enter")

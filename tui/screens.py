@@ -857,6 +857,7 @@ class StepScreen(WorkerErrors, Screen):
             self._checked(*result)
         elif name == "solve":
             step, results = result
+            self.busy = ""
             self._checked(step, results, False)
         elif name == "reset":
             what, step = result
