@@ -22,6 +22,7 @@ FULL = [
     ("grading a class (issue 9: 30 submissions < 60 s)", ["bench_grade.py", "--learners", "30",
                                                           "--broken", "10"]),
     ("full-kernel VM: boot, guest/host slowdown, CI share", ["bench_vm.py", "--ci-share"]),
+    ("terminal echo while watch mode checks (issue 17)", ["bench_terminal_echo.py"]),
 ]
 QUICK = [
     ("engine build/teardown", ["bench_build.py", "--sizes", "10,50", "--no-mininet"]),

@@ -130,13 +130,27 @@ def run_check(target: Target, spec: dict[str, Any]) -> CheckResult:
     try:
         return _registry[kind](target, params)
     except CnmError as e:
-        return CheckResult(check=kind, kind=kind, ok=False, expected=str(params),
-                           observed="error", reason=str(e))
+        what = describe(kind, params)
+        return CheckResult(check=what, kind=kind, ok=False, expected=what,
+                           observed="the check could not run", reason=str(e))
     except Exception as e:  # a bug in a check (or an instructor's python check)
         text = " ".join(str(e).split())[:300]
-        return CheckResult(check=kind, kind=kind, ok=False, expected=str(params),
-                           observed="error",
+        what = describe(kind, params)
+        return CheckResult(check=what, kind=kind, ok=False, expected=what,
+                           observed="the check could not run",
                            reason=f"the check crashed: {type(e).__name__}: {text}")
+
+
+def describe(kind: str, params: dict[str, Any]) -> str:
+    """A check as one line a learner reads (``reachable from=red to=10.0.0.2``), never a dict."""
+    def value(v: Any) -> str:
+        if isinstance(v, dict):
+            return "/".join(str(x) for x in v.values())
+        if isinstance(v, list):
+            return ",".join(value(x) for x in v)
+        return str(v)
+
+    return " ".join([kind] + [f"{k}={value(v)}" for k, v in params.items()])
 
 
 def run_checks(target: Target, specs: list[dict[str, Any]]) -> list[CheckResult]:

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from cnmlab import netns, nsexec
-from cnmlab.checks import probes
+from cnmlab.checks import probes, wiring
 from cnmlab.checks.api import CheckResult, HostRef, SandboxRef, Target, check_kind
 from cnmlab.checks.nsref import NsRef
 from cnmlab.checks.truth import TruthTable
@@ -61,8 +61,8 @@ PARAMS: dict[str, dict[str, list[str]]] = {
     "mac": {"required": ["sandbox", "mac"], "optional": ["interface"]},
     "default-route": {"required": ["sandbox", "via"], "optional": []},
     "link": {"required": ["ns", "name"],
-             "optional": ["kind", "master", "up", "address", "mtu"]},
-    "iptables-rule": {"required": ["host", "rule"], "optional": ["table", "present"]},
+             "optional": ["kind", "master", "up", "address", "mtu", "peer"]},
+    "iptables-rule": {"required": ["host", "rule"], "optional": ["table", "present", "before"]},
     "sysctl": {"required": ["ns", "key", "value"], "optional": []},
     "vxlan-on-wire": {"required": ["ns", "interface", "vni"],
                       "optional": ["port", "traffic", "timeout"]},
@@ -116,6 +116,11 @@ _TYPES: dict[str, tuple[Any, str]] = {
                  "a list of sandbox names"),
     "call": (lambda v: isinstance(v, str) and ":" in v, "'module:function'"),
     "address": (lambda v: isinstance(v, str) and "/" in v, "an address in CIDR form, a.b.c.d/len"),
+    "peer": (lambda v: isinstance(v, dict) and set(v) == {"ns", "name"}
+             and all(isinstance(x, str) and x for x in v.values()),
+             "{ns: MEMBER, name: IFNAME}, the other end of the veth"),
+    "before": (lambda v: isinstance(v, str) and v.split()[:1] == ["-A"],
+               "a rule of the same chain as printed by iptables -S ('-A CHAIN ...')"),
 }
 
 
@@ -309,11 +314,19 @@ def _probe(src: End, dst: End, ip: str, proto: str, port: int | None, timeout: f
     assert port is not None
     start = server is not False and dst.ns is not None
     srv = probes.EchoServer(dst.ref, proto, port, name=dst.label) if start else None
-    with srv if srv is not None else contextlib.nullcontext():
+    try:
+        if srv is not None:
+            srv.start()
+    except probes.PortInUse as e:
+        return _around_listener(src, ip, proto, port, timeout, e, dst.label)
+    try:
         if proto == "tcp":
             return probes.tcp_connect(src.ref, ip, port, timeout=timeout, echo=srv is not None,
                                       watch=watch)
         return probes.udp_probe(src.ref, ip, port, timeout=timeout, watch=watch)
+    finally:
+        if srv is not None:
+            srv.stop()
 
 
 def one_way(res: probes.ProbeResult) -> bool:
@@ -338,6 +351,26 @@ def _leak_hint(target: Target, src: End, dst: End, res: probes.ProbeResult) -> s
             f"a one-way FORWARD rule)")
 
 
+def _around_listener(src: End, ip: str, proto: str, port: int, timeout: float,
+                     busy: "probes.PortInUse", where: str) -> probes.ProbeResult:
+    """The learner's own server holds the port the check wanted: let it answer instead.
+
+    TCP: a completed handshake with the learner's listener proves the path as well as ours
+    would (only the server's identity is not checked). UDP gives no answer to count on, so the
+    check says who is in the way.
+    """
+    if proto != "tcp":
+        raise busy
+    res = probes.tcp_connect(src.ref, ip, port, timeout=timeout, echo=False)
+    who = busy.owner or "another process"
+    if res.ok:
+        return probes.ProbeResult(True, f"connected; answered by your own listener in {where} "
+                                  f"on {port}/tcp: {who}", res.reason, res.rtt_ms,
+                                  server=where)
+    res.observed = f"{res.observed} (the port in {where} is held by {who})"
+    return res
+
+
 def _reach_hint(target: Target, src: End, dst: End, ip: str, network: str | None,
                 want: bool, res: probes.ProbeResult, what: str) -> str:
     nets = _networks(target)
@@ -350,6 +383,17 @@ def _reach_hint(target: Target, src: End, dst: End, ip: str, network: str | None
         if dst.literal and ipaddress.IPv4Address(ip).is_loopback:
             return (f"{ip} is {src.label}'s own loopback: look at whether lo is up in "
                     f"{src.label} (ip link show lo)")
+        # what the kernel shows on the way, in this lab: route, links, peers, forwarding
+        try:
+            seen = wiring.explain_path(target, _member_label(src), ip)
+        except CnmError:
+            seen = None
+        if seen:
+            return seen
+        if not _has_router(target):
+            return (f"the route and links from {src.label} towards {ip} look right: look at "
+                    f"the far end ({', '.join(str(h) for h in wiring.holders(target, ip)) or 'who has ' + ip}): "
+                    f"its link state, address and route back to {src.label}")
         if dst.is_upstream or (dst.literal and not src.is_upstream and not shared):
             return (f"look at {src.label}'s default route (ip route), ip_forward and the "
                     f"FORWARD chain on {host}, and nat POSTROUTING MASQUERADE for its subnet")
@@ -383,9 +427,33 @@ def _reach_hint(target: Target, src: End, dst: End, ip: str, network: str | None
         return (f"traffic between networks must be dropped: look at DOCKER-ISOLATION-STAGE-1/2 "
                 f"on {host} (-o <bridge> -j DROP for every bridge)")
     if dst.is_upstream or dst.literal:
-        return (f"{src.label} got out: look at whether its network should be internal (no "
-                f"default route, no MASQUERADE) and at the FORWARD chain on {host}")
+        internal = [n for n, info in nets.items() if info.get("internal")]
+        if any(n in internal for n in (src.sandbox.addresses if src.sandbox else {})):
+            return (f"{src.label}'s network is internal, yet it got out: look at its default "
+                    f"route (there should be none) and at DOCKER-ISOLATION-STAGE-1 on {host}")
+        return (f"{src.label} got out to {ip}: look at the FORWARD chain on {host} in order "
+                f"(iptables -S FORWARD, and every chain it jumps to): the first rule that "
+                f"matches decides, so a DROP after an ACCEPT or a RETURN never sees the packet")
     return f"look at the FORWARD chain and the nat DOCKER chain on {host}"
+
+
+def _member_label(end: End) -> str:
+    """An endpoint's label in ``wiring.members`` terms."""
+    if end.host is not None:
+        return f"host:{end.host.name}"
+    return end.label
+
+
+def _has_router(target: Target) -> bool:
+    """Does any host of the target route between networks (a bridge lab) or none (lab 1)?"""
+    for h in target.hosts().values():
+        try:
+            if any(l.kind == "bridge" for l in wiring.links_of(h.ns)) or \
+                    read_sysctl(h.ns, "net.ipv4.ip_forward") == "1":
+                return True
+        except CnmError:
+            continue
+    return False
 
 
 def _reach(target: Target, params: dict[str, Any], want: bool, kind: str) -> CheckResult:
@@ -588,13 +656,23 @@ def _published(target: Target, params: dict[str, Any], kind: str) -> CheckResult
     exp = f"{to.label} answers {host.public_ip}:{port}/{proto} (from {src.label})"
     server = p.get("server", True) is not False
     srv = probes.EchoServer(to.ref, proto, cport, name=to.label) if server else None
-    with srv if srv is not None else contextlib.nullcontext():
-        if proto == "tcp":
-            res = probes.tcp_connect(src.ref, host.public_ip, port, timeout=timeout,
-                                     echo=server)
-        else:
-            res = probes.udp_probe(src.ref, host.public_ip, port, timeout=timeout)
-    ok = bool(res.ok) and (not server or res.server == to.label)
+    try:
+        if srv is not None:
+            srv.start()
+    except probes.PortInUse as e:
+        srv = None
+        res = _around_listener(src, host.public_ip, proto, port, timeout, e, to.label)
+    else:
+        try:
+            if proto == "tcp":
+                res = probes.tcp_connect(src.ref, host.public_ip, port, timeout=timeout,
+                                         echo=server)
+            else:
+                res = probes.udp_probe(src.ref, host.public_ip, port, timeout=timeout)
+        finally:
+            if srv is not None:
+                srv.stop()
+    ok = bool(res.ok) and (res.server == to.label or (not server and srv is None))
     hl = host.name
     if ok:
         reason = ""
@@ -855,8 +933,16 @@ def default_route(target: Target, params: dict[str, Any]) -> CheckResult:
                            "" if ok else f"look at ip route in {e.label}: an internal network "
                                          f"gives no default route (ip route del default)")
     ok = any(r.gateway == via for r in routes) and len(routes) == 1
+    gateways = {info.get("gateway"): n for n, info in _networks(target).items()}
+    role = (f" (the gateway of network {gateways[via]}, the bridge's address)"
+            if via in gateways else "")
+    if len(routes) > 1:
+        problem = f"it has {len(routes)} default routes: delete the wrong one (ip route del default via ...)"
+    else:
+        problem = f"ip route add default via {via}" + (
+            " (or ip route replace ...)" if routes else "")
     reason = "" if ok else (f"look at ip route in {e.label}: the default route should go via "
-                            f"{via} (the bridge's address on the gateway network)")
+                            f"{via}{role}; {problem}")
     return CheckResult(label, "default-route", ok, f"default via {via}", obs, reason)
 
 
@@ -869,6 +955,8 @@ def link(target: Target, params: dict[str, Any]) -> CheckResult:
         links = nl.links()
     li = next((l for l in links if l.name == name), None)
     want = [f"{k}={p[k]}" for k in ("kind", "master", "up", "address", "mtu") if k in p]
+    if "peer" in p:
+        want.append(f"peer={p['peer']['name']} in {wiring.pretty(p['peer']['ns'])}")
     label = f"link {name} in {e.label}" + (f" ({', '.join(want)})" if want else "")
     exp = f"{name} exists in {e.label}" + (f" with {', '.join(want)}" if want else "")
     if li is None:
@@ -879,8 +967,14 @@ def link(target: Target, params: dict[str, Any]) -> CheckResult:
     if "kind" in p and li.kind != p["kind"]:
         problems.append(f"it is a {li.kind}, not a {p['kind']}")
     if "master" in p and li.master != p["master"]:
+        ports = [l.name for l in links if l.master == p["master"]]
+        on = (f"; {p['master']}'s ports: {', '.join(ports)}" if ports
+              else f"; {p['master']} has no ports" if any(l.name == p["master"] for l in links)
+              else f"; there is no {p['master']} in {e.label}")
         problems.append(f"its master is {li.master or 'none'}, not {p['master']} "
-                        f"(ip link set {name} master {p['master']})")
+                        f"(ip link set {name} master {p['master']}){on}")
+    if "peer" in p:
+        problems += _peer_problems(target, e, li, p["peer"])
     if "up" in p:
         up = _admin_up(e.ref, name)
         obs.append(f"up={up}")
@@ -900,6 +994,41 @@ def link(target: Target, params: dict[str, Any]) -> CheckResult:
     ok = not problems
     return CheckResult(label, "link", ok, exp, " ".join(obs),
                        "" if ok else f"{name} in {e.label}: " + "; ".join(problems))
+
+
+def _peer_problems(target: Target, e: End, li: Any, want: dict[str, str]) -> list[str]:
+    """Which end pairs with which: the veth ``li`` in ``e`` must pair with ``want``."""
+    if li.kind != "veth":
+        return []  # the kind mismatch is already said
+    member = _member_label(e)
+    known = wiring.members(target)
+    want_member = want["ns"] if want["ns"] in known or f"host:{want['ns']}" not in known \
+        else f"host:{want['ns']}"
+    peer = wiring.veth_peer(target, member, li.name)
+    if peer is None:
+        return [f"cannot find its peer"]
+    if peer.member == want_member and peer.name == want["name"]:
+        return []
+    want_text = f"{want['name']} in {wiring.pretty(want_member)}"
+    out = [f"it pairs with {peer}, not with {want_text}"]
+    # and what the expected end is wired to, if it exists
+    try:
+        other = wiring.veth_peer(target, want_member, want["name"])
+    except (CnmError, KeyError):
+        other = None
+    if other is not None:
+        out.append(f"{want_text} pairs with {other}")
+    out.append(f"delete the wrong pair(s) (ip link del {li.name} in {e.label} removes both of "
+               f"its ends) and create it again: ip link add {li.name} type veth peer name "
+               f"{want['name']} netns {_ns_name(known.get(want_member), want_member)}")
+    return out
+
+
+def _ns_name(ref: NsRef | None, member: str) -> str:
+    """What ``ip link ... netns`` takes for a member: its netns name when it has one."""
+    if ref is not None and ref.name:
+        return ref.name
+    return f"<the namespace of {wiring.pretty(member)}>"
 
 
 def _iptables_lines(ns: NsRef, table: str) -> list[str]:
@@ -938,7 +1067,43 @@ def iptables_rule(target: Target, params: dict[str, Any]) -> CheckResult:
         reason = f"look at iptables -t {table} -S on {host.name}: add {rule}"
     else:
         reason = f"look at iptables -t {table} -S on {host.name}: delete {rule}"
+    if ok and present and p.get("before"):
+        return _rule_order(label, host, table, rule, " ".join(p["before"].split()))
     return CheckResult(label, "iptables-rule", ok, exp, obs, reason)
+
+
+def _without_matches(rule: str) -> str:
+    """A rule without the implicit ``-m tcp``/``-m udp`` that ``iptables -S`` adds."""
+    words = rule.split()
+    out = []
+    i = 0
+    while i < len(words):
+        if words[i] == "-m" and i + 1 < len(words) and words[i + 1] in ("tcp", "udp", "icmp"):
+            i += 2
+            continue
+        out.append(words[i])
+        i += 1
+    return " ".join(out)
+
+
+def _rule_order(label: str, host: HostRef, table: str, rule: str,
+                before: str) -> CheckResult:
+    """Order is the lesson: ``rule`` must come before ``before`` in their chain (the first
+    rule that matches a packet decides)."""
+    chain = rule.split()[1]
+    lines = [l for l in _iptables_lines(host.ns, table) if l.split()[:2] == ["-A", chain]]
+    plain = [_without_matches(l) for l in lines]
+    pos = next((i for i, l in enumerate(plain) if l == _without_matches(rule)), None)
+    other = next((i for i, l in enumerate(plain) if l == _without_matches(before)), None)
+    exp = f"present in {table} on {host.name}, before {before}"
+    listing = "; ".join(f"{i + 1}: {' '.join(l.split()[2:])}" for i, l in enumerate(lines))
+    if pos is None or other is None or pos < other:
+        return CheckResult(label, "iptables-rule", True, exp, f"{chain}: {listing}", "")
+    reason = (f"it is rule {pos + 1} of {chain}, after {before} (rule {other + 1}): a packet "
+              f"that matches the earlier rule never reaches it. Delete it (iptables "
+              f"{'-t ' + table + ' ' if table != 'filter' else ''}-D {' '.join(rule.split()[1:])}) "
+              f"and insert it above (iptables -I {chain} {other + 1} ...)")
+    return CheckResult(label, "iptables-rule", False, exp, f"{chain}: {listing}", reason)
 
 
 def read_sysctl(ns: NsRef, key: str) -> str:

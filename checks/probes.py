@@ -86,6 +86,17 @@ class DnsTimeout(DnsError):
     pass
 
 
+class PortInUse(ProbeError):
+    """A check's echo server could not listen: something else holds the port.
+
+    ``owner`` says who, in words ("python3 -m http.server 80 (pid 1234)"), or is None.
+    """
+
+    def __init__(self, message: str, owner: str | None) -> None:
+        super().__init__(message)
+        self.owner = owner
+
+
 def _fmt_s(seconds: float) -> str:
     return f"{seconds:g} s"
 
@@ -102,6 +113,13 @@ def _refs(sources: Mapping[str, NsLike]) -> dict[str, NsRef]:
     return {k: NsRef.of(v) for k, v in sources.items()}
 
 
+# Every probe packet leaves with DSCP "lower effort" (RFC 8622; TOS byte 0x04) so a packet view
+# can tell the checks' own traffic from the learner's (the kernel copies the TOS of an echo
+# request into its reply, and accepted TCP connections inherit the listener's). No lab rule
+# matches on DSCP, so the marking changes nothing else.
+CHECK_TOS = 0x04
+
+
 def _make_sockets(ref: NsRef, n: int, family: int, kind: int, proto: int = 0,
                   setup: Callable[[socket.socket], None] | None = None) -> list[socket.socket]:
     """``n`` non-blocking sockets created inside ``ref``'s namespace (then usable from anywhere)."""
@@ -116,6 +134,8 @@ def _make_sockets(ref: NsRef, n: int, family: int, kind: int, proto: int = 0,
                         raise ProbeError("opening a probe socket needs root (CAP_NET_RAW)") from None
                     made.append(s)
                     s.setblocking(False)
+                    if family == socket.AF_INET:
+                        s.setsockopt(socket.IPPROTO_IP, socket.IP_TOS, CHECK_TOS)
                     if setup:
                         setup(s)
         except BaseException:
@@ -919,6 +939,57 @@ def udp_probe(src: NsLike, ip: str, port: int, timeout: float = 1.0,
 # echo server
 
 
+def _socket_inodes(ref: NsRef, proto: str, port: int) -> set[str]:
+    """Inodes of the sockets bound to ``port`` (TCP: listening) in the namespace."""
+    inodes: set[str] = set()
+    with ref.opened() as fd:
+        with netns.entered(fd=fd):
+            for table in (proto, proto + "6"):
+                try:
+                    with open(f"/proc/thread-self/net/{table}") as f:
+                        next(f)
+                        for line in f:
+                            w = line.split()
+                            local_port = int(w[1].rsplit(":", 1)[1], 16)
+                            listening = proto == "udp" or w[3] == "0A"
+                            if local_port == port and listening:
+                                inodes.add(w[9])
+                except (OSError, StopIteration, IndexError, ValueError):
+                    continue
+    return inodes
+
+
+def port_owner(ns: NsLike, proto: str, port: int) -> str | None:
+    """Who holds ``port``/``proto`` in a namespace: ``"python3 -m http.server 80 (pid N)"``.
+
+    Reads the namespace's socket table, then finds the process that has that socket open.
+    None if nobody (or nobody we can see) does.
+    """
+    ref = NsRef.of(ns)
+    try:
+        inodes = _socket_inodes(ref, proto, port)
+    except CnmError:
+        return None
+    if not inodes:
+        return None
+    wanted = {f"socket:[{i}]" for i in inodes}
+    for pid in sorted((p for p in os.listdir("/proc") if p.isdigit()), key=int):
+        fd_dir = f"/proc/{pid}/fd"
+        try:
+            fds = os.listdir(fd_dir)
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                if os.readlink(f"{fd_dir}/{fd}") in wanted:
+                    with open(f"/proc/{pid}/cmdline", "rb") as f:
+                        cmd = f.read().replace(b"\0", b" ").decode(errors="replace").strip()
+                    return f"{cmd or '?'} (pid {pid})"
+            except OSError:
+                continue
+    return "a process we cannot see"
+
+
 class EchoServer:
     """A TCP or UDP echo service listening inside a namespace, served by a thread of ours.
 
@@ -957,6 +1028,12 @@ class EchoServer:
                 sock.listen(128)
         except OSError as e:
             sock.close()
+            if e.errno == errno.EADDRINUSE:
+                owner = port_owner(self.ref, self.proto, self.port)
+                raise PortInUse(f"port {self.port}/{self.proto} in {self.name} is taken by "
+                                f"{owner or 'another process'}: the check needs to listen "
+                                f"there; stop it (Ctrl-C in its shell) or leave it running "
+                                f"to answer the check", owner) from None
             raise ProbeError(f"echo server {self.name}: cannot listen on {self.bind}:"
                              f"{self.port}/{self.proto} in {self.ref}: {e.strerror}") from None
         self.port = sock.getsockname()[1]

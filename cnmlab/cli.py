@@ -115,10 +115,29 @@ def cmd_exec(args: argparse.Namespace) -> int:
 
 
 def cmd_shell(args: argparse.Namespace) -> int:
+    """A lab shell that stays supervised: registered while open (stop/reset ask first), with a
+    loud banner instead of a silent ``Killed`` when its lab goes away."""
+    from cnmlab import shells
+
+    _need_root()
     lab_name, ns = resolve(args.target)
     name = args.target.split("/")[-1]
-    os.environ["PS1"] = f"[{lab_name}/{name}] \\w # "
-    return _exec_in(args.target, [os.environ.get("CNMLAB_SHELL", "bash"), "--norc", "-i"])
+    print(f"cnmlab: a shell in {lab_name}/{name} (netns {ns}); 'exit' or Ctrl-D leaves it.")
+    rc = shells.run_shell(lab_name, name, ns, owner="cli", history=_history_file(lab_name, name))
+    return 0 if rc in (0, 130) else 1
+
+
+def _history_file(lab_name: str, member: str) -> str | None:
+    """Where the commands typed in a guided lab's shells are kept (with the lab's progress)."""
+    try:
+        lab_id = state.load(lab_name).extra.get("labrun", {}).get("lab_id")
+    except CnmError:
+        return None
+    if not lab_id:
+        return None
+    from cnmlab.labs import Progress
+
+    return Progress().history_file(lab_id, member)
 
 
 def cmd_clean(args: argparse.Namespace) -> int:

@@ -75,7 +75,14 @@ def cmd_show(args: argparse.Namespace) -> int:
     run = _run(args)
     if run.running:
         run._attach()
-    _print_step(run.show(args.step))
+    info = run.show(args.step)
+    _print_step(info)
+    if info.get("done") and run.labdef.recap:
+        print()
+        print(run.render(run.labdef.recap).rstrip())
+    elif info.get("where") and not info.get("done"):
+        print(f"\n(work in: {', '.join(info['where'])}: cnmlab shell {run.name}/"
+              f"{info['where'][0]})")
     return 0
 
 
@@ -104,6 +111,9 @@ def cmd_check(args: argparse.Namespace) -> int:
     ok = all(r.ok for r in results)
     if args.json:
         print(json.dumps([r.to_json() for r in results], indent=2))
+    why = run.why.get(step.id)
+    if why:
+        print(f"why: {why}")
     if ok:
         nxt = run.current_step
         print("all checks pass." + (f" Next: step {nxt.index + 1}: {nxt.title}" if nxt else
@@ -154,16 +164,43 @@ def cmd_solve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _shells_ok(run: Any, force: bool, what: str) -> bool:
+    """Lab shells open elsewhere die with a teardown: ask (a terminal) or need --force."""
+    import sys
+
+    from cnmlab import shells
+
+    open_ = shells.open_shells(run.name)
+    if not open_ or force:
+        return True
+    names = "; ".join(s.describe() for s in open_)
+    print(f"{len(open_)} shell(s) are open in {run.name}: {names}. {what} kills them.")
+    if not sys.stdin.isatty():
+        print("cnmlab: not done; close them, or add --force")
+        return False
+    return input(f"{what} anyway? [y/N] ").strip().lower() in ("y", "yes")
+
+
 def cmd_reset(args: argparse.Namespace) -> int:
     run = _run(args)
-    run.reset()
-    print(f"lab {run.labdef.id} rebuilt as '{run.name}'; progress cleared, back to step 1")
+    if not _shells_ok(run, args.force, "Resetting"):
+        return 1
+    if args.step:
+        run.reset_step(args.step)
+        s = run.labdef.step(args.step)
+        print(f"lab {run.labdef.id} rebuilt as '{run.name}' up to step {s.index}; step "
+              f"{s.index + 1} ({s.title}) starts again")
+    else:
+        run.reset()
+        print(f"lab {run.labdef.id} rebuilt as '{run.name}'; progress cleared, back to step 1")
     run.lab.close()
     return 0
 
 
 def cmd_stop(args: argparse.Namespace) -> int:
     run = _run(args)
+    if not _shells_ok(run, args.force, "Stopping"):
+        return 1
     run.stop()
     print(f"lab {run.labdef.id} ('{run.name}') stopped")
     return 0
@@ -292,8 +329,12 @@ def register(subparsers: Any) -> None:
     add("solve", cmd_solve, "apply the solutions up to a step (default: the current one)",
         step_arg=True).add_argument("--show", action="store_true",
                                     help="only print the solution, change nothing")
-    add("reset", cmd_reset, "rebuild a lab from scratch (clears its progress)")
-    add("stop", cmd_stop, "tear a lab down")
+    sp = add("reset", cmd_reset, "rebuild a lab from scratch (clears its progress), or only "
+             "back to the start of one step (--step)")
+    sp.add_argument("--step", help="rebuild up to the step before this one (id or number)")
+    sp.add_argument("--force", action="store_true", help="even with lab shells open")
+    add("stop", cmd_stop, "tear a lab down").add_argument(
+        "--force", action="store_true", help="even with lab shells open")
     sp = add("docker", cmd_docker, "docker-like engine commands on a lab's host: "
              "run, rm, network create|rm|connect|disconnect")
     sp.add_argument("--host", help="which host (needed when the lab has several)")

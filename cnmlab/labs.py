@@ -80,6 +80,12 @@ class Step:
     hints: list[str] = field(default_factory=list)
     concept: str = ""
     index: int = 0
+    # where the learner works in this step (``in:``): lab members, the first is the default
+    # shell target that the app follows
+    where: list[str] = field(default_factory=list)
+    # ``diagnose:``: [{check: SPEC, say: TEXT}] run in order when a check of the step fails;
+    # the first whose check fails explains the failure in this lab's own terms
+    diagnose: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass
@@ -93,6 +99,7 @@ class LabDef:
     setup: list[Action]
     path: str  # the lab folder
     default_name: str
+    recap: str = ""  # shown when the last step passes: what was built, the Docker equivalent
 
     def step(self, ref: "str | int | Step | None") -> Step:
         """A step by id, by 1-based number (int or digits) or the Step itself."""
@@ -330,6 +337,9 @@ def _validate_check(src: Source, chk: dict[str, Any], where: tuple[Any, ...], na
         value = params.get(key)
         if isinstance(value, str) and not _looks_like_ip(value):
             names.check_ns(src, where + (kind, key), value, f"check parameter {key!r}")
+    peer = params.get("peer")
+    if isinstance(peer, dict) and isinstance(peer.get("ns"), str):
+        names.check_ns(src, where + (kind, "peer", "ns"), peer["ns"], "check parameter 'peer'")
     for i, sb in enumerate(params.get("sandboxes") or []):
         names.check_ns(src, where + (kind, "sandboxes", i), sb, "check parameter 'sandboxes'")
     if kind == "link" and params.get("address") is not None:
@@ -388,13 +398,41 @@ def parse_lab(src: Source, folder: str) -> LabDef:
         cleanup = actions(s.get("cleanup"), where + ("cleanup",))
         for j, chk in enumerate(s["checks"]):
             _validate_check(src, chk, where + ("checks", j), names, kinds, validate)
+        step_where = _step_where(src, s, where, names)
+        diagnose = _step_diagnose(src, s, where, names, kinds, validate)
         steps.append(Step(id=s["id"], title=s["title"], text=text, task=s["task"],
                           checks=list(s["checks"]), solution=solution, setup=setup,
                           cleanup=cleanup, hints=list(s.get("hints") or []),
-                          concept=s.get("concept", ""), index=i))
+                          concept=s.get("concept", ""), index=i, where=step_where,
+                          diagnose=diagnose))
     return LabDef(id=lab_id, title=data["title"], summary=data.get("summary", ""),
                   needs=list(data.get("needs") or []), topology=topo, steps=steps,
-                  setup=lab_setup, path=folder, default_name=default_name)
+                  setup=lab_setup, path=folder, default_name=default_name,
+                  recap=data.get("recap", ""))
+
+
+def _step_where(src: Source, s: dict[str, Any], where: tuple[Any, ...],
+                names: "_Names") -> list[str]:
+    """A step's ``in:`` (a member name or a list of them), checked against the lab's members."""
+    raw = s.get("in")
+    if raw is None:
+        return []
+    items = [raw] if isinstance(raw, str) else list(raw)
+    for i, name in enumerate(items):
+        names.check_ns(src, where + (("in", i) if isinstance(raw, list) else ("in",)), name,
+                       "the step's 'in:'")
+    return [str(n) for n in items]
+
+
+def _step_diagnose(src: Source, s: dict[str, Any], where: tuple[Any, ...], names: "_Names",
+                   kinds: list[str] | None, validate: Any) -> list[dict[str, Any]]:
+    """A step's ``diagnose:`` items, their checks validated like the step's own."""
+    out = []
+    for j, item in enumerate(s.get("diagnose") or []):
+        _validate_check(src, item["check"], where + ("diagnose", j, "check"), names, kinds,
+                        validate)
+        out.append({"check": item["check"], "say": item["say"]})
+    return out
 
 
 def load(path: str) -> LabDef:
@@ -530,6 +568,41 @@ class Progress:
         with self._edit() as data:
             data["labs"].pop(lab_id, None)
 
+    def unpass_from(self, lab_id: str, step_ids: list[str]) -> None:
+        """Forget these steps' passes (a step reset); hints shown are kept."""
+        with self._edit() as data:
+            entry = data["labs"].setdefault(lab_id, {"passed": [], "hints": {}})
+            entry["passed"] = [s for s in entry.get("passed", []) if s not in step_ids]
+
+    # ---- the commands typed in the lab's shells, kept next to the progress file -----------
+    def history_dir(self, lab_id: str) -> str:
+        base = os.path.splitext(self.path)[0]
+        return os.path.join(base + ".history", re.sub(r"[^A-Za-z0-9_.-]", "_", lab_id))
+
+    def history_file(self, lab_id: str, member: str) -> str:
+        """bash's HISTFILE for the lab's shells in ``member`` (appended after each command)."""
+        return os.path.join(self.history_dir(lab_id),
+                            re.sub(r"[^A-Za-z0-9_.-]", "_", member) + ".bash_history")
+
+    def history(self, lab_id: str) -> dict[str, list[str]]:
+        """member -> the commands typed there, oldest first (bash's timestamp lines dropped)."""
+        folder = self.history_dir(lab_id)
+        out: dict[str, list[str]] = {}
+        try:
+            files = sorted(os.listdir(folder))
+        except OSError:
+            return out
+        for name in files:
+            if not name.endswith(".bash_history"):
+                continue
+            try:
+                with open(os.path.join(folder, name), errors="replace") as f:
+                    lines = [l.rstrip("\n") for l in f if l.strip() and not re.match(r"^#\d+$", l)]
+            except OSError:
+                continue
+            out[name[:-len(".bash_history")]] = lines
+        return out
+
 
 # ---------------------------------------------------------------------------------------------
 # running a lab
@@ -555,6 +628,7 @@ class LabRun:
         state.check_lab_name(self.name)
         self.progress = progress or Progress()
         self.lab: Any = None
+        self.why: dict[str, str | None] = {}  # step id -> the lab's explanation of its last failure
 
     # ---- lifecycle -----------------------------------------------------------------------
     @property
@@ -637,6 +711,35 @@ class LabRun:
             self.progress.clear(self.labdef.id)
             return self.start()
 
+    def reset_step(self, step: "str | int | Step") -> "LabRun":
+        """Rebuild the lab as it was when ``step`` began: down, up, the solutions of the steps
+        before it; this step and the later ones count as not passed any more."""
+        s = self.labdef.step(step)
+        self.stop()
+        self.progress.unpass_from(self.labdef.id, [x.id for x in self.labdef.steps[s.index:]])
+        self.start()
+        if s.index > 0:
+            self.solve(self.labdef.steps[s.index - 1])
+        self._enter(s)
+        return self
+
+    def explain(self, step: "str | int | Step", results: list[Any]) -> str | None:
+        """The lab's own explanation of a failed step: the ``say`` of the first ``diagnose``
+        item whose check fails (``{observed}`` is filled from that check), else None."""
+        from cnmlab.checks.api import run_check
+        from cnmlab.checks.targets import EngineTarget
+
+        s = self.labdef.step(step)
+        if all(r.ok for r in results) or not s.diagnose:
+            return None
+        target = EngineTarget(self._attach())
+        for item in s.diagnose:
+            r = run_check(target, item["check"])
+            if not r.ok:
+                return (self.render(item["say"]).strip().replace("{observed}", r.observed)
+                        .replace("{reason}", r.reason))
+        return None
+
     # ---- the run's own bookkeeping, kept in the engine's state file -----------------------
     def _run_info(self) -> dict[str, Any]:
         return self.lab.state.extra.setdefault("labrun", {"lab_id": self.labdef.id,
@@ -700,7 +803,7 @@ class LabRun:
                 "text": self.render(s.text), "task": self.render(s.task),
                 "hints_total": len(s.hints),
                 "hints_shown": self.progress.lab(self.labdef.id)["hints"].get(s.id, 0),
-                "passed": s.id in self.passed}
+                "passed": s.id in self.passed, "where": list(s.where)}
 
     def _step(self, step: "str | int | Step | None") -> Step | None:
         return self.current_step if step is None else self.labdef.step(step)
@@ -719,6 +822,7 @@ class LabRun:
         ok = all(r.ok for r in results)
         if ok or s.id in self.passed:
             self.progress.mark(self.labdef.id, s.id, ok)
+        self.why[s.id] = None if ok else self.explain(s, results)
         return results
 
     def hint(self, step: "str | int | Step | None" = None) -> Hint | None:
@@ -841,7 +945,7 @@ def running_instances(labdef: LabDef) -> list[str]:
     for name in state.names():
         try:
             st = state.load(name)
-        except CnmError:
+        except (CnmError, TypeError, ValueError):  # another cnmlab version's state file
             continue
         if st.extra.get("labrun", {}).get("lab_id") == labdef.id:
             out.append(name)

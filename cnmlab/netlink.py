@@ -34,6 +34,7 @@ class LinkInfo:
     master: str | None = None
     peer_netns_id: int | None = None
     addresses: list[str] = field(default_factory=list)
+    peer_index: int | None = None  # IFLA_LINK: a veth's peer (in peer_netns_id's namespace)
 
 
 @dataclass
@@ -281,7 +282,8 @@ class Netlink:
                 state=(m.get_attr("IFLA_OPERSTATE") or "UNKNOWN"),
                 mac=m.get_attr("IFLA_ADDRESS") or "", mtu=m.get_attr("IFLA_MTU") or 0,
                 master=names.get(master) if master else None,
-                peer_netns_id=m.get_attr("IFLA_LINK_NETNSID")))
+                peer_netns_id=m.get_attr("IFLA_LINK_NETNSID"),
+                peer_index=m.get_attr("IFLA_LINK")))
         by_index = {l.index: l for l in out}
         for a in self.addresses():
             if a[0] in by_index:

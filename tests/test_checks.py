@@ -148,7 +148,8 @@ def test_to_upstream_host_and_literal(target):
 
 def test_unknown_names_are_errors(target):
     r = check(target, "reachable", **{"from": "nobody", "to": "web"})
-    assert not r.ok and r.observed == "error"
+    assert not r.ok and r.observed == "the check could not run"
+    assert "{" not in r.expected and r.expected == "reachable from=nobody to=web"  # no dicts
     assert "no sandbox 'nobody'" in r.reason and "known: api, db" in r.reason
 
 

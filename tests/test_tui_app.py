@@ -16,7 +16,8 @@ import pytest
 
 from cnmlab import labs, state
 from cnmlab.tui.app import CnmlabApp
-from cnmlab.tui.screens import ConfirmScreen, HelpScreen, LabListScreen, StepScreen
+from cnmlab.tui.screens import (ChoiceScreen, ConfirmScreen, HelpScreen, LabListScreen,
+                                StepScreen)
 
 PID = str(os.getpid())
 SIZE = (80, 24)
@@ -146,9 +147,9 @@ def test_lab_flow_check_solve_truth_table_next_reset():
             assert not screen.query(".result")  # a new step starts without results
             assert "Step 2/" in plain(screen.query_one("#status"))
 
-            await pilot.press("r")
-            await wait_for(pilot, lambda: isinstance(app.screen, ConfirmScreen), 5, "confirm")
-            await pilot.press("y")
+            await pilot.press("r")  # reset: this step or the whole lab
+            await wait_for(pilot, lambda: isinstance(app.screen, ChoiceScreen), 5, "choice")
+            await pilot.press("2")  # the whole lab
             await wait_for(pilot, lambda: screen.step_index == 0 and not screen.busy
                            or app.errors(), 120, "reset")
             assert not app.errors(), app.errors()
@@ -254,7 +255,8 @@ def test_help_screen_lists_every_key():
                 for b in screen_cls.BINDINGS:
                     assert b.tooltip and b.tooltip.split("(")[0].strip()[:20] in " ".join(
                         text.split()), (b.key, b.tooltip)
-            for key in ("c ", "h ", "s ", "n ", "p ", "w ", "x ", "t ", "r ", "? ", "Q ", "q, Esc"):
+            for key in ("c ", "h ", "s ", "n ", "p ", "w ", "x ", "t ", "r ", "? ", "Q ", "q ",
+                        "i ", "y ", "F2 ", "F6 "):
                 assert f" {key}" in text, key
             await pilot.press("escape")
             await wait_for(pilot, lambda: isinstance(app.screen, LabListScreen), 5, "closed")

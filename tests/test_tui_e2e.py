@@ -27,8 +27,11 @@ pytestmark = [pytest.mark.kernel,
 
 
 def cnmlab_argv() -> list[str]:
-    exe = shutil.which("cnmlab")
-    return [exe] if exe else [sys.executable, "-m", "cnmlab.cli"]
+    """This checkout's cnmlab (its venv's), not whichever one /usr/local/bin links to."""
+    here = os.path.join(os.path.dirname(sys.executable), "cnmlab")
+    if os.path.exists(here):
+        return [here]
+    return [sys.executable, "-m", "cnmlab.cli"]
 
 
 def tmux(*args: str, check: bool = True) -> str:
@@ -74,8 +77,9 @@ def test_learner_session_in_tmux(tmp_path):
         keys("c")
         wait_screen("FAIL", 60)  # the results, scrolled into view
 
-        keys("x")  # a real shell in the target sandbox
-        wait_screen(f"[{name}/red] #", 20)
+        keys("x")  # a real full-screen shell in the target sandbox
+        wait_screen("goes back to the lab", 20)
+        wait_screen(f"cnmlab {name}/red", 20)
         keys("ip -br link", "Enter")
         out = wait_screen("lo ", 10)
         assert "LOOPBACK" in out
@@ -92,6 +96,101 @@ def test_learner_session_in_tmux(tmp_path):
         assert done.read_text().strip() == "0"
         assert "keeps running as" in screen()  # the app says how to stop the lab
         assert state.exists(name)
+    finally:
+        tmux("kill-server", check=False)
+        if state.exists(name):
+            labs.LabRun(labs.get("01"), name).stop()
+
+
+def literal(text: str) -> None:
+    tmux("send-keys", "-t", SESSION, "-l", text)
+
+
+def test_lab01_typed_into_the_embedded_terminal(tmp_path):
+    """Lab 1 from start to end typed into the terminal beside the step: no full-screen shell.
+
+    The terminal follows each step's ``in:`` (red, then blue with F4), F2 checks while typing,
+    F6 leaves the terminal so n moves on; the progress file ends with every step passed.
+    """
+    progress = tmp_path / "progress.json"
+    done = tmp_path / "exit-code"
+    env = f"CNMLAB_PROGRESS={shlex.quote(str(progress))} CNMLAB_INSTANCE_SUFFIX={PID}"
+    command = (f"{env} {shlex.join(cnmlab_argv())}; echo $? > {shlex.quote(str(done))}; "
+               "sleep 60")
+    name = f"lab01-{PID}"
+    blue_ns = f"cnm-{name}-blue"
+
+    def typed(*lines: str) -> None:
+        for line in lines:
+            literal(line)
+            keys("Enter")
+            time.sleep(0.3)
+
+    def leave_terminal() -> None:
+        keys("F6")
+        time.sleep(0.3)
+
+    def check_passes(n_checks: int) -> None:
+        keys("F2")
+        wait_screen(f"all {n_checks} checks pass", 60)
+
+    try:
+        tmux("new-session", "-d", "-s", SESSION, "-x", "160", "-y", "45", command)
+        wait_screen("Sandboxes and endpoints by hand", 20)
+        keys("Enter")
+        wait_screen("Step 1/4", 120)
+        keys("i")  # into the terminal: a shell in red, the step's first 'in:'
+        wait_screen(f"cnmlab {name}/red", 20)
+        typed("ip link set lo up")
+        keys("F4")  # the next member: blue
+        wait_screen(f"cnmlab {name}/blue", 20)
+        typed("ip link set lo up", "ping -c1 -W1 127.0.0.1")
+        check_passes(3)
+
+        leave_terminal()
+        keys("n")  # next step: it is done in red
+        wait_screen("Step 2/4", 20)
+        wait_screen("Terminal: red", 10)
+        keys("i")
+        typed(f"ip link add veth-red type veth peer name veth-blue netns {blue_ns}")
+        check_passes(2)
+
+        leave_terminal()
+        keys("n")
+        wait_screen("Step 3/4", 20)
+        keys("i")
+        typed("ip addr add 10.0.0.1/24 dev veth-red", "ip link set veth-red up")
+        keys("F4")
+        wait_screen("Terminal: blue", 10)
+        typed("ip addr add 10.0.0.2/24 dev veth-blue", "ip link set veth-blue up",
+              "ping -c1 -W1 10.0.0.1")
+        check_passes(4)
+
+        leave_terminal()
+        keys("n")
+        wait_screen("Step 4/4", 20)
+        wait_screen("Terminal: red", 10)
+        keys("i")
+        typed("ip route add default via 10.0.0.2")
+        check_passes(1)
+        leave_terminal()
+        keys("End")  # the recap closes the last step
+        wait_screen("Recap", 20)
+
+        import json
+
+        passed = json.loads(progress.read_text())["labs"]["01-sandboxes-by-hand"]["passed"]
+        assert passed == ["look-inside", "veth-pair", "address-and-ping", "routes-and-resolv"]
+        history = labs.Progress(str(progress)).history("01-sandboxes-by-hand")
+        assert "ip route add default via 10.0.0.2" in history["red"], history
+
+        keys("Q")  # stop the lab and quit
+        deadline = time.monotonic() + 60
+        while not done.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert done.exists(), screen()
+        assert done.read_text().strip() == "0"
+        assert not state.exists(name)
     finally:
         tmux("kill-server", check=False)
         if state.exists(name):

@@ -39,7 +39,16 @@ def make_app(progress: labs.Progress, **kw) -> CnmlabApp:
     return CnmlabApp(instance_suffix="snap", live=False, root=True, progress=progress, **kw)
 
 
-def open_step(app: CnmlabApp, lab: str, results: list[CheckResult] | None = None):
+# what a learner's terminal shows after two commands (fed to the real pyte widget: no shell)
+TRANSCRIPT = (b"\x1b[1;30;43m cnmlab lab01-snap/red \x1b[0m ~ # ip link set lo up\r\n"
+              b"\x1b[1;30;43m cnmlab lab01-snap/red \x1b[0m ~ # ip -br link\r\n"
+              b"lo               \x1b[32mUNKNOWN\x1b[0m        00:00:00:00:00:00 "
+              b"<LOOPBACK,UP,LOWER_UP>\r\n"
+              b"\x1b[1;30;43m cnmlab lab01-snap/red \x1b[0m ~ # ping -c1 127.0.0.1")
+
+
+def open_step(app: CnmlabApp, lab: str, results: list[CheckResult] | None = None,
+              transcript: bytes | None = None):
     """run_before: show a lab's current step without starting the lab."""
 
     async def before(pilot) -> None:
@@ -48,6 +57,13 @@ def open_step(app: CnmlabApp, lab: str, results: list[CheckResult] | None = None
         screen = StepScreen(run)
         await app.push_screen(screen)
         await pilot.pause()
+        if transcript is not None:
+            screen.target = labdef.steps[0].where[0]
+            view = screen.pane.show(screen.target)
+            await pilot.pause()
+            view.feed(transcript)
+            view.focus()
+            await pilot.pause()
         if results is not None:
             screen.results[screen.step.id] = results
             screen.show_results(results)
@@ -110,3 +126,11 @@ def test_help_screen(snap_compare, progress):
     app = make_app(progress)
     assert snap_compare(app, terminal_size=(80, 24), run_before=open_step(app, "01"),
                         press=["question_mark"])
+
+
+@pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
+def test_side_by_side_terminal(snap_compare, progress, size):
+    """The step beside a live terminal that has the focus: the footer shows the F-keys."""
+    app = make_app(progress)
+    assert snap_compare(app, terminal_size=size,
+                        run_before=open_step(app, "01", transcript=TRANSCRIPT))

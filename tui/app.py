@@ -112,7 +112,10 @@ class CnmlabApp(App[int]):
     TITLE = "cnmlab"
     SUB_TITLE = "Docker networking from real kernel objects"
     ENABLE_COMMAND_PALETTE = False
-    BINDINGS = [Binding("ctrl+c", "quit", "Quit", show=False, priority=True)]
+    # Ctrl-C belongs to the shell while the terminal has the focus (it interrupts the command
+    # running there); Ctrl-Q quits from anywhere. Both ask first when lab shells are open.
+    BINDINGS = [Binding("ctrl+c", "interrupt_or_quit", "Quit", show=False, priority=True),
+                Binding("ctrl+q", "request_quit", "Quit", show=False, priority=True)]
 
     def __init__(self, *, instance_suffix: str | None = None, labdefs: list[Any] | None = None,
                  features: dict[str, bool] | None = None, live: bool = True,
@@ -158,6 +161,56 @@ class CnmlabApp(App[int]):
         if not isinstance(error, str) and not isinstance(error, CnmError):
             self.log.error(repr(error))
         self.notify(msg, title=title or "cnmlab", severity="error", timeout=8)
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        """Ctrl-C goes to the shell (as an interrupt) while a terminal has the focus."""
+        from cnmlab.tui.terminal import TerminalView
+
+        if action == "interrupt_or_quit":
+            try:
+                return not isinstance(self.screen.focused, TerminalView)
+            except Exception:
+                return True
+        return True
+
+    def action_interrupt_or_quit(self) -> None:
+        self.action_request_quit()
+
+    def open_shells(self) -> list[str]:
+        """Lab shells a quit would end or leave behind: this app's terminals that were used,
+        and shells in other terminals of the labs this app runs."""
+        from cnmlab import shells
+
+        out = []
+        for screen in self.screen_stack:
+            pane = getattr(screen, "pane", None) if hasattr(screen, "run") else None
+            if pane is not None:
+                out += [f"{screen.run.name}/{m} (the terminal here)" for m in pane.alive()
+                        if pane.views[m].keys_sent]
+        for lab_run in self.runs.values():
+            out += [s.describe() for s in shells.others(lab_run.name)
+                    if not s.owner.startswith(f"app:{os.getpid()}")]
+        return out
+
+    def action_request_quit(self) -> None:
+        from cnmlab.tui.screens import ConfirmScreen
+
+        if isinstance(self.screen, ConfirmScreen):  # a second Ctrl-C: yes
+            self.exit(0)
+            return
+        open_ = self.open_shells()
+        if not open_:
+            self.exit(0)
+            return
+
+        def answer(yes: bool | None) -> None:
+            if yes:
+                self.exit(0)
+
+        self.push_screen(ConfirmScreen(
+            "Quit cnmlab?", "Lab shells are open: " + "; ".join(open_) + ". The terminals "
+            "inside this app close; shells in other terminals keep running (the labs keep "
+            "running too).", yes="Quit", no="Stay"), answer)
 
     def on_mount(self) -> None:
         from cnmlab.tui.screens import LabListScreen

@@ -298,7 +298,7 @@ class LiveState(Widget):
     update flow and why the firewall alone is also polled.
     """
 
-    BINDINGS = [Binding("r", "refresh_now", "Re-read")]
+    BINDINGS = [Binding("f5", "refresh_now", "Re-read", key_display="F5")]
 
     lab_name: reactive[str | None] = reactive(None, init=False)
     target: reactive[str | None] = reactive(None, init=False)

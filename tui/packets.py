@@ -6,7 +6,13 @@ at most 200 packets each; the rest of a flood is counted, not shown), and the UI
 the summaries to a log that keeps the last 500 lines. Stopping, switching interface or
 unmounting the panel stops the capture socket at once (a stop pipe wakes its ``select``).
 
-Keys: ``s`` start/stop, ``c`` clear.
+Keys: ``g`` start/stop, ``ctrl+l`` clear, ``f`` hide/show the checks' own packets. (The
+step screen's letters, such as ``s`` for "show me" and ``c`` for check, mean the same here as
+everywhere: one key, one meaning.)
+
+The checks send every probe with DSCP "lower effort" (``cnmlab.checks.probes.CHECK_TOS``);
+such packets are labelled ``[check]`` and can be hidden. A change of target or interface
+writes a separator line into the list, so two captures never read as one stream.
 """
 from __future__ import annotations
 
@@ -20,12 +26,28 @@ from textual.widget import Widget
 from textual.widgets import Button, RichLog, Select, Static
 from textual.worker import get_current_worker
 
+from cnmlab.checks.probes import CHECK_TOS
 from cnmlab.errors import CnmError
 from cnmlab.netlink import Netlink
 from cnmlab.tui.capture import Capture, Packet
 from cnmlab.tui.livestate import lab_targets, resolve
 
 MAX_LINES = 500
+
+
+def is_check_packet(frame: bytes) -> bool:
+    """Was this frame sent by a check (IPv4 with the checks' DSCP), or is it the reply to one?
+
+    ARP and the learner's own traffic are not marked; an echo reply copies the request's TOS.
+    """
+    off = 14
+    if len(frame) < off + 2:
+        return False
+    etype = int.from_bytes(frame[12:14], "big")
+    while etype in (0x8100, 0x88A8) and len(frame) >= off + 4:
+        etype = int.from_bytes(frame[off + 2:off + 4], "big")
+        off += 4
+    return etype == 0x0800 and len(frame) > off + 1 and (frame[off + 1] & 0xFC) == CHECK_TOS
 
 
 def _style(summary: str) -> str:
@@ -50,7 +72,8 @@ class PacketPanel(Widget):
     Posts ``PacketPanel.Captured`` (the new packets) and ``PacketPanel.StateChanged``.
     """
 
-    BINDINGS = [Binding("s", "toggle", "Start/stop"), Binding("c", "clear", "Clear")]
+    BINDINGS = [Binding("g", "toggle", "Capture on/off"), Binding("ctrl+l", "clear", "Clear"),
+                Binding("f", "toggle_checks", "Checks' packets")]
 
     class Captured(Message):
         def __init__(self, panel: "PacketPanel", packets: list[Packet], skipped: int) -> None:
@@ -101,6 +124,9 @@ class PacketPanel(Widget):
         self.lines: list[str] = []  # plain summaries shown (last max_lines)
         self._gen = 0
         self._capture: Capture | None = None
+        self.hide_checks = False  # hide the packets the checks sent (and their replies)
+        self.from_checks = 0  # of the packets seen, how many were the checks'
+        self._last_where: tuple[str | None, str | None] | None = None
 
     def compose(self) -> ComposeResult:
         with Horizontal(id="pk-controls"):
@@ -149,6 +175,11 @@ class PacketPanel(Widget):
             self._status(str(e), "red")
             return
         self._capture = Capture(ns, self.interface)
+        where = (self.target, self.interface)
+        if self._last_where is not None and self._last_where != where and self.lines:
+            self._write(f"──── now capturing on {self.target} {self.interface} ────",
+                        "bold reverse")
+        self._last_where = where
         self.running = True
         self.query_one("#pk-toggle", Button).label = "Stop"
         self.query_one("#pk-toggle", Button).variant = "error"
@@ -177,6 +208,15 @@ class PacketPanel(Widget):
 
     def action_clear(self) -> None:
         self.clear()
+
+    def action_toggle_checks(self) -> None:
+        self.hide_checks = not self.hide_checks
+        self._status(("hiding" if self.hide_checks else "showing") + " the checks' own "
+                     "packets (f toggles)", "dim")
+
+    def _write(self, line: str, style: str = "") -> None:
+        self.lines.append(line)
+        self.query_one("#pk-log", RichLog).write(Text(line, style=style))
 
     # ---- internals ---------------------------------------------------------------------
     def _status(self, text: str, style: str = "dim") -> None:
@@ -239,7 +279,7 @@ class PacketPanel(Widget):
             self.autostart = False
             self.start()
         elif not self.running:
-            self._status(f"{self.target} {self.interface or ''}: press s to start", "dim")
+            self._status(f"{self.target} {self.interface or ''}: press g to start", "dim")
 
     @on(Select.Changed, "#pk-target")
     def _target_changed(self, event: Select.Changed) -> None:
@@ -285,9 +325,14 @@ class PacketPanel(Widget):
             return
         log = self.query_one("#pk-log", RichLog)
         for p in msg.packets:
-            line = p.line()
+            mine = is_check_packet(p.data)
+            if mine:
+                self.from_checks += 1
+                if self.hide_checks:
+                    continue
+            line = ("[check] " if mine else "") + p.line()
             self.lines.append(line)
-            log.write(Text(line, style=_style(p.summary)))
+            log.write(Text(line, style="dim" if mine else _style(p.summary)))
         if msg.skipped:
             note = f"… {msg.skipped} more packets not shown (flood)"
             self.lines.append(note)

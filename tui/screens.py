@@ -121,6 +121,16 @@ def result_renderable(r: Any) -> RenderableType:
     return Group(*parts)
 
 
+def _same(a: list[Any], b: list[Any]) -> bool:
+    """Two check runs that a learner would see identically (watch mode skips the repaint)."""
+    def key(r: Any) -> tuple[Any, ...]:
+        table = r.table.summary if r.table is not None else None
+        return (r.check, r.ok, r.expected, r.observed, r.reason, table,
+                getattr(r, "skipped", False))
+
+    return len(a) == len(b) and all(key(x) == key(y) for x, y in zip(a, b))
+
+
 class WorkerErrors:
     """Mixin for screens: a failed worker becomes a notification, never a traceback."""
 
@@ -412,34 +422,66 @@ LIVE_VIEWS = {  # tab id -> (module, class, tab title)
 class StepScreen(WorkerErrors, Screen):
     """One step of a running lab: text, task, checks, hints, solution, live views, a shell."""
 
+    # One key, one meaning, wherever the focus is. The letters are priority bindings, so no
+    # widget inside a tab (a Select, a button, the packet list) can give them another meaning;
+    # while the terminal has the focus they are off (``check_action``: the shell gets every
+    # letter) and the function keys carry the same commands (the footer shows which).
     BINDINGS = [
-        Binding("c", "check", "Check", tooltip="run this step's checks"),
-        Binding("h", "hint", "Hint", tooltip="show the next hint"),
-        Binding("s", "solve", "Show me", tooltip="show the solution commands, then apply them "
-                "if you say yes (steps before this one are solved too)"),
-        Binding("n", "next_step", "Next", tooltip="next step"),
-        Binding("p", "prev_step", "Prev", tooltip="previous step"),
-        Binding("w", "toggle_watch", "Watch", tooltip="watch mode: re-run the checks whenever "
-                "the kernel state changes (and every 2 s); the step turns green when it passes"),
-        Binding("x", "shell", "Shell", tooltip="open a real shell in the selected lab member "
-                "('exit' comes back here)"),
-        Binding("t", "cycle_target", "Target", tooltip="next lab member for the shell and the "
-                "live views: host, sandboxes, upstream"),
-        Binding("r", "reset", "Reset", tooltip="rebuild the lab from scratch, back to step 1 "
-                "(asks first; clears this lab's progress)"),
-        Binding("1", "tab('tab-step')", "Step tab", show=False, tooltip="show the step"),
-        Binding("2", "tab('tab-live')", "Live tab", show=False,
+        Binding("c", "check", "Check", priority=True, tooltip="run this step's checks"),
+        Binding("h", "hint", "Hint", priority=True, tooltip="show the next hint"),
+        Binding("s", "solve", "Show me", priority=True, tooltip="show the solution commands, "
+                "then apply them if you say yes (steps before this one are solved too)"),
+        Binding("n", "next_step", "Next", priority=True, tooltip="next step"),
+        Binding("p", "prev_step", "Prev", priority=True, tooltip="previous step"),
+        Binding("w", "toggle_watch", "Watch", priority=True, tooltip="watch mode: re-run the "
+                "checks whenever the kernel state changes (and every 2 s); the step turns "
+                "green when it passes"),
+        Binding("i", "focus_terminal", "Type", priority=True, tooltip="type in the terminal "
+                "beside the step (F6 comes back)"),
+        Binding("y", "paste", "Paste cmd", priority=True, tooltip="pick a command block of "
+                "this step and paste it into the terminal (it runs when you press Enter)"),
+        Binding("t", "cycle_target", "Target", priority=True, tooltip="next lab member for the "
+                "terminal and the live views: host, sandboxes, upstream"),
+        Binding("x", "shell", "Full shell", priority=True, tooltip="open a full-screen shell "
+                "in the selected lab member ('exit' comes back here)"),
+        Binding("r", "reset", "Reset", priority=True, tooltip="reset this step (rebuild the "
+                "lab up to the step before) or the whole lab (asks first)"),
+        Binding("1", "tab('tab-step')", "Step tab", show=False, priority=True,
+                tooltip="show the step"),
+        Binding("2", "tab('tab-live')", "Live tab", show=False, priority=True,
                 tooltip="live kernel state of the target"),
-        Binding("3", "tab('tab-topology')", "Topology tab", show=False,
+        Binding("3", "tab('tab-topology')", "Topology tab", show=False, priority=True,
                 tooltip="the lab's topology"),
-        Binding("4", "tab('tab-packets')", "Packets tab", show=False,
+        Binding("4", "tab('tab-packets')", "Packets tab", show=False, priority=True,
                 tooltip="packets seen by the target"),
-        Binding("question_mark", "help", "Keys", key_display="?", tooltip="this list of keys"),
-        Binding("q,escape", "back", "Back", tooltip="back to the lab list (the lab keeps "
-                "running)"),
-        Binding("Q", "stop_and_quit", "Stop+quit", key_display="Q", tooltip="stop the lab "
-                "(tear it down; progress is kept) and quit the app"),
+        Binding("question_mark", "help", "Keys", key_display="?", priority=True,
+                tooltip="this list of keys"),
+        Binding("q", "back", "Back", priority=True, tooltip="back to the lab list (the lab "
+                "keeps running)"),
+        Binding("escape", "back", "Back", show=False, tooltip="back to the lab list"),
+        Binding("Q", "stop_and_quit", "Stop+quit", key_display="Q", priority=True,
+                tooltip="stop the lab (tear it down; progress is kept) and quit the app; "
+                "asks first when shells are open in the lab"),
+        # the same commands while typing in the terminal
+        Binding("f1", "fkey('help')", "Keys", key_display="F1", priority=True,
+                tooltip="in the terminal: this list of keys"),
+        Binding("f2", "fkey('check')", "Check", key_display="F2", priority=True,
+                tooltip="in the terminal: run this step's checks"),
+        Binding("f3", "fkey('hint')", "Hint", key_display="F3", priority=True,
+                tooltip="in the terminal: the next hint"),
+        Binding("f4", "fkey('cycle_target')", "Next member", key_display="F4", priority=True,
+                tooltip="in the terminal: the shell of the next lab member"),
+        Binding("f6", "fkey('toggle_terminal')", "Leave terminal", key_display="F6",
+                priority=True, tooltip="into the terminal, or back out of it"),
+        Binding("f7", "fkey('shell')", "Full shell", key_display="F7", priority=True,
+                tooltip="in the terminal: a full-screen shell"),
+        Binding("f8", "fkey('paste')", "Paste cmd", key_display="F8", priority=True,
+                tooltip="in the terminal: paste a command block of the step"),
+        Binding("f9", "fkey('solve')", "Show me", key_display="F9", priority=True,
+                tooltip="in the terminal: show me the solution"),
     ]
+    _TERMINAL_KEYS = {"help", "check", "hint", "cycle_target", "toggle_terminal", "shell",
+                      "paste", "solve"}
 
     step_index: reactive[int] = reactive(0, init=False)
     watching: reactive[bool] = reactive(False, init=False)
@@ -458,24 +500,71 @@ class StepScreen(WorkerErrors, Screen):
         self._checking = False
         self._members: list[tuple[str, str, str]] = []
         self.checks_done = 0  # completed check runs (tests wait on it)
+        self.resets_done = 0  # completed resets (tests wait on it)
 
     # ---- layout ------------------------------------------------------------------------------
     def compose(self) -> ComposeResult:
+        from cnmlab.tui.shellpane import ShellPane
+
         yield Header()
         yield Static(id="status")
-        with TabbedContent(id="tabs", initial="tab-step"):
-            with TabPane("Step", id="tab-step"):
-                with VerticalScroll(id="step-scroll"):
-                    yield Markdown(id="step-text")
-                    yield Markdown(id="task")
-                    yield Static(id="hints", classes="-empty")
-                    yield Static(id="solution", classes="-empty")
-                    yield Static(id="verdict", classes="-empty")
-                    yield Vertical(id="results")
-            for tab_id, (_, _, title) in LIVE_VIEWS.items():
-                with TabPane(title, id=tab_id):
-                    yield Static(self._placeholder_text(), classes="placeholder")
+        with Horizontal(id="workbench"):
+            with TabbedContent(id="tabs", initial="tab-step"):
+                with TabPane("Step", id="tab-step"):
+                    with VerticalScroll(id="step-scroll"):
+                        yield Markdown(id="step-text")
+                        yield Markdown(id="task")
+                        yield Static(id="where")
+                        yield Static(id="hints", classes="-empty")
+                        yield Static(id="solution", classes="-empty")
+                        yield Static(id="verdict", classes="-empty")
+                        yield Static(id="why", classes="-empty")
+                        yield Vertical(id="results")
+                        yield Markdown(id="recap", classes="-empty")
+                for tab_id, (_, _, title) in LIVE_VIEWS.items():
+                    with TabPane(title, id=tab_id):
+                        yield Static(self._placeholder_text(), classes="placeholder")
+            yield ShellPane(self.run.name, self._member_map, history=self._history_file,
+                            spawn=self.app.live, id="shell-pane")  # type: ignore[attr-defined]
         yield Footer()
+
+    def _member_map(self) -> dict[str, tuple[str, str]]:
+        return {name: (role, ns) for name, role, ns in self._members}
+
+    def _history_file(self, member: str) -> str | None:
+        try:
+            return self.run.progress.history_file(self.labdef.id, member)
+        except Exception:
+            return None
+
+    @property
+    def pane(self) -> Any:
+        return self.query_one("#shell-pane")
+
+    def terminal_focused(self) -> bool:
+        from cnmlab.tui.terminal import TerminalView
+
+        return isinstance(self.focused, TerminalView)
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        """Letters while reading, function keys while typing (F6 in both)."""
+        in_term = self.terminal_focused()
+        if action == "fkey":
+            return in_term or parameters[:1] == ("toggle_terminal",)
+        if in_term and action != "back":
+            return False
+        if in_term and action == "back":
+            return False
+        return True
+
+    def action_fkey(self, name: str) -> None:
+        getattr(self, f"action_{name}")()
+
+    def on_descendant_focus(self) -> None:
+        self.refresh_bindings()
+
+    def on_descendant_blur(self) -> None:
+        self.refresh_bindings()
 
     def _placeholder_text(self) -> str:
         if not self.app.live:  # type: ignore[attr-defined]
@@ -491,6 +580,7 @@ class StepScreen(WorkerErrors, Screen):
                           cur.index if cur is not None else len(self.labdef.steps) - 1)
         self.show_step()
         self.query_one("#step-scroll").focus()
+        self.pane.show(self.target)
 
     def on_unmount(self) -> None:
         self._stop_watch()
@@ -510,13 +600,50 @@ class StepScreen(WorkerErrors, Screen):
             f"## Step {info['number']}/{info['of']}: {info['title']}\n\n{concept}{info['text']}")
         self.query_one("#task", Markdown).update(f"**Your task.** {info['task']}")
         self.query_one("#task").border_title = "Task"
+        self._follow_step()
         self.query_one("#solution", Static).update("")
         self.query_one("#solution").set_class(True, "-empty")
         self.show_hints()
         self.show_results(self.results.get(self.step.id))
         self.passed = info["passed"]
         self.update_status()
+        self.show_recap()
         self.query_one("#step-scroll").scroll_home(animate=False)
+
+    def _follow_step(self) -> None:
+        """The step says where the learner works (``in:``): the terminal goes there."""
+        where = [w for w in self.step.where]
+        names = [m[0] for m in self._members]
+        first = next((w for w in where if w in names or not names), None)
+        if first:
+            self.target = first
+        text = Text()
+        text.append("Work in: ", style="bold")
+        text.append(", ".join(where) if where else (self.target or "-"), style="cyan")
+        text.append("  (the terminal beside: i or F6 types there, t/F4 switches member, "
+                    "y/F8 pastes a command; x: full-screen shell)", style="dim")
+        self.query_one("#where", Static).update(text)
+
+    def show_recap(self) -> None:
+        """At the end of the lab: what was built, the Docker equivalent, the commands typed."""
+        w = self.query_one("#recap", Markdown)
+        last = self.step_index == len(self.labdef.steps) - 1
+        done = self.run.current_step is None
+        if not (last and done and self.labdef.recap):
+            w.set_class(True, "-empty")
+            return
+        body = f"## Recap: {self.labdef.title}\n\n{self.run.render(self.labdef.recap)}"
+        try:
+            typed = self.run.progress.history(self.labdef.id)
+        except Exception:
+            typed = {}
+        if typed:
+            body += "\n\n### The commands you typed\n"
+            for member, lines in typed.items():
+                body += f"\nin **{member}**:\n\n" + "".join(
+                    f"    {l}\n" for l in lines[-15:])
+        w.update(body)
+        w.set_class(False, "-empty")
 
     def show_hints(self) -> None:
         hints = self.run.hints_shown(self.step)
@@ -529,10 +656,13 @@ class StepScreen(WorkerErrors, Screen):
         box = self.query_one("#results", Vertical)
         verdict = self.query_one("#verdict", Static)
         box.remove_children()
-        self.remove_class("-failed")
+        # classes on the screen restyle every widget (and re-highlight the step's code
+        # blocks): flip them only when the state really changes, never off-then-on
         if results is None:
+            self.set_class(False, "-failed")
             verdict.update("")
             verdict.set_class(True, "-empty")
+            self.query_one("#why", Static).set_class(True, "-empty")
             return
         widgets = []
         for r in results:
@@ -540,9 +670,13 @@ class StepScreen(WorkerErrors, Screen):
             widgets.append(Static(result_renderable(r), classes=f"result {state}"))
         box.mount_all(widgets)
         failing = sum(1 for r in results if not r.ok)
+        why = self.run.why.get(self.step.id) if failing else None
+        why_w = self.query_one("#why", Static)
+        why_w.update(Text.assemble(("why: ", "bold yellow"), why or ""))
+        why_w.set_class(not why, "-empty")
         if failing:
             text = (f"✘ {failing} of {len(results)} checks fail. "
-                    "h: a hint · s: show me the solution · x: a shell")
+                    "h: a hint · s: show me the solution · i: type in the terminal")
         else:
             nxt = self.step_index + 1 < len(self.labdef.steps)
             text = (f"✔ all {len(results)} checks pass: step passed! "
@@ -585,6 +719,8 @@ class StepScreen(WorkerErrors, Screen):
         self.update_status()
         for w in self._live_widgets():
             self._select(w)
+        if self.is_mounted:
+            self.pane.show(target, focus=self.terminal_focused())
 
     # ---- checks (worker) ----------------------------------------------------------------------
     def action_check(self) -> None:
@@ -593,7 +729,7 @@ class StepScreen(WorkerErrors, Screen):
     def start_check(self, quiet: bool) -> None:
         self._checking = True
         self._pending = False
-        if not quiet or not self.busy:
+        if not quiet:  # watch mode's checks run quietly: no status flicker, no restyle
             self.busy = "checking"
         self._check(self.step, quiet)
 
@@ -609,7 +745,8 @@ class StepScreen(WorkerErrors, Screen):
 
     def _checked(self, step: Any, results: list[Any], quiet: bool) -> None:
         self._checking = False
-        self.busy = ""
+        if self.busy == "checking":
+            self.busy = ""
         if not results and quiet:
             return
         self.checks_done += 1
@@ -619,8 +756,13 @@ class StepScreen(WorkerErrors, Screen):
         if step is not self.step:
             return
         was_ok = was is not None and all(r.ok for r in was)
+        if quiet and was is not None and _same(was, results):
+            if self._pending and self.watching:  # nothing new to show: keep the screen still
+                self.start_check(quiet=True)
+            return
         self.show_results(results)
         self.passed = step.id in self.run.passed
+        self.show_recap()
         if ok and (not quiet or not was_ok):
             self.notify(f"step {step.index + 1} passed!", title=step.title)
         elif not quiet:
@@ -628,7 +770,8 @@ class StepScreen(WorkerErrors, Screen):
             self.notify(f"{failing} of {len(results)} checks fail", severity="warning")
         if not quiet:
             self.query_one(TabbedContent).active = "tab-step"
-            self.call_after_refresh(self._scroll_to, "#verdict")
+            self.call_after_refresh(self._scroll_to, "#recap" if ok and self.run.current_step
+                                    is None and self.labdef.recap else "#verdict")
         if self._pending and self.watching:
             self.start_check(quiet=True)
 
@@ -668,30 +811,67 @@ class StepScreen(WorkerErrors, Screen):
 
         return step, engine_call(self.run.name, solve)
 
+    def _shells_warning(self) -> str:
+        """What a teardown would kill besides this app's own terminals."""
+        from cnmlab import shells
+
+        others = shells.others(self.run.name)
+        if not others:
+            return ""
+        return (f"{len(others)} shell(s) are open in this lab elsewhere: "
+                + "; ".join(s.describe() for s in others)
+                + ". They will be killed (each says so on its screen).")
+
     def action_reset(self) -> None:
         if self.busy and self.busy != "checking":
             self.notify(f"wait: {self.busy}")
             return
+        step = self.step
+
+        def answer(choice: str | None) -> None:
+            if choice in ("step", "lab"):
+                self.busy = "resetting"
+                self._stop_watch()
+                self._reset(choice, step)
+
+        warn = self._shells_warning()
+        body = Text()
+        body.append(f"1  this step: rebuild the lab as it was when step {step.index + 1} began "
+                    "(the solutions of the steps before it are applied); this step and the "
+                    "later ones count as not passed.\n")
+        body.append("2  the whole lab: rebuild from step 1; this lab's progress (steps passed, "
+                    "hints) is cleared.\n")
+        body.append("Your terminals here get a new shell. ")
+        if warn:
+            body.append("\n" + warn, style="bold red")
+        self.app.push_screen(ChoiceScreen(f"Reset lab {self.run.name}?", body,
+                                          [("1", "step", f"This step ({step.index + 1})"),
+                                           ("2", "lab", "Whole lab")]), answer)
+
+    @work(thread=True, exclusive=False, group="engine", name="reset", exit_on_error=False)
+    def _reset(self, what: str, step: Any) -> tuple[str, Any]:
+        if what == "step":
+            engine_call(self.run.name, self.run.reset_step, step)
+        else:
+            engine_call(self.run.name, self.run.reset)
+        return what, step
+
+    def action_stop_and_quit(self) -> None:
+        warn = self._shells_warning()
 
         def answer(yes: bool | None) -> None:
             if yes:
-                self.busy = "resetting"
+                self.busy = "stopping the lab"
                 self._stop_watch()
-                self._reset()
+                self._stop()
 
-        self.app.push_screen(ConfirmScreen(
-            f"Reset lab {self.run.name}?",
-            "The lab is torn down and rebuilt from step 1. This lab's progress (steps passed, "
-            "hints) is cleared.", yes="Reset"), answer)
-
-    @work(thread=True, exclusive=False, group="engine", name="reset", exit_on_error=False)
-    def _reset(self) -> None:
-        engine_call(self.run.name, self.run.reset)
-
-    def action_stop_and_quit(self) -> None:
-        self.busy = "stopping the lab"
-        self._stop_watch()
-        self._stop()
+        if warn:
+            self.app.push_screen(ConfirmScreen(
+                f"Stop lab {self.run.name} and quit?",
+                Text(warn + " Your progress is kept.", style="bold"), yes="Stop and quit",
+                no="Cancel"), answer)
+            return
+        answer(True)
 
     @work(thread=True, exclusive=False, group="engine", name="stop", exit_on_error=False)
     def _stop(self) -> None:
@@ -702,15 +882,22 @@ class StepScreen(WorkerErrors, Screen):
             self._checked(*result)
         elif name == "solve":
             step, results = result
+            self.busy = ""
             self._checked(step, results, False)
         elif name == "reset":
+            what, step = result
             self.busy = ""
             self.results.clear()
             self.refresh_members()
-            self.notify(f"lab {self.run.name} rebuilt: back to step 1")
-            if self.step_index == 0:
+            index = step.index if what == "step" else 0
+            self.notify(f"lab {self.run.name} rebuilt: "
+                        + (f"step {index + 1} starts again" if what == "step"
+                           else "back to step 1"))
+            if self.step_index == index:
                 self.show_step()
-            self.step_index = 0
+            self.step_index = index
+            self.pane.restart_all_dead()
+            self.resets_done += 1
             if self.watching:
                 self._start_watch()
         elif name == "stop":
@@ -766,7 +953,50 @@ class StepScreen(WorkerErrors, Screen):
                 self.start_check(quiet=True)
 
     def action_tab(self, tab: str) -> None:
-        self.query_one(TabbedContent).active = tab
+        # leave the old pane first: a focused widget left inside a hidden pane pulls the tabs
+        # back to it (TabbedContent follows the focus)
+        tabs = self.query_one(TabbedContent)
+        if self.focused is not None and not self.terminal_focused():
+            self.set_focus(None)
+        tabs.active = tab
+        if tab == "tab-step" and not self.terminal_focused():
+            self.query_one("#step-scroll").focus()
+
+    # ---- the terminal beside the step ---------------------------------------------------------
+    def action_focus_terminal(self) -> None:
+        v = self.pane.show(self.target, focus=True)
+        if v is None:
+            self.notify("the lab has no members yet")
+
+    def action_toggle_terminal(self) -> None:
+        if self.terminal_focused():
+            self.set_focus(self.query_one("#step-scroll"))  # at once, not after a refresh
+        else:
+            self.action_focus_terminal()
+
+    def action_paste(self) -> None:
+        from cnmlab.tui.snippets import snippets
+
+        blocks = snippets(self.run.show(self.step)["text"], [m[0] for m in self._members])
+        if not blocks:
+            self.notify("this step has no command block to paste")
+            return
+
+        def pick(index: int | None) -> None:
+            if index is None:
+                return
+            snip = blocks[index]
+            if snip.member and snip.member != self.target:
+                self.target = snip.member
+            view = self.pane.show(self.target, focus=True)
+
+            def paste() -> None:
+                if view is not None:
+                    view.paste(snip.text)
+
+            self.call_after_refresh(paste)
+
+        self.app.push_screen(SnippetScreen(blocks), pick)
 
     def action_help(self) -> None:
         self.app.push_screen(HelpScreen())
@@ -864,7 +1094,7 @@ class StepScreen(WorkerErrors, Screen):
         self.notify(f"target: {self.target} ({role})", timeout=2)
 
     def action_shell(self) -> None:
-        from cnmlab.nsexec import shell_argv
+        from cnmlab import shells
 
         self.refresh_members()
         ns = {m[0]: m[2] for m in self._members}.get(self.target)
@@ -873,12 +1103,12 @@ class StepScreen(WorkerErrors, Screen):
                            "q and open it again")
             return
         where = f"{self.run.name}/{self.target}"
-        env = dict(os.environ, PS1=f"[{where}] # ")
         try:
             with self.app.suspend():
                 print(f"\033[2J\033[Hcnmlab: a shell in {self.target} (netns {ns}). "
                       "'exit' or Ctrl-D goes back to the lab.\n", flush=True)
-                subprocess.call(shell_argv(ns, ["bash", "--norc", "-i"]), env=env)
+                shells.run_shell(self.run.name, self.target, ns, owner=f"app:{os.getpid()}",
+                                 history=self._history_file(self.target))
         except Exception as e:  # SuspendNotSupported (headless, web), bash missing...
             self.app.show_error(f"cannot open a shell here ({type(e).__name__}): in another "
                            f"terminal run: cnmlab shell {where}")
@@ -961,9 +1191,13 @@ class HelpScreen(ModalScreen[None]):
                         for k in b.key.split(","))
                     t.add_row(keys, b.tooltip or b.description)
             parts.append(t)
-        parts.append(Text("Inside the Live and Topology tabs r re-reads the kernel state; in the "
-                          "Packets tab s starts/stops the capture and c clears it (Tab moves "
-                          "the focus out of a tab's widgets).", style="dim"))
+        parts.append(Text("Every letter above means the same in every tab. Inside the Live and "
+                          "Topology tabs F5 re-reads the kernel state; in the Packets tab g "
+                          "starts/stops the capture, Ctrl-L clears it and f hides the checks' "
+                          "own packets (marked [check]). While you type in the terminal, "
+                          "letters go to the shell and F1-F9 carry the commands; Ctrl-C "
+                          "interrupts the command in the shell, Ctrl-Q quits the app.",
+                          style="dim"))
         return Group(*parts)
 
     def on_mount(self) -> None:
@@ -1003,3 +1237,74 @@ class ConfirmScreen(ModalScreen[bool]):
 
     def action_answer(self, yes: bool) -> None:
         self.dismiss(yes)
+
+
+class ChoiceScreen(ModalScreen[str | None]):
+    """A question with a few answers, each on a key (and a button); n/Esc cancels."""
+
+    BINDINGS = [Binding("n,escape", "choose(None)", "Cancel")]
+
+    def __init__(self, title: str, body: RenderableType, choices: list[tuple[str, str, str]]
+                 ) -> None:
+        super().__init__()
+        self._title, self._body, self._choices = title, body, choices
+        for key, value, _ in choices:
+            self._bindings.bind(key, f"choose('{value}')", show=False)
+
+    def compose(self) -> ComposeResult:
+        with Vertical(id="confirm-box"):
+            with VerticalScroll(id="confirm-body"):
+                yield Static(self._body)
+            with Horizontal(id="confirm-buttons"):
+                for key, value, label in self._choices:
+                    yield Button(f"{label} ({key})", id=f"choice-{value}", variant="primary")
+                yield Button("Cancel (n)", id="choice-cancel")
+
+    def on_mount(self) -> None:
+        self.query_one("#confirm-box").border_title = self._title
+        self.query_one(Button).focus()
+
+    @on(Button.Pressed)
+    def _pressed(self, event: Button.Pressed) -> None:
+        value = (event.button.id or "").removeprefix("choice-")
+        self.dismiss(None if value == "cancel" else value)
+
+    def action_choose(self, value: str | None) -> None:
+        self.dismiss(value)
+
+
+class SnippetScreen(ModalScreen[int | None]):
+    """Pick one of the step's command blocks to paste into the terminal."""
+
+    BINDINGS = [Binding("escape,n", "pick(None)", "Cancel")]
+
+    def __init__(self, blocks: list[Any]) -> None:
+        super().__init__()
+        self.blocks = blocks
+
+    def compose(self) -> ComposeResult:
+        with Vertical(id="snippet-box"):
+            yield OptionList(*[Option(self._row(i, b), id=str(i))
+                               for i, b in enumerate(self.blocks)], id="snippets")
+            yield Static("Enter pastes it into the terminal (it runs when you press Enter "
+                         "there) · Esc closes", id="snippet-foot")
+
+    @staticmethod
+    def _row(i: int, b: Any) -> Text:
+        t = Text()
+        t.append(f"{i + 1}. ", style="bold")
+        if b.member:
+            t.append(f"[{b.member}] ", style="bold cyan")
+        t.append(b.text.rstrip())
+        return t
+
+    def on_mount(self) -> None:
+        self.query_one("#snippet-box").border_title = "Paste a command into the terminal"
+        self.query_one("#snippets").focus()
+
+    @on(OptionList.OptionSelected, "#snippets")
+    def _chosen(self, event: OptionList.OptionSelected) -> None:
+        self.dismiss(int(event.option.id or 0))
+
+    def action_pick(self, value: int | None) -> None:
+        self.dismiss(value)

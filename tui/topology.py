@@ -252,7 +252,7 @@ class TopologyView(Widget):
     redraw. Keys: ``r`` re-reads everything.
     """
 
-    BINDINGS = [Binding("r", "refresh_now", "Re-read")]
+    BINDINGS = [Binding("f5", "refresh_now", "Re-read", key_display="F5")]
 
     lab_name: reactive[str | None] = reactive(None, init=False)
 
