@@ -149,7 +149,8 @@ class HostHandle:
         return self.model.networks
 
     def run(self, name: str, network: str = "bridge", *, ip: str | None = None,
-            publish: Sequence[str] = (), aliases: Sequence[str] = ()) -> SandboxHandle:
+            publish: Sequence[str] = (), aliases: Sequence[str] = (),
+            mac: str | None = None) -> SandboxHandle:
         """``docker run --network NETWORK``: a sandbox, an endpoint, a join."""
         check_name("sandbox", name)
         self.lab._check_free(name)
@@ -158,7 +159,8 @@ class HostHandle:
         shares_host = not drivers.capability(net.driver).own_namespace
         sb = self.controller.create_sandbox(name, shares_host=shares_host)
         try:
-            self.controller.connect(network, name, ip=ip, aliases=list(aliases), ports=ports)
+            self.controller.connect(network, name, ip=ip, aliases=list(aliases), ports=ports,
+                                    mac=mac)
         except BaseException:
             self.controller.delete_sandbox(name)
             raise
@@ -167,8 +169,8 @@ class HostHandle:
         return SandboxHandle(self, sb)
 
     def connect(self, network: str, sandbox: str, ip: str | None = None,
-                aliases: Sequence[str] = ()) -> Endpoint:
-        ep = self.controller.connect(network, sandbox, ip=ip, aliases=list(aliases))
+                aliases: Sequence[str] = (), mac: str | None = None) -> Endpoint:
+        ep = self.controller.connect(network, sandbox, ip=ip, aliases=list(aliases), mac=mac)
         self.lab._serve_dns()
         return ep
 

@@ -137,6 +137,8 @@ def engine_command(raw: dict[str, Any]) -> str:
         words = ["run", f"--network {raw.get('network', 'bridge')}"]
         if "ip" in raw:
             words.append(f"--ip {raw['ip']}")
+        if "mac" in raw:
+            words.append(f"--mac-address {raw['mac']}")
         words += [f"-p {p}" for p in raw.get("publish", [])]
         words += [f"--alias {a}" for a in raw.get("aliases", [])]
         words.append(raw["name"])

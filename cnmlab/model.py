@@ -71,6 +71,7 @@ class Network:
     endpoints: dict[str, Endpoint] = field(default_factory=dict)
     # global scope: endpoints on other hosts this host has programmed (endpoint id -> Peer)
     peers: dict[str, dict[str, str]] = field(default_factory=dict)
+    driver_data: dict[str, Any] = field(default_factory=dict)  # the driver's own (e.g. parent)
 
     def option_bool(self, key: str, default: bool) -> bool:
         value = self.options.get(key)
