@@ -244,6 +244,13 @@ class UnderlayHandle:
         """host name -> its address on the LAN."""
         return dict(self.model.hosts)
 
+    def port_of(self, host: str) -> str:
+        """The switch port (in the underlay's namespace) a host's eth0 is plugged into."""
+        try:
+            return self.model.ports[host]
+        except KeyError:
+            raise ObjectNotFound(f"host {host} is not on underlay {self.name}") from None
+
     def add_route(self, subnet: str, via: str) -> None:
         """A static route on the router (what the LAN's admin configures), e.g. an ipvlan l3
         subnet that lives behind a Docker host. ``via``: a host on this LAN or an address."""
@@ -404,8 +411,9 @@ class Lab:
         """A LAN for hosts (``add_host(..., underlay=name)``): a switch and its router.
 
         The router takes the subnet's first address and, if the lab has an upstream, an
-        address there, a default route to it and a MASQUERADE rule for the LAN, so hosts and
-        anything bridged onto the LAN (macvlan/ipvlan containers) reach the "internet".
+        address there, a default route to it and a MASQUERADE rule for what leaves through
+        it, so hosts and anything on the LAN (macvlan/ipvlan containers, subnets routed
+        behind a host) reach the "internet".
         """
         check_name("underlay", name)
         self._check_free(name)
@@ -455,8 +463,10 @@ class Lab:
             nl.add_address(UNDERLAY_UPLINK, f"{model.uplink_ip}/{up_net.prefixlen}")
             nl.set_link(UNDERLAY_UPLINK, up=True)
             nl.add_route("default", gateway=UPSTREAM_GW)
-        nsexec.run(model.netns, ["iptables", "-w", "-t", "nat", "-A", "POSTROUTING", "-s",
-                                 model.subnet, "-o", UNDERLAY_UPLINK, "-j", "MASQUERADE"])
+        # like an office's edge router: whatever leaves for the internet is masqueraded, the
+        # LAN itself and any subnet routed behind a host on it (ipvlan l3)
+        nsexec.run(model.netns, ["iptables", "-w", "-t", "nat", "-A", "POSTROUTING", "-o",
+                                 UNDERLAY_UPLINK, "-j", "MASQUERADE"])
 
     def underlay(self, name: str | None = None) -> UnderlayHandle:
         if name is None:

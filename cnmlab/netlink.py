@@ -349,6 +349,8 @@ class Netlink:
             attrs["gateway"] = gateway
         if dev:
             attrs["oif"] = self.index(dev)
+            if not gateway:
+                attrs["scope"] = 253  # a device route: on-link, as `ip route add ... dev` makes
         with self._call(f"add route {dst}"):
             self._ip.route("add", **attrs)
 

@@ -43,7 +43,9 @@ class MacvlanDriver(ChildDriver):
 
     def _add_child(self, ctx: HostContext, net: Network, ep: Endpoint, name: str,
                    parent_link: str, ns_fd: int | None) -> None:
-        if ep.ip and not ep.mac:
+        mode = net.driver_data[KEY_MODE]
+        if mode == "passthru":
+            ep.mac = None  # the one passthru child takes over its parent and the parent's MAC
+        elif ep.ip and not ep.mac:
             ep.mac = docker_mac(ep.ip)
-        ctx.nl.add_macvlan(name, parent_link, net.driver_data[KEY_MODE], ns_fd=ns_fd,
-                           mac=ep.mac)
+        ctx.nl.add_macvlan(name, parent_link, mode, ns_fd=ns_fd, mac=ep.mac)
