@@ -114,5 +114,6 @@ def test_without_ipvlan_the_error_is_one_line(rack, monkeypatch):
     monkeypatch.setattr(features, "probe_all", lambda refresh=False: {**have, "ipvlan": False})
     with pytest.raises(FeatureMissing) as e:
         l2_network(h1)
-    assert "\n" not in str(e.value) and "the ipvlan driver needs ipvlan" in str(e.value)
+    assert "\n" not in str(e.value) and "network lan (driver ipvlan) needs ipvlan" in str(e.value)
+    assert "cnmlab vm" in str(e.value)
     assert "lan" not in h1.model.networks

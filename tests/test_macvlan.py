@@ -163,7 +163,8 @@ def test_errors_in_dockers_words_and_nothing_left(rack):
         h1.network_create("clash", "macvlan", subnet="192.168.50.0/25",
                           options={"parent": "docker0"})
     if not features.has("vlan"):
-        with pytest.raises(FeatureMissing, match=r"-o parent=eth0.10 \(a VLAN trunk\) needs vlan"):
+        with pytest.raises(FeatureMissing,
+                           match=r"-o parent=eth0.10 \(a VLAN trunk\) needs vlan .*cnmlab vm"):
             h1.network_create("trunk", "macvlan", subnet="10.82.0.0/24",
                               options={"parent": "eth0.10"})
     if not features.has("dummy"):
@@ -182,7 +183,8 @@ def test_a_missing_kernel_feature_is_one_line(rack, monkeypatch):
     with pytest.raises(FeatureMissing) as e:
         lan_network(h1)
     msg = str(e.value)
-    assert "\n" not in msg and "the macvlan driver needs macvlan" in msg and "VM" in msg
+    assert "\n" not in msg and "network lan (driver macvlan) needs macvlan" in msg
+    assert "cnmlab vm" in msg and "lan" not in h1.model.networks
 
 
 @pytest.mark.needs("vlan")
