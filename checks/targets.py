@@ -195,6 +195,54 @@ class DockerAdapter:
         return out
 
 
+class DockerHosts:
+    """Several Docker hosts, one dockerd each, judged as one target (macvlan across a LAN).
+
+    Each ``DockerAdapter`` answers for its own daemon; here its sandboxes carry the host's
+    name, and the lab that holds the hosts lends its upstream and its underlay routers.
+    """
+
+    def __init__(self, adapters: dict[str, DockerAdapter], upstream: SandboxRef | None = None,
+                 underlays: dict[str, SandboxRef] | None = None,
+                 profile: frozenset[str] | None = None) -> None:
+        self.adapters = adapters
+        self.name = "docker on " + ", ".join(adapters)
+        self._upstream = upstream
+        self._underlays = dict(underlays or {})
+        self.profile: frozenset[str] = frozenset(profile or ())
+
+    def sandboxes(self) -> dict[str, SandboxRef]:
+        out: dict[str, SandboxRef] = {}
+        for host, a in self.adapters.items():
+            for name, ref in a.sandboxes().items():
+                out[name] = SandboxRef(name, ref.ns, ref.addresses, host)
+        return out
+
+    def hosts(self) -> dict[str, HostRef]:
+        out = {}
+        for host, a in self.adapters.items():
+            ref = a.hosts()[DockerAdapter.HOST]
+            out[host] = HostRef(host, ref.ns, ref.public_ip)
+        return out
+
+    def upstream(self) -> SandboxRef | None:
+        return self._upstream
+
+    def underlays(self) -> dict[str, SandboxRef]:
+        return dict(self._underlays)
+
+    def published(self) -> list[Published]:
+        return [(c, host, hp, cp, proto) for host, a in self.adapters.items()
+                for c, _h, hp, cp, proto in a.published()]
+
+    def networks(self) -> dict[str, dict[str, Any]]:
+        out: dict[str, dict[str, Any]] = {}
+        for host, a in self.adapters.items():
+            for name, info in a.networks().items():
+                out.setdefault(name, {**info, "host": host})
+        return out
+
+
 # ---------------------------------------------------------------------------------------------
 # the registry
 
