@@ -109,6 +109,8 @@ def label_of(spec: dict[str, Any]) -> str:
     if kind == "dns-absent":
         return f"dns-absent {p.get('name')} from {p.get('from')}"
     if kind == "default-route":
+        if p.get("via") is None and p.get("dev"):
+            return f"default-route {p.get('sandbox')} dev {p['dev']}"
         return f"default-route {p.get('sandbox')} via {p.get('via') or 'none'}"
     if kind == "mtu":
         return f"mtu {p.get('sandbox', p.get('ns'))} {p.get('interface', 'eth0')} = {p.get('mtu')}"

@@ -59,7 +59,7 @@ PARAMS: dict[str, dict[str, list[str]]] = {
     "dns-absent": {"required": ["from", "name"], "optional": ["server", "timeout"]},
     "mtu": {"required": ["mtu"], "optional": ["sandbox", "ns", "interface"]},
     "mac": {"required": ["sandbox", "mac"], "optional": ["interface"]},
-    "default-route": {"required": ["sandbox", "via"], "optional": []},
+    "default-route": {"required": ["sandbox", "via"], "optional": ["dev"]},
     "link": {"required": ["ns", "name"],
              "optional": ["kind", "master", "up", "address", "mtu"]},
     "iptables-rule": {"required": ["host", "rule"], "optional": ["table", "present"]},
@@ -854,8 +854,16 @@ def default_route(target: Target, params: dict[str, Any]) -> CheckResult:
     with _netlink(e.ref) as nl:
         routes = [r for r in nl.routes() if r.dst == "default"]
     label = f"default-route {e.label} via {via or 'none'}"
-    obs = ", ".join(f"default via {r.gateway or '-'} dev {r.dev}" for r in routes) \
-        or "no default route"
+    obs = ", ".join(f"default via {r.gateway} dev {r.dev}" if r.gateway
+                    else f"default dev {r.dev}" for r in routes) or "no default route"
+    if via is None and p.get("dev"):  # a device route, no gateway (ipvlan l3)
+        dev = p["dev"]
+        label = f"default-route {e.label} dev {dev}"
+        ok = len(routes) == 1 and routes[0].gateway is None and routes[0].dev == dev
+        return CheckResult(label, "default-route", ok, f"default dev {dev} (no gateway)", obs,
+                           "" if ok else f"look at ip route in {e.label}: ipvlan l3 routes "
+                                         f"everything out of {dev} with no gateway (ip route "
+                                         f"add default dev {dev})")
     if via is None:
         ok = not routes
         return CheckResult(label, "default-route", ok, "no default route", obs,
