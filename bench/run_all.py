@@ -21,12 +21,15 @@ FULL = [
     ("userland proxy: 100 published ports in one process", ["bench_proxy.py", "--ports", "100"]),
     ("grading a class (issue 9: 30 submissions < 60 s)", ["bench_grade.py", "--learners", "30",
                                                           "--broken", "10"]),
+    ("macvlan build/teardown and per-driver throughput (issue: macvlan)",
+     ["bench_macvlan.py", "--sizes", "100,1000", "--iperf"]),
 ]
 QUICK = [
     ("engine build/teardown", ["bench_build.py", "--sizes", "10,50", "--no-mininet"]),
     ("reachability truth tables", ["bench_truth.py", "--sizes", "10,20", "--no-mininet"]),
     ("userland proxy", ["bench_proxy.py", "--ports", "100"]),
     ("grading a class", ["bench_grade.py", "--learners", "4", "--broken", "1"]),
+    ("macvlan build/teardown", ["bench_macvlan.py", "--sizes", "20"]),
 ]
 
 

@@ -351,6 +351,9 @@ def _reach_hint(target: Target, src: End, dst: End, ip: str, network: str | None
     shared = [network] if network and network in _shared(src, dst) else _shared(src, dst)
     host = _host_label(target, src if src.sandbox and not src.is_upstream else dst)
     if want:
+        stacked = _stacked_hint(src, dst, shared, nets)
+        if stacked:
+            return stacked
         if res.reason == "refused":
             return (f"{ip} answered with a refusal on {what}: look at whether something listens "
                     f"there in {dst.label}, and for REJECT rules on {host}")
@@ -393,6 +396,27 @@ def _reach_hint(target: Target, src: End, dst: End, ip: str, network: str | None
         return (f"{src.label} got out: look at whether its network should be internal (no "
                 f"default route, no MASQUERADE) and at the FORWARD chain on {host}")
     return f"look at the FORWARD chain and the nat DOCKER chain on {host}"
+
+
+def _stacked_hint(src: End, dst: End, shared: list[str],
+                  nets: dict[str, dict[str, Any]]) -> str:
+    """Hints for networks stacked on a parent link (macvlan, ipvlan), where no bridge or
+    FORWARD chain is involved: modes, the host's blind spot, the LAN's own routing."""
+    if src.host is not None and dst.sandbox is not None:
+        on = [n for n in dst.sandbox.addresses if (nets.get(n) or {}).get("parent")]
+        if on:
+            info = nets[on[0]]
+            return (f"a host never reaches its own children on {on[0]} through their parent "
+                    f"{info['parent']}: give it a shim (ip link add shim link "
+                    f"{info['parent']} type macvlan mode bridge, an address, a route)")
+    for n in shared:
+        info = nets.get(n) or {}
+        if info.get("parent"):
+            return (f"both are on {n}, stacked on {info['parent']} in mode "
+                    f"{info.get('mode') or '?'}: private never lets children of one parent "
+                    f"talk, vepa needs the switch to send frames back (hairpin); look at "
+                    f"ip -d link show eth0 in both and at the parent's link")
+    return ""
 
 
 def _reach(target: Target, params: dict[str, Any], want: bool, kind: str) -> CheckResult:

@@ -111,7 +111,9 @@ class EngineTarget:
                     "host": h.name, "device": n.device, "subnet": n.subnet,
                     "gateway": (n.gateway or "").split("/")[0] or None,
                     "icc": n.option_bool(OPT_ICC, True),
-                    "internal": n.internal, "driver": n.driver})
+                    "internal": n.internal, "driver": n.driver,
+                    # a network stacked on a parent link (macvlan, ipvlan): for hints
+                    "parent": n.driver_data.get("parent"), "mode": n.driver_data.get("mode")})
         return out
 
 

@@ -80,6 +80,7 @@ class Step:
     hints: list[str] = field(default_factory=list)
     concept: str = ""
     index: int = 0
+    needs: list[str] = field(default_factory=list)  # kernel features beyond the lab's own
 
 
 @dataclass
@@ -398,7 +399,8 @@ def parse_lab(src: Source, folder: str) -> LabDef:
         steps.append(Step(id=s["id"], title=s["title"], text=text, task=s["task"],
                           checks=list(s["checks"]), solution=solution, setup=setup,
                           cleanup=cleanup, hints=list(s.get("hints") or []),
-                          concept=s.get("concept", ""), index=i))
+                          concept=s.get("concept", ""), index=i,
+                          needs=list(s.get("needs") or [])))
     return LabDef(id=lab_id, title=data["title"], summary=data.get("summary", ""),
                   needs=list(data.get("needs") or []), topology=topo, steps=steps,
                   setup=lab_setup, path=folder, default_name=default_name)
@@ -654,7 +656,16 @@ class LabRun:
         self.lab._save()
 
     def _enter(self, step: Step) -> None:
-        """Run a step's setup once, when the step is first checked or solved."""
+        """Run a step's setup once, when the step is first checked or solved.
+
+        A step that needs a kernel feature this machine lacks (an 802.1Q trunk) says so in one
+        line, pointing to the full-kernel VM, instead of failing half-way through.
+        """
+        if step.needs:
+            from cnmlab import features
+
+            features.require(step.needs, f"step {step.index + 1} ({step.id}) of lab "
+                                         f"{self.labdef.id}")
         self._attach()
         info = self._run_info()
         if step.id in info["setup_done"]:

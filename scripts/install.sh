@@ -16,6 +16,7 @@ APT_PACKAGES=(
   iproute2 iptables nftables util-linux      # ip, iptables-restore, nft, nsenter
   iputils-ping netcat-openbsd tcpdump        # what a learner types inside sandboxes
   bridge-utils dnsutils procps tmux          # bridge/dig for labs; tmux for the TUI e2e test
+  iperf3                                     # per-driver throughput (lab 06, bench_macvlan)
 )
 if [ "$want_tests" = 1 ]; then
   APT_PACKAGES+=(docker.io busybox-static mininet)  # conformance against real Docker; benchmarks

@@ -123,6 +123,8 @@ def test_private_mode_is_caught_as_siblings_cut_off():
                                        "truth-table"}, _text(results)
     matrix = _by_id(p, results)["truth-table"]
     assert set(matrix.table.wrong) == {("m1", "m2"), ("m2", "m1")}
+    hint = _by_id(p, results)["same-host-reach"].reason
+    assert "stacked on eth0 in mode private" in hint and "FORWARD" not in hint
 
 
 def test_one_mac_for_two_addresses_is_caught():

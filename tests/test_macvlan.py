@@ -83,6 +83,8 @@ def test_the_host_cannot_reach_its_children_until_a_shim(rack):
     m1 = h1.run("m1", "lan")
     assert not reaches(h1.netns, m1.ip())
     assert not reaches(m1.netns, h1.public_ip)
+    r = run_check(EngineTarget(lab), {"reachable": {"from": "host:h1", "to": "m1"}})
+    assert not r.ok and "give it a shim" in r.reason
     # the usual fix: a macvlan of the host's own on the same parent, routed to the children
     for cmd in (["ip", "link", "add", "shim", "link", "eth0", "type", "macvlan", "mode", "bridge"],
                 ["ip", "addr", "add", "192.168.50.254/32", "dev", "shim"],
@@ -174,6 +176,16 @@ def test_errors_in_dockers_words_and_nothing_left(rack):
         names = {l.name for l in nl.links()}
     assert not [n for n in names if "." in n or n.startswith("dm-")]
     assert set(h1.model.networks) == before | {"lan"}
+    # a parent that disappears after network create: Docker's words at run time
+    with Netlink(h1.netns) as nl:
+        nl.add_veth("par0", "par1")
+    h1.network_create("gone", "macvlan", subnet="10.84.0.0/24", options={"parent": "par0"})
+    with Netlink(h1.netns) as nl:
+        nl.delete_link("par0")
+    with pytest.raises(InvalidInput, match="the requested parent interface par0 was not found "
+                                           "on the Docker host h1"):
+        h1.run("x1", "gone")
+    assert "x1" not in h1.model.sandboxes and not h1.model.networks["gone"].endpoints
 
 
 def test_a_missing_kernel_feature_is_one_line(rack, monkeypatch):

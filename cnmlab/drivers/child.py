@@ -61,14 +61,17 @@ class ChildDriver:
 
     # ---- endpoints ---------------------------------------------------------------------
     def create_endpoint(self, ctx: HostContext, net: Network, ep: Endpoint) -> None:
-        link = parent.require_parent(ctx, net)
+        link = net.driver_data.get(parent.KEY_PARENT) or ""
         name = veth_name()
         sandbox_ns = ctx.joining.netns if ctx.joining else None
         fd = netns.open_fd(sandbox_ns) if sandbox_ns else None
         try:
             self._add_child(ctx, net, ep, name, link, fd)
-        except FeatureMissing:
+        except (FeatureMissing, InvalidInput):
             raise
+        except ObjectNotFound:  # the parent went away (no extra lookup on the happy path)
+            raise InvalidInput(f"the requested parent interface {link} was not found on the "
+                               f"Docker host {ctx.host.name}") from None
         except CnmError as e:
             raise CnmError(f"failed to create the {self.name} port: {parent._errno_text(e)}"
                            f" (parent {link} on host {ctx.host.name})") from None

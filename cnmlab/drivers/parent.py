@@ -108,15 +108,6 @@ def teardown(ctx: HostContext, net: Network) -> None:
         ctx.nl.delete_link(parent)
 
 
-def require_parent(ctx: HostContext, net: Network) -> str:
-    """The parent at endpoint time; Docker's error if someone deleted it meanwhile."""
-    parent = net.driver_data.get(KEY_PARENT) or ""
-    if not parent or not ctx.nl.has_link(parent):
-        raise InvalidInput(f"the requested parent interface {parent} was not found on the "
-                           f"Docker host {ctx.host.name}")
-    return parent
-
-
 def _errno_text(e: CnmError) -> str:
     """The kernel's words at the end of a netlink error ("...: Operation not supported")."""
     text = str(e)
