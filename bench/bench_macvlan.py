@@ -122,17 +122,20 @@ def _iperf(server_ns: str, client_ns: str, ip: str, seconds: int) -> float:
     srv = subprocess.Popen(["ip", "netns", "exec", server_ns, "iperf3", "-s", "-1", "-B", ip],
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        out = ""
-        for _ in range(50):  # the server needs a moment to listen
+        deadline = time.monotonic() + 30  # the server needs a moment to listen (busy machine)
+        while True:
             cp = subprocess.run(["ip", "netns", "exec", client_ns, "iperf3", "-c", ip, "-t",
                                  str(seconds), "-J"], capture_output=True, text=True,
                                 timeout=seconds + 30)
-            out = cp.stdout
-            if cp.returncode == 0:
-                break
-            time.sleep(0.1)
-        data = json.loads(out)
-        return data["end"]["sum_received"]["bits_per_second"] / 1e9
+            try:
+                data = json.loads(cp.stdout)
+            except ValueError:
+                data = {"error": cp.stderr.strip() or "no output"}
+            if cp.returncode == 0 and "sum_received" in data.get("end", {}):
+                return data["end"]["sum_received"]["bits_per_second"] / 1e9
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"iperf3 to {ip}: {data.get('error', 'no result')}")
+            time.sleep(0.2)
     finally:
         srv.kill()
         srv.wait()
