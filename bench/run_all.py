@@ -23,6 +23,8 @@ FULL = [
                                                           "--broken", "10"]),
     ("full-kernel VM: boot, guest/host slowdown, CI share", ["bench_vm.py", "--ci-share"]),
     ("terminal echo while watch mode checks (issue 17)", ["bench_terminal_echo.py"]),
+    ("macvlan build/teardown and per-driver throughput (issue: macvlan)",
+     ["bench_macvlan.py", "--sizes", "100,1000", "--iperf"]),
 ]
 QUICK = [
     ("engine build/teardown", ["bench_build.py", "--sizes", "10,50", "--no-mininet"]),
@@ -30,6 +32,7 @@ QUICK = [
     ("userland proxy", ["bench_proxy.py", "--ports", "100"]),
     ("grading a class", ["bench_grade.py", "--learners", "4", "--broken", "1"]),
     ("full-kernel VM boot", ["bench_vm.py", "--runs", "2", "--file", "tests/test_ipam.py"]),
+    ("macvlan build/teardown", ["bench_macvlan.py", "--sizes", "20"]),
 ]
 
 

@@ -164,6 +164,8 @@ def conform_docker(profile: Any, quiet: bool = False) -> tuple[str, list[Any], d
     if missing:
         raise FeatureMissing(f"cannot run real Docker: missing {', '.join(missing)} "
                              "(apt-get install docker.io busybox-static)")
+    if profile.hosts or profile.underlay is not None:
+        return conform_docker_hosts(profile, quiet)
     t0 = time.monotonic()
     name = _conform_name()
     lab = Lab(name)
@@ -188,6 +190,46 @@ def conform_docker(profile: Any, quiet: bool = False) -> tuple[str, list[Any], d
             lab.down()
     return (f"docker {version or '?'} (dockerd in {host.netns})", results,
             {"daemon": t1 - t0, "build": t2 - t1, "checks": t3 - t2,
+             "total": time.monotonic() - t0})
+
+
+def conform_docker_hosts(profile: Any, quiet: bool = False) -> tuple[str, list[Any],
+                                                                     dict[str, float]]:
+    """A multi-host profile with real Docker: the profile's hosts (and underlay) in a fresh
+    lab, one dockerd in each, the topology built through each daemon, the checks."""
+    from cnmlab.checks import conformance, dockerd
+    from cnmlab.checks.dockerd import DockerDaemon
+    from cnmlab.lab import Lab
+
+    t0 = time.monotonic()
+    name = _conform_name()
+    lab = Lab(name)
+    daemons: dict[str, Any] = {}
+    try:
+        hosts = conformance.build_hosts(lab, profile, "docker", default_bridge=False,
+                                        firewall="manual")
+        for h in hosts:
+            d = DockerDaemon(f"{name}-{h.name}", h.netns,
+                             os.path.join(dockerd.DAEMONS_DIR, f"{name}-{h.name}"),
+                             cache_dir=dockerd.IMAGE_CACHE, quiet=quiet)
+            daemons[h.name] = d
+            d.start()
+        t1 = time.monotonic()
+        target = conformance.build_docker_hosts(daemons, profile, lab)
+        t2 = time.monotonic()
+        first = next(iter(daemons.values()))
+        version = first.docker("version", "--format", "{{.Server.Version}}",
+                               check=False).stdout.strip()
+        results = conformance.run_profile(target, profile)
+        t3 = time.monotonic()
+    finally:
+        try:
+            for d in daemons.values():
+                d.stop()
+        finally:
+            lab.down()
+    return (f"docker {version or '?'} ({len(daemons)} daemons: {', '.join(daemons)})", results,
+            {"daemons": t1 - t0, "build": t2 - t1, "checks": t3 - t2,
              "total": time.monotonic() - t0})
 
 

@@ -1,6 +1,7 @@
 """Conformance profiles: a canonical topology described once, and the checks it must pass.
 
-A profile (``checks/profiles/NAME.yaml``) names networks and containers, and lists check specs
+A profile (``checks/profiles/NAME.yaml``) names networks and containers (optionally on several
+hosts sharing an underlay LAN, for macvlan, ipvlan and overlays), and lists check specs
 (the same ``{kind: {params}}`` data as labs and manifests) with an ``id``, an optional
 ``label``, ``why`` and ``optional: true``. The same profile is built by cnmlab's engine
 (``build_engine``) or by real Docker (``build_docker``) and judged by ``run_profile``, so the
@@ -22,6 +23,7 @@ from cnmlab.checks.api import CheckResult, SandboxRef, Target, parse_spec, run_c
 from cnmlab.errors import CnmError, InvalidInput, ObjectNotFound
 
 PREDEFINED = ("bridge",)  # networks every Docker host has; a profile does not create them
+NETWORK_FIELDS = ("driver", "gateway", "hosts", "internal", "ip_range", "options", "subnet")
 
 
 @dataclass
@@ -42,17 +44,41 @@ class Container:
     name: str
     network: str
     publish: list[str] = field(default_factory=list)
+    host: str | None = None  # None: the profile's first host
+    ip: str | None = None
+
+
+@dataclass
+class UnderlaySpec:
+    """The LAN a multi-host profile's hosts share (a switch and a router at .1)."""
+
+    name: str
+    subnet: str
+    routes: list[tuple[str, str]] = field(default_factory=list)  # (subnet, via: host or IP)
 
 
 @dataclass
 class Profile:
     name: str
     description: str
-    networks: dict[str, dict[str, Any]]  # name -> {"internal": bool, "subnet": ..., ...}
+    # name -> {"internal", "subnet", "options", "driver", "gateway", "ip_range", "hosts"}
+    networks: dict[str, dict[str, Any]]
     containers: dict[str, Container]
     checks: list[ProfileCheck]
     needs: list[str] = field(default_factory=list)
     path: str = ""
+    hosts: list[str] = field(default_factory=list)  # empty: one host (named by the builder)
+    underlay: UnderlaySpec | None = None
+
+    def network_hosts(self, network: str, first: str) -> list[str]:
+        """The hosts a network is created on: its ``hosts:``, else the first host."""
+        return list(self.networks.get(network, {}).get("hosts") or [first])
+
+    def ip_range(self, network: str, host: str) -> str | None:
+        """A network's ip_range on one host: one string for all, or a mapping per host (each
+        host's IPAM is its own, as Docker's local scope is: ranges keep them apart)."""
+        rng = self.networks.get(network, {}).get("ip_range")
+        return rng.get(host) if isinstance(rng, dict) else rng
 
 
 # ---------------------------------------------------------------------------------------------
@@ -83,6 +109,8 @@ def label_of(spec: dict[str, Any]) -> str:
     if kind == "dns-absent":
         return f"dns-absent {p.get('name')} from {p.get('from')}"
     if kind == "default-route":
+        if p.get("via") is None and p.get("dev"):
+            return f"default-route {p.get('sandbox')} dev {p['dev']}"
         return f"default-route {p.get('sandbox')} via {p.get('via') or 'none'}"
     if kind == "mtu":
         return f"mtu {p.get('sandbox', p.get('ns'))} {p.get('interface', 'eth0')} = {p.get('mtu')}"
@@ -100,6 +128,12 @@ def label_of(spec: dict[str, Any]) -> str:
         return f"vxlan-on-wire {p.get('ns')} {p.get('interface')} vni {p.get('vni')}"
     if kind == "lb-spread":
         return f"lb-spread {p.get('from')} -> {p.get('vip')}:{p.get('port')}"
+    if kind == "arp-macs":
+        return (f"arp-macs from {p.get('from')}: {', '.join(map(str, p.get('of') or []))} "
+                f"{p.get('expect')}")
+    if kind == "arp-reply":
+        return (f"arp-reply {p.get('from')} who-has {p.get('ip')}"
+                + (f" is-at {p['mac']}" if p.get("mac") else ""))
     if kind == "python":
         return f"python {p.get('call')}"
     rest = " ".join(f"{k}={v}" for k, v in sorted(p.items()))
@@ -156,17 +190,34 @@ def load(name_or_path: str) -> Profile:
     topo = data.get("topology") or {}
     if not isinstance(topo, dict):
         raise src.error(("topology",), "must be a mapping with networks: and containers:")
+    for k in topo:
+        if k not in ("networks", "containers", "hosts", "underlay"):
+            raise src.error(("topology", k), "unknown field; known: containers, hosts, "
+                                             "networks, underlay")
+    hosts = [str(h) for h in topo.get("hosts") or []]
+    underlay = None
+    if topo.get("underlay") is not None:
+        u = topo["underlay"]
+        if not isinstance(u, dict) or "subnet" not in u:
+            raise src.error(("topology", "underlay"), "must be a mapping with subnet: (and "
+                                                      "optionally routes:)")
+        routes = [(str(r["subnet"]), str(r["via"])) for r in u.get("routes") or []]
+        underlay = UnderlaySpec(str(u.get("name", "lan")), str(u["subnet"]), routes)
     networks: dict[str, dict[str, Any]] = {}
     for nname, spec in (topo.get("networks") or {}).items():
         spec = spec or {}
         if not isinstance(spec, dict):
             raise src.error(("topology", "networks", nname), "must be a mapping")
         for k in spec:
-            if k not in ("internal", "subnet", "options"):
+            if k not in NETWORK_FIELDS:
                 raise src.error(("topology", "networks", nname, k),
-                                "unknown field; known: internal, options, subnet")
+                                f"unknown field; known: {', '.join(NETWORK_FIELDS)}")
         if nname in PREDEFINED:
             raise src.error(("topology", "networks", nname), f"{nname} is predefined")
+        for h in spec.get("hosts") or []:
+            if h not in hosts:
+                raise src.error(("topology", "networks", nname, "hosts"),
+                                f"no host {h!r} in topology.hosts")
         networks[str(nname)] = dict(spec)
     containers: dict[str, Container] = {}
     for cname, spec in (topo.get("containers") or {}).items():
@@ -176,12 +227,21 @@ def load(name_or_path: str) -> Profile:
         net = spec["network"]
         if net not in networks and net not in PREDEFINED:
             raise src.error(where + ("network",), f"no network {net!r} in topology.networks")
+        for k in spec:
+            if k not in ("network", "publish", "host", "ip"):
+                raise src.error(where + (k,), "unknown field; known: host, ip, network, "
+                                              "publish")
+        host = spec.get("host")
+        if host is not None and host not in hosts:
+            raise src.error(where + ("host",), f"no host {host!r} in topology.hosts")
         if len(str(cname)) < 2:
             raise src.error(where, "Docker 20.10 refuses container names of one character")
         pub = spec.get("publish") or []
         if not isinstance(pub, list):
             raise src.error(where + ("publish",), "must be a list of HOST:CONTAINER[/proto]")
-        containers[str(cname)] = Container(str(cname), str(net), [str(p) for p in pub])
+        containers[str(cname)] = Container(str(cname), str(net), [str(p) for p in pub],
+                                           str(host) if host is not None else None,
+                                           str(spec["ip"]) if spec.get("ip") else None)
     checks: list[ProfileCheck] = []
     raw = data.get("checks") or []
     if not isinstance(raw, list):
@@ -215,7 +275,7 @@ def load(name_or_path: str) -> Profile:
     return Profile(name=str(data.get("name") or os.path.basename(path)[:-5]),
                    description=str(data.get("description") or ""), networks=networks,
                    containers=containers, checks=checks, needs=list(data.get("needs") or []),
-                   path=path)
+                   path=path, hosts=hosts, underlay=underlay)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -300,26 +360,55 @@ def _settle_dns(target: Target, profile: Profile, timeout: float = 5.0) -> None:
         time.sleep(0.2)
 
 
+def build_hosts(lab: Any, profile: Profile, host: str = "host", **host_kw: Any) -> list[Any]:
+    """The profile's hosts in ``lab``: its underlay first, if any, and the hosts on it.
+
+    A one-host profile gets one host named ``host``; ``host_kw`` goes to ``add_host`` (the
+    Docker target asks for empty manual hosts that its daemons then run in).
+    """
+    names = profile.hosts or [host]
+    if profile.underlay is not None:
+        lab.add_underlay(profile.underlay.name, profile.underlay.subnet)
+        out = [lab.add_host(n, underlay=profile.underlay.name, **host_kw) for n in names]
+        for subnet, via in profile.underlay.routes:
+            lab.underlay(profile.underlay.name).add_route(subnet, via)
+        return out
+    return [lab.add_host(n, **host_kw) for n in names]
+
+
+def _network_kwargs(profile: Profile, name: str, host: str) -> dict[str, Any]:
+    spec = profile.networks[name]
+    return {"driver": spec.get("driver", "bridge"), "subnet": spec.get("subnet"),
+            "gateway": spec.get("gateway"), "ip_range": profile.ip_range(name, host),
+            "internal": bool(spec.get("internal")),
+            "options": {str(k): str(v) for k, v in (spec.get("options") or {}).items()} or None}
+
+
 def build_engine(lab: Any, profile: Profile | str = "bridge", host: str = "host",
-                 driver: str = "bridge", before: Any = None) -> Target:
+                 driver: str | None = None, before: Any = None) -> Target:
     """Build the profile's topology in ``lab`` (a ``cnmlab.lab.Lab``) with cnmlab's engine.
 
-    ``driver`` makes the profile's networks with another driver (a plugin's name);
-    ``before(host)`` runs once the host exists (to start that plugin inside it).
+    ``driver`` makes the profile's networks with another driver (a plugin's name) instead of
+    the ones the profile names; ``before(host)`` runs once each host exists (to start that
+    plugin inside it).
     """
     from cnmlab.checks.targets import EngineTarget
 
     if isinstance(profile, str):
         profile = load(profile)
-    h = lab.add_host(host)
+    hosts = {h.name: h for h in build_hosts(lab, profile, host)}
     if before is not None:
-        before(h)
+        for h in hosts.values():
+            before(h)
+    first = next(iter(hosts))
     with lab.batch():
-        for name, spec in profile.networks.items():
-            h.network_create(name, driver, subnet=spec.get("subnet"),
-                             internal=bool(spec.get("internal")), options=spec.get("options"))
+        for name in profile.networks:
+            for hname in profile.network_hosts(name, first):
+                kw = _network_kwargs(profile, name, hname)
+                drv = kw.pop("driver")
+                hosts[hname].network_create(name, driver or drv, **kw)
         for c in profile.containers.values():
-            h.run(c.name, c.network, publish=c.publish)
+            hosts[c.host or first].run(c.name, c.network, publish=c.publish, ip=c.ip)
     target = EngineTarget(lab)
     _settle_dns(target, profile)
     return target
@@ -338,14 +427,41 @@ def build_docker(daemon: Any, profile: Profile | str = "bridge",
 
     if isinstance(profile, str):
         profile = load(profile)
-    for name, spec in profile.networks.items():
-        opts = {str(k): str(v) for k, v in (spec.get("options") or {}).items()}
-        daemon.network_create(name, subnet=spec.get("subnet"),
-                              internal=bool(spec.get("internal")), options=opts or None)
-    for c in profile.containers.values():
-        daemon.run(c.name, None if c.network == "bridge" else c.network, publish=c.publish)
+    _docker_topology({"": daemon}, profile)
     target = DockerAdapter(DockerTarget(daemon), public_ip=public_ip,
                            upstream=upstream_ref(upstream))
+    _settle_dns(target, profile)
+    return target
+
+
+def _docker_topology(daemons: dict[str, Any], profile: Profile) -> None:
+    """``docker network create`` and ``docker run`` on each daemon, per the profile."""
+    first = next(iter(daemons))
+    for name in profile.networks:
+        for hname in profile.network_hosts(name, first) if profile.hosts else [first]:
+            kw = _network_kwargs(profile, name, hname)
+            daemons[hname].network_create(name, subnet=kw["subnet"], internal=kw["internal"],
+                                          options=kw["options"], driver=kw["driver"],
+                                          gateway=kw["gateway"], ip_range=kw["ip_range"])
+    for c in profile.containers.values():
+        extra = ["--ip", c.ip] if c.ip else []
+        daemons[c.host or first].run(c.name, None if c.network == "bridge" else c.network,
+                                     publish=c.publish, extra=extra)
+
+
+def build_docker_hosts(daemons: dict[str, Any], profile: Profile | str, lab: Any) -> Target:
+    """A multi-host profile with real Docker: one daemon per profile host (``daemons``: host
+    name -> ``DockerDaemon`` running in that host of ``lab``), judged as one target."""
+    from cnmlab.checks.docker_target import DockerTarget
+    from cnmlab.checks.targets import DockerAdapter, DockerHosts, EngineTarget
+
+    if isinstance(profile, str):
+        profile = load(profile)
+    _docker_topology(daemons, profile)
+    engine = EngineTarget(lab)
+    adapters = {h: DockerAdapter(DockerTarget(d), public_ip=lab.host(h).public_ip)
+                for h, d in daemons.items()}
+    target = DockerHosts(adapters, upstream=engine.upstream(), underlays=engine.underlays())
     _settle_dns(target, profile)
     return target
 

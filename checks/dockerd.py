@@ -750,13 +750,15 @@ class DockerDaemon:
 
     def network_create(self, name: str, subnet: str | None = None, internal: bool = False,
                        options: dict[str, str] | None = None, driver: str = "bridge",
-                       gateway: str | None = None) -> str:
+                       gateway: str | None = None, ip_range: str | None = None) -> str:
         """``docker network create``; returns the network id."""
         args = ["network", "create", "--driver", driver]
         if subnet:
             args += ["--subnet", subnet]
         if gateway:
             args += ["--gateway", gateway]
+        if ip_range:
+            args += ["--ip-range", ip_range]
         if internal:
             args.append("--internal")
         for k, v in (options or {}).items():

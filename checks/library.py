@@ -59,7 +59,7 @@ PARAMS: dict[str, dict[str, list[str]]] = {
     "dns-absent": {"required": ["from", "name"], "optional": ["server", "timeout"]},
     "mtu": {"required": ["mtu"], "optional": ["sandbox", "ns", "interface"]},
     "mac": {"required": ["sandbox", "mac"], "optional": ["interface"]},
-    "default-route": {"required": ["sandbox", "via"], "optional": []},
+    "default-route": {"required": ["sandbox", "via"], "optional": ["dev"]},
     "link": {"required": ["ns", "name"],
              "optional": ["kind", "master", "up", "address", "mtu", "peer"]},
     "iptables-rule": {"required": ["host", "rule"], "optional": ["table", "present", "before"]},
@@ -227,6 +227,13 @@ def _end(target: Target, spec: Any, role: str, allow_ip: bool = False) -> End:
         if up is None:
             raise CnmError(f"{role}: {target.name} has no upstream observer")
         return End("upstream", up.ns, sandbox=up)
+    if spec.startswith("underlay:"):  # the LAN's router, where the target has underlays
+        name = spec[9:]
+        lans = getattr(target, "underlays", lambda: {})()
+        if name not in lans:
+            raise CnmError(f"{role}: no underlay {name!r} in {target.name}; known: "
+                           f"{', '.join(sorted(lans)) or 'none'}")
+        return End(spec, lans[name].ns, sandbox=lans[name])
     if spec.startswith("host:"):
         name = spec[5:]
         hosts = target.hosts()
@@ -377,6 +384,9 @@ def _reach_hint(target: Target, src: End, dst: End, ip: str, network: str | None
     shared = [network] if network and network in _shared(src, dst) else _shared(src, dst)
     host = _host_label(target, src if src.sandbox and not src.is_upstream else dst)
     if want:
+        stacked = _stacked_hint(src, dst, shared, nets)
+        if stacked:
+            return stacked
         if res.reason == "refused":
             return (f"{ip} answered with a refusal on {what}: look at whether something listens "
                     f"there in {dst.label}, and for REJECT rules on {host}")
@@ -454,6 +464,27 @@ def _has_router(target: Target) -> bool:
         except CnmError:
             continue
     return False
+
+
+def _stacked_hint(src: End, dst: End, shared: list[str],
+                  nets: dict[str, dict[str, Any]]) -> str:
+    """Hints for networks stacked on a parent link (macvlan, ipvlan), where no bridge or
+    FORWARD chain is involved: modes, the host's blind spot, the LAN's own routing."""
+    if src.host is not None and dst.sandbox is not None:
+        on = [n for n in dst.sandbox.addresses if (nets.get(n) or {}).get("parent")]
+        if on:
+            info = nets[on[0]]
+            return (f"a host never reaches its own children on {on[0]} through their parent "
+                    f"{info['parent']}: give it a shim (ip link add shim link "
+                    f"{info['parent']} type macvlan mode bridge, an address, a route)")
+    for n in shared:
+        info = nets.get(n) or {}
+        if info.get("parent"):
+            return (f"both are on {n}, stacked on {info['parent']} in mode "
+                    f"{info.get('mode') or '?'}: private never lets children of one parent "
+                    f"talk, vepa needs the switch to send frames back (hairpin); look at "
+                    f"ip -d link show eth0 in both and at the parent's link")
+    return ""
 
 
 def _reach(target: Target, params: dict[str, Any], want: bool, kind: str) -> CheckResult:
@@ -925,8 +956,16 @@ def default_route(target: Target, params: dict[str, Any]) -> CheckResult:
     with _netlink(e.ref) as nl:
         routes = [r for r in nl.routes() if r.dst == "default"]
     label = f"default-route {e.label} via {via or 'none'}"
-    obs = ", ".join(f"default via {r.gateway or '-'} dev {r.dev}" for r in routes) \
-        or "no default route"
+    obs = ", ".join(f"default via {r.gateway} dev {r.dev}" if r.gateway
+                    else f"default dev {r.dev}" for r in routes) or "no default route"
+    if via is None and p.get("dev"):  # a device route, no gateway (ipvlan l3)
+        dev = p["dev"]
+        label = f"default-route {e.label} dev {dev}"
+        ok = len(routes) == 1 and routes[0].gateway is None and routes[0].dev == dev
+        return CheckResult(label, "default-route", ok, f"default dev {dev} (no gateway)", obs,
+                           "" if ok else f"look at ip route in {e.label}: ipvlan l3 routes "
+                                         f"everything out of {dev} with no gateway (ip route "
+                                         f"add default dev {dev})")
     if via is None:
         ok = not routes
         return CheckResult(label, "default-route", ok, "no default route", obs,

@@ -26,7 +26,8 @@ from cnmlab.checks.submission import SubmissionTarget
 from cnmlab.errors import CnmError
 
 __all__ = ["UPSTREAM", "UPSTREAM_NET", "UPSTREAM_WEB", "EngineTarget", "SubmissionTarget",
-           "DockerAdapter", "make_target", "uplink_address"]
+           "DockerAdapter", "DockerHosts", "make_target", "uplink_address"]
+UNDERLAY_NET = "underlay"  # the network name under which an underlay router's address is listed
 
 # (sandbox, host, host port, container port, proto): what a target says it published
 Published = tuple[str, str, int, int, str]
@@ -85,6 +86,12 @@ class EngineTarget:
             return None
         return SandboxRef(UPSTREAM, NsRef(name=ns), {UPSTREAM_NET: UPSTREAM_WEB})
 
+    def underlays(self) -> dict[str, SandboxRef]:
+        """Each underlay's router (``underlay:NAME`` in checks), at its gateway address."""
+        return {u.name: SandboxRef(f"underlay:{u.name}", NsRef(name=u.netns),
+                                   {UNDERLAY_NET: u.gateway})
+                for u in self._state().underlays.values()}
+
     def published(self) -> list[Published]:
         out = []
         for h in self._state().hosts.values():
@@ -104,7 +111,9 @@ class EngineTarget:
                     "host": h.name, "device": n.device, "subnet": n.subnet,
                     "gateway": (n.gateway or "").split("/")[0] or None,
                     "icc": n.option_bool(OPT_ICC, True),
-                    "internal": n.internal, "driver": n.driver})
+                    "internal": n.internal, "driver": n.driver,
+                    # a network stacked on a parent link (macvlan, ipvlan): for hints
+                    "parent": n.driver_data.get("parent"), "mode": n.driver_data.get("mode")})
         return out
 
 
@@ -185,6 +194,54 @@ class DockerAdapter:
                          "gateway": n.gateway, "internal": n.internal, "driver": n.driver,
                          "icc": str(n.options.get(OPT_ICC,
                                                   "true")).lower() != "false"}
+        return out
+
+
+class DockerHosts:
+    """Several Docker hosts, one dockerd each, judged as one target (macvlan across a LAN).
+
+    Each ``DockerAdapter`` answers for its own daemon; here its sandboxes carry the host's
+    name, and the lab that holds the hosts lends its upstream and its underlay routers.
+    """
+
+    def __init__(self, adapters: dict[str, DockerAdapter], upstream: SandboxRef | None = None,
+                 underlays: dict[str, SandboxRef] | None = None,
+                 profile: frozenset[str] | None = None) -> None:
+        self.adapters = adapters
+        self.name = "docker on " + ", ".join(adapters)
+        self._upstream = upstream
+        self._underlays = dict(underlays or {})
+        self.profile: frozenset[str] = frozenset(profile or ())
+
+    def sandboxes(self) -> dict[str, SandboxRef]:
+        out: dict[str, SandboxRef] = {}
+        for host, a in self.adapters.items():
+            for name, ref in a.sandboxes().items():
+                out[name] = SandboxRef(name, ref.ns, ref.addresses, host)
+        return out
+
+    def hosts(self) -> dict[str, HostRef]:
+        out = {}
+        for host, a in self.adapters.items():
+            ref = a.hosts()[DockerAdapter.HOST]
+            out[host] = HostRef(host, ref.ns, ref.public_ip)
+        return out
+
+    def upstream(self) -> SandboxRef | None:
+        return self._upstream
+
+    def underlays(self) -> dict[str, SandboxRef]:
+        return dict(self._underlays)
+
+    def published(self) -> list[Published]:
+        return [(c, host, hp, cp, proto) for host, a in self.adapters.items()
+                for c, _h, hp, cp, proto in a.published()]
+
+    def networks(self) -> dict[str, dict[str, Any]]:
+        out: dict[str, dict[str, Any]] = {}
+        for host, a in self.adapters.items():
+            for name, info in a.networks().items():
+                out.setdefault(name, {**info, "host": host})
         return out
 
 

@@ -20,6 +20,11 @@ UPSTREAM_WEB = "198.51.100.10"
 UPSTREAM_DNS = "198.51.100.53"
 UPSTREAM_SERVICES = {"web": UPSTREAM_WEB, "dns": UPSTREAM_DNS}
 
+# An underlay (a LAN hosts share): its switch and router live in one namespace.
+UNDERLAY_BRIDGE = "sw0"  # the "physical switch"
+UNDERLAY_UPLINK = "up0"  # the router's link into the upstream
+UNDERLAY_HOST_BASE = 11  # hosts on an underlay get .11, .12, ... (the router is .1)
+
 # Docker's embedded resolver address inside every sandbox on a user-defined network.
 EMBEDDED_DNS = "127.0.0.11"
 

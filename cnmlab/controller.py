@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import secrets
 import shutil
 from collections.abc import Callable, Iterator
@@ -71,6 +72,18 @@ def remove_etc(ns: str) -> None:
 
 def bare_ip(cidr: str) -> str:
     return cidr.split("/")[0]
+
+
+MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
+
+
+def parse_mac(mac: str) -> str:
+    """``docker run --mac-address``: a unicast MAC, lowercase."""
+    m = mac.strip().lower()
+    if not MAC.match(m) or int(m[:2], 16) & 1:
+        raise InvalidInput(f"invalid MAC address {mac!r}: use a unicast address like "
+                           f"02:42:0a:00:00:05")
+    return m
 
 
 class Controller:
@@ -287,12 +300,13 @@ class Controller:
     def create_endpoint(self, net: Network, name: str, ip: str | None = None,
                         aliases: list[str] | None = None,
                         ports: list[PortMapping] | None = None,
-                        joining: Sandbox | None = None) -> Endpoint:
+                        joining: Sandbox | None = None, mac: str | None = None) -> Endpoint:
         drv = drivers.get(net.driver)
         if not isinstance(drv, ExternalConnectivity):
             ports = []  # Docker ignores published ports where the driver cannot publish them
         ep = Endpoint(id=new_id(), name=name, network=net.name, aliases=list(aliases or []),
-                      ports=list(ports or []), created=self.host.next_endpoint)
+                      ports=list(ports or []), created=self.host.next_endpoint,
+                      mac=parse_mac(mac) if mac else None)
         self.host.next_endpoint += 1
         with self._transaction(joining) as ctx:
             if drv.capability.needs_ipam and net.pool_id:
@@ -342,7 +356,8 @@ class Controller:
             ep.sandbox = sb.name
             sb.endpoints.append(ref)
             ctx.undo(lambda: (sb.endpoints.remove(ref), setattr(ep, "sandbox", None)))
-            if not net.internal:  # the driver's SetGateway, else the network's if it gives one
+            if not net.internal and not info.disable_gateway:
+                # the driver's SetGateway, else the network's if it gives one
                 ep.gateway = info.gateway or (net.gateway if drv.capability.gateway else None)
             if info.src_name and sb.netns:
                 self._plumb(sb, ep, info)
@@ -410,8 +425,8 @@ class Controller:
         current = [r for r in snl.routes() if r.dst == "default"]
         want = (gw_ep.gateway, gw_ep.ifname) if gw_ep else None
         have = (current[0].gateway, current[0].dev) if current else None
-        if want == have:
-            return
+        if want == have or (want is None and current and current[0].gateway is None):
+            return  # no gateway to give; a driver's device route (ipvlan l3) stays
         if current:
             snl.delete_default_route()
         if want:
@@ -472,7 +487,8 @@ class Controller:
 
     # ---- docker-like conveniences ------------------------------------------------------
     def connect(self, network: str, sandbox: str, ip: str | None = None,
-                aliases: list[str] | None = None, ports: list[PortMapping] | None = None) -> Endpoint:
+                aliases: list[str] | None = None, ports: list[PortMapping] | None = None,
+                mac: str | None = None) -> Endpoint:
         """``docker network connect``: create an endpoint and join it, as one transaction."""
         net = self.network(network)
         sb = self.sandbox(sandbox)
@@ -482,7 +498,7 @@ class Controller:
             raise InvalidInput(f"{sandbox}: a container with its own namespace cannot join the "
                                f"host network")
         with self._transaction(joining=sb):
-            ep = self.create_endpoint(net, sandbox, ip, aliases, ports, joining=sb)
+            ep = self.create_endpoint(net, sandbox, ip, aliases, ports, joining=sb, mac=mac)
             self.join(ep, sb)
         return ep
 

@@ -58,7 +58,8 @@ class JoinInfo:
     ``src_ns`` says where the driver made the interface: ``None`` is the host's namespace (the
     controller moves it into the sandbox); the sandbox's own namespace means it is in place.
     ``gateway`` overrides the network's gateway (``SetGateway``); a driver whose capability
-    has ``gateway`` and that leaves it unset gets the network's.
+    has ``gateway`` and that leaves it unset gets the network's, unless it sets
+    ``disable_gateway``. A static route with no next hop is a device route (``dev eth<N>``).
     """
 
     src_name: str | None = None
@@ -66,6 +67,9 @@ class JoinInfo:
     src_ns: str | None = None
     gateway: str | None = None
     static_routes: list[tuple[str, str | None]] = field(default_factory=list)  # (dst, next hop)
+    # libnetwork's DisableGatewayService: this endpoint gives no gateway at all, not even the
+    # network's (ipvlan l3: its static route ``default dev eth0`` is the way out)
+    disable_gateway: bool = False
 
 
 @dataclass

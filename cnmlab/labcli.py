@@ -234,6 +234,7 @@ def cmd_docker(args: argparse.Namespace) -> int:
     run_p = sub.add_parser("run")
     run_p.add_argument("--network", "--net", default="bridge")
     run_p.add_argument("--ip")
+    run_p.add_argument("--mac-address")
     run_p.add_argument("-p", "--publish", action="append", default=[])
     run_p.add_argument("--alias", "--network-alias", action="append", default=[])
     run_p.add_argument("name")
@@ -271,6 +272,8 @@ def cmd_docker(args: argparse.Namespace) -> int:
                    aliases=ns.alias)
         if ns.ip:
             act["ip"] = ns.ip
+        if ns.mac_address:
+            act["mac"] = ns.mac_address
     elif ns.what == "rm":
         act.update(engine="rm", sandbox=ns.sandbox)
     elif ns.op == "create":

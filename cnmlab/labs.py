@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any, Iterator
 
-from cnmlab import spec, state, yamlsrc
+from cnmlab import features, spec, state, yamlsrc
 from cnmlab.errors import CnmError, InvalidInput, ObjectNotFound, one_line
 from cnmlab.yamlsrc import Source
 
@@ -86,6 +86,7 @@ class Step:
     # ``diagnose:``: [{check: SPEC, say: TEXT}] run in order when a check of the step fails;
     # the first whose check fails explains the failure in this lab's own terms
     diagnose: list[dict[str, Any]] = field(default_factory=list)
+    needs: list[str] = field(default_factory=list)  # kernel features beyond the lab's own
 
 
 @dataclass
@@ -144,6 +145,8 @@ def engine_command(raw: dict[str, Any]) -> str:
         words = ["run", f"--network {raw.get('network', 'bridge')}"]
         if "ip" in raw:
             words.append(f"--ip {raw['ip']}")
+        if "mac" in raw:
+            words.append(f"--mac-address {raw['mac']}")
         words += [f"-p {p}" for p in raw.get("publish", [])]
         words += [f"--alias {a}" for a in raw.get("aliases", [])]
         words.append(raw["name"])
@@ -280,9 +283,10 @@ class _Names:
     def __init__(self, topo: spec.Topology) -> None:
         self.hosts = {h.name for h in topo.hosts}
         self.sandboxes = {sb.name for h in topo.hosts for sb in h.sandboxes}
+        self.underlays = {u.name for u in topo.underlays}
 
     def known(self) -> list[str]:
-        return sorted(self.hosts | self.sandboxes | {"upstream"})
+        return sorted(self.hosts | self.sandboxes | self.underlays | {"upstream"})
 
     def check_ns(self, src: Source, where: tuple[Any, ...], name: Any, what: str) -> None:
         name = str(name)
@@ -291,7 +295,12 @@ class _Names:
                 raise src.error(where, f"unknown host {name[5:]!r} in {what}; hosts: "
                                 f"{', '.join(sorted(self.hosts))}")
             return
-        if name not in self.hosts | self.sandboxes | {"upstream"}:
+        if name.startswith("underlay:"):
+            if name[9:] not in self.underlays:
+                raise src.error(where, f"unknown underlay {name[9:]!r} in {what}; underlays: "
+                                f"{', '.join(sorted(self.underlays)) or 'none'}")
+            return
+        if name not in self.hosts | self.sandboxes | self.underlays | {"upstream"}:
             raise src.error(where, f"unknown namespace {name!r} in {what}; known: "
                             f"{', '.join(self.known())}")
 
@@ -404,7 +413,7 @@ def parse_lab(src: Source, folder: str) -> LabDef:
                           checks=list(s["checks"]), solution=solution, setup=setup,
                           cleanup=cleanup, hints=list(s.get("hints") or []),
                           concept=s.get("concept", ""), index=i, where=step_where,
-                          diagnose=diagnose))
+                          diagnose=diagnose, needs=list(s.get("needs") or [])))
     return LabDef(id=lab_id, title=data["title"], summary=data.get("summary", ""),
                   needs=list(data.get("needs") or []), topology=topo, steps=steps,
                   setup=lab_setup, path=folder, default_name=default_name,
@@ -754,8 +763,13 @@ class LabRun:
         """Run a step's setup once, when the step is first checked or solved.
 
         Under the lab's lock: a check in the workshop app and one on the command line at the
-        same moment must not both run the setup.
+        same moment must not both run the setup. A step that needs a kernel feature this
+        machine lacks (an 802.1Q trunk) says so in one line, pointing to the full-kernel VM,
+        instead of failing half-way through.
         """
+        if step.needs:
+            features.require(step.needs, f"step {step.index + 1} ({step.id}) of lab "
+                                         f"{self.labdef.id}")
         with self._attach().locked():
             info = self._run_info()
             if step.id in info["setup_done"]:

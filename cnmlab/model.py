@@ -76,6 +76,7 @@ class Network:
     endpoints: dict[str, Endpoint] = field(default_factory=dict)
     # global scope: endpoints on other hosts this host has programmed (endpoint id -> Peer)
     peers: dict[str, dict[str, str]] = field(default_factory=dict)
+    driver_data: dict[str, Any] = field(default_factory=dict)  # the driver's own (e.g. parent)
 
     def option_bool(self, key: str, default: bool) -> bool:
         value = self.options.get(key)
@@ -107,6 +108,29 @@ class Host:
     proxies: dict[str, int] = field(default_factory=dict)  # "proto/port" -> pid of its proxy
     next_network: int = 0
     next_endpoint: int = 0
+    underlay: str | None = None  # the underlay its eth0 is plugged into (public_ip is on it)
+
+
+@dataclass
+class Underlay:
+    """A shared L2 segment for a lab's hosts: the "physical" LAN a data centre gives them.
+
+    One namespace holds the switch (a bridge) and plays the LAN's router too: the gateway
+    address on the switch, forwarding, and NAT out of an uplink into the lab's upstream. Each
+    host on it gets a NIC ``eth0`` with an address of ``subnet``. ``routes`` are what the
+    network's admin configured on the router (``[subnet, next hop]``), e.g. for an ipvlan l3
+    subnet behind a Docker host.
+    """
+
+    name: str
+    netns: str
+    subnet: str
+    gateway: str  # the router's address on the switch (the subnet's first address)
+    bridge: str = "sw0"
+    uplink_ip: str | None = None  # the router's address on the upstream, None without one
+    hosts: dict[str, str] = field(default_factory=dict)  # host name -> its address (no prefix)
+    ports: dict[str, str] = field(default_factory=dict)  # host name -> its switch port
+    routes: list[list[str]] = field(default_factory=list)  # [subnet, next hop]
 
 
 @dataclass
@@ -116,6 +140,7 @@ class LabState:
     upstream_subnet: str = UPSTREAM_SUBNET
     hosts: dict[str, Host] = field(default_factory=dict)
     namespaces: list[str] = field(default_factory=list)  # write-ahead: recorded before creation
+    underlays: dict[str, Underlay] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:

@@ -221,6 +221,41 @@ class Netlink:
         with self._call(f"create veth {name}/{peer}"):
             self._ip.link("add", **attrs)
 
+    def add_macvlan(self, name: str, parent: str, mode: str = "bridge",
+                    ns_fd: int | None = None, mac: str | None = None,
+                    mtu: int | None = None) -> None:
+        """A macvlan child of ``parent`` (a link here), born in ``ns_fd``'s namespace if given:
+        one request instead of create + move, as ``ip link add ... netns NS`` does."""
+        attrs: dict[str, Any] = {"ifname": name, "kind": "macvlan",
+                                 "link": self.index(parent), "macvlan_mode": mode}
+        self._child(attrs, ns_fd, mac, mtu)
+
+    def add_ipvlan(self, name: str, parent: str, mode: int = 0, ns_fd: int | None = None,
+                   mtu: int | None = None) -> None:
+        """An ipvlan child (mode 0 l2, 1 l3, 2 l3s); it always has its parent's MAC."""
+        attrs: dict[str, Any] = {"ifname": name, "kind": "ipvlan",
+                                 "link": self.index(parent), "ipvlan_mode": mode}
+        self._child(attrs, ns_fd, None, mtu)
+
+    def _child(self, attrs: dict[str, Any], ns_fd: int | None, mac: str | None,
+               mtu: int | None) -> None:
+        if ns_fd is not None:
+            attrs["net_ns_fd"] = ns_fd
+        if mac is not None:
+            attrs["address"] = mac
+        if mtu:
+            attrs["mtu"] = mtu
+        with self._call(f"create {attrs['kind']} link {attrs['ifname']}"):
+            self._ip.link("add", **attrs)
+
+    def add_vlan(self, name: str, parent: str, vlan_id: int) -> int:
+        """An 802.1Q sub-interface (``eth0.10``)."""
+        return self.add_link(name, "vlan", link=self.index(parent), vlan_id=vlan_id)
+
+    def link(self, name: str) -> LinkInfo | None:
+        """One link by name (kind, MAC, state...), or None."""
+        return next((l for l in self.links() if l.name == name), None)
+
     def add_link(self, name: str, kind: str, **attrs: Any) -> int:
         """Any other link kind (macvlan, vxlan, ...), for drivers that need one."""
         with self._call(f"create {kind} link {name}"):
@@ -316,6 +351,8 @@ class Netlink:
             attrs["gateway"] = gateway
         if dev:
             attrs["oif"] = self.index(dev)
+            if not gateway:
+                attrs["scope"] = 253  # a device route: on-link, as `ip route add ... dev` makes
         with self._call(f"add route {dst}"):
             self._ip.route("add", **attrs)
 

@@ -18,6 +18,7 @@ APT_PACKAGES=(
   bridge-utils dnsutils procps tmux          # bridge/dig for labs; tmux for the TUI e2e test
   ipvsadm                                    # IPVS labs (inspect a service's table)
   qemu-system-x86 busybox-static kmod        # cnmlab vm: qemu, the initramfs, modprobe/depmod
+  iperf3                                     # per-driver throughput (lab 06, bench_macvlan)
 )
 if [ "$want_tests" = 1 ]; then
   APT_PACKAGES+=(docker.io mininet)          # conformance against real Docker; benchmarks

@@ -186,7 +186,7 @@ def test_the_scan_catches_a_driver_name_comparison(tmp_path):
 
 def test_registry_lists_known_drivers_on_an_unknown_name():
     with pytest.raises(InvalidInput, match="unknown network driver 'bridgy': known drivers are "
-                                           "bridge, host, null"):
+                                           "bridge, host, ipvlan, macvlan, null"):
         drivers.get("bridgy")
 
 
@@ -196,3 +196,8 @@ def test_capabilities_of_the_builtin_drivers_follow_docker():
     assert bridge.gateway and bridge.embedded_dns and bridge.firewall
     assert host.single_instance and not host.own_namespace and not host.needs_ipam
     assert null.single_instance and null.connectivity_scope is None
+    for name in ("macvlan", "ipvlan"):  # libnetwork: local data scope, global connectivity
+        cap = drivers.capability(name)
+        assert (cap.data_scope, cap.connectivity_scope) == ("local", "global")
+        assert cap.gateway and cap.embedded_dns and not cap.firewall
+        assert cap.kernel_features == (name,) and not cap.single_instance

@@ -11,12 +11,15 @@ from __future__ import annotations
 from cnmlab.driverapi import Capability, Driver
 from cnmlab.drivers.bridge import BridgeDriver
 from cnmlab.drivers.host import HostDriver
+from cnmlab.drivers.ipvlan import IpvlanDriver
+from cnmlab.drivers.macvlan import MacvlanDriver
 from cnmlab.drivers.null import NullDriver
 from cnmlab.drivers.remote import RemoteDriver
 from cnmlab.errors import InvalidInput
 from cnmlab.plugin import discovery
 
-BUILTIN: dict[str, type] = {"bridge": BridgeDriver, "host": HostDriver, "null": NullDriver}
+BUILTIN: dict[str, type] = {"bridge": BridgeDriver, "host": HostDriver, "null": NullDriver,
+                            "macvlan": MacvlanDriver, "ipvlan": IpvlanDriver}
 
 _registry: dict[str, type] = dict(BUILTIN)
 
