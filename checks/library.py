@@ -222,6 +222,13 @@ def _end(target: Target, spec: Any, role: str, allow_ip: bool = False) -> End:
         if up is None:
             raise CnmError(f"{role}: {target.name} has no upstream observer")
         return End("upstream", up.ns, sandbox=up)
+    if spec.startswith("underlay:"):  # the LAN's router, where the target has underlays
+        name = spec[9:]
+        lans = getattr(target, "underlays", lambda: {})()
+        if name not in lans:
+            raise CnmError(f"{role}: no underlay {name!r} in {target.name}; known: "
+                           f"{', '.join(sorted(lans)) or 'none'}")
+        return End(spec, lans[name].ns, sandbox=lans[name])
     if spec.startswith("host:"):
         name = spec[5:]
         hosts = target.hosts()

@@ -25,8 +25,10 @@ from cnmlab.checks.nsref import NsRef
 from cnmlab.checks.submission import SubmissionTarget
 from cnmlab.errors import CnmError
 
-__all__ = ["UPSTREAM", "UPSTREAM_NET", "UPSTREAM_WEB", "EngineTarget", "SubmissionTarget",
-           "DockerAdapter", "make_target", "uplink_address"]
+__all__ = ["UPSTREAM", "UPSTREAM_NET", "UPSTREAM_WEB", "UNDERLAY_NET", "EngineTarget",
+           "SubmissionTarget", "DockerAdapter", "make_target", "uplink_address"]
+
+UNDERLAY_NET = "underlay"       # the network name under which an underlay router is listed
 
 # (sandbox, host, host port, container port, proto): what a target says it published
 Published = tuple[str, str, int, int, str]
@@ -84,6 +86,12 @@ class EngineTarget:
         if not ns:
             return None
         return SandboxRef(UPSTREAM, NsRef(name=ns), {UPSTREAM_NET: UPSTREAM_WEB})
+
+    def underlays(self) -> dict[str, SandboxRef]:
+        """Each underlay's router (``underlay:NAME`` in checks), at its gateway address."""
+        return {u.name: SandboxRef(f"underlay:{u.name}", NsRef(name=u.netns),
+                                   {UNDERLAY_NET: u.gateway})
+                for u in self._state().underlays.values()}
 
     def published(self) -> list[Published]:
         out = []

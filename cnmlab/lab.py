@@ -7,6 +7,15 @@
         db = host.run("db", network="backend")
         print(web.ip(), lab.upstream_ip)
 
+Hosts may instead share a LAN, an **underlay**, as real Docker hosts in one rack do (macvlan,
+ipvlan and VXLAN overlays need one):
+
+    with Lab("rack") as lab:
+        lan = lab.add_underlay("lan", subnet="192.168.50.0/24")   # router .1, NAT upstream
+        h1 = lab.add_host("h1", underlay="lan")                    # eth0 192.168.50.11
+        h2 = lab.add_host("h2", underlay="lan")                    # eth0 192.168.50.12
+        lan.add_route("10.50.0.0/24", via="h1")                    # the admin's static route
+
 Every namespace is named ``cnm-<lab>-<name>`` and recorded in the lab's state file before it is
 created; everything else lives inside those namespaces. ``down()`` (or leaving the ``with``)
 removes exactly that, and so does ``cnmlab clean`` after a crash.
@@ -28,10 +37,13 @@ from cnmlab.constants import (DEFAULT_BRIDGE_OPTIONS, NS_PREFIX, OPT_BRIDGE_NAME
 from cnmlab.controller import Controller, remove_etc, setup_namespace
 from cnmlab.errors import CnmError, InvalidInput, NotRootError, ObjectExists, ObjectNotFound
 from cnmlab.ipam import DefaultIpam
-from cnmlab.model import Endpoint, Host, LabState, Network, PortMapping, Sandbox
+from cnmlab.model import Endpoint, Host, LabState, Network, PortMapping, Sandbox, Underlay
 from cnmlab.netlink import Netlink
 
 OBJ_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,38}$")
+UNDERLAY_BRIDGE = "sw0"  # the "physical switch" inside an underlay's namespace
+UNDERLAY_UPLINK = "up0"  # the router's link into the upstream
+UNDERLAY_HOST_BASE = 11  # hosts on an underlay get .11, .12, ... (the router is .1)
 PORT_SPEC = re.compile(r"^(?:(?P<ip>[0-9.]+):)?(?P<host>\d+):(?P<ctr>\d+)(?:/(?P<proto>tcp|udp))?$")
 
 
@@ -188,6 +200,93 @@ class HostHandle:
         return f"<host {self.name} {self.public_ip}>"
 
 
+class UnderlayHandle:
+    """A LAN shared by hosts: a switch (``sw0``) and the LAN's router, in one namespace.
+
+    The router holds the gateway address (``.1``) on the switch, forwards, and masquerades
+    the LAN out of ``up0`` into the lab's upstream, like the edge router of an office or a
+    rack. Hosts plugged in with ``lab.add_host(NAME, underlay=...)`` see the LAN as their
+    ``eth0``. Everything lives in the underlay's own namespace ``cnm-<lab>-<name>``.
+    """
+
+    def __init__(self, lab: "Lab", model: Underlay) -> None:
+        self.lab = lab
+        self.model = model
+
+    @property
+    def name(self) -> str:
+        return self.model.name
+
+    @property
+    def netns(self) -> str:
+        return self.model.netns
+
+    @property
+    def subnet(self) -> str:
+        return self.model.subnet
+
+    @property
+    def gateway(self) -> str:
+        """The router's address on the LAN: what macvlan/ipvlan networks use as --gateway."""
+        return self.model.gateway
+
+    @property
+    def bridge(self) -> str:
+        return self.model.bridge
+
+    def ip_of(self, host: str) -> str:
+        try:
+            return self.model.hosts[host]
+        except KeyError:
+            raise ObjectNotFound(f"host {host} is not on underlay {self.name}") from None
+
+    def hosts(self) -> dict[str, str]:
+        """host name -> its address on the LAN."""
+        return dict(self.model.hosts)
+
+    def add_route(self, subnet: str, via: str) -> None:
+        """A static route on the router (what the LAN's admin configures), e.g. an ipvlan l3
+        subnet that lives behind a Docker host. ``via``: a host on this LAN or an address."""
+        net = _parse_net(subnet, f"underlay {self.name}: route")
+        hop = self.model.hosts.get(via, via)
+        try:
+            addr = ipaddress.IPv4Address(hop)
+        except ValueError:
+            raise InvalidInput(f"underlay {self.name}: route via {via!r}: not a host on this "
+                               f"LAN ({', '.join(sorted(self.model.hosts)) or 'none'}) nor an "
+                               f"IPv4 address") from None
+        if addr not in ipaddress.IPv4Network(self.subnet):
+            raise InvalidInput(f"underlay {self.name}: route via {addr}: the next hop must be "
+                               f"on the LAN {self.subnet}")
+        with Netlink(self.netns) as nl:
+            nl.add_route(str(net), gateway=str(addr))
+        self.model.routes.append([str(net), str(addr)])
+        self.lab._save()
+
+    def delete_route(self, subnet: str) -> None:
+        net = str(_parse_net(subnet, f"underlay {self.name}: route"))
+        if not any(r[0] == net for r in self.model.routes):
+            raise ObjectNotFound(f"underlay {self.name} has no route to {net}")
+        nsexec.run(self.netns, ["ip", "route", "del", net])
+        self.model.routes = [r for r in self.model.routes if r[0] != net]
+        self.lab._save()
+
+    def exec(self, argv: Sequence[str], timeout: float = 30) -> subprocess.CompletedProcess[str]:
+        """Run a command on the LAN's router (e.g. ``ping``, ``ip neigh``, ``tcpdump``)."""
+        return subprocess.run(nsexec.shell_argv(self.netns, argv), capture_output=True,
+                              text=True, timeout=timeout)
+
+    def __repr__(self) -> str:
+        return f"<underlay {self.name} {self.subnet}>"
+
+
+def _parse_net(text: str, what: str) -> ipaddress.IPv4Network:
+    try:
+        return ipaddress.IPv4Network(str(text))
+    except ValueError as e:
+        raise InvalidInput(f"{what}: {text!r} is not a valid IPv4 subnet ({e})") from None
+
+
 class Lab:
     """A running lab. ``Lab(name)`` creates it; ``Lab.open(name)`` attaches to a running one."""
 
@@ -272,7 +371,7 @@ class Lab:
         state.save(self.state)
 
     def _check_free(self, name: str) -> None:
-        if name == UPSTREAM or name in self.state.hosts or any(
+        if name == UPSTREAM or name in self.state.hosts or name in self.state.underlays or any(
                 name in h.sandboxes for h in self.state.hosts.values()):
             raise ObjectExists(f"the name {name} is already used in lab {self.name}")
 
@@ -301,25 +400,113 @@ class Lab:
         self.state.upstream = ns
         self._save()
 
+    def add_underlay(self, name: str, subnet: str = "192.168.50.0/24") -> UnderlayHandle:
+        """A LAN for hosts (``add_host(..., underlay=name)``): a switch and its router.
+
+        The router takes the subnet's first address and, if the lab has an upstream, an
+        address there, a default route to it and a MASQUERADE rule for the LAN, so hosts and
+        anything bridged onto the LAN (macvlan/ipvlan containers) reach the "internet".
+        """
+        check_name("underlay", name)
+        self._check_free(name)
+        net = _parse_net(subnet, f"underlay {name}: subnet")
+        if net.num_addresses < 8:
+            raise InvalidInput(f"underlay {name}: subnet {net} is too small (at least /29)")
+        for other in self.state.underlays.values():
+            if ipaddress.IPv4Network(other.subnet).overlaps(net):
+                raise InvalidInput(f"underlay {name}: subnet {net} overlaps underlay "
+                                   f"{other.name} ({other.subnet})")
+        if self.state.upstream and net.overlaps(ipaddress.IPv4Network(
+                self.state.upstream_subnet)):
+            raise InvalidInput(f"underlay {name}: subnet {net} overlaps the upstream "
+                               f"{self.state.upstream_subnet}")
+        ns = self.ns_name(name)
+        model = Underlay(name=name, netns=ns, subnet=str(net),
+                         gateway=str(net.network_address + 1), bridge=UNDERLAY_BRIDGE)
+        self._record_ns(ns)
+        try:
+            setup_namespace(ns)
+            sysctl.write_many({"net.ipv4.ip_forward": 1}, ns)
+            with Netlink(ns) as nl:
+                nl.add_bridge(UNDERLAY_BRIDGE)
+                nl.add_address(UNDERLAY_BRIDGE, f"{model.gateway}/{net.prefixlen}")
+                nl.set_link(UNDERLAY_BRIDGE, up=True)
+            if self.state.upstream:
+                self._underlay_uplink(model, len(self.state.underlays))
+        except BaseException:
+            netns.delete(ns)  # the uplink's upstream end goes with its peer
+            raise
+        self.state.underlays[name] = model
+        self._save()
+        return UnderlayHandle(self, model)
+
+    def _underlay_uplink(self, model: Underlay, index: int) -> None:
+        """The router's way out: a veth into the upstream's switch, a default route, NAT."""
+        up_net = ipaddress.IPv4Network(self.state.upstream_subnet)
+        model.uplink_ip = str(up_net.broadcast_address - 1 - index)  # .254, .253, ...
+        up_end = f"u{index}-{model.name}"[:15]
+        fd = netns.open_fd(model.netns)
+        try:
+            with Netlink(self.upstream_netns) as up:
+                up.add_veth(up_end, UNDERLAY_UPLINK, peer_ns_fd=fd, master="wan0", up=True)
+        finally:
+            os.close(fd)
+        with Netlink(model.netns) as nl:
+            nl.add_address(UNDERLAY_UPLINK, f"{model.uplink_ip}/{up_net.prefixlen}")
+            nl.set_link(UNDERLAY_UPLINK, up=True)
+            nl.add_route("default", gateway=UPSTREAM_GW)
+        nsexec.run(model.netns, ["iptables", "-w", "-t", "nat", "-A", "POSTROUTING", "-s",
+                                 model.subnet, "-o", UNDERLAY_UPLINK, "-j", "MASQUERADE"])
+
+    def underlay(self, name: str | None = None) -> UnderlayHandle:
+        if name is None:
+            if len(self.state.underlays) != 1:
+                raise InvalidInput(f"lab {self.name} has {len(self.state.underlays)} "
+                                   f"underlays: name one")
+            return UnderlayHandle(self, next(iter(self.state.underlays.values())))
+        try:
+            return UnderlayHandle(self, self.state.underlays[name])
+        except KeyError:
+            raise ObjectNotFound(f"underlay {name} not found in lab {self.name}; underlays: "
+                                 f"{', '.join(sorted(self.state.underlays)) or 'none'}") from None
+
+    def underlays(self) -> list[UnderlayHandle]:
+        return [UnderlayHandle(self, u) for u in self.state.underlays.values()]
+
     def add_host(self, name: str = "host", *, default_bridge: bool = True,
-                 firewall: str = "iptables", bip: str | None = None) -> HostHandle:
-        """A Docker host on the upstream network, with ``docker0`` unless told otherwise."""
+                 firewall: str = "iptables", bip: str | None = None,
+                 underlay: str | None = None, underlay_ip: str | None = None) -> HostHandle:
+        """A Docker host, with ``docker0`` unless told otherwise.
+
+        Without ``underlay`` its ``eth0`` is plugged straight into the upstream (public
+        address 203.0.113.10, .11, ...). With ``underlay`` its ``eth0`` is a NIC on that LAN
+        (address ``underlay_ip`` or the next of .11, .12, ...), its default route goes via
+        the LAN's router, and that address is the host's public address.
+        """
         check_name("host", name)
         self._check_free(name)
         if firewall not in ("iptables", "manual"):
             raise InvalidInput(f"host {name}: firewall must be 'iptables' or 'manual'")
+        lan = self.underlay(underlay).model if underlay is not None else None
+        if underlay_ip is not None and lan is None:
+            raise InvalidInput(f"host {name}: underlay_ip needs underlay")
         ns = self.ns_name(name)
         index = len(self.state.hosts)
         public_ip = None
-        if self.state.upstream:
+        if lan is not None:
+            public_ip = self._underlay_address(lan, name, underlay_ip)
+        elif self.state.upstream:
             net = ipaddress.IPv4Network(self.state.upstream_subnet)
             public_ip = str(net.network_address + 10 + index)
         host = Host(name=name, netns=ns, public_ip=public_ip, firewall=firewall,
-                    default_bridge=default_bridge)
+                    default_bridge=default_bridge, underlay=lan.name if lan else None,
+                    underlay_ip=public_ip if lan else None)
         self._record_ns(ns)
         setup_namespace(ns)
         sysctl.write_many({"net.ipv4.ip_forward": 1}, ns)
-        if public_ip:
+        if lan is not None:
+            self._plug_into_underlay(host, lan)
+        elif public_ip:
             self._uplink(host, index)
         self.state.hosts[name] = host
         self._save()
@@ -357,6 +544,50 @@ class Lab:
         for h in targets[1:]:
             h.controller.attach_global_network(record)
         return net
+
+    @staticmethod
+    def _underlay_address(lan: Underlay, host: str, wanted: str | None) -> str:
+        net = ipaddress.IPv4Network(lan.subnet)
+        taken = {lan.gateway, *lan.hosts.values()}
+        if wanted is not None:
+            try:
+                addr = ipaddress.IPv4Address(wanted)
+            except ValueError:
+                raise InvalidInput(f"host {host}: underlay_ip {wanted!r} is not an IPv4 "
+                                   f"address") from None
+            if addr not in net or addr in (net.network_address, net.broadcast_address):
+                raise InvalidInput(f"host {host}: underlay_ip {addr} is not a host address of "
+                                   f"underlay {lan.name} ({lan.subnet})")
+            if str(addr) in taken:
+                raise ObjectExists(f"host {host}: underlay_ip {addr} is already used on "
+                                   f"underlay {lan.name}")
+            return str(addr)
+        n = UNDERLAY_HOST_BASE
+        while str(net.network_address + n) in taken:
+            n += 1
+        addr = net.network_address + n
+        if addr >= net.broadcast_address:
+            raise InvalidInput(f"underlay {lan.name} ({lan.subnet}) has no address left for "
+                               f"host {host}")
+        return str(addr)
+
+    def _plug_into_underlay(self, host: Host, lan: Underlay) -> None:
+        """A NIC for the host: ``eth0`` in the host, its other end a port of the LAN's switch."""
+        assert host.public_ip
+        prefix = ipaddress.IPv4Network(lan.subnet).prefixlen
+        port = f"p{len(lan.ports)}-{host.name}"[:15]
+        fd = netns.open_fd(host.netns)
+        try:
+            with Netlink(lan.netns) as sw:
+                sw.add_veth(port, "eth0", peer_ns_fd=fd, master=lan.bridge, up=True)
+        finally:
+            os.close(fd)
+        with Netlink(host.netns) as nl:
+            nl.add_address("eth0", f"{host.public_ip}/{prefix}")
+            nl.set_link("eth0", up=True)
+            nl.add_route("default", gateway=lan.gateway)
+        lan.hosts[host.name] = host.public_ip
+        lan.ports[host.name] = port
 
     def _uplink(self, host: Host, index: int) -> None:
         prefix = ipaddress.IPv4Network(self.state.upstream_subnet).prefixlen
@@ -397,11 +628,13 @@ class Lab:
             yield from h.sandboxes()
 
     def netns_of(self, name: str) -> str:
-        """The namespace of a host, sandbox or ``upstream`` by its lab name."""
+        """The namespace of a host, sandbox, underlay (its router) or ``upstream`` by name."""
         if name == UPSTREAM:
             return self.upstream_netns
         if name in self._hosts:
             return self._hosts[name].netns
+        if name in self.state.underlays:
+            return self.state.underlays[name].netns
         return self.sandbox(name).netns
 
     def _sandbox_added(self) -> None:

@@ -272,9 +272,10 @@ class _Names:
     def __init__(self, topo: spec.Topology) -> None:
         self.hosts = {h.name for h in topo.hosts}
         self.sandboxes = {sb.name for h in topo.hosts for sb in h.sandboxes}
+        self.underlays = {u.name for u in topo.underlays}
 
     def known(self) -> list[str]:
-        return sorted(self.hosts | self.sandboxes | {"upstream"})
+        return sorted(self.hosts | self.sandboxes | self.underlays | {"upstream"})
 
     def check_ns(self, src: Source, where: tuple[Any, ...], name: Any, what: str) -> None:
         name = str(name)
@@ -283,7 +284,12 @@ class _Names:
                 raise src.error(where, f"unknown host {name[5:]!r} in {what}; hosts: "
                                 f"{', '.join(sorted(self.hosts))}")
             return
-        if name not in self.hosts | self.sandboxes | {"upstream"}:
+        if name.startswith("underlay:"):
+            if name[9:] not in self.underlays:
+                raise src.error(where, f"unknown underlay {name[9:]!r} in {what}; underlays: "
+                                f"{', '.join(sorted(self.underlays)) or 'none'}")
+            return
+        if name not in self.hosts | self.sandboxes | self.underlays | {"upstream"}:
             raise src.error(where, f"unknown namespace {name!r} in {what}; known: "
                             f"{', '.join(self.known())}")
 

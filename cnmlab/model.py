@@ -102,6 +102,29 @@ class Host:
     proxies: dict[str, int] = field(default_factory=dict)  # "proto/port" -> pid of its proxy
     next_network: int = 0
     next_endpoint: int = 0
+    underlay: str | None = None  # the underlay its eth0 is plugged into (public_ip is on it)
+
+
+@dataclass
+class Underlay:
+    """A shared L2 segment for a lab's hosts: the "physical" LAN a data centre gives them.
+
+    One namespace holds the switch (a bridge) and plays the LAN's router too: the gateway
+    address on the switch, forwarding, and NAT out of an uplink into the lab's upstream. Each
+    host on it gets a NIC ``eth0`` with an address of ``subnet``. ``routes`` are what the
+    network's admin configured on the router (``[subnet, next hop]``), e.g. for an ipvlan l3
+    subnet behind a Docker host.
+    """
+
+    name: str
+    netns: str
+    subnet: str
+    gateway: str  # the router's address on the switch (the subnet's first address)
+    bridge: str = "sw0"
+    uplink_ip: str | None = None  # the router's address on the upstream, None without one
+    hosts: dict[str, str] = field(default_factory=dict)  # host name -> its address (no prefix)
+    ports: dict[str, str] = field(default_factory=dict)  # host name -> its switch port
+    routes: list[list[str]] = field(default_factory=list)  # [subnet, next hop]
 
 
 @dataclass
@@ -111,6 +134,7 @@ class LabState:
     upstream_subnet: str = UPSTREAM_SUBNET
     hosts: dict[str, Host] = field(default_factory=dict)
     namespaces: list[str] = field(default_factory=list)  # write-ahead: recorded before creation
+    underlays: dict[str, Underlay] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
@@ -144,4 +168,5 @@ class LabState:
             hosts[hname] = Host(**h)
         d = dict(data)
         d["hosts"] = hosts
+        d["underlays"] = {k: Underlay(**v) for k, v in data.get("underlays", {}).items()}
         return cls(**d)

@@ -1,8 +1,11 @@
 """Topology files: the YAML that ``cnmlab up FILE`` builds.
 
     name: demo
+    underlays:                     # optional: a LAN the hosts share (switch + router .1)
+      lan: {subnet: 192.168.50.0/24, routes: [{subnet: 10.50.0.0/24, via: host1}]}
     hosts:
       host1:
+        underlay: lan              # eth0 on the LAN (192.168.50.11) instead of the upstream
         networks:
           backend: {subnet: 10.10.0.0/24, icc: false}
         sandboxes:
@@ -26,7 +29,9 @@ from cnmlab.yamlsrc import Source
 NETWORK_KEYS = {"driver", "subnet", "gateway", "ip_range", "internal", "icc", "masquerade",
                 "mtu", "bridge_name", "options"}
 SANDBOX_KEYS = {"network", "networks", "publish", "ip", "aliases"}
-HOST_KEYS = {"default_bridge", "bip", "firewall", "networks", "sandboxes"}
+HOST_KEYS = {"default_bridge", "bip", "firewall", "networks", "sandboxes", "underlay",
+             "underlay_ip"}
+UNDERLAY_KEYS = {"subnet", "routes"}
 
 
 @dataclass
@@ -46,10 +51,19 @@ class HostSpec:
 
 
 @dataclass
+class UnderlaySpec:
+    name: str
+    subnet: str
+    routes: list[tuple[str, str]]  # (subnet, via: a host name or an address)
+    where: tuple[Any, ...]
+
+
+@dataclass
 class Topology:
     name: str
     hosts: list[HostSpec]
     source: Source
+    underlays: list[UnderlaySpec] = field(default_factory=list)
 
 
 def _mapping(src: Source, value: Any, where: tuple[Any, ...], allowed: set[str] | None) -> dict:
@@ -91,14 +105,51 @@ def _check_net(src: Source, name: str, spec: dict[str, Any], where: tuple[Any, .
             raise src.error(where + (key,), "expected true or false")
 
 
+def _parse_underlays(src: Source, raw: Any, host_names: set[str]) -> list[UnderlaySpec]:
+    out = []
+    for uname, uval in _mapping(src, raw, ("underlays",), None).items():
+        where = ("underlays", uname)
+        try:
+            check_name("underlay", str(uname))
+        except CnmError as e:
+            raise src.error(where, str(e)) from None
+        if uname in host_names:
+            raise src.error(where, f"the name {uname} is used twice in this lab")
+        uraw = _mapping(src, uval, where, UNDERLAY_KEYS)
+        subnet = str(uraw.get("subnet", "192.168.50.0/24"))
+        try:
+            ipaddress.IPv4Network(subnet)
+        except ValueError as e:
+            raise src.error(where + ("subnet",), f"{subnet!r} is not a valid IPv4 subnet "
+                            f"({e})") from None
+        routes = []
+        rlist = uraw.get("routes") or []
+        if not isinstance(rlist, list):
+            raise src.error(where + ("routes",), "expected a list of {subnet: S, via: HOST}")
+        for i, r in enumerate(rlist):
+            rwhere = where + ("routes", i)
+            r = _mapping(src, r, rwhere, {"subnet", "via"})
+            if "subnet" not in r or "via" not in r:
+                raise src.error(rwhere, "a route needs subnet: and via: (a host or an address)")
+            try:
+                ipaddress.IPv4Network(str(r["subnet"]))
+            except ValueError as e:
+                raise src.error(rwhere + ("subnet",), f"{r['subnet']!r} is not a valid IPv4 "
+                                f"subnet ({e})") from None
+            routes.append((str(r["subnet"]), str(r["via"])))
+        out.append(UnderlaySpec(str(uname), subnet, routes, where))
+    return out
+
+
 def parse(src: Source, name: str | None = None) -> Topology:
-    top = _mapping(src, src.data, (), {"name", "hosts", "description"})
+    top = _mapping(src, src.data, (), {"name", "hosts", "description", "underlays"})
     lab_name = name or top.get("name")
     if not lab_name:
         raise src.error((), "missing field 'name' (or pass --name)")
     hosts_raw = _mapping(src, top.get("hosts"), ("hosts",), None)
     if not hosts_raw:
         raise src.error(("hosts",), "a topology needs at least one host")
+    underlays = _parse_underlays(src, top.get("underlays"), {str(h) for h in hosts_raw})
     hosts = []
     seen: set[str] = set()
     for hname, hval in hosts_raw.items():
@@ -109,7 +160,11 @@ def parse(src: Source, name: str | None = None) -> Topology:
             raise src.error(where, str(e)) from None
         hraw = _mapping(src, hval, where, HOST_KEYS)
         host = HostSpec(name=str(hname), options={k: hraw[k] for k in hraw
-                                                  if k in ("default_bridge", "bip", "firewall")})
+                                                  if k in ("default_bridge", "bip", "firewall",
+                                                           "underlay", "underlay_ip")})
+        if "underlay" in hraw and str(hraw["underlay"]) not in {u.name for u in underlays}:
+            raise src.error(where + ("underlay",), f"no underlay {hraw['underlay']!r} in "
+                            f"underlays: ({', '.join(u.name for u in underlays) or 'none'})")
         nets = _mapping(src, hraw.get("networks"), where + ("networks",), None)
         for nname, nval in nets.items():
             nwhere = where + ("networks", nname)
@@ -125,7 +180,7 @@ def parse(src: Source, name: str | None = None) -> Topology:
                 check_name("sandbox", str(sname))
             except CnmError as e:
                 raise src.error(swhere, str(e)) from None
-            if sname in seen or sname in hosts_raw:
+            if sname in seen or sname in hosts_raw or sname in {u.name for u in underlays}:
                 raise src.error(swhere, f"the name {sname} is used twice in this lab")
             seen.add(str(sname))
             nets_raw = sraw.get("networks", sraw.get("network", "bridge"))
@@ -150,7 +205,15 @@ def parse(src: Source, name: str | None = None) -> Topology:
                     raise src.error(swhere + ("publish", i), str(e)) from None
             host.sandboxes.append(SandboxSpec(str(sname), attached, publish, swhere))
         hosts.append(host)
-    return Topology(name=str(lab_name), hosts=hosts, source=src)
+    for u in underlays:
+        for i, (_, via) in enumerate(u.routes):
+            if via not in hosts_raw:
+                try:
+                    ipaddress.IPv4Address(via)
+                except ValueError:
+                    raise src.error(u.where + ("routes", i, "via"), f"{via!r} is neither a host "
+                                    f"of this lab nor an IPv4 address") from None
+    return Topology(name=str(lab_name), hosts=hosts, source=src, underlays=underlays)
 
 
 def load(path: str, name: str | None = None) -> Topology:
@@ -173,6 +236,21 @@ def build(topo: Topology, lab: Lab | None = None) -> Lab:
 
 
 def _build_hosts(topo: Topology, lab: Lab, src: Source) -> None:
+    for u in topo.underlays:
+        try:
+            lab.add_underlay(u.name, u.subnet)
+        except CnmError as e:
+            raise src.error(u.where, str(e)) from None
+    _build_host_list(topo, lab, src)
+    for u in topo.underlays:
+        for i, (subnet, via) in enumerate(u.routes):
+            try:
+                lab.underlay(u.name).add_route(subnet, via)
+            except CnmError as e:
+                raise src.error(u.where + ("routes", i), str(e)) from None
+
+
+def _build_host_list(topo: Topology, lab: Lab, src: Source) -> None:
     for hspec in topo.hosts:
         where: tuple[Any, ...] = ("hosts", hspec.name)
         try:
