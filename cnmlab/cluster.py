@@ -22,6 +22,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import threading
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Protocol
 
@@ -29,6 +30,17 @@ from cnmlab.errors import AddressInUse, InvalidInput, ObjectExists, PoolExhauste
 
 if TYPE_CHECKING:
     from cnmlab.model import Network
+
+
+@dataclass(frozen=True)
+class WatchEvent:
+    """One change seen by a watcher: a PUT with its new value, or a DELETE with the old one."""
+
+    type: str  # "PUT" or "DELETE"
+    key: str
+    value: str | None
+    prev_value: str | None
+    revision: int
 
 
 class KeyValueStore(Protocol):
@@ -48,6 +60,13 @@ class KeyValueStore(Protocol):
     def revision(self) -> int:
         """Grows with every change: an agent that saw revision R has nothing newer to read."""
 
+    def watch(self, prefix: str, start_revision: int) -> Iterator[list[WatchEvent]]:
+        """Every change under ``prefix`` from ``start_revision`` on, in batches, as they come.
+
+        An agent reads the current state at revision R, then watches from R + 1: nothing
+        happens between the read and the watch that it would miss.
+        """
+
 
 class MemoryStore:
     """A KeyValueStore in this process's memory, for unit tests of the seam."""
@@ -55,7 +74,13 @@ class MemoryStore:
     def __init__(self) -> None:
         self._data: dict[str, str] = {}
         self._rev = 0
-        self._lock = threading.Lock()
+        self._log: list[WatchEvent] = []
+        self._lock = threading.Condition()
+
+    def _changed(self, kind: str, key: str, value: str | None, prev: str | None) -> None:
+        self._rev += 1
+        self._log.append(WatchEvent(kind, key, value, prev, self._rev))
+        self._lock.notify_all()
 
     def get(self, key: str) -> str | None:
         with self._lock:
@@ -66,20 +91,32 @@ class MemoryStore:
             if key in self._data:
                 return False
             self._data[key] = value
-            self._rev += 1
+            self._changed("PUT", key, value, None)
             return True
 
-    def put(self, key: str, value: str) -> None:
+    def put(self, key: str, value: str, lease: int | None = None) -> None:
         with self._lock:
+            prev = self._data.get(key)
             self._data[key] = value
-            self._rev += 1
+            self._changed("PUT", key, value, prev)
 
     def delete(self, key: str) -> bool:
         with self._lock:
-            if self._data.pop(key, None) is None:
+            prev = self._data.pop(key, None)
+            if prev is None:
                 return False
-            self._rev += 1
+            self._changed("DELETE", key, None, prev)
             return True
+
+    def watch(self, prefix: str, start_revision: int) -> Iterator[list[WatchEvent]]:
+        seen = start_revision - 1
+        while True:
+            with self._lock:
+                self._lock.wait_for(lambda: self._rev > seen)
+                batch = [e for e in self._log[seen:] if e.key.startswith(prefix)]
+                seen = self._rev
+            if batch:
+                yield batch
 
     def range(self, prefix: str) -> dict[str, str]:
         with self._lock:
@@ -163,6 +200,39 @@ class Cluster:
     def peers(self, network_id: str | None = None) -> list[Peer]:
         prefix = f"{self.prefix}peers/" + (f"{network_id}/" if network_id else "")
         return [Peer(**json.loads(v)) for v in self.store.range(prefix).values()]
+
+    # ---- cluster-wide numbers (a network's VNI) ---------------------------------------
+    def allocate_id(self, kind: str, owner: str, first: int, last: int) -> int:
+        """The lowest free number in [first, last] for ``owner``, by create-if-absent (as
+        swarm's allocator hands out VXLAN IDs from 4096 up); the same owner gets its own back."""
+        for _ in range(64):
+            taken = self.store.range(f"{self.prefix}ids/{kind}/")
+            for key, who in taken.items():
+                if who == owner:
+                    return int(key.rsplit("/", 1)[1])
+            used = {int(k.rsplit("/", 1)[1]) for k in taken}
+            n = next((i for i in range(first, last + 1) if i not in used), None)
+            if n is None:
+                raise PoolExhausted(f"no free {kind} left in {first}..{last}")
+            if self.store.create(f"{self.prefix}ids/{kind}/{n}", owner):
+                return n
+        raise PoolExhausted(f"{kind}: the numbers kept being taken")
+
+    def release_ids(self, kind: str, owner: str) -> None:
+        for key, who in self.store.range(f"{self.prefix}ids/{kind}/").items():
+            if who == owner:
+                self.store.delete(key)
+
+    # ---- agents: which hosts are listening -------------------------------------------
+    def agents(self) -> dict[str, dict[str, str]]:
+        """Host name -> what its live agent announced (the key dies with the agent's lease)."""
+        return {k.rsplit("/", 1)[1]: json.loads(v)
+                for k, v in self.store.range(f"{self.prefix}agents/").items()}
+
+    @property
+    def watched_prefix(self) -> str:
+        """What agents watch: the declarations and the peers (``networks/``, ``peers/``)."""
+        return self.prefix
 
 
 class GlobalIpam:

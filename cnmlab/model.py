@@ -69,8 +69,6 @@ class Network:
     mtu: int = 1500
     created: int = 0  # creation order on its host; firewall rules list newest first
     endpoints: dict[str, Endpoint] = field(default_factory=dict)
-    # global scope: endpoints on other hosts this host has programmed (endpoint id -> Peer)
-    peers: dict[str, dict[str, str]] = field(default_factory=dict)
 
     def option_bool(self, key: str, default: bool) -> bool:
         value = self.options.get(key)
@@ -153,6 +151,7 @@ class LabState:
                     e["ports"] = [PortMapping(**p) for p in e.get("ports", [])]
                     eps[eid] = Endpoint(**e)
                 n = dict(n)
+                n.pop("peers", None)  # 0.2 kept programmed peers here; the kernel is the truth
                 n["endpoints"] = eps
                 nets[nname] = Network(**n)
             h = dict(h)

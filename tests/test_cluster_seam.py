@@ -36,7 +36,9 @@ class FakeOverlay:
         ctx.undo(lambda: ctx.nl.delete_link(net.device or ""))
         prefix = ipaddress.IPv4Network(net.subnet or "").prefixlen
         ctx.nl.add_address(net.device, f"{net.gateway}/{prefix}")
-        ctx.nl.set_link(net.device, up=True)
+        # a bridge whose MAC follows its ports changes it when a lower one joins, and the
+        # kernel then flushes every neighbour entry on it, PERMANENT ones too: pin it
+        ctx.nl.set_link(net.device, up=True, mac="02:42:00:00:00:01")
 
     def delete_network(self, ctx: HostContext, net: Network) -> None:
         ctx.nl.delete_link(net.device or "")
@@ -63,6 +65,10 @@ class FakeOverlay:
 
     def peer_delete(self, ctx: HostContext, net: Network, peer: Peer) -> None:
         ctx.nl.delete_neighbour(net.device or "", peer.ip.split("/")[0])
+
+    def peers_programmed(self, ctx: HostContext, net: Network) -> dict[str, tuple[str, None]]:
+        return {n.ip: (n.mac or "", None) for n in ctx.nl.neighbours()
+                if n.dev == net.device and n.state == "PERMANENT"}
 
 
 @pytest.fixture

@@ -12,11 +12,13 @@ from cnmlab.driverapi import Capability, Driver
 from cnmlab.drivers.bridge import BridgeDriver
 from cnmlab.drivers.host import HostDriver
 from cnmlab.drivers.null import NullDriver
+from cnmlab.drivers.overlay import OverlayDriver
 from cnmlab.drivers.remote import RemoteDriver
 from cnmlab.errors import InvalidInput
 from cnmlab.plugin import discovery
 
-BUILTIN: dict[str, type] = {"bridge": BridgeDriver, "host": HostDriver, "null": NullDriver}
+BUILTIN: dict[str, type] = {"bridge": BridgeDriver, "host": HostDriver, "null": NullDriver,
+                            "overlay": OverlayDriver}
 
 _registry: dict[str, type] = dict(BUILTIN)
 
