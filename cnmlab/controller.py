@@ -496,6 +496,26 @@ class Controller:
                     added += 1
         return added, removed
 
+    def peer_table(self) -> list[tuple[Network, dict[str, Peer],
+                                       dict[str, tuple[str, str | None]]]]:
+        """For each global network here: what the store wants programmed (other hosts'
+        endpoints by IP) next to what the kernel holds. Reads only; changes nothing."""
+        out = []
+        if self.cluster is None:
+            return out
+        ctx = HostContext(self.host, self.nl)
+        try:
+            for net in self.host.networks.values():
+                drv = drivers.get(net.driver)
+                if net.scope != "global" or not isinstance(drv, PeerAware):
+                    continue
+                want = {bare_ip(p.ip): p for p in self.cluster.peers(net.id)
+                        if p.host != self.host.name}
+                out.append((net, want, drv.peers_programmed(ctx, net)))
+        finally:
+            ctx.close()
+        return out
+
     def apply_peer(self, peer: Peer, present: bool) -> bool:
         """One change another host published (an agent's watch event): program or remove it.
 

@@ -11,6 +11,7 @@ import fcntl
 import json
 import os
 import re
+import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -101,6 +102,8 @@ def remove(name: str) -> None:
     for p in (_path(name), _ns_log(name), *aux):
         try:
             os.unlink(p)
+        except IsADirectoryError:  # e.g. the embedded etcd's data
+            shutil.rmtree(p, ignore_errors=True)
         except FileNotFoundError:
             pass
 
