@@ -42,6 +42,7 @@ class Container:
     name: str
     network: str
     publish: list[str] = field(default_factory=list)
+    host: str | None = None  # multi-host profiles: which host runs it
 
 
 @dataclass
@@ -53,6 +54,7 @@ class Profile:
     checks: list[ProfileCheck]
     needs: list[str] = field(default_factory=list)
     path: str = ""
+    hosts: list[str] = field(default_factory=list)  # multi-host profiles (on one underlay)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -156,15 +158,16 @@ def load(name_or_path: str) -> Profile:
     topo = data.get("topology") or {}
     if not isinstance(topo, dict):
         raise src.error(("topology",), "must be a mapping with networks: and containers:")
+    hosts = [str(h) for h in (topo.get("hosts") or [])]
     networks: dict[str, dict[str, Any]] = {}
     for nname, spec in (topo.get("networks") or {}).items():
         spec = spec or {}
         if not isinstance(spec, dict):
             raise src.error(("topology", "networks", nname), "must be a mapping")
         for k in spec:
-            if k not in ("internal", "subnet", "options"):
+            if k not in ("internal", "subnet", "options", "driver"):
                 raise src.error(("topology", "networks", nname, k),
-                                "unknown field; known: internal, options, subnet")
+                                "unknown field; known: driver, internal, options, subnet")
         if nname in PREDEFINED:
             raise src.error(("topology", "networks", nname), f"{nname} is predefined")
         networks[str(nname)] = dict(spec)
@@ -181,7 +184,12 @@ def load(name_or_path: str) -> Profile:
         pub = spec.get("publish") or []
         if not isinstance(pub, list):
             raise src.error(where + ("publish",), "must be a list of HOST:CONTAINER[/proto]")
-        containers[str(cname)] = Container(str(cname), str(net), [str(p) for p in pub])
+        chost = spec.get("host")
+        if hosts and chost not in hosts:
+            raise src.error(where + ("host",), f"must be one of topology.hosts "
+                                               f"({', '.join(hosts)})")
+        containers[str(cname)] = Container(str(cname), str(net), [str(p) for p in pub],
+                                           str(chost) if chost else None)
     checks: list[ProfileCheck] = []
     raw = data.get("checks") or []
     if not isinstance(raw, list):
@@ -215,7 +223,7 @@ def load(name_or_path: str) -> Profile:
     return Profile(name=str(data.get("name") or os.path.basename(path)[:-5]),
                    description=str(data.get("description") or ""), networks=networks,
                    containers=containers, checks=checks, needs=list(data.get("needs") or []),
-                   path=path)
+                   path=path, hosts=hosts)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -311,6 +319,8 @@ def build_engine(lab: Any, profile: Profile | str = "bridge", host: str = "host"
 
     if isinstance(profile, str):
         profile = load(profile)
+    if profile.hosts:
+        return _build_engine_multihost(lab, profile)
     h = lab.add_host(host)
     if before is not None:
         before(h)
@@ -320,6 +330,35 @@ def build_engine(lab: Any, profile: Profile | str = "bridge", host: str = "host"
                              internal=bool(spec.get("internal")), options=spec.get("options"))
         for c in profile.containers.values():
             h.run(c.name, c.network, publish=c.publish)
+    target = EngineTarget(lab)
+    _settle_dns(target, profile)
+    return target
+
+
+UNDERLAY = "lan"
+UNDERLAY_SUBNET = "192.168.50.0/24"
+
+
+def _build_engine_multihost(lab: Any, profile: Profile) -> Target:
+    """Hosts on one underlay with the lab's control plane; global networks declared once."""
+    from cnmlab import drivers
+    from cnmlab.checks.targets import EngineTarget
+
+    lab.add_underlay(UNDERLAY, subnet=UNDERLAY_SUBNET)
+    hosts = {h: lab.add_host(h, underlay=UNDERLAY) for h in profile.hosts}
+    lab.start_control_plane()
+    for name, spec in profile.networks.items():
+        driver = spec.get("driver", "bridge")
+        kw = dict(subnet=spec.get("subnet"), internal=bool(spec.get("internal")),
+                  options=spec.get("options"))
+        if drivers.capability(driver).global_scope:
+            lab.network_create(name, driver, **kw)
+        else:
+            for h in hosts.values():
+                h.network_create(name, driver, **kw)
+    for c in profile.containers.values():
+        hosts[c.host or profile.hosts[0]].run(c.name, c.network, publish=c.publish)
+    lab.converge()
     target = EngineTarget(lab)
     _settle_dns(target, profile)
     return target

@@ -21,6 +21,7 @@ import shlex
 import socket
 import stat
 import struct
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -58,6 +59,7 @@ PARAMS: dict[str, dict[str, list[str]]] = {
                      "optional": ["server", "timeout"]},
     "dns-absent": {"required": ["from", "name"], "optional": ["server", "timeout"]},
     "mtu": {"required": ["mtu"], "optional": ["sandbox", "ns", "interface"]},
+    "path-mtu": {"required": ["from", "to", "mtu"], "optional": ["network", "timeout"]},
     "mac": {"required": ["sandbox", "mac"], "optional": ["interface"]},
     "default-route": {"required": ["sandbox", "via"], "optional": []},
     "link": {"required": ["ns", "name"],
@@ -105,7 +107,8 @@ _TYPES: dict[str, tuple[Any, str]] = {
     "server": (lambda v: isinstance(v, bool) or _is_ipv4(v), "true, false or an IPv4 address"),
     "requests": (lambda v: _is_int(v) and 1 <= v <= 1000, "a count 1-1000"),
     "mtu": (lambda v: _is_int(v) and 68 <= v <= 65535, "an MTU 68-65535"),
-    "vni": (lambda v: _is_int(v) and 0 <= v < 1 << 24, "a VNI 0-16777215"),
+    "vni": (lambda v: (_is_int(v) and 0 <= v < 1 << 24) or (isinstance(v, str) and bool(v)),
+            "a VNI 0-16777215 or the name of a network (its VNI, as the target knows it)"),
     "up": (lambda v: isinstance(v, bool), "true or false"),
     "present": (lambda v: isinstance(v, bool), "true or false"),
     "vip": (_is_ipv4, "an IPv4 address"),
@@ -164,8 +167,9 @@ def validate(kind: str, params: dict[str, Any]) -> None:
                 if n not in names:
                     raise ParamError(f"check matrix: {n!r} in {key} is not in sandboxes", key)
     if kind == "egress-nat-seen" and params.get("expect", "host") not in (
-            "host", "sandbox", "none"):
-        raise ParamError("check egress-nat-seen: expect must be host, sandbox or none", "expect")
+            "host", "sandbox", "none", "masqueraded"):
+        raise ParamError("check egress-nat-seen: expect must be host, sandbox, masqueraded or "
+                         "none", "expect")
     if kind == "mtu" and ("sandbox" in params) == ("ns" in params):
         raise ParamError("check mtu: give exactly one of sandbox: or ns:", "sandbox")
     if kind == "dns-resolves":
@@ -537,6 +541,8 @@ def egress_nat_seen(target: Target, params: dict[str, Any]) -> CheckResult:
         return CheckResult(label, "egress-nat-seen", ok, exp, obs, reason)
     want = host.public_ip if expect == "host" else None
     exp = (f"upstream sees {src.label} as {want} (host {hl})" if expect == "host"
+           else f"upstream never sees {src.label}'s own addresses ({', '.join(sorted(mine))})"
+           if expect == "masqueraded"
            else f"upstream sees {src.label}'s own address ({', '.join(sorted(mine))})")
     if not res.ok:
         reason = (f"no answer from the upstream: look at {src.label}'s default route, "
@@ -554,6 +560,10 @@ def egress_nat_seen(target: Target, params: dict[str, Any]) -> CheckResult:
         else:
             reason = (f"the upstream saw {seen}, not {want}: look at nat POSTROUTING on {hl} "
                       f"(MASQUERADE vs SNAT --to-source, and which interface it leaves by)")
+    elif expect == "masqueraded":  # behind more than one NAT (a host on a LAN behind a router)
+        ok = seen not in mine
+        reason = "" if ok else (f"the upstream saw the sandbox's own address: look at nat "
+                                f"POSTROUTING on {hl} (MASQUERADE for its gateway network)")
     else:
         ok = seen in mine
         reason = "" if ok else (f"the source was rewritten to {seen}: look at nat POSTROUTING "
@@ -811,6 +821,43 @@ def mtu(target: Target, params: dict[str, Any]) -> CheckResult:
     return CheckResult(label, "mtu", ok, exp, f"mtu {link.mtu}", reason)
 
 
+def df_ping(ref: NsRef, ip: str, payload: int, timeout: float) -> bool:
+    """One ICMP echo with ``payload`` bytes and Don't Fragment set (``ping -M do -s``)."""
+    proc = subprocess.run(["nsenter", f"--net={ref.fspath}", "--", "ping", "-n", "-q", "-c1",
+                           "-M", "do", "-s", str(payload), "-W", f"{timeout:g}", ip],
+                          capture_output=True, text=True, timeout=timeout + 5)
+    return proc.returncode == 0
+
+
+@check_kind("path-mtu")
+def path_mtu(target: Target, params: dict[str, Any]) -> CheckResult:
+    """The largest packet that crosses from one sandbox to another unfragmented is ``mtu``:
+    a DF ping of mtu - 28 bytes of payload passes, one byte more does not. Over VXLAN that
+    is what leaves room for the 50 bytes of encapsulation (1450 inside a 1500 underlay)."""
+    p = _checked("path-mtu", params)
+    src = _ns_end(target, p["from"], "from")
+    dst = _end(target, p["to"], "to", allow_ip=True)
+    ip = _dest_ip(src, dst, p.get("network"))
+    size = int(p["mtu"]) - 28
+    timeout = float(p.get("timeout", DEFAULT_TIMEOUT))
+    fits = df_ping(src.ref, ip, size, timeout)
+    over = df_ping(src.ref, ip, size + 1, timeout)
+    label = f"path-mtu {src.label} -> {dst.label} = {p['mtu']}"
+    obs = (f"DF ping of {size} bytes {'passes' if fits else 'fails'}, of {size + 1} "
+           f"{'passes' if over else 'fails'}")
+    ok = fits and not over
+    if not fits:
+        reason = (f"a {p['mtu']}-byte packet does not get through: is the peer reachable at "
+                  f"all, and is the underlay's MTU big enough for the encapsulation?")
+    elif over:
+        reason = (f"packets bigger than {p['mtu']} get through too: the sandbox's MTU is too "
+                  f"big for the tunnel (look at ip link in {src.label}; VXLAN needs 50 bytes)")
+    else:
+        reason = ""
+    return CheckResult(label, "path-mtu", ok, f"DF ping of {size} passes, {size + 1} fails",
+                       obs, reason)
+
+
 def docker_mac(ip: str) -> str:
     """Docker's pre-v28 MAC for an address: 02:42 followed by the four IPv4 bytes."""
     return "02:42:" + ":".join(f"{b:02x}" for b in ipaddress.IPv4Address(ip).packed)
@@ -1049,6 +1096,12 @@ def vxlan_on_wire(target: Target, params: dict[str, Any]) -> CheckResult:
     e = _ns_end(target, p["ns"], "ns")
     ifname = p["interface"]
     vni = p["vni"]
+    if isinstance(vni, str) and not vni.isdigit():  # a network's name: the target knows its VNI
+        nets = getattr(target, "networks", lambda: {})()
+        vni = (nets.get(vni) or {}).get("vni")
+        if vni is None:
+            raise CnmError(f"vni: {target.name} names no VNI for network {p['vni']!r}")
+    vni = int(vni)
     port = p.get("port", VXLAN_PORT)
     timeout = float(p.get("timeout", 2.0))
     traffic = p.get("traffic")

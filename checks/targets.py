@@ -112,8 +112,14 @@ class EngineTarget:
                     "host": h.name, "device": n.device, "subnet": n.subnet,
                     "gateway": (n.gateway or "").split("/")[0] or None,
                     "icc": n.option_bool(OPT_ICC, True),
-                    "internal": n.internal, "driver": n.driver})
+                    "internal": n.internal, "driver": n.driver,
+                    "vni": _vni(n.options)})
         return out
+
+
+def _vni(options: dict[str, Any]) -> int | None:
+    raw = str(options.get("com.docker.network.driver.overlay.vxlanid_list") or "")
+    return int(raw.split(",")[0]) if raw.split(",")[0].isdigit() else None
 
 
 # ---------------------------------------------------------------------------------------------
