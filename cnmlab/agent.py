@@ -143,13 +143,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--host", required=True)
     p.add_argument("--netns", required=True, help="the host's namespace (under /run/netns)")
     p.add_argument("--store", required=True, help="etcd://HOST:PORT")
-    p.add_argument("--store-netns", default=None,
-                   help="open the store's connections in this namespace (default: here)")
+    p.add_argument("--store-netns-fd", type=int, default=None,
+                   help="talk to the store from this namespace (an inherited fd: the machine's "
+                        "own, for an external cluster), not from the host's (the lab's etcd)")
     p.add_argument("--prefix", required=True)
     p.add_argument("--vtep", required=True, help="this host's underlay address")
     args = p.parse_args(argv)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    store = EtcdStore(args.store, netns_name=args.store_netns)
+    fd = args.store_netns_fd
+    store = EtcdStore(args.store, netns_name=f"/proc/self/fd/{fd}" if fd is not None else None)
     agent = Agent(args.lab, args.host, args.netns, Cluster(store, args.prefix), args.vtep)
     try:
         agent.run()

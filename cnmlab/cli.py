@@ -6,6 +6,7 @@ import json
 import os
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import asdict
 
 from cnmlab import state
 from cnmlab.errors import CnmError, InvalidInput, NotRootError, ObjectNotFound
@@ -143,6 +144,29 @@ def cmd_features(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_peers(args: argparse.Namespace) -> int:
+    """The control plane's peer table next to each host's kernel (exit 2: out of sync)."""
+    from cnmlab import peers
+    from cnmlab.lab import Lab
+
+    _need_root()
+    lab = Lab.open(args.name)
+    try:
+        if lab.cluster is None:
+            raise InvalidInput(f"lab {args.name} has no control plane (no global networks)")
+        info = lab.control_plane or {}
+        report = peers.report(lab.cluster, [h.controller for h in lab.hosts()])
+        if args.json:
+            print(json.dumps([asdict(h) | {"in_sync": h.in_sync} for h in report], indent=2))
+        else:
+            print(f"control plane {info.get('url', '?')}"
+                  + (f" (embedded, in {info['netns']})" if info.get("embedded") else ""))
+            print(peers.render(report))
+    finally:
+        lab.close()
+    return 0 if not peers.out_of_sync(report) else 2
+
+
 def cmd_tui(args: argparse.Namespace) -> int:
     try:
         from cnmlab.tui.app import run
@@ -180,6 +204,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--lab", action="append", help="only this lab (repeatable)")
     add("features", cmd_features, "which kernel features this machine has").add_argument(
         "--json", action="store_true")
+    sp = add("peers", cmd_peers, "the control plane's peer table next to each host's kernel")
+    sp.add_argument("name")
+    sp.add_argument("--json", action="store_true")
     add("tui", cmd_tui, "open the workshop app (the default)")
     for extra in _extensions():
         extra(sub)

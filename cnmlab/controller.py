@@ -163,10 +163,16 @@ class Controller:
 
     # ---- networks ----------------------------------------------------------------------
     def network(self, name: str) -> Network:
+        """A network of this host; a global one the control plane declares but this host does
+        not have yet is attached now, as a swarm node gets an overlay when a task needs it."""
         try:
             return self.host.networks[name]
         except KeyError:
-            raise ObjectNotFound(f"network {name} not found on host {self.host.name}") from None
+            pass
+        record = self.cluster.network(name) if self.cluster is not None else None
+        if record is not None and drivers.capability(record.driver).global_scope:
+            return self.attach_global_network(record)
+        raise ObjectNotFound(f"network {name} not found on host {self.host.name}")
 
     def create_network(self, name: str, driver: str = "bridge", *, subnet: str | None = None,
                        gateway: str | None = None, ip_range: str | None = None,

@@ -31,7 +31,6 @@ from cnmlab.etcd import EtcdStore, StoreUnreachable
 
 CLIENT_PORT = 2379
 PEER_PORT = 2380
-ROOT_NETNS = "/proc/1/ns/net"  # where an agent talks to an external cluster from
 KEY = "control_plane"
 
 
@@ -39,11 +38,11 @@ def prefix_for(lab: str) -> str:
     return f"/cnmlab/{lab}"
 
 
-def _spawn(ns: str, argv: list[str], log: str) -> int:
+def _spawn(ns: str, argv: list[str], log: str, pass_fds: tuple[int, ...] = ()) -> int:
     with open(log, "ab") as out:
         proc = subprocess.Popen(["nsenter", f"--net={netns.path_of(ns)}", "--", *argv],
                                 stdin=subprocess.DEVNULL, stdout=out, stderr=out,
-                                start_new_session=True)
+                                start_new_session=True, pass_fds=pass_fds)
     return proc.pid
 
 
@@ -91,14 +90,21 @@ def cluster_of(info: dict[str, Any]) -> Cluster:
 
 
 def start_agent(lab: str, info: dict[str, Any], host: str, host_ns: str, vtep: str) -> int:
-    """The host's agent, inside the host's namespace; it reaches the store over the underlay
-    (embedded) or from the machine's namespace (external)."""
+    """The host's agent, started inside the host's namespace (so teardown's sweep of the
+    lab's namespaces stops it). It reaches the store over the underlay (embedded) or, through
+    a handle on this process's namespace passed down to it, from the machine's own namespace
+    (an external cluster)."""
     argv = [sys.executable, "-m", "cnmlab.agent", "--lab", lab, "--host", host,
             "--netns", host_ns, "--store", info["url"], "--prefix", info["prefix"],
             "--vtep", vtep]
-    if not info.get("embedded"):
-        argv += ["--store-netns", ROOT_NETNS]
-    return _spawn(host_ns, argv, state.aux_path(lab, f"agent-{host}.log"))
+    log = state.aux_path(lab, f"agent-{host}.log")
+    if info.get("embedded"):
+        return _spawn(host_ns, argv, log)
+    home = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+    try:
+        return _spawn(host_ns, argv + ["--store-netns-fd", str(home)], log, pass_fds=(home,))
+    finally:
+        os.close(home)
 
 
 def is_agent(pid: int | None, lab: str, host: str | None = None) -> bool:

@@ -754,7 +754,6 @@ class Lab:
 
     def down(self) -> None:
         self.close()
-        controlplane.stop_all(self.state)
         if self.cluster is not None and hasattr(self.cluster.store, "close"):
             self.cluster.store.close()
         teardown(self.name, self.state)
@@ -768,6 +767,8 @@ def teardown(name: str, lab_state: LabState | None) -> list[str]:
         known = list(lab_state.namespaces if lab_state else [])
         known += [ns for ns in state.recorded_namespaces(name) if ns not in known]
         namespaces = list(reversed(known))
+        if lab_state is not None:
+            controlplane.stop_all(lab_state)  # agents by their recorded pids, wherever they are
         netns.kill_processes(*namespaces)  # port proxies and resolvers live in them
         for ns in namespaces:
             if netns.delete(ns):

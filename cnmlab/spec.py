@@ -64,6 +64,10 @@ class Topology:
     hosts: list[HostSpec]
     source: Source
     underlays: list[UnderlaySpec] = field(default_factory=list)
+    # global-scope networks (overlay), declared once for every host, and the control plane
+    # that holds them: "embedded" (a private etcd inside the lab) or "etcd://HOST:PORT"
+    networks: dict[str, dict[str, Any]] = field(default_factory=dict)
+    control_plane: str | None = None
 
 
 def _mapping(src: Source, value: Any, where: tuple[Any, ...], allowed: set[str] | None) -> dict:
@@ -142,7 +146,8 @@ def _parse_underlays(src: Source, raw: Any, host_names: set[str]) -> list[Underl
 
 
 def parse(src: Source, name: str | None = None) -> Topology:
-    top = _mapping(src, src.data, (), {"name", "hosts", "description", "underlays"})
+    top = _mapping(src, src.data, (), {"name", "hosts", "description", "underlays",
+                                       "networks", "control_plane"})
     lab_name = name or top.get("name")
     if not lab_name:
         raise src.error((), "missing field 'name' (or pass --name)")
@@ -150,6 +155,22 @@ def parse(src: Source, name: str | None = None) -> Topology:
     if not hosts_raw:
         raise src.error(("hosts",), "a topology needs at least one host")
     underlays = _parse_underlays(src, top.get("underlays"), {str(h) for h in hosts_raw})
+    global_nets: dict[str, dict[str, Any]] = {}
+    for nname, nval in _mapping(src, top.get("networks"), ("networks",), None).items():
+        nwhere = ("networks", nname)
+        nspec = _mapping(src, nval, nwhere, {"driver", "subnet", "gateway", "internal",
+                                             "options"})
+        _check_net(src, str(nname), nspec, nwhere)
+        if not drivers.capability(str(nspec.get("driver", "bridge"))).global_scope:
+            raise src.error(nwhere + ("driver",), "lab-wide networks are global-scope "
+                            "(driver: overlay); define local ones under hosts.NAME.networks")
+        global_nets[str(nname)] = nspec
+    control_plane = top.get("control_plane")
+    if control_plane is not None and (not isinstance(control_plane, str) or not (
+            control_plane == "embedded" or control_plane.startswith("etcd://"))):
+        raise src.error(("control_plane",), "use 'embedded' or etcd://HOST:PORT")
+    if global_nets and control_plane is None:
+        control_plane = "embedded"
     hosts = []
     seen: set[str] = set()
     for hname, hval in hosts_raw.items():
@@ -171,7 +192,7 @@ def parse(src: Source, name: str | None = None) -> Topology:
             nspec = _mapping(src, nval, nwhere, NETWORK_KEYS)
             _check_net(src, str(nname), nspec, nwhere)
             host.networks[str(nname)] = nspec
-        known_nets = set(host.networks) | {"bridge", "host", "none"}
+        known_nets = set(host.networks) | set(global_nets) | {"bridge", "host", "none"}
         sbs = _mapping(src, hraw.get("sandboxes"), where + ("sandboxes",), None)
         for sname, sval in sbs.items():
             swhere = where + ("sandboxes", sname)
@@ -213,7 +234,8 @@ def parse(src: Source, name: str | None = None) -> Topology:
                 except ValueError:
                     raise src.error(u.where + ("routes", i, "via"), f"{via!r} is neither a host "
                                     f"of this lab nor an IPv4 address") from None
-    return Topology(name=str(lab_name), hosts=hosts, source=src, underlays=underlays)
+    return Topology(name=str(lab_name), hosts=hosts, source=src, underlays=underlays,
+                    networks=global_nets, control_plane=control_plane)
 
 
 def load(path: str, name: str | None = None) -> Topology:
@@ -228,6 +250,7 @@ def build(topo: Topology, lab: Lab | None = None) -> Lab:
     try:
         with lab.batch():
             _build_hosts(topo, lab, src)
+        lab.converge()  # the agents have programmed every host's peers
     except BaseException:
         if own:
             lab.down()
@@ -262,6 +285,20 @@ def _build_host_list(topo: Topology, lab: Lab, src: Source) -> None:
                 host.network_create(nname, **nspec)
             except CnmError as e:
                 raise src.error(where + ("networks", nname), str(e)) from None
+    if topo.control_plane and not lab.control_plane:
+        try:
+            lab.start_control_plane(None if topo.control_plane == "embedded"
+                                    else topo.control_plane)
+        except CnmError as e:
+            raise src.error(("control_plane",), str(e)) from None
+    for nname, nspec in topo.networks.items():
+        kw = dict(nspec)
+        try:
+            lab.network_create(nname, str(kw.pop("driver")), **kw)
+        except CnmError as e:
+            raise src.error(("networks", nname), str(e)) from None
+    for hspec in topo.hosts:
+        host = lab.host(hspec.name)
         for sb in hspec.sandboxes:
             try:
                 (first, opts), rest = sb.networks[0], sb.networks[1:]
