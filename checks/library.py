@@ -60,6 +60,11 @@ PARAMS: dict[str, dict[str, list[str]]] = {
     "dns-absent": {"required": ["from", "name"], "optional": ["server", "timeout"]},
     "mtu": {"required": ["mtu"], "optional": ["sandbox", "ns", "interface"]},
     "path-mtu": {"required": ["from", "to", "mtu"], "optional": ["network", "timeout"]},
+    "vxlan": {"required": ["ns"],
+              "optional": ["name", "vni", "port", "learning", "proxy", "l2miss", "l3miss",
+                           "mtu", "master"]},
+    "peer-entry": {"required": ["ns", "ip", "mac", "vtep"],
+                   "optional": ["name", "present"]},
     "mac": {"required": ["sandbox", "mac"], "optional": ["interface"]},
     "default-route": {"required": ["sandbox", "via"], "optional": []},
     "link": {"required": ["ns", "name"],
@@ -109,6 +114,10 @@ _TYPES: dict[str, tuple[Any, str]] = {
     "mtu": (lambda v: _is_int(v) and 68 <= v <= 65535, "an MTU 68-65535"),
     "vni": (lambda v: (_is_int(v) and 0 <= v < 1 << 24) or (isinstance(v, str) and bool(v)),
             "a VNI 0-16777215 or the name of a network (its VNI, as the target knows it)"),
+    "learning": (lambda v: isinstance(v, bool), "true or false"),
+    "proxy": (lambda v: isinstance(v, bool), "true or false"),
+    "l2miss": (lambda v: isinstance(v, bool), "true or false"),
+    "l3miss": (lambda v: isinstance(v, bool), "true or false"),
     "up": (lambda v: isinstance(v, bool), "true or false"),
     "present": (lambda v: isinstance(v, bool), "true or false"),
     "vip": (_is_ipv4, "an IPv4 address"),
@@ -240,6 +249,12 @@ def _end(target: Target, spec: Any, role: str, allow_ip: bool = False) -> End:
             raise CnmError(f"{role}: no host {name!r} in {target.name}; known: "
                            f"{', '.join(sorted(hosts)) or 'none'}")
         return End(spec, hosts[name].ns, host=hosts[name])
+    if "@" in spec:  # NETWORK@HOST: a network's own namespace on a host (overlay)
+        spaces = getattr(target, "network_namespaces", lambda: {})()
+        if spec not in spaces:
+            raise CnmError(f"{role}: no network namespace {spec!r} in {target.name}; known: "
+                           f"{', '.join(sorted(spaces)) or 'none'}")
+        return End(spec, spaces[spec].ns, sandbox=spaces[spec])
     sbs = target.sandboxes()
     if spec in sbs:
         return End(spec, sbs[spec].ns, sandbox=sbs[spec])
@@ -856,6 +871,78 @@ def path_mtu(target: Target, params: dict[str, Any]) -> CheckResult:
         reason = ""
     return CheckResult(label, "path-mtu", ok, f"DF ping of {size} passes, {size + 1} fails",
                        obs, reason)
+
+
+@check_kind("vxlan")
+def vxlan_link(target: Target, params: dict[str, Any]) -> CheckResult:
+    """A VXLAN device as ``ip -d link show`` describes it: VNI, UDP port and flags."""
+    p = _checked("vxlan", params)
+    e = _ns_end(target, p["ns"], "ns")
+    name = p.get("name", "vxlan0")
+    want: dict[str, Any] = {}
+    if "vni" in p:
+        vni = p["vni"]
+        if isinstance(vni, str) and not vni.isdigit():
+            vni = (getattr(target, "networks", lambda: {})().get(vni) or {}).get("vni")
+            if vni is None:
+                raise CnmError(f"vni: {target.name} names no VNI for network {p['vni']!r}")
+        want["id"] = int(vni)
+    for key in ("port", "learning", "proxy", "l2miss", "l3miss", "mtu"):
+        if key in p:
+            want[key] = p[key]
+    label = f"vxlan {e.label} {name} " + " ".join(f"{k}={v}" for k, v in want.items())
+    exp = f"{name} in {e.label}: " + ", ".join(f"{k} {v}" for k, v in want.items())
+    with _netlink(e.ref) as nl:
+        try:
+            got = nl.vxlan(name)
+            master = next((l.master for l in nl.links() if l.name == name), None)
+        except CnmError as err:
+            return CheckResult(label, "vxlan", False, exp, str(err),
+                               f"create it: ip link add {name} type vxlan id VNI dstport 4789 "
+                               f"... (in the host, then move it into {e.label})")
+    wrong = {k: got.get(k) for k, v in want.items() if got.get(k) != v}
+    if "master" in p and master != p["master"]:
+        wrong["master"] = master
+    obs = ", ".join(f"{k} {got.get(k)}" for k in want) + (f", master {master}" if master else "")
+    reason = "" if not wrong else ("look at ip -d link show " + name + " in " + e.label + ": "
+                                   + ", ".join(f"{k} is {v}" for k, v in wrong.items()))
+    return CheckResult(label, "vxlan", not wrong, exp, obs, reason)
+
+
+@check_kind("peer-entry")
+def peer_entry(target: Target, params: dict[str, Any]) -> CheckResult:
+    """A remote endpoint programmed the way overlay does it: a PERMANENT neighbour entry
+    (IP -> MAC on the VXLAN device) and a permanent FDB entry (MAC -> the remote VTEP)."""
+    p = _checked("peer-entry", params)
+    e = _ns_end(target, p["ns"], "ns")
+    dev = p.get("name", "vxlan0")
+    ip, mac, vtep = str(p["ip"]), str(p["mac"]).lower(), str(p["vtep"])
+    present = p.get("present", True)
+    if not _is_ipv4(ip):  # a sandbox's name: its address on the namespace's network
+        ip = _dest_ip(e, _end(target, ip, "ip"), None)
+    if not _is_ipv4(vtep):  # a host's name: its underlay address
+        vtep = _host_of(target, vtep, "vtep").public_ip or vtep
+    if mac == "docker":
+        mac = docker_mac(ip)
+    with _netlink(e.ref) as nl:
+        neigh = [n for n in nl.neighbours() if n.dev == dev and n.ip == ip]
+        fdb = [f for f in nl.fdb() if f.dev == dev and (f.mac or "").lower() == mac and f.dst]
+    has_neigh = any(n.state == "PERMANENT" and (n.mac or "").lower() == mac for n in neigh)
+    has_fdb = any(f.dst == vtep and f.permanent for f in fdb)
+    label = f"peer-entry {e.label} {ip} {mac} -> {vtep}" + ("" if present else " absent")
+    obs = (f"neighbour: {', '.join(f'{n.mac} {n.state}' for n in neigh) or 'none'}; "
+           f"fdb: {', '.join(f'{f.mac} dst {f.dst}' for f in fdb) or 'none'}")
+    if present:
+        ok = has_neigh and has_fdb
+        exp = f"{ip} lladdr {mac} PERMANENT and fdb {mac} dst {vtep} on {dev}"
+        reason = "" if ok else (
+            f"in {e.label}: ip neigh replace {ip} lladdr {mac} dev {dev} nud permanent; "
+            f"bridge fdb replace {mac} dev {dev} dst {vtep} self permanent")
+    else:
+        ok = not has_neigh and not has_fdb
+        exp = f"no entry for {ip} on {dev}"
+        reason = "" if ok else f"in {e.label}: ip neigh del {ip} dev {dev}; bridge fdb del ..."
+    return CheckResult(label, "peer-entry", ok, exp, obs, reason)
 
 
 def docker_mac(ip: str) -> str:

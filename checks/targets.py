@@ -93,6 +93,14 @@ class EngineTarget:
                                    {UNDERLAY_NET: u.gateway})
                 for u in self._state().underlays.values()}
 
+    def network_namespaces(self) -> dict[str, SandboxRef]:
+        """``NETWORK@HOST``: the namespace a network keeps its devices in on a host (overlay's
+        br0 and vxlan0), where it has one."""
+        return {f"{n.name}@{h.name}": SandboxRef(f"{n.name}@{h.name}", NsRef(name=n.netns),
+                                                 {n.name: (n.gateway or "").split("/")[0]},
+                                                 h.name)
+                for h in self._state().hosts.values() for n in h.networks.values() if n.netns}
+
     def published(self) -> list[Published]:
         out = []
         for h in self._state().hosts.values():

@@ -167,6 +167,24 @@ def cmd_peers(args: argparse.Namespace) -> int:
     return 0 if not peers.out_of_sync(report) else 2
 
 
+def cmd_agent(args: argparse.Namespace) -> int:
+    """Stop a host's agent (a fault to study) or start it again (it reconciles first)."""
+    from cnmlab.lab import Lab
+
+    _need_root()
+    lab = Lab.open(args.lab)
+    try:
+        if args.action == "stop":
+            lab.stop_agent(args.host)
+        else:
+            lab.restart_agent(args.host)
+            lab.converge()
+        print(f"agent of {args.host}: {'stopped' if args.action == 'stop' else 'running'}")
+    finally:
+        lab.close()
+    return 0
+
+
 def cmd_tui(args: argparse.Namespace) -> int:
     try:
         from cnmlab.tui.app import run
@@ -207,6 +225,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp = add("peers", cmd_peers, "the control plane's peer table next to each host's kernel")
     sp.add_argument("name")
     sp.add_argument("--json", action="store_true")
+    sp = add("agent", cmd_agent, "stop or start a host's control-plane agent")
+    sp.add_argument("action", choices=["stop", "start"])
+    sp.add_argument("lab")
+    sp.add_argument("host")
     add("tui", cmd_tui, "open the workshop app (the default)")
     for extra in _extensions():
         extra(sub)

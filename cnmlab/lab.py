@@ -361,7 +361,27 @@ class Lab:
             h.controller.cluster = self.cluster
             self._start_agent(h.model)
         self._save()
+        self._wait_agents(list(self._hosts))
         return self.cluster
+
+    def _wait_agents(self, hosts: list[str], timeout: float = 15.0) -> None:
+        """Until each agent announced itself (it has reconciled and is about to watch)."""
+        info = self.control_plane
+        if not info or self.cluster is None or not hosts:
+            return
+        deadline = time.monotonic() + timeout
+        while True:
+            seen = self.cluster.agents()
+            waiting = [h for h in hosts
+                       if (seen.get(h) or {}).get("pid") != info["agents"].get(h)]
+            if not waiting:
+                return
+            dead = [h for h in waiting if not controlplane.is_agent(info["agents"].get(h),
+                                                                    self.name, h)]
+            if dead or time.monotonic() > deadline:
+                raise CnmError(f"lab {self.name}: the agent of {', '.join(dead or waiting)} "
+                               f"did not start (see {state.aux_path(self.name, 'agent-*.log')})")
+            time.sleep(0.02)
 
     def _start_agent(self, host: Host) -> None:
         info = self.control_plane
@@ -382,6 +402,7 @@ class Lab:
         controlplane.stop_agent(info["agents"].get(host), self.name, host)
         self._start_agent(h)
         self._save()
+        self._wait_agents([host])
 
     def stop_agent(self, host: str) -> None:
         """Kill a host's agent (a fault to look at: its kernel stops following the store)."""
@@ -598,6 +619,7 @@ class Lab:
         if self.control_plane:
             self._start_agent(host)
             self._save()
+            self._wait_agents([name])
         c = handle.controller
         c.create_network("none", "null", predefined=True)
         c.create_network("host", "host", predefined=True)
@@ -739,6 +761,13 @@ class Lab:
             return self._hosts[name].netns
         if name in self.state.underlays:
             return self.state.underlays[name].netns
+        if "@" in name:  # NETWORK@HOST: a network's own namespace on a host (overlay)
+            net_name, host = name.split("@", 1)
+            net = self.host(host).controller.network(net_name)
+            if not net.netns:
+                raise ObjectNotFound(f"network {net_name} on host {host} has no namespace of "
+                                     f"its own (its devices are in the host's)")
+            return net.netns
         return self.sandbox(name).netns
 
     def _sandbox_added(self) -> None:

@@ -88,7 +88,7 @@ class OverlayDriver:
         vni = vni_of(net)
         net.mtu = inner_mtu(net)
         net.device = BRIDGE
-        ns = overlay_ns(ctx.host, net)
+        ns = net.netns = overlay_ns(ctx.host, net)
         with netns.locked(ctx.host.netns):
             if netns.exists(ns) and self._complete(ctx, ns):
                 return  # the agent (or the lab) made it already: adopt it
