@@ -21,12 +21,16 @@ FULL = [
     ("userland proxy: 100 published ports in one process", ["bench_proxy.py", "--ports", "100"]),
     ("grading a class (issue 9: 30 submissions < 60 s)", ["bench_grade.py", "--learners", "30",
                                                           "--broken", "10"]),
+    ("overlay: 3 hosts x 30, truth table, convergence vs swarm, iperf3 (issue: overlay)",
+     ["bench_overlay.py"]),
 ]
 QUICK = [
     ("engine build/teardown", ["bench_build.py", "--sizes", "10,50", "--no-mininet"]),
     ("reachability truth tables", ["bench_truth.py", "--sizes", "10,20", "--no-mininet"]),
     ("userland proxy", ["bench_proxy.py", "--ports", "100"]),
     ("grading a class", ["bench_grade.py", "--learners", "4", "--broken", "1"]),
+    ("overlay", ["bench_overlay.py", "--hosts", "2", "--per-host", "5", "--no-swarm",
+                 "--no-iperf"]),
 ]
 
 

@@ -158,6 +158,7 @@ class Cluster:
     def __init__(self, store: KeyValueStore, prefix: str) -> None:
         self.store = store
         self.prefix = prefix.rstrip("/") + "/"
+        self._ipam: GlobalIpam | None = None
 
     # ---- networks ----------------------------------------------------------------------
     def declare_network(self, record: NetworkRecord) -> None:
@@ -187,7 +188,9 @@ class Cluster:
 
     @property
     def ipam(self) -> "GlobalIpam":
-        return GlobalIpam(self.store, self.prefix + "ipam/")
+        if self._ipam is None:
+            self._ipam = GlobalIpam(self.store, self.prefix + "ipam/")
+        return self._ipam
 
     # ---- peers -------------------------------------------------------------------------
     def publish_peer(self, peer: Peer) -> None:
@@ -249,6 +252,9 @@ class GlobalIpam:
     def __init__(self, store: KeyValueStore, prefix: str) -> None:
         self.store = store
         self.prefix = prefix
+        # what this client last saw taken, per network: a hint to try first (one request),
+        # never trusted (the create still decides; a lost race re-reads the store)
+        self._seen: dict[str, set[str]] = {}
 
     def _pools(self) -> dict[str, ipaddress.IPv4Network]:
         return {k.split("/")[-2]: ipaddress.IPv4Network(v)
@@ -278,6 +284,7 @@ class GlobalIpam:
         raise PoolExhausted(f"network {network_id[:12]}: the address pool kept changing")
 
     def release_pool(self, network_id: str) -> None:
+        self._seen.pop(network_id, None)
         for key in self.store.range(f"{self.prefix}{network_id}/"):
             self.store.delete(key)
 
@@ -293,18 +300,30 @@ class GlobalIpam:
             if not self.store.create(f"{self.prefix}{network_id}/addr/{addr}", "1"):
                 raise AddressInUse(f"Address already in use: {addr}")
             return str(addr)
+        used = self._seen.get(network_id)
         for _ in range(64):
-            used = {k.rsplit("/", 1)[1] for k in self.store.range(f"{self.prefix}{network_id}/addr/")}
+            if used is None:
+                used = {k.rsplit("/", 1)[1]
+                        for k in self.store.range(f"{self.prefix}{network_id}/addr/")}
             free = next((a for a in pool.hosts() if str(a) not in used), None)
             if free is None:
+                if network_id in self._seen:  # the hint may be stale: read the truth once
+                    self._seen.pop(network_id)
+                    used = None
+                    continue
                 raise PoolExhausted(f"no available IPv4 addresses on this network's address "
                                     f"pools: {pool}")
+            used.add(str(free))
+            self._seen[network_id] = used
             if self.store.create(f"{self.prefix}{network_id}/addr/{free}", "1"):
                 return str(free)
+            used = None  # someone else took it: read what is taken now
         raise PoolExhausted(f"network {network_id[:12]}: addresses kept being taken")
 
     def release_address(self, network_id: str, ip: str) -> None:
-        self.store.delete(f"{self.prefix}{network_id}/addr/{ip.split('/')[0]}")
+        addr = ip.split("/")[0]
+        self.store.delete(f"{self.prefix}{network_id}/addr/{addr}")
+        self._seen.get(network_id, set()).discard(addr)
 
 
 def record_of(net: "Network") -> NetworkRecord:

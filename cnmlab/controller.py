@@ -93,6 +93,9 @@ class Controller:
         self._nl: Netlink | None = None
         self._ctx: HostContext | None = None
         self._deleting_sandbox = False
+        # netlink sessions in the host's other namespaces (overlay's), kept like self.nl; a
+        # driver closes one before deleting its namespace (an open socket would pin it)
+        self._netlinks: dict[str, Netlink] = {}
         self.fw = firewall.get("iptables")
         self.ipam = DefaultIpam()
         self._rebuild_ipam()
@@ -105,6 +108,8 @@ class Controller:
         return self._nl
 
     def close(self) -> None:
+        for ns in list(self._netlinks):
+            self._netlinks.pop(ns).close()
         if self._nl is not None:
             self._nl.close()
             self._nl = None
@@ -136,7 +141,8 @@ class Controller:
             finally:
                 outer.joining = saved
             return
-        ctx = self._ctx = HostContext(self.host, self.nl, joining, self._make_namespace)
+        ctx = self._ctx = HostContext(self.host, self.nl, joining, self._make_namespace,
+                                      _netlinks=self._netlinks)
         try:
             yield ctx
         except BaseException:
@@ -148,7 +154,6 @@ class Controller:
             raise
         finally:
             self._ctx = None
-            ctx.close()
         self._save()
 
     def _make_namespace(self, name: str) -> None:
@@ -417,7 +422,8 @@ class Controller:
                     snl.add_route(dst, gateway=via)
                 else:
                     snl.add_route(dst, dev=ep.ifname)
-            if len(sb.endpoints) == 1:  # first interface: no route to replace
+            others = [e for _, e in self.endpoints_of(sb) if e is not ep]
+            if not any(e.gateway for e in others):  # no default route yet: nothing to replace
                 if ep.gateway and self.gateway_endpoint(sb) is ep:
                     snl.add_route("default", gateway=ep.gateway, dev=ep.ifname)
             else:
@@ -509,17 +515,14 @@ class Controller:
         out = []
         if self.cluster is None:
             return out
-        ctx = HostContext(self.host, self.nl)
-        try:
-            for net in self.host.networks.values():
-                drv = drivers.get(net.driver)
-                if net.scope != "global" or not isinstance(drv, PeerAware):
-                    continue
-                want = {bare_ip(p.ip): p for p in self.cluster.peers(net.id)
-                        if p.host != self.host.name}
-                out.append((net, want, drv.peers_programmed(ctx, net)))
-        finally:
-            ctx.close()
+        ctx = HostContext(self.host, self.nl, _netlinks=self._netlinks)
+        for net in self.host.networks.values():
+            drv = drivers.get(net.driver)
+            if net.scope != "global" or not isinstance(drv, PeerAware):
+                continue
+            want = {bare_ip(p.ip): p for p in self.cluster.peers(net.id)
+                    if p.host != self.host.name}
+            out.append((net, want, drv.peers_programmed(ctx, net)))
         return out
 
     def apply_peer(self, peer: Peer, present: bool) -> bool:

@@ -104,7 +104,8 @@ class HostContext:
         self.undo(lambda: (self.forget_netlink(name), netns.delete(name)))
 
     def netlink(self, ns: str) -> "Netlink":
-        """A netlink session in another namespace of this host, kept for the operation."""
+        """A netlink session in another namespace of this host (kept by whoever made the
+        context: the controller keeps them across operations, as it keeps the host's)."""
         if ns not in self._netlinks:
             self._netlinks[ns] = Netlink(ns)
         return self._netlinks[ns]
@@ -114,10 +115,6 @@ class HostContext:
         nl = self._netlinks.pop(ns, None)
         if nl is not None:
             nl.close()
-
-    def close(self) -> None:
-        for ns in list(self._netlinks):
-            self.forget_netlink(ns)
 
 
 class Driver(Protocol):
