@@ -60,6 +60,7 @@ PARAMS: dict[str, dict[str, list[str]]] = {
     "dns-absent": {"required": ["from", "name"], "optional": ["server", "timeout"]},
     "mtu": {"required": ["mtu"], "optional": ["sandbox", "ns", "interface"]},
     "path-mtu": {"required": ["from", "to", "mtu"], "optional": ["network", "timeout"]},
+    "esp-on-wire": {"required": ["ns", "interface", "vni"], "optional": ["traffic", "timeout"]},
     "vxlan": {"required": ["ns"],
               "optional": ["name", "vni", "port", "learning", "proxy", "l2miss", "l3miss",
                            "mtu", "master"]},
@@ -873,6 +874,49 @@ def path_mtu(target: Target, params: dict[str, Any]) -> CheckResult:
                        obs, reason)
 
 
+@check_kind("esp-on-wire")
+def esp_on_wire(target: Target, params: dict[str, Any]) -> CheckResult:
+    """An encrypted overlay: while ``traffic`` flows, the wire carries ESP and never a
+    readable VXLAN frame of the network's VNI."""
+    p = _checked("esp-on-wire", params)
+    e = _ns_end(target, p["ns"], "ns")
+    vni = p["vni"]
+    if isinstance(vni, str) and not vni.isdigit():
+        vni = (getattr(target, "networks", lambda: {})().get(vni) or {}).get("vni")
+        if vni is None:
+            raise CnmError(f"vni: {target.name} names no VNI for network {p['vni']!r}")
+    vni = int(vni)
+    timeout = float(p.get("timeout", 2.0))
+    thread = None
+    if p.get("traffic"):
+        src = _end(target, p["traffic"]["from"], "traffic.from")
+        dst = _end(target, p["traffic"]["to"], "traffic.to", allow_ip=True)
+        ip = _dest_ip(src, dst, None)
+
+        def send() -> None:
+            time.sleep(0.05)
+            with contextlib.suppress(CnmError):
+                probes.ping(src.ref, ip, timeout=max(0.2, timeout - 0.2), count=3)
+
+        thread = threading.Thread(target=send, daemon=True)
+        thread.start()
+    esp = [0]
+    try:
+        seen = capture_vnis(e.ref, p["interface"], VXLAN_PORT, timeout, esp=esp)
+    finally:
+        if thread is not None:
+            thread.join(timeout + 1)
+    ok = esp[0] > 0 and vni not in seen
+    label = f"esp-on-wire {e.label} {p['interface']} vni {vni}"
+    obs = f"{esp[0]} ESP frame(s); clear VXLAN VNIs: {', '.join(map(str, sorted(seen))) or 'none'}"
+    reason = "" if ok else (
+        f"VXLAN of VNI {vni} crosses in clear: look at ip xfrm policy/state on the hosts and "
+        f"the mangle OUTPUT rule that marks the network's VXLAN (0xd0c4e3)" if vni in seen
+        else "no ESP seen: is there traffic between the hosts, and an xfrm state for it?")
+    return CheckResult(label, "esp-on-wire", ok, f"ESP only, no clear VXLAN of VNI {vni}",
+                       obs, reason)
+
+
 @check_kind("vxlan")
 def vxlan_link(target: Target, params: dict[str, Any]) -> CheckResult:
     """A VXLAN device as ``ip -d link show`` describes it: VNI, UDP port and flags."""
@@ -1140,9 +1184,15 @@ def parse_vxlan(frame: bytes, port: int = VXLAN_PORT) -> int | None:
     return int.from_bytes(frame[vx + 4:vx + 7], "big")
 
 
+def is_esp(frame: bytes) -> bool:
+    """An Ethernet frame carrying IPv4 ESP (protocol 50)."""
+    return len(frame) >= 34 and frame[12:14] == b"\x08\x00" and frame[23] == 50
+
+
 def capture_vnis(ns: NsRef, ifname: str, port: int, duration: float,
-                 stop_at: int | None = None) -> set[int]:
-    """VNIs seen on ``ifname`` in ``ns`` during ``duration`` s (both directions)."""
+                 stop_at: int | None = None, esp: list[int] | None = None) -> set[int]:
+    """VNIs seen on ``ifname`` in ``ns`` during ``duration`` s (both directions); ESP
+    frames are counted into ``esp[0]`` when a list is given."""
     with ns.opened() as fd:
         with netns.entered(fd=fd):
             s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
@@ -1170,6 +1220,8 @@ def capture_vnis(ns: NsRef, ifname: str, port: int, duration: float,
                 vni = parse_vxlan(frame, port)
                 if vni is not None:
                     seen.add(vni)
+                elif esp is not None and is_esp(frame):
+                    esp[0] += 1
             if stop_at is not None and stop_at in seen:
                 break
     finally:

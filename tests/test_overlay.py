@@ -302,3 +302,58 @@ def test_etcd_store_keeps_the_kv_contract(lab_name):
         for t in threads:
             t.join()
         assert len(got) == 45 and len(set(got)) == 45
+
+
+def test_encrypted_overlay_needs_esp_and_says_so_in_one_line(lab_name):
+    from cnmlab import features
+    from cnmlab.errors import FeatureMissing
+
+    if features.has("ipsec"):
+        pytest.skip("this kernel has ESP: the encrypted overlay itself is tested instead")
+    lab = overlay_lab(lab_name)
+    try:
+        with pytest.raises(FeatureMissing) as e:
+            lab.network_create("sec", "overlay", options={"encrypted": ""})
+        assert "ipsec" in str(e.value) and "\n" not in str(e.value)
+        assert lab.cluster.network("sec") is None  # nothing declared, nothing allocated
+    finally:
+        lab.down()
+
+
+@pytest.mark.cnmlab_needs("ipsec")
+def test_encrypted_overlay_carries_only_esp_between_the_vteps(lab_name):
+    """``--opt encrypted``: ESP transport SAs with rfc4106(gcm(aes)) between the hosts, a
+    policy for marked VXLAN only, MTU 1424; the LAN sees ESP, never this network's VXLAN."""
+    from cnmlab import xfrm
+    from cnmlab.checks.api import run_checks
+    from cnmlab.checks.targets import EngineTarget
+
+    lab = overlay_lab(lab_name)
+    try:
+        sec = lab.network_create("sec", "overlay", options={"encrypted": ""})
+        a = lab.host("h1").run("a1", "sec")
+        b = lab.host("h2").run("b1", "sec")
+        lab.host("h1").run("p1", "ov")
+        lab.host("h2").run("p2", "ov")
+        lab.converge()
+        assert a.exec(["ping", "-c1", "-W2", b.ip()]).returncode == 0
+        states = xfrm.states(lab.host("h1").netns)
+        v1, v2 = lab.host("h1").model.underlay_ip, lab.host("h2").model.underlay_ip
+        assert {(s.src, s.dst) for s in states} == {(v1, v2), (v2, v1)}
+        results = run_checks(EngineTarget(lab), [
+            {"mtu": {"sandbox": "a1", "mtu": 1424}},
+            {"esp-on-wire": {"ns": "host:h2", "interface": "eth0", "vni": "sec",
+                             "traffic": {"from": "a1", "to": "b1"}}},
+            {"vxlan-on-wire": {"ns": "host:h2", "interface": "eth0", "vni": "ov",
+                               "traffic": {"from": "p1", "to": "p2"}}},  # others stay clear
+        ])
+        assert all(r.ok for r in results), [(r.check, r.observed) for r in results]
+        assert sec.options["com.docker.network.driver.overlay.vxlanid_list"] == "4097"
+        lab.host("h2").rm("b1")
+        lab.converge()
+        deadline = time.monotonic() + 3  # the agent drops the SAs right after the entries
+        while xfrm.has_out_policy(lab.host("h1").netns, v2) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not xfrm.has_out_policy(lab.host("h1").netns, v2)  # last peer there gone
+    finally:
+        lab.down()

@@ -27,8 +27,9 @@ import ipaddress
 import os
 from typing import TYPE_CHECKING
 
-from cnmlab import netns
+from cnmlab import features, netns
 from cnmlab.driverapi import GLOBAL, Capability, HostContext, JoinInfo
+from cnmlab.drivers import ipsec
 from cnmlab.drivers.bridge import docker_mac, veth_name
 from cnmlab.errors import InvalidInput, ObjectNotFound
 
@@ -37,7 +38,7 @@ if TYPE_CHECKING:
     from cnmlab.model import Endpoint, Host, Network, Sandbox
 
 OPT_VNI = "com.docker.network.driver.overlay.vxlanid_list"
-OPT_ENCRYPTED = "encrypted"
+OPT_ENCRYPTED = ipsec.OPT_ENCRYPTED
 VXLAN_PORT = 4789
 VNI_FIRST = 4096
 VNI_LAST = (1 << 24) - 1
@@ -65,8 +66,15 @@ def vni_of(net: "Network") -> int:
                            f"plane allocates it when the network is declared") from None
 
 
+def encrypted(net: "Network") -> bool:
+    """``--opt encrypted`` (any value, as Docker reads it: the key's presence)."""
+    return OPT_ENCRYPTED in net.options and net.options[OPT_ENCRYPTED].lower() not in (
+        "false", "0", "no", "off")
+
+
 def inner_mtu(net: "Network") -> int:
-    return UNDERLAY_MTU - VXLAN_OVERHEAD
+    mtu = UNDERLAY_MTU - VXLAN_OVERHEAD
+    return mtu - ipsec.ESP_OVERHEAD if encrypted(net) else mtu
 
 
 class OverlayDriver:
@@ -77,8 +85,12 @@ class OverlayDriver:
 
     # ---- cluster-wide allocation (swarm's NetworkAllocate) -------------------------------
     def network_allocate(self, cluster: "Cluster", net: "Network") -> dict[str, str]:
-        vni = cluster.allocate_id("vni", net.id, VNI_FIRST, VNI_LAST)
-        return {OPT_VNI: str(vni)}
+        opts: dict[str, str] = {}
+        if encrypted(net):
+            features.require(("ipsec",), f"network {net.name} (--opt encrypted)")
+            opts[ipsec.OPT_KEY] = ipsec.cluster_key(cluster)
+        opts[OPT_VNI] = str(cluster.allocate_id("vni", net.id, VNI_FIRST, VNI_LAST))
+        return opts
 
     def network_free(self, cluster: "Cluster", net: "Network") -> None:
         cluster.release_ids("vni", net.id)
@@ -86,6 +98,8 @@ class OverlayDriver:
     # ---- the network's part on this host -------------------------------------------------
     def create_network(self, ctx: HostContext, net: Network) -> None:
         vni = vni_of(net)
+        if encrypted(net):
+            features.require(("ipsec",), f"network {net.name} (--opt encrypted)")
         net.mtu = inner_mtu(net)
         net.device = BRIDGE
         ns = net.netns = overlay_ns(ctx.host, net)
@@ -111,6 +125,9 @@ class OverlayDriver:
             finally:
                 os.close(fd)
             onl.set_link(tmp, rename=VXLAN, master=BRIDGE, up=True)
+            if encrypted(net):
+                ipsec.prepare(ctx, vni)
+                ctx.undo(lambda: ipsec.remove(ctx, vni))
 
     @staticmethod
     def _complete(ctx: HostContext, ns: str) -> bool:
@@ -120,8 +137,13 @@ class OverlayDriver:
     def delete_network(self, ctx: HostContext, net: Network) -> None:
         ns = overlay_ns(ctx.host, net)
         with netns.locked(ctx.host.netns):
+            vteps = {v for _, v in self.peers_programmed(ctx, net).values() if v}
             ctx.forget_netlink(ns)
             netns.delete(ns)  # br0, vxlan0 and any veth host end go with it
+            if encrypted(net):
+                ipsec.remove(ctx, vni_of(net))
+                for vtep in vteps:
+                    self._forget_vtep_if_unused(ctx, net, vtep)
 
     # ---- endpoints -----------------------------------------------------------------------
     def create_endpoint(self, ctx: HostContext, net: Network, ep: Endpoint) -> None:
@@ -164,6 +186,8 @@ class OverlayDriver:
         onl = ctx.netlink(overlay_ns(ctx.host, net))
         onl.add_neighbour(VXLAN, peer.ip.split("/")[0], peer.mac)
         onl.add_fdb(VXLAN, peer.mac, peer.vtep)
+        if encrypted(net):
+            ipsec.add_peer(ctx, net.options[ipsec.OPT_KEY], peer.vtep)
 
     def peer_delete(self, ctx: HostContext, net: Network, peer: "Peer") -> None:
         onl = ctx.netlink(overlay_ns(ctx.host, net))
@@ -173,6 +197,19 @@ class OverlayDriver:
                 action()
             except ObjectNotFound:
                 pass  # already gone: deleting is idempotent
+        if encrypted(net) and peer.vtep:
+            self._forget_vtep_if_unused(ctx, None, peer.vtep)
+
+    def _forget_vtep_if_unused(self, ctx: HostContext, gone: "Network | None",
+                               vtep: str) -> None:
+        """Drop the SAs and policy towards ``vtep`` once no encrypted network here still
+        has an endpoint behind it."""
+        for other in ctx.host.networks.values():
+            if other is gone or other.driver != self.name or not encrypted(other):
+                continue
+            if any(v == vtep for _, v in self.peers_programmed(ctx, other).values()):
+                return
+        ipsec.remove_peer(ctx, vtep)
 
     def peers_programmed(self, ctx: HostContext,
                          net: Network) -> dict[str, tuple[str, str | None]]:
