@@ -357,3 +357,40 @@ def test_encrypted_overlay_carries_only_esp_between_the_vteps(lab_name):
         assert not xfrm.has_out_policy(lab.host("h1").netns, v2)  # last peer there gone
     finally:
         lab.down()
+
+
+def test_tui_peers_view_shows_the_store_next_to_the_kernel(ovlab):
+    """The workshop's Peers tab: the same table as ``cnmlab peers``, refreshed live."""
+    import asyncio
+
+    from rich.console import Console
+    from textual.app import App, ComposeResult
+    from cnmlab.tui.peers import PeersView
+
+    ovlab.host("h1").run("a1", "ov")
+    ovlab.host("h2").run("b1", "ov")
+    ovlab.converge()
+    ovlab.stop_agent("h2")
+    ovlab.host("h1").run("c1", "ov")  # h2 will miss it
+
+    class Host(App):
+        def compose(self) -> ComposeResult:
+            yield PeersView(ovlab.name)
+
+    def text_of(app: App) -> str:
+        console = Console(width=120, record=True, file=open(os.devnull, "w"))
+        console.print(app.query_one(PeersView).body)
+        return console.export_text()
+
+    async def scenario() -> str:
+        app = Host()
+        async with app.run_test() as pilot:
+            for _ in range(100):
+                await pilot.pause(0.05)
+                if "OUT OF SYNC" in text_of(app):
+                    break
+            return text_of(app)
+
+    text = asyncio.run(scenario())
+    assert "host h1  in sync" in text and "host h2  OUT OF SYNC" in text
+    assert "10.0.0.4" in text and "missing" in text
