@@ -50,6 +50,9 @@ def cmd_up(args: argparse.Namespace) -> int:
 
     _need_root()
     topo = spec.load(args.file, args.name)
+    if args.store:  # an existing etcd cluster instead of the lab's own
+        spec.parse_store(args.store)
+        topo.control_plane = args.store
     lab = spec.build(topo)
     print(f"lab {lab.name} is up: {len(lab.hosts())} host(s), "
           f"{sum(1 for _ in lab.sandboxes())} sandbox(es). 'cnmlab inspect {lab.name}' shows it.")
@@ -208,6 +211,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp = add("up", cmd_up, "build a topology from a YAML file")
     sp.add_argument("file")
     sp.add_argument("--name", help="lab name (default: the file's 'name')")
+    sp.add_argument("--store", metavar="etcd://HOST:PORT",
+                    help="control plane for global networks: an existing etcd cluster "
+                         "(default: a private etcd inside the lab, when the file needs one)")
     add("down", cmd_down, "tear a running lab down").add_argument("name")
     add("ls", cmd_ls, "list running labs").add_argument("--json", action="store_true")
     sp = add("inspect", cmd_inspect, "show a lab's hosts, networks and sandboxes")

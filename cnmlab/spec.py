@@ -145,6 +145,13 @@ def _parse_underlays(src: Source, raw: Any, host_names: set[str]) -> list[Underl
     return out
 
 
+def parse_store(value: str) -> str:
+    """``embedded`` or ``etcd://HOST:PORT``, else a one-line InvalidInput."""
+    if value != "embedded" and not value.startswith("etcd://"):
+        raise InvalidInput(f"store {value!r}: use 'embedded' or etcd://HOST:PORT")
+    return value
+
+
 def parse(src: Source, name: str | None = None) -> Topology:
     top = _mapping(src, src.data, (), {"name", "hosts", "description", "underlays",
                                        "networks", "control_plane"})
@@ -166,9 +173,11 @@ def parse(src: Source, name: str | None = None) -> Topology:
                             "(driver: overlay); define local ones under hosts.NAME.networks")
         global_nets[str(nname)] = nspec
     control_plane = top.get("control_plane")
-    if control_plane is not None and (not isinstance(control_plane, str) or not (
-            control_plane == "embedded" or control_plane.startswith("etcd://"))):
-        raise src.error(("control_plane",), "use 'embedded' or etcd://HOST:PORT")
+    if control_plane is not None:
+        try:
+            parse_store(str(control_plane))
+        except InvalidInput as e:
+            raise src.error(("control_plane",), str(e)) from None
     if global_nets and control_plane is None:
         control_plane = "embedded"
     hosts = []

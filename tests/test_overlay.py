@@ -394,3 +394,39 @@ def test_tui_peers_view_shows_the_store_next_to_the_kernel(ovlab):
     text = asyncio.run(scenario())
     assert "host h1  in sync" in text and "host h2  OUT OF SYNC" in text
     assert "10.0.0.4" in text and "missing" in text
+
+
+def test_topology_file_declares_overlays_once_for_all_hosts(tmp_path, lab_name):
+    from cnmlab import spec
+    from cnmlab.errors import InvalidInput
+
+    path = tmp_path / "ov.yaml"
+    path.write_text(f"""name: {lab_name}
+underlays:
+  lan: {{subnet: 192.168.60.0/24}}
+networks:
+  web: {{driver: overlay, subnet: 10.9.0.0/24}}
+hosts:
+  h1:
+    underlay: lan
+    sandboxes:
+      a1: {{network: web}}
+  h2:
+    underlay: lan
+    sandboxes:
+      b1: {{network: web}}
+""")
+    lab = spec.build(spec.load(str(path)))  # control_plane defaults to embedded
+    try:
+        assert lab.control_plane and lab.control_plane["embedded"]
+        a, b = lab.sandbox("a1"), lab.sandbox("b1")
+        assert (a.ip(), b.ip()) == ("10.9.0.2", "10.9.0.3")
+        assert a.exec(["ping", "-c1", "-W1", b.ip()]).returncode == 0
+    finally:
+        lab.down()
+    path.write_text("name: x\nnetworks:\n  loc: {driver: bridge}\nhosts:\n  h1: {}\n")
+    with pytest.raises(InvalidInput, match=r"ov.yaml:3: networks.loc.driver: lab-wide networks "
+                                           r"are global-scope"):
+        spec.load(str(path))
+    with pytest.raises(InvalidInput, match="use 'embedded' or etcd://HOST:PORT"):
+        spec.parse_store("consul://x")
