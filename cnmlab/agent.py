@@ -135,6 +135,9 @@ class Agent:
                     down_since = time.monotonic()
                     self.log(str(e))
                 time.sleep(0.5)
+            except CnmError as e:  # the kernel refused something: say so, reconcile again
+                self.log(f"reconcile failed: {e}")
+                time.sleep(0.5)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -379,8 +379,15 @@ class Lab:
             dead = [h for h in waiting if not controlplane.is_agent(info["agents"].get(h),
                                                                     self.name, h)]
             if dead or time.monotonic() > deadline:
-                raise CnmError(f"lab {self.name}: the agent of {', '.join(dead or waiting)} "
-                               f"did not start (see {state.aux_path(self.name, 'agent-*.log')})")
+                host = (dead or waiting)[0]
+                log = state.aux_path(self.name, f"agent-{host}.log")
+                try:
+                    with open(log) as f:
+                        last = (f.read().strip().splitlines() or ["(empty log)"])[-1]
+                except OSError:
+                    last = "(no log)"
+                raise CnmError(f"lab {self.name}: the agent of {host} "
+                               f"{'exited' if dead else 'did not announce itself'}: {last}")
             time.sleep(0.02)
 
     def _start_agent(self, host: Host) -> None:
