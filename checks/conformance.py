@@ -55,6 +55,7 @@ class Profile:
     needs: list[str] = field(default_factory=list)
     path: str = ""
     hosts: list[str] = field(default_factory=list)  # multi-host profiles (on one underlay)
+    underlay: tuple[str, str] = ("lan", "192.168.50.0/24")  # (name, subnet) of their LAN
 
 
 # ---------------------------------------------------------------------------------------------
@@ -159,6 +160,14 @@ def load(name_or_path: str) -> Profile:
     if not isinstance(topo, dict):
         raise src.error(("topology",), "must be a mapping with networks: and containers:")
     hosts = [str(h) for h in (topo.get("hosts") or [])]
+    for k in topo:
+        if k not in ("networks", "containers", "hosts", "underlay"):
+            raise src.error(("topology", k), "unknown field; known: containers, hosts, "
+                                             "networks, underlay")
+    lan = topo.get("underlay") or {}
+    if not isinstance(lan, dict) or (lan and "subnet" not in lan):
+        raise src.error(("topology", "underlay"), "must be a mapping with subnet: (and name:)")
+    underlay = (str(lan.get("name", "lan")), str(lan.get("subnet", "192.168.50.0/24")))
     networks: dict[str, dict[str, Any]] = {}
     for nname, spec in (topo.get("networks") or {}).items():
         spec = spec or {}
@@ -223,7 +232,7 @@ def load(name_or_path: str) -> Profile:
     return Profile(name=str(data.get("name") or os.path.basename(path)[:-5]),
                    description=str(data.get("description") or ""), networks=networks,
                    containers=containers, checks=checks, needs=list(data.get("needs") or []),
-                   path=path, hosts=hosts)
+                   path=path, hosts=hosts, underlay=underlay)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -335,17 +344,14 @@ def build_engine(lab: Any, profile: Profile | str = "bridge", host: str = "host"
     return target
 
 
-UNDERLAY = "lan"
-UNDERLAY_SUBNET = "192.168.50.0/24"
-
-
 def _build_engine_multihost(lab: Any, profile: Profile) -> Target:
     """Hosts on one underlay with the lab's control plane; global networks declared once."""
     from cnmlab import drivers
     from cnmlab.checks.targets import EngineTarget
 
-    lab.add_underlay(UNDERLAY, subnet=UNDERLAY_SUBNET)
-    hosts = {h: lab.add_host(h, underlay=UNDERLAY) for h in profile.hosts}
+    lan, subnet = profile.underlay
+    lab.add_underlay(lan, subnet=subnet)
+    hosts = {h: lab.add_host(h, underlay=lan) for h in profile.hosts}
     lab.start_control_plane()
     for name, spec in profile.networks.items():
         driver = spec.get("driver", "bridge")
@@ -399,7 +405,7 @@ def build_swarm(lab: Any, profile: Profile | str = "overlay", quiet: bool = True
         profile = load(profile)
     if not profile.hosts:
         raise InvalidInput(f"profile {profile.name} names no hosts: a swarm needs topology.hosts")
-    swarm = Swarm(lab, profile.hosts, quiet=quiet).start()
+    swarm = Swarm(lab, profile.hosts, quiet=quiet, underlay=profile.underlay).start()
     try:
         for name, spec in profile.networks.items():
             swarm.network_create(name, spec.get("driver", "overlay"), subnet=spec.get("subnet"),

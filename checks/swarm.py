@@ -26,26 +26,25 @@ from cnmlab.checks.targets import UNDERLAY_NET, UPSTREAM, UPSTREAM_NET, _vni
 from cnmlab.constants import UPSTREAM_WEB
 from cnmlab.errors import CnmError
 
-UNDERLAY = "lan"
-UNDERLAY_SUBNET = "192.168.50.0/24"
-
-
 class Swarm:
     """Start a swarm of ``hosts`` (names) inside ``lab``; ``stop()`` removes the daemons."""
 
-    def __init__(self, lab: Any, hosts: list[str], quiet: bool = True) -> None:
+    def __init__(self, lab: Any, hosts: list[str], quiet: bool = True,
+                 underlay: tuple[str, str] = ("lan", "192.168.50.0/24")) -> None:
         self.lab = lab
         self.hosts = hosts
+        self.underlay = underlay  # (name, subnet) of the LAN the nodes share
         self.quiet = quiet
         self.daemons: dict[str, DockerDaemon] = {}
         self.timings: dict[str, float] = {}
 
     def start(self) -> "Swarm":
         t0 = time.monotonic()
-        if UNDERLAY not in {u.name for u in self.lab.underlays()}:
-            self.lab.add_underlay(UNDERLAY, subnet=UNDERLAY_SUBNET)
+        lan, subnet = self.underlay
+        if lan not in {u.name for u in self.lab.underlays()}:
+            self.lab.add_underlay(lan, subnet=subnet)
         for h in self.hosts:
-            host = self.lab.add_host(h, underlay=UNDERLAY, default_bridge=False,
+            host = self.lab.add_host(h, underlay=lan, default_bridge=False,
                                      firewall="manual")
             name = f"{self.lab.name}-{h}"[:40]
             self.daemons[h] = DockerDaemon(name, host.netns,

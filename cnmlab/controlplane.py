@@ -121,6 +121,18 @@ def is_agent(pid: int | None, lab: str, host: str | None = None) -> bool:
     return host is None or host.encode() in argv
 
 
+def alive(pid: int | None) -> bool:
+    """The process exists and is not a zombie (its command line is not looked at: it reads
+    empty while the process is between nsenter and the exec of python)."""
+    if not pid:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return not f.read().split(") ", 1)[1].startswith("Z")
+    except OSError:
+        return False
+
+
 def stop_agent(pid: int | None, lab: str, host: str) -> None:
     if not is_agent(pid, lab, host):
         return

@@ -364,7 +364,7 @@ class Lab:
         self._wait_agents(list(self._hosts))
         return self.cluster
 
-    def _wait_agents(self, hosts: list[str], timeout: float = 15.0) -> None:
+    def _wait_agents(self, hosts: list[str], timeout: float = 60.0) -> None:
         """Until each agent announced itself (it has reconciled and is about to watch)."""
         info = self.control_plane
         if not info or self.cluster is None or not hosts:
@@ -376,8 +376,7 @@ class Lab:
                        if (seen.get(h) or {}).get("pid") != info["agents"].get(h)]
             if not waiting:
                 return
-            dead = [h for h in waiting if not controlplane.is_agent(info["agents"].get(h),
-                                                                    self.name, h)]
+            dead = [h for h in waiting if not controlplane.alive(info["agents"].get(h))]
             if dead or time.monotonic() > deadline:
                 host = (dead or waiting)[0]
                 log = state.aux_path(self.name, f"agent-{host}.log")

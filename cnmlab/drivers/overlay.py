@@ -106,8 +106,9 @@ class OverlayDriver:
         with netns.locked(ctx.host.netns):
             if netns.exists(ns) and self._complete(ctx, ns):
                 return  # the agent (or the lab) made it already: adopt it
-            if netns.exists(ns):
-                netns.delete(ns)  # a half-made one from a crash: start again
+            if netns.exists(ns):  # half-made (an agent killed while building it): start again
+                ctx.forget_netlink(ns)  # its socket would still see the old namespace
+                netns.delete(ns)
             ctx.new_namespace(ns)
             onl = ctx.netlink(ns)
             onl.add_bridge(BRIDGE, mtu=net.mtu)
@@ -115,6 +116,8 @@ class OverlayDriver:
             onl.add_address(BRIDGE, f"{net.gateway}/{prefix}")
             onl.set_link(BRIDGE, up=True)
             tmp = vxlan_name(vni, net.id)
+            if ctx.nl.has_link(tmp):  # left in the host by the same kind of interruption
+                ctx.nl.delete_link(tmp)
             ctx.nl.add_link(tmp, "vxlan", vxlan_id=vni, vxlan_port=VXLAN_PORT,
                             vxlan_learning=0, vxlan_proxy=1, vxlan_l2miss=1, vxlan_l3miss=1,
                             mtu=net.mtu)
