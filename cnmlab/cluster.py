@@ -12,10 +12,12 @@ global datastore and gossips its peers:
   ``PeerAware`` calls.
 
 The store is a small etcd-shaped protocol (``KeyValueStore``: get, create-if-absent, put,
-delete, prefix range, each with revisions). ``MemoryStore`` implements it for unit tests of
-the seam only: it lives in one process, so it can never span machines. Real labs use etcd,
-whose client implements the same protocol, so the same code runs with hosts as namespaces on
-one machine or as separate machines: nothing here reads another host's memory or files.
+delete, prefix range, revision and watch). ``MemoryStore`` implements it for unit tests of the
+seam only: it lives in one process, so it can never span machines. Real labs use etcd
+(``cnmlab.etcd.EtcdStore``, a private etcd per lab or an existing cluster, see
+``cnmlab.controlplane``), and every host runs an agent (``cnmlab.agent``) that watches the
+store and programs its own kernel, so the same code runs with hosts as namespaces on one
+machine or as separate machines: nothing here reads another host's memory or files.
 """
 from __future__ import annotations
 
