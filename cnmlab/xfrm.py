@@ -39,6 +39,7 @@ def states(ns: str) -> list[State]:
     out = nsexec.run(ns, ["ip", "-o", "xfrm", "state", "list"]).stdout
     found = []
     for line in out.splitlines():
+        line = line.replace("\\", " ")  # -o marks each folded line break with a backslash
         m = re.search(r"src (\S+) dst (\S+).*?proto esp spi (0x[0-9a-f]+)", line)
         if m:
             found.append(State(m[1], m[2], int(m[3], 16)))
@@ -63,4 +64,4 @@ def delete_out_policy(ns: str, src: str, dst: str, mark: int, dport: int) -> Non
 
 def has_out_policy(ns: str, dst: str) -> bool:
     out = nsexec.run(ns, ["ip", "-o", "xfrm", "policy", "list", "dir", "out"]).stdout
-    return any(f"dst {dst}/32" in line for line in out.splitlines())
+    return any(f"dst {dst}/32" in line.replace("\\", " ") for line in out.splitlines())

@@ -25,13 +25,14 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import time
 from typing import TYPE_CHECKING
 
 from cnmlab import features, netns
 from cnmlab.driverapi import GLOBAL, Capability, HostContext, JoinInfo
 from cnmlab.drivers import ipsec
 from cnmlab.drivers.bridge import docker_mac, veth_name
-from cnmlab.errors import InvalidInput, ObjectNotFound
+from cnmlab.errors import InvalidInput, ObjectExists, ObjectNotFound
 
 if TYPE_CHECKING:
     from cnmlab.cluster import Cluster, Peer
@@ -118,9 +119,7 @@ class OverlayDriver:
             tmp = vxlan_name(vni, net.id)
             if ctx.nl.has_link(tmp):  # left in the host by the same kind of interruption
                 ctx.nl.delete_link(tmp)
-            ctx.nl.add_link(tmp, "vxlan", vxlan_id=vni, vxlan_port=VXLAN_PORT,
-                            vxlan_learning=0, vxlan_proxy=1, vxlan_l2miss=1, vxlan_l3miss=1,
-                            mtu=net.mtu)
+            self._add_vxlan(ctx, tmp, vni, net.mtu)
             ctx.undo(lambda: ctx.nl.delete_link(tmp) if ctx.nl.has_link(tmp) else None)
             fd = netns.open_fd(ns)
             try:
@@ -131,6 +130,23 @@ class OverlayDriver:
             if encrypted(net):
                 ipsec.prepare(ctx, vni)
                 ctx.undo(lambda: ipsec.remove(ctx, vni))
+
+    @staticmethod
+    def _add_vxlan(ctx: HostContext, name: str, vni: int, mtu: int) -> None:
+        """The VXLAN device, in the host's namespace. A namespace just deleted (a half-made
+        one rebuilt) is freed by the kernel asynchronously, and until then its old vxlan0
+        still holds the VNI on this host's UDP port: wait for it, briefly."""
+        deadline = time.monotonic() + 5
+        while True:
+            try:
+                ctx.nl.add_link(name, "vxlan", vxlan_id=vni, vxlan_port=VXLAN_PORT,
+                                vxlan_learning=0, vxlan_proxy=1, vxlan_l2miss=1,
+                                vxlan_l3miss=1, mtu=mtu)
+                return
+            except ObjectExists:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.02)
 
     @staticmethod
     def _complete(ctx: HostContext, ns: str) -> bool:
