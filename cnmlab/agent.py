@@ -123,7 +123,8 @@ class Agent:
                 self.revision = self.full_sync()
                 self.announce()
                 down_since = None
-                for batch in self.store.watch(self.cluster.prefix, self.revision + 1):
+                first, end = self.cluster.watched_range
+                for batch in self.store.watch(first, self.revision + 1, end):
                     for ev in batch:
                         try:
                             self.handle(ev)

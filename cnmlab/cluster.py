@@ -62,8 +62,10 @@ class KeyValueStore(Protocol):
     def revision(self) -> int:
         """Grows with every change: an agent that saw revision R has nothing newer to read."""
 
-    def watch(self, prefix: str, start_revision: int) -> Iterator[list[WatchEvent]]:
-        """Every change under ``prefix`` from ``start_revision`` on, in batches, as they come.
+    def watch(self, prefix: str, start_revision: int,
+              end: str | None = None) -> Iterator[list[WatchEvent]]:
+        """Every change under ``prefix`` (or in the key range [prefix, end)) from
+        ``start_revision`` on, in batches, as they come.
 
         An agent reads the current state at revision R, then watches from R + 1: nothing
         happens between the read and the watch that it would miss.
@@ -110,12 +112,14 @@ class MemoryStore:
             self._changed("DELETE", key, None, prev)
             return True
 
-    def watch(self, prefix: str, start_revision: int) -> Iterator[list[WatchEvent]]:
+    def watch(self, prefix: str, start_revision: int,
+              end: str | None = None) -> Iterator[list[WatchEvent]]:
         seen = start_revision - 1
         while True:
             with self._lock:
                 self._lock.wait_for(lambda: self._rev > seen)
-                batch = [e for e in self._log[seen:] if e.key.startswith(prefix)]
+                batch = [e for e in self._log[seen:]
+                         if (prefix <= e.key < end if end else e.key.startswith(prefix))]
                 seen = self._rev
             if batch:
                 yield batch
@@ -235,9 +239,10 @@ class Cluster:
                 for k, v in self.store.range(f"{self.prefix}agents/").items()}
 
     @property
-    def watched_prefix(self) -> str:
-        """What agents watch: the declarations and the peers (``networks/``, ``peers/``)."""
-        return self.prefix
+    def watched_range(self) -> tuple[str, str]:
+        """What agents watch: the declarations and the peers, ``networks/`` up to and with
+        ``peers/`` (keys sort so), not the IPAM's or the agents' own keys."""
+        return f"{self.prefix}networks/", f"{self.prefix}peers0"
 
 
 class GlobalIpam:

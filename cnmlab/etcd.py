@@ -153,8 +153,10 @@ class EtcdStore:
         out = self._post("kv/range", {"key": _b64("\0"), "limit": 1})
         return int(out["header"]["revision"])
 
-    def watch(self, prefix: str, start_revision: int) -> Iterator[list[WatchEvent]]:
-        """Every change under ``prefix`` from ``start_revision`` on, a batch at a time.
+    def watch(self, prefix: str, start_revision: int,
+              end: str | None = None) -> Iterator[list[WatchEvent]]:
+        """Every change under ``prefix`` (or in [prefix, end)) from ``start_revision`` on,
+        a batch at a time.
 
         Deletions carry the deleted value (``prev_kv``), so a watcher knows *which* peer left.
         Ends (StoreUnreachable) when the stream breaks: the caller re-reads and re-watches.
@@ -162,7 +164,7 @@ class EtcdStore:
         conn = self._connect(timeout=None)  # a quiet cluster sends nothing for hours
         try:
             conn.request("POST", "/v3/watch", json.dumps({"create_request": {
-                "key": _b64(prefix), "range_end": _b64(prefix_end(prefix)),
+                "key": _b64(prefix), "range_end": _b64(end or prefix_end(prefix)),
                 "start_revision": str(start_revision), "prev_kv": True}}),
                 {"Content-Type": "application/json"})
             resp = conn.getresponse()

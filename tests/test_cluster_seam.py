@@ -152,3 +152,19 @@ def test_global_ipam_never_hands_one_address_to_two_hosts():
     assert ipam.request_address("net1", got[0]) == got[0]
     ipam.release_pool("net1")
     assert ipam.request_pool("net4") == "10.0.0.0/24"
+
+
+def test_memory_store_watch_sees_changes_in_order_from_a_revision():
+    store = MemoryStore()
+    store.put("/c/networks/a", "1")
+    rev = store.revision()
+    store.put("/c/ipam/x", "1")
+    store.put("/c/peers/n/e", "p")
+    store.delete("/c/peers/n/e")
+    cluster = Cluster(store, "/c")
+    first, end = cluster.watched_range
+    events = next(store.watch(first, rev + 1, end))
+    assert [(e.type, e.key, e.value, e.prev_value) for e in events] == [
+        ("PUT", "/c/peers/n/e", "p", None), ("DELETE", "/c/peers/n/e", None, "p")]
+    assert [e.key for e in next(store.watch("/c/", rev))] == [
+        "/c/networks/a", "/c/ipam/x", "/c/peers/n/e", "/c/peers/n/e"]
