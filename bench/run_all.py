@@ -25,6 +25,8 @@ FULL = [
     ("terminal echo while watch mode checks (issue 17)", ["bench_terminal_echo.py"]),
     ("macvlan build/teardown and per-driver throughput (issue: macvlan)",
      ["bench_macvlan.py", "--sizes", "100,1000", "--iperf"]),
+    ("overlay: 3 hosts x 30, truth table, convergence vs swarm, iperf3 (issue: overlay)",
+     ["bench_overlay.py"]),
 ]
 QUICK = [
     ("engine build/teardown", ["bench_build.py", "--sizes", "10,50", "--no-mininet"]),
@@ -33,6 +35,8 @@ QUICK = [
     ("grading a class", ["bench_grade.py", "--learners", "4", "--broken", "1"]),
     ("full-kernel VM boot", ["bench_vm.py", "--runs", "2", "--file", "tests/test_ipam.py"]),
     ("macvlan build/teardown", ["bench_macvlan.py", "--sizes", "20"]),
+    ("overlay", ["bench_overlay.py", "--hosts", "2", "--per-host", "5", "--no-swarm",
+                 "--no-iperf"]),
 ]
 
 

@@ -10,7 +10,9 @@
   (dockerd 20.10 started inside the manual host namespace of a fresh lab, whose upstream plays
   the internet), runs the profile's checks, prints expected vs observed per check and the truth
   tables, and tears everything down. ``docker:SOCKET`` checks an already running daemon that
-  holds the profile's topology (``--upstream NETNS`` names its internet, if any).
+  holds the profile's topology (``--upstream NETNS`` names its internet, if any). ``swarm``
+  (multi-host profiles such as ``overlay``) starts a real two-node Docker swarm on a lab's
+  underlay, builds the profile there and tears it down.
 
 Errors are one line (``cnmlab: ...``), as everywhere in the CLI.
 """
@@ -50,7 +52,7 @@ def register(subparsers: Any) -> None:
                                description="Build a profile's topology with cnmlab's engine or "
                                            "real Docker and run its checks.")
     sp.add_argument("--target", required=True,
-                    metavar="engine|docker|docker:SOCKET|plugin:FILE.py:CLASS")
+                    metavar="engine|docker|docker:SOCKET|plugin:FILE.py:CLASS|swarm")
     sp.add_argument("--profile", default="bridge", metavar="NAME")
     sp.add_argument("--json", metavar="OUT", help="write the results as a grade sheet")
     sp.add_argument("--junit", metavar="OUT", help="write JUnit XML (one testcase per check)")
@@ -233,6 +235,38 @@ def conform_docker_hosts(profile: Any, quiet: bool = False) -> tuple[str, list[A
              "total": time.monotonic() - t0})
 
 
+def conform_swarm(profile: Any, quiet: bool = False) -> tuple[str, list[Any], dict[str, float]]:
+    """A real two-node swarm: a fresh lab with an underlay, a dockerd per host, swarm
+    init/join, the profile's overlays and containers, the checks; everything torn down."""
+    from cnmlab.checks import conformance
+    from cnmlab.checks.dockerd import missing_tools
+    from cnmlab.errors import FeatureMissing
+    from cnmlab.lab import Lab
+
+    missing = missing_tools()
+    if missing:
+        raise FeatureMissing(f"cannot run real Docker: missing {', '.join(missing)} "
+                             "(apt-get install docker.io busybox-static)")
+    t0 = time.monotonic()
+    lab = Lab(_conform_name())
+    target = None
+    try:
+        target = conformance.build_swarm(lab, profile, quiet=quiet)
+        t1 = time.monotonic()
+        version = target.swarm.manager.docker("version", "--format", "{{.Server.Version}}",
+                                              check=False).stdout.strip()
+        results = conformance.run_profile(target, profile)
+        t2 = time.monotonic()
+    finally:
+        try:
+            if target is not None:
+                target.swarm.stop()
+        finally:
+            lab.down()
+    return (f"docker {version or '?'} swarm of {len(target.swarm.hosts)} nodes", results,
+            {"build": t1 - t0, "checks": t2 - t1, "total": time.monotonic() - t0})
+
+
 def conform_socket(profile: Any, socket: str, upstream: str | None) -> tuple[str, list[Any],
                                                                               dict[str, float]]:
     from cnmlab.checks import conformance, targets
@@ -261,9 +295,11 @@ def cmd_conform(args: argparse.Namespace) -> int:
         from cnmlab.checks.plugin_target import conform_plugin
 
         name, results, timings = conform_plugin(profile, arg)
+    elif kind == "swarm" and not arg:
+        name, results, timings = conform_swarm(profile)
     else:
-        raise InvalidInput(f"--target {args.target!r}: use engine, docker, docker:SOCKET or "
-                           f"plugin:FILE.py:CLASS")
+        raise InvalidInput(f"--target {args.target!r}: use engine, docker, docker:SOCKET, "
+                           f"plugin:FILE.py:CLASS or swarm")
     color = sys.stdout.isatty() and not args.no_color
     print(report.render_results(results, color=color, verbose=True,
                                 title=f"profile {profile.name} against {name}:"))

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
 
+from cnmlab import drivers
 from cnmlab.constants import EMBEDDED_DNS
 from cnmlab.checks.api import CheckResult, SandboxRef, Target, parse_spec, run_check
 from cnmlab.errors import CnmError, InvalidInput, ObjectNotFound
@@ -239,6 +240,10 @@ def load(name_or_path: str) -> Profile:
         pub = spec.get("publish") or []
         if not isinstance(pub, list):
             raise src.error(where + ("publish",), "must be a list of HOST:CONTAINER[/proto]")
+        chost = spec.get("host")
+        if hosts and chost is not None and chost not in hosts:
+            raise src.error(where + ("host",), f"must be one of topology.hosts "
+                                               f"({', '.join(hosts)})")
         containers[str(cname)] = Container(str(cname), str(net), [str(p) for p in pub],
                                            str(host) if host is not None else None,
                                            str(spec["ip"]) if spec.get("ip") else None)
@@ -396,6 +401,9 @@ def build_engine(lab: Any, profile: Profile | str = "bridge", host: str = "host"
 
     if isinstance(profile, str):
         profile = load(profile)
+    if any(drivers.capability(str(s.get("driver", "bridge"))).global_scope
+           for s in profile.networks.values()):
+        return _build_engine_multihost(lab, profile)
     hosts = {h.name: h for h in build_hosts(lab, profile, host)}
     if before is not None:
         for h in hosts.values():
@@ -409,6 +417,32 @@ def build_engine(lab: Any, profile: Profile | str = "bridge", host: str = "host"
                 hosts[hname].network_create(name, driver or drv, **kw)
         for c in profile.containers.values():
             hosts[c.host or first].run(c.name, c.network, publish=c.publish, ip=c.ip)
+    target = EngineTarget(lab)
+    _settle_dns(target, profile)
+    return target
+
+
+def _build_engine_multihost(lab: Any, profile: Profile) -> Target:
+    """Hosts on one underlay with the lab's control plane; global networks declared once."""
+    from cnmlab.checks.targets import EngineTarget
+
+    u = profile.underlay or UnderlaySpec("lan", "192.168.50.0/24")
+    lan = u.name
+    lab.add_underlay(lan, subnet=u.subnet)
+    hosts = {h: lab.add_host(h, underlay=lan) for h in profile.hosts}
+    lab.start_control_plane()
+    for name, spec in profile.networks.items():
+        driver = spec.get("driver", "bridge")
+        kw = dict(subnet=spec.get("subnet"), internal=bool(spec.get("internal")),
+                  options=spec.get("options"))
+        if drivers.capability(driver).global_scope:
+            lab.network_create(name, driver, **kw)
+        else:
+            for h in hosts.values():
+                h.network_create(name, driver, **kw)
+    for c in profile.containers.values():
+        hosts[c.host or profile.hosts[0]].run(c.name, c.network, publish=c.publish)
+    lab.converge()
     target = EngineTarget(lab)
     _settle_dns(target, profile)
     return target
@@ -464,6 +498,46 @@ def build_docker_hosts(daemons: dict[str, Any], profile: Profile | str, lab: Any
     target = DockerHosts(adapters, upstream=engine.upstream(), underlays=engine.underlays())
     _settle_dns(target, profile)
     return target
+
+
+def build_swarm(lab: Any, profile: Profile | str = "overlay", quiet: bool = True) -> Any:
+    """Build a multi-host profile on a real Docker swarm (one dockerd per profile host, in
+    ``lab``'s namespaces on one underlay). Returns the target; ``target.swarm.stop()`` ends
+    the daemons (``lab.down()`` removes the rest)."""
+    from cnmlab.checks.swarm import Swarm, SwarmTarget
+
+    if isinstance(profile, str):
+        profile = load(profile)
+    if not profile.hosts:
+        raise InvalidInput(f"profile {profile.name} names no hosts: a swarm needs topology.hosts")
+    u = profile.underlay or UnderlaySpec("lan", "192.168.50.0/24")
+    swarm = Swarm(lab, profile.hosts, quiet=quiet, underlay=(u.name, u.subnet)).start()
+    try:
+        for name, spec in profile.networks.items():
+            swarm.network_create(name, spec.get("driver", "overlay"), subnet=spec.get("subnet"),
+                                 internal=spec.get("internal"), options=spec.get("options"))
+        for c in profile.containers.values():
+            swarm.run(c.host or profile.hosts[0], c.name, c.network)
+        target = SwarmTarget(swarm)
+        _settle_dns(target, profile, timeout=15.0)
+        _settle_reach(target, profile)
+    except BaseException:
+        swarm.stop()
+        raise
+    return target
+
+
+def _settle_reach(target: Target, profile: Profile, timeout: float = 15.0) -> None:
+    """Wait (bounded) until the first reachable check passes: swarm's gossip spreads peers
+    in its own time, and a check that runs before it would judge a race."""
+    first = next((c for c in profile.checks if c.kind == "reachable" and not c.optional), None)
+    if first is None:
+        return
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if run_check(target, first.spec).ok:
+            return
+        time.sleep(0.2)
 
 
 def upstream_ref(upstream: str | SandboxRef | None) -> SandboxRef | None:

@@ -21,6 +21,7 @@ import shlex
 import socket
 import stat
 import struct
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -58,6 +59,13 @@ PARAMS: dict[str, dict[str, list[str]]] = {
                      "optional": ["server", "timeout"]},
     "dns-absent": {"required": ["from", "name"], "optional": ["server", "timeout"]},
     "mtu": {"required": ["mtu"], "optional": ["sandbox", "ns", "interface"]},
+    "path-mtu": {"required": ["from", "to", "mtu"], "optional": ["network", "timeout"]},
+    "esp-on-wire": {"required": ["ns", "interface", "vni"], "optional": ["traffic", "timeout"]},
+    "vxlan": {"required": ["ns"],
+              "optional": ["name", "vni", "port", "learning", "proxy", "l2miss", "l3miss",
+                           "mtu", "master"]},
+    "peer-entry": {"required": ["ns", "ip", "mac", "vtep"],
+                   "optional": ["name", "present"]},
     "mac": {"required": ["sandbox", "mac"], "optional": ["interface"]},
     "default-route": {"required": ["sandbox", "via"], "optional": ["dev"]},
     "link": {"required": ["ns", "name"],
@@ -105,7 +113,12 @@ _TYPES: dict[str, tuple[Any, str]] = {
     "server": (lambda v: isinstance(v, bool) or _is_ipv4(v), "true, false or an IPv4 address"),
     "requests": (lambda v: _is_int(v) and 1 <= v <= 1000, "a count 1-1000"),
     "mtu": (lambda v: _is_int(v) and 68 <= v <= 65535, "an MTU 68-65535"),
-    "vni": (lambda v: _is_int(v) and 0 <= v < 1 << 24, "a VNI 0-16777215"),
+    "vni": (lambda v: (_is_int(v) and 0 <= v < 1 << 24) or (isinstance(v, str) and bool(v)),
+            "a VNI 0-16777215 or the name of a network (its VNI, as the target knows it)"),
+    "learning": (lambda v: isinstance(v, bool), "true or false"),
+    "proxy": (lambda v: isinstance(v, bool), "true or false"),
+    "l2miss": (lambda v: isinstance(v, bool), "true or false"),
+    "l3miss": (lambda v: isinstance(v, bool), "true or false"),
     "up": (lambda v: isinstance(v, bool), "true or false"),
     "present": (lambda v: isinstance(v, bool), "true or false"),
     "vip": (_is_ipv4, "an IPv4 address"),
@@ -169,8 +182,9 @@ def validate(kind: str, params: dict[str, Any]) -> None:
                 if not isinstance(n, str) or n not in names:
                     raise ParamError(f"check matrix: {n!r} in {key} is not in sandboxes", key)
     if kind == "egress-nat-seen" and params.get("expect", "host") not in (
-            "host", "sandbox", "none"):
-        raise ParamError("check egress-nat-seen: expect must be host, sandbox or none", "expect")
+            "host", "sandbox", "none", "masqueraded"):
+        raise ParamError("check egress-nat-seen: expect must be host, sandbox, masqueraded or "
+                         "none", "expect")
     if kind == "mtu" and ("sandbox" in params) == ("ns" in params):
         raise ParamError("check mtu: give exactly one of sandbox: or ns:", "sandbox")
     if kind == "dns-resolves":
@@ -241,6 +255,12 @@ def _end(target: Target, spec: Any, role: str, allow_ip: bool = False) -> End:
             raise CnmError(f"{role}: no host {name!r} in {target.name}; known: "
                            f"{', '.join(sorted(hosts)) or 'none'}")
         return End(spec, hosts[name].ns, host=hosts[name])
+    if "@" in spec:  # NETWORK@HOST: a network's own namespace on a host (overlay)
+        spaces = getattr(target, "network_namespaces", lambda: {})()
+        if spec not in spaces:
+            raise CnmError(f"{role}: no network namespace {spec!r} in {target.name}; known: "
+                           f"{', '.join(sorted(spaces)) or 'none'}")
+        return End(spec, spaces[spec].ns, sandbox=spaces[spec])
     sbs = target.sandboxes()
     if spec in sbs:
         return End(spec, sbs[spec].ns, sandbox=sbs[spec])
@@ -629,6 +649,8 @@ def egress_nat_seen(target: Target, params: dict[str, Any]) -> CheckResult:
         return CheckResult(label, "egress-nat-seen", ok, exp, obs, reason)
     want = host.public_ip if expect == "host" else None
     exp = (f"upstream sees {src.label} as {want} (host {hl})" if expect == "host"
+           else f"upstream never sees {src.label}'s own addresses ({', '.join(sorted(mine))})"
+           if expect == "masqueraded"
            else f"upstream sees {src.label}'s own address ({', '.join(sorted(mine))})")
     if not res.ok:
         reason = (f"no answer from the upstream: look at {src.label}'s default route, "
@@ -646,6 +668,10 @@ def egress_nat_seen(target: Target, params: dict[str, Any]) -> CheckResult:
         else:
             reason = (f"the upstream saw {seen}, not {want}: look at nat POSTROUTING on {hl} "
                       f"(MASQUERADE vs SNAT --to-source, and which interface it leaves by)")
+    elif expect == "masqueraded":  # behind more than one NAT (a host on a LAN behind a router)
+        ok = seen not in mine
+        reason = "" if ok else (f"the upstream saw the sandbox's own address: look at nat "
+                                f"POSTROUTING on {hl} (MASQUERADE for its gateway network)")
     else:
         ok = seen in mine
         reason = "" if ok else (f"the source was rewritten to {seen}: look at nat POSTROUTING "
@@ -911,6 +937,158 @@ def mtu(target: Target, params: dict[str, Any]) -> CheckResult:
                             f"ip link set {ifname} mtu in {e.label} (both veth ends and the "
                             f"bridge should agree)")
     return CheckResult(label, "mtu", ok, exp, f"mtu {link.mtu}", reason)
+
+
+def df_ping(ref: NsRef, ip: str, payload: int, timeout: float) -> bool:
+    """One ICMP echo with ``payload`` bytes and Don't Fragment set (``ping -M do -s``)."""
+    proc = subprocess.run(["nsenter", f"--net={ref.fspath}", "--", "ping", "-n", "-q", "-c1",
+                           "-M", "do", "-s", str(payload), "-W", f"{timeout:g}", ip],
+                          capture_output=True, text=True, timeout=timeout + 5)
+    return proc.returncode == 0
+
+
+@check_kind("path-mtu")
+def path_mtu(target: Target, params: dict[str, Any]) -> CheckResult:
+    """The largest packet that crosses from one sandbox to another unfragmented is ``mtu``:
+    a DF ping of mtu - 28 bytes of payload passes, one byte more does not. Over VXLAN that
+    is what leaves room for the 50 bytes of encapsulation (1450 inside a 1500 underlay)."""
+    p = _checked("path-mtu", params)
+    src = _ns_end(target, p["from"], "from")
+    dst = _end(target, p["to"], "to", allow_ip=True)
+    ip = _dest_ip(src, dst, p.get("network"))
+    size = int(p["mtu"]) - 28
+    timeout = float(p.get("timeout", DEFAULT_TIMEOUT))
+    fits = df_ping(src.ref, ip, size, timeout)
+    over = df_ping(src.ref, ip, size + 1, timeout)
+    label = f"path-mtu {src.label} -> {dst.label} = {p['mtu']}"
+    obs = (f"DF ping of {size} bytes {'passes' if fits else 'fails'}, of {size + 1} "
+           f"{'passes' if over else 'fails'}")
+    ok = fits and not over
+    if not fits:
+        reason = (f"a {p['mtu']}-byte packet does not get through: is the peer reachable at "
+                  f"all, and is the underlay's MTU big enough for the encapsulation?")
+    elif over:
+        reason = (f"packets bigger than {p['mtu']} get through too: the sandbox's MTU is too "
+                  f"big for the tunnel (look at ip link in {src.label}; VXLAN needs 50 bytes)")
+    else:
+        reason = ""
+    return CheckResult(label, "path-mtu", ok, f"DF ping of {size} passes, {size + 1} fails",
+                       obs, reason)
+
+
+@check_kind("esp-on-wire")
+def esp_on_wire(target: Target, params: dict[str, Any]) -> CheckResult:
+    """An encrypted overlay: while ``traffic`` flows, the wire carries ESP and never a
+    readable VXLAN frame of the network's VNI."""
+    p = _checked("esp-on-wire", params)
+    e = _ns_end(target, p["ns"], "ns")
+    vni = p["vni"]
+    if isinstance(vni, str) and not vni.isdigit():
+        vni = (getattr(target, "networks", lambda: {})().get(vni) or {}).get("vni")
+        if vni is None:
+            raise CnmError(f"vni: {target.name} names no VNI for network {p['vni']!r}")
+    vni = int(vni)
+    timeout = float(p.get("timeout", 2.0))
+    thread = None
+    if p.get("traffic"):
+        src = _end(target, p["traffic"]["from"], "traffic.from")
+        dst = _end(target, p["traffic"]["to"], "traffic.to", allow_ip=True)
+        ip = _dest_ip(src, dst, None)
+
+        def send() -> None:
+            time.sleep(0.05)
+            with contextlib.suppress(CnmError):
+                probes.ping(src.ref, ip, timeout=max(0.2, timeout - 0.2), count=3)
+
+        thread = threading.Thread(target=send, daemon=True)
+        thread.start()
+    esp = [0]
+    try:
+        seen = capture_vnis(e.ref, p["interface"], VXLAN_PORT, timeout, esp=esp)
+    finally:
+        if thread is not None:
+            thread.join(timeout + 1)
+    ok = esp[0] > 0 and vni not in seen
+    label = f"esp-on-wire {e.label} {p['interface']} vni {vni}"
+    obs = f"{esp[0]} ESP frame(s); clear VXLAN VNIs: {', '.join(map(str, sorted(seen))) or 'none'}"
+    reason = "" if ok else (
+        f"VXLAN of VNI {vni} crosses in clear: look at ip xfrm policy/state on the hosts and "
+        f"the mangle OUTPUT rule that marks the network's VXLAN (0xd0c4e3)" if vni in seen
+        else "no ESP seen: is there traffic between the hosts, and an xfrm state for it?")
+    return CheckResult(label, "esp-on-wire", ok, f"ESP only, no clear VXLAN of VNI {vni}",
+                       obs, reason)
+
+
+@check_kind("vxlan")
+def vxlan_link(target: Target, params: dict[str, Any]) -> CheckResult:
+    """A VXLAN device as ``ip -d link show`` describes it: VNI, UDP port and flags."""
+    p = _checked("vxlan", params)
+    e = _ns_end(target, p["ns"], "ns")
+    name = p.get("name", "vxlan0")
+    want: dict[str, Any] = {}
+    if "vni" in p:
+        vni = p["vni"]
+        if isinstance(vni, str) and not vni.isdigit():
+            vni = (getattr(target, "networks", lambda: {})().get(vni) or {}).get("vni")
+            if vni is None:
+                raise CnmError(f"vni: {target.name} names no VNI for network {p['vni']!r}")
+        want["id"] = int(vni)
+    for key in ("port", "learning", "proxy", "l2miss", "l3miss", "mtu"):
+        if key in p:
+            want[key] = p[key]
+    label = f"vxlan {e.label} {name} " + " ".join(f"{k}={v}" for k, v in want.items())
+    exp = f"{name} in {e.label}: " + ", ".join(f"{k} {v}" for k, v in want.items())
+    with _netlink(e.ref) as nl:
+        try:
+            got = nl.vxlan(name)
+            master = next((l.master for l in nl.links() if l.name == name), None)
+        except CnmError as err:
+            return CheckResult(label, "vxlan", False, exp, str(err),
+                               f"create it: ip link add {name} type vxlan id VNI dstport 4789 "
+                               f"... (in the host, then move it into {e.label})")
+    wrong = {k: got.get(k) for k, v in want.items() if got.get(k) != v}
+    if "master" in p and master != p["master"]:
+        wrong["master"] = master
+    obs = ", ".join(f"{k} {got.get(k)}" for k in want) + (f", master {master}" if master else "")
+    reason = "" if not wrong else ("look at ip -d link show " + name + " in " + e.label + ": "
+                                   + ", ".join(f"{k} is {v}" for k, v in wrong.items()))
+    return CheckResult(label, "vxlan", not wrong, exp, obs, reason)
+
+
+@check_kind("peer-entry")
+def peer_entry(target: Target, params: dict[str, Any]) -> CheckResult:
+    """A remote endpoint programmed the way overlay does it: a PERMANENT neighbour entry
+    (IP -> MAC on the VXLAN device) and a permanent FDB entry (MAC -> the remote VTEP)."""
+    p = _checked("peer-entry", params)
+    e = _ns_end(target, p["ns"], "ns")
+    dev = p.get("name", "vxlan0")
+    ip, mac, vtep = str(p["ip"]), str(p["mac"]).lower(), str(p["vtep"])
+    present = p.get("present", True)
+    if not _is_ipv4(ip):  # a sandbox's name: its address on the namespace's network
+        ip = _dest_ip(e, _end(target, ip, "ip"), None)
+    if not _is_ipv4(vtep):  # a host's name: its underlay address
+        vtep = _host_of(target, vtep, "vtep").public_ip or vtep
+    if mac == "docker":
+        mac = docker_mac(ip)
+    with _netlink(e.ref) as nl:
+        neigh = [n for n in nl.neighbours() if n.dev == dev and n.ip == ip]
+        fdb = [f for f in nl.fdb() if f.dev == dev and (f.mac or "").lower() == mac and f.dst]
+    has_neigh = any(n.state == "PERMANENT" and (n.mac or "").lower() == mac for n in neigh)
+    has_fdb = any(f.dst == vtep and f.permanent for f in fdb)
+    label = f"peer-entry {e.label} {ip} {mac} -> {vtep}" + ("" if present else " absent")
+    obs = (f"neighbour: {', '.join(f'{n.mac} {n.state}' for n in neigh) or 'none'}; "
+           f"fdb: {', '.join(f'{f.mac} dst {f.dst}' for f in fdb) or 'none'}")
+    if present:
+        ok = has_neigh and has_fdb
+        exp = f"{ip} lladdr {mac} PERMANENT and fdb {mac} dst {vtep} on {dev}"
+        reason = "" if ok else (
+            f"in {e.label}: ip neigh replace {ip} lladdr {mac} dev {dev} nud permanent; "
+            f"bridge fdb replace {mac} dev {dev} dst {vtep} self permanent")
+    else:
+        ok = not has_neigh and not has_fdb
+        exp = f"no entry for {ip} on {dev}"
+        reason = "" if ok else f"in {e.label}: ip neigh del {ip} dev {dev}; bridge fdb del ..."
+    return CheckResult(label, "peer-entry", ok, exp, obs, reason)
 
 
 def docker_mac(ip: str) -> str:
@@ -1203,9 +1381,15 @@ def parse_vxlan(frame: bytes, port: int = VXLAN_PORT) -> int | None:
     return int.from_bytes(frame[vx + 4:vx + 7], "big")
 
 
+def is_esp(frame: bytes) -> bool:
+    """An Ethernet frame carrying IPv4 ESP (protocol 50)."""
+    return len(frame) >= 34 and frame[12:14] == b"\x08\x00" and frame[23] == 50
+
+
 def capture_vnis(ns: NsRef, ifname: str, port: int, duration: float,
-                 stop_at: int | None = None) -> set[int]:
-    """VNIs seen on ``ifname`` in ``ns`` during ``duration`` s (both directions)."""
+                 stop_at: int | None = None, esp: list[int] | None = None) -> set[int]:
+    """VNIs seen on ``ifname`` in ``ns`` during ``duration`` s (both directions); ESP
+    frames are counted into ``esp[0]`` when a list is given."""
     with ns.opened() as fd:
         with netns.entered(fd=fd):
             s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
@@ -1233,6 +1417,8 @@ def capture_vnis(ns: NsRef, ifname: str, port: int, duration: float,
                 vni = parse_vxlan(frame, port)
                 if vni is not None:
                     seen.add(vni)
+                elif esp is not None and is_esp(frame):
+                    esp[0] += 1
             if stop_at is not None and stop_at in seen:
                 break
     finally:
@@ -1246,6 +1432,12 @@ def vxlan_on_wire(target: Target, params: dict[str, Any]) -> CheckResult:
     e = _ns_end(target, p["ns"], "ns")
     ifname = p["interface"]
     vni = p["vni"]
+    if isinstance(vni, str) and not vni.isdigit():  # a network's name: the target knows its VNI
+        nets = getattr(target, "networks", lambda: {})()
+        vni = (nets.get(vni) or {}).get("vni")
+        if vni is None:
+            raise CnmError(f"vni: {target.name} names no VNI for network {p['vni']!r}")
+    vni = int(vni)
     port = p.get("port", VXLAN_PORT)
     timeout = float(p.get("timeout", 2.0))
     traffic = p.get("traffic")

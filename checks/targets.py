@@ -25,8 +25,8 @@ from cnmlab.checks.nsref import NsRef
 from cnmlab.checks.submission import SubmissionTarget
 from cnmlab.errors import CnmError
 
-__all__ = ["UPSTREAM", "UPSTREAM_NET", "UPSTREAM_WEB", "EngineTarget", "SubmissionTarget",
-           "DockerAdapter", "DockerHosts", "make_target", "uplink_address"]
+__all__ = ["UPSTREAM", "UPSTREAM_NET", "UPSTREAM_WEB", "UNDERLAY_NET", "EngineTarget",
+           "SubmissionTarget", "DockerAdapter", "DockerHosts", "make_target", "uplink_address"]
 UNDERLAY_NET = "underlay"  # the network name under which an underlay router's address is listed
 
 # (sandbox, host, host port, container port, proto): what a target says it published
@@ -92,6 +92,14 @@ class EngineTarget:
                                    {UNDERLAY_NET: u.gateway})
                 for u in self._state().underlays.values()}
 
+    def network_namespaces(self) -> dict[str, SandboxRef]:
+        """``NETWORK@HOST``: the namespace a network keeps its devices in on a host (overlay's
+        br0 and vxlan0), where it has one."""
+        return {f"{n.name}@{h.name}": SandboxRef(f"{n.name}@{h.name}", NsRef(name=n.netns),
+                                                 {n.name: (n.gateway or "").split("/")[0]},
+                                                 h.name)
+                for h in self._state().hosts.values() for n in h.networks.values() if n.netns}
+
     def published(self) -> list[Published]:
         out = []
         for h in self._state().hosts.values():
@@ -113,8 +121,14 @@ class EngineTarget:
                     "icc": n.option_bool(OPT_ICC, True),
                     "internal": n.internal, "driver": n.driver,
                     # a network stacked on a parent link (macvlan, ipvlan): for hints
-                    "parent": n.driver_data.get("parent"), "mode": n.driver_data.get("mode")})
+                    "parent": n.driver_data.get("parent"), "mode": n.driver_data.get("mode"),
+                    "vni": _vni(n.options)})
         return out
+
+
+def _vni(options: dict[str, Any]) -> int | None:
+    raw = str(options.get("com.docker.network.driver.overlay.vxlanid_list") or "")
+    return int(raw.split(",")[0]) if raw.split(",")[0].isdigit() else None
 
 
 # ---------------------------------------------------------------------------------------------

@@ -6,6 +6,7 @@ import json
 import os
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import asdict
 
 from cnmlab import state
 from cnmlab.errors import CnmError, InvalidInput, NotRootError, ObjectNotFound, one_line
@@ -49,6 +50,9 @@ def cmd_up(args: argparse.Namespace) -> int:
 
     _need_root()
     topo = spec.load(args.file, args.name)
+    if args.store:  # an existing etcd cluster instead of the lab's own
+        spec.parse_store(args.store)
+        topo.control_plane = args.store
     lab = spec.build(topo)
     print(f"lab {lab.name} is up: {len(lab.hosts())} host(s), "
           f"{sum(1 for _ in lab.sandboxes())} sandbox(es). 'cnmlab inspect {lab.name}' shows it.")
@@ -162,6 +166,47 @@ def cmd_features(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_peers(args: argparse.Namespace) -> int:
+    """The control plane's peer table next to each host's kernel (exit 2: out of sync)."""
+    from cnmlab import peers
+    from cnmlab.lab import Lab
+
+    _need_root()
+    lab = Lab.open(args.name)
+    try:
+        if lab.cluster is None:
+            raise InvalidInput(f"lab {args.name} has no control plane (no global networks)")
+        info = lab.control_plane or {}
+        report = peers.report(lab.cluster, [h.controller for h in lab.hosts()])
+        if args.json:
+            print(json.dumps([asdict(h) | {"in_sync": h.in_sync} for h in report], indent=2))
+        else:
+            print(f"control plane {info.get('url', '?')}"
+                  + (f" (embedded, in {info['netns']})" if info.get("embedded") else ""))
+            print(peers.render(report))
+    finally:
+        lab.close()
+    return 0 if not peers.out_of_sync(report) else 2
+
+
+def cmd_agent(args: argparse.Namespace) -> int:
+    """Stop a host's agent (a fault to study) or start it again (it reconciles first)."""
+    from cnmlab.lab import Lab
+
+    _need_root()
+    lab = Lab.open(args.lab)
+    try:
+        if args.action == "stop":
+            lab.stop_agent(args.host)
+        else:
+            lab.restart_agent(args.host)
+            lab.converge()
+        print(f"agent of {args.host}: {'stopped' if args.action == 'stop' else 'running'}")
+    finally:
+        lab.close()
+    return 0
+
+
 def cmd_tui(args: argparse.Namespace) -> int:
     try:
         from cnmlab.tui.app import run
@@ -185,6 +230,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp = add("up", cmd_up, "build a topology from a YAML file")
     sp.add_argument("file")
     sp.add_argument("--name", help="lab name (default: the file's 'name')")
+    sp.add_argument("--store", metavar="etcd://HOST:PORT",
+                    help="control plane for global networks: an existing etcd cluster "
+                         "(default: a private etcd inside the lab, when the file needs one)")
     add("down", cmd_down, "tear a running lab down").add_argument("name")
     add("ls", cmd_ls, "list running labs").add_argument("--json", action="store_true")
     sp = add("inspect", cmd_inspect, "show a lab's hosts, networks and sandboxes")
@@ -199,6 +247,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--lab", action="append", help="only this lab (repeatable)")
     add("features", cmd_features, "which kernel features this machine has").add_argument(
         "--json", action="store_true")
+    sp = add("peers", cmd_peers, "the control plane's peer table next to each host's kernel")
+    sp.add_argument("name")
+    sp.add_argument("--json", action="store_true")
+    sp = add("agent", cmd_agent, "stop or start a host's control-plane agent")
+    sp.add_argument("action", choices=["stop", "start"])
+    sp.add_argument("lab")
+    sp.add_argument("host")
     add("tui", cmd_tui, "open the workshop app (the default)")
     for extra in _extensions():
         extra(sub)

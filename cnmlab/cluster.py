@@ -12,16 +12,19 @@ global datastore and gossips its peers:
   ``PeerAware`` calls.
 
 The store is a small etcd-shaped protocol (``KeyValueStore``: get, create-if-absent, put,
-delete, prefix range, each with revisions). ``MemoryStore`` implements it for unit tests of
-the seam only: it lives in one process, so it can never span machines. Real labs use etcd,
-whose client implements the same protocol, so the same code runs with hosts as namespaces on
-one machine or as separate machines: nothing here reads another host's memory or files.
+delete, prefix range, revision and watch). ``MemoryStore`` implements it for unit tests of the
+seam only: it lives in one process, so it can never span machines. Real labs use etcd
+(``cnmlab.etcd.EtcdStore``, a private etcd per lab or an existing cluster, see
+``cnmlab.controlplane``), and every host runs an agent (``cnmlab.agent``) that watches the
+store and programs its own kernel, so the same code runs with hosts as namespaces on one
+machine or as separate machines: nothing here reads another host's memory or files.
 """
 from __future__ import annotations
 
 import ipaddress
 import json
 import threading
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Protocol
 
@@ -29,6 +32,17 @@ from cnmlab.errors import AddressInUse, InvalidInput, ObjectExists, PoolExhauste
 
 if TYPE_CHECKING:
     from cnmlab.model import Network
+
+
+@dataclass(frozen=True)
+class WatchEvent:
+    """One change seen by a watcher: a PUT with its new value, or a DELETE with the old one."""
+
+    type: str  # "PUT" or "DELETE"
+    key: str
+    value: str | None
+    prev_value: str | None
+    revision: int
 
 
 class KeyValueStore(Protocol):
@@ -48,6 +62,15 @@ class KeyValueStore(Protocol):
     def revision(self) -> int:
         """Grows with every change: an agent that saw revision R has nothing newer to read."""
 
+    def watch(self, prefix: str, start_revision: int,
+              end: str | None = None) -> Iterator[list[WatchEvent]]:
+        """Every change under ``prefix`` (or in the key range [prefix, end)) from
+        ``start_revision`` on, in batches, as they come.
+
+        An agent reads the current state at revision R, then watches from R + 1: nothing
+        happens between the read and the watch that it would miss.
+        """
+
 
 class MemoryStore:
     """A KeyValueStore in this process's memory, for unit tests of the seam."""
@@ -55,7 +78,13 @@ class MemoryStore:
     def __init__(self) -> None:
         self._data: dict[str, str] = {}
         self._rev = 0
-        self._lock = threading.Lock()
+        self._log: list[WatchEvent] = []
+        self._lock = threading.Condition()
+
+    def _changed(self, kind: str, key: str, value: str | None, prev: str | None) -> None:
+        self._rev += 1
+        self._log.append(WatchEvent(kind, key, value, prev, self._rev))
+        self._lock.notify_all()
 
     def get(self, key: str) -> str | None:
         with self._lock:
@@ -66,20 +95,34 @@ class MemoryStore:
             if key in self._data:
                 return False
             self._data[key] = value
-            self._rev += 1
+            self._changed("PUT", key, value, None)
             return True
 
-    def put(self, key: str, value: str) -> None:
+    def put(self, key: str, value: str, lease: int | None = None) -> None:
         with self._lock:
+            prev = self._data.get(key)
             self._data[key] = value
-            self._rev += 1
+            self._changed("PUT", key, value, prev)
 
     def delete(self, key: str) -> bool:
         with self._lock:
-            if self._data.pop(key, None) is None:
+            prev = self._data.pop(key, None)
+            if prev is None:
                 return False
-            self._rev += 1
+            self._changed("DELETE", key, None, prev)
             return True
+
+    def watch(self, prefix: str, start_revision: int,
+              end: str | None = None) -> Iterator[list[WatchEvent]]:
+        seen = start_revision - 1
+        while True:
+            with self._lock:
+                self._lock.wait_for(lambda: self._rev > seen)
+                batch = [e for e in self._log[seen:]
+                         if (prefix <= e.key < end if end else e.key.startswith(prefix))]
+                seen = self._rev
+            if batch:
+                yield batch
 
     def range(self, prefix: str) -> dict[str, str]:
         with self._lock:
@@ -121,6 +164,7 @@ class Cluster:
     def __init__(self, store: KeyValueStore, prefix: str) -> None:
         self.store = store
         self.prefix = prefix.rstrip("/") + "/"
+        self._ipam: GlobalIpam | None = None
 
     # ---- networks ----------------------------------------------------------------------
     def declare_network(self, record: NetworkRecord) -> None:
@@ -150,7 +194,9 @@ class Cluster:
 
     @property
     def ipam(self) -> "GlobalIpam":
-        return GlobalIpam(self.store, self.prefix + "ipam/")
+        if self._ipam is None:
+            self._ipam = GlobalIpam(self.store, self.prefix + "ipam/")
+        return self._ipam
 
     # ---- peers -------------------------------------------------------------------------
     def publish_peer(self, peer: Peer) -> None:
@@ -163,6 +209,40 @@ class Cluster:
     def peers(self, network_id: str | None = None) -> list[Peer]:
         prefix = f"{self.prefix}peers/" + (f"{network_id}/" if network_id else "")
         return [Peer(**json.loads(v)) for v in self.store.range(prefix).values()]
+
+    # ---- cluster-wide numbers (a network's VNI) ---------------------------------------
+    def allocate_id(self, kind: str, owner: str, first: int, last: int) -> int:
+        """The lowest free number in [first, last] for ``owner``, by create-if-absent (as
+        swarm's allocator hands out VXLAN IDs from 4096 up); the same owner gets its own back."""
+        for _ in range(64):
+            taken = self.store.range(f"{self.prefix}ids/{kind}/")
+            for key, who in taken.items():
+                if who == owner:
+                    return int(key.rsplit("/", 1)[1])
+            used = {int(k.rsplit("/", 1)[1]) for k in taken}
+            n = next((i for i in range(first, last + 1) if i not in used), None)
+            if n is None:
+                raise PoolExhausted(f"no free {kind} left in {first}..{last}")
+            if self.store.create(f"{self.prefix}ids/{kind}/{n}", owner):
+                return n
+        raise PoolExhausted(f"{kind}: the numbers kept being taken")
+
+    def release_ids(self, kind: str, owner: str) -> None:
+        for key, who in self.store.range(f"{self.prefix}ids/{kind}/").items():
+            if who == owner:
+                self.store.delete(key)
+
+    # ---- agents: which hosts are listening -------------------------------------------
+    def agents(self) -> dict[str, dict[str, str]]:
+        """Host name -> what its live agent announced (the key dies with the agent's lease)."""
+        return {k.rsplit("/", 1)[1]: json.loads(v)
+                for k, v in self.store.range(f"{self.prefix}agents/").items()}
+
+    @property
+    def watched_range(self) -> tuple[str, str]:
+        """What agents watch: the declarations and the peers, ``networks/`` up to and with
+        ``peers/`` (keys sort so), not the IPAM's or the agents' own keys."""
+        return f"{self.prefix}networks/", f"{self.prefix}peers0"
 
 
 class GlobalIpam:
@@ -179,6 +259,9 @@ class GlobalIpam:
     def __init__(self, store: KeyValueStore, prefix: str) -> None:
         self.store = store
         self.prefix = prefix
+        # what this client last saw taken, per network: a hint to try first (one request),
+        # never trusted (the create still decides; a lost race re-reads the store)
+        self._seen: dict[str, set[str]] = {}
 
     def _pools(self) -> dict[str, ipaddress.IPv4Network]:
         return {k.split("/")[-2]: ipaddress.IPv4Network(v)
@@ -208,6 +291,7 @@ class GlobalIpam:
         raise PoolExhausted(f"network {network_id[:12]}: the address pool kept changing")
 
     def release_pool(self, network_id: str) -> None:
+        self._seen.pop(network_id, None)
         for key in self.store.range(f"{self.prefix}{network_id}/"):
             self.store.delete(key)
 
@@ -223,18 +307,30 @@ class GlobalIpam:
             if not self.store.create(f"{self.prefix}{network_id}/addr/{addr}", "1"):
                 raise AddressInUse(f"Address already in use: {addr}")
             return str(addr)
+        used = self._seen.get(network_id)
         for _ in range(64):
-            used = {k.rsplit("/", 1)[1] for k in self.store.range(f"{self.prefix}{network_id}/addr/")}
+            if used is None:
+                used = {k.rsplit("/", 1)[1]
+                        for k in self.store.range(f"{self.prefix}{network_id}/addr/")}
             free = next((a for a in pool.hosts() if str(a) not in used), None)
             if free is None:
+                if network_id in self._seen:  # the hint may be stale: read the truth once
+                    self._seen.pop(network_id)
+                    used = None
+                    continue
                 raise PoolExhausted(f"no available IPv4 addresses on this network's address "
                                     f"pools: {pool}")
+            used.add(str(free))
+            self._seen[network_id] = used
             if self.store.create(f"{self.prefix}{network_id}/addr/{free}", "1"):
                 return str(free)
+            used = None  # someone else took it: read what is taken now
         raise PoolExhausted(f"network {network_id[:12]}: addresses kept being taken")
 
     def release_address(self, network_id: str, ip: str) -> None:
-        self.store.delete(f"{self.prefix}{network_id}/addr/{ip.split('/')[0]}")
+        addr = ip.split("/")[0]
+        self.store.delete(f"{self.prefix}{network_id}/addr/{addr}")
+        self._seen.get(network_id, set()).discard(addr)
 
 
 def record_of(net: "Network") -> NetworkRecord:

@@ -42,3 +42,10 @@ DEFAULT_BRIDGE_OPTIONS = {OPT_BRIDGE_NAME: "docker0",
                           OPT_MASQUERADE: "true",
                           OPT_HOST_BINDING: "0.0.0.0",
                           OPT_MTU: "1500"}
+
+# Docker's gateway bridge: the egress of containers whose network has no gateway (overlay).
+GWBRIDGE = "docker_gwbridge"
+GWBRIDGE_OPTIONS = {OPT_BRIDGE_NAME: GWBRIDGE,
+                    OPT_ICC: "false",
+                    OPT_MASQUERADE: "true"}
+GWBRIDGE_ENDPOINT = "gateway_"  # + the sandbox's short id, as libnetwork names it

@@ -25,7 +25,9 @@ from contextlib import contextmanager
 from cnmlab import drivers, features, firewall, netns, sysctl
 from cnmlab.cluster import Cluster, NetworkRecord, Peer
 from cnmlab.constants import EMBEDDED_DNS, UPSTREAM_DNS
-from cnmlab.driverapi import ExternalConnectivity, HostContext, JoinInfo, PeerAware
+from cnmlab.constants import GWBRIDGE, GWBRIDGE_ENDPOINT, GWBRIDGE_OPTIONS
+from cnmlab.driverapi import (ExternalConnectivity, GlobalAllocator, HostContext, JoinInfo,
+                              PeerAware)
 from cnmlab.errors import (ActiveEndpoints, CnmError, InvalidInput, ObjectExists,
                            ObjectNotFound)
 from cnmlab.ipam import LOCAL_DEFAULT, DefaultIpam, Ipam
@@ -104,6 +106,10 @@ class Controller:
         self._ns_name = ns_name
         self._nl: Netlink | None = None
         self._ctx: HostContext | None = None
+        self._deleting_sandbox = False
+        # netlink sessions in the host's other namespaces (overlay's), kept like self.nl; a
+        # driver closes one before deleting its namespace (an open socket would pin it)
+        self._netlinks: dict[str, Netlink] = {}
         self.fw = firewall.get("iptables")
         self.ipam = DefaultIpam()
         self._rebuild_ipam()
@@ -116,6 +122,8 @@ class Controller:
         return self._nl
 
     def close(self) -> None:
+        for ns in list(self._netlinks):
+            self._netlinks.pop(ns).close()
         if self._nl is not None:
             self._nl.close()
             self._nl = None
@@ -147,7 +155,8 @@ class Controller:
             finally:
                 outer.joining = saved
             return
-        ctx = self._ctx = HostContext(self.host, self.nl, joining)
+        ctx = self._ctx = HostContext(self.host, self.nl, joining, self._make_namespace,
+                                      _netlinks=self._netlinks)
         try:
             yield ctx
         except BaseException:
@@ -161,6 +170,10 @@ class Controller:
             self._ctx = None
         self._save()
 
+    def _make_namespace(self, name: str) -> None:
+        """For drivers (``ctx.make_namespace``): logged first, then made, as every namespace."""
+        self._make_ns(name, False)
+
     def _global(self, net: Network) -> Cluster:
         if self.cluster is None:
             raise InvalidInput(f"network {net.name} is global-scope ({net.driver}): the lab "
@@ -169,10 +182,16 @@ class Controller:
 
     # ---- networks ----------------------------------------------------------------------
     def network(self, name: str) -> Network:
+        """A network of this host; a global one the control plane declares but this host does
+        not have yet is attached now, as a swarm node gets an overlay when a task needs it."""
         try:
             return self.host.networks[name]
         except KeyError:
-            raise ObjectNotFound(f"network {name} not found on host {self.host.name}") from None
+            pass
+        record = self.cluster.network(name) if self.cluster is not None else None
+        if record is not None and drivers.capability(record.driver).global_scope:
+            return self.attach_global_network(record)
+        raise ObjectNotFound(f"network {name} not found on host {self.host.name}")
 
     def create_network(self, name: str, driver: str = "bridge", *, subnet: str | None = None,
                        gateway: str | None = None, ip_range: str | None = None,
@@ -219,10 +238,15 @@ class Controller:
         record = cluster.network(net.name)
         if record is not None and record.id == net.id:  # another host declared it: reuse
             net.subnet, net.gateway = record.subnet, record.gateway
+            net.options.update(dict(record.options))
         else:
             net.subnet = cluster.ipam.request_pool(net.id, subnet)
             ctx.undo(lambda: cluster.ipam.release_pool(net.id))
             net.gateway = cluster.ipam.request_address(net.id, gateway)
+            drv = drivers.get(net.driver)
+            if isinstance(drv, GlobalAllocator):
+                net.options.update(drv.network_allocate(cluster, net))
+                ctx.undo(lambda: drv.network_free(cluster, net))
             cluster.declare_network(NetworkRecord(
                 id=net.id, name=net.name, driver=net.driver, subnet=net.subnet,
                 gateway=net.gateway, internal=net.internal,
@@ -278,9 +302,13 @@ class Controller:
     def delete_sandbox(self, name: str) -> None:
         sb = self.sandbox(name)
         with self._transaction():
-            for net, ep in self.endpoints_of(sb):
-                self.leave(ep, sb)
-                self.delete_endpoint(net, ep.id)
+            self._deleting_sandbox = True
+            try:
+                for net, ep in self.endpoints_of(sb):
+                    self.leave(ep, sb)
+                    self.delete_endpoint(net, ep.id)
+            finally:
+                self._deleting_sandbox = False
             if sb.netns:
                 netns.kill_processes(sb.netns)
                 netns.delete(sb.netns)
@@ -374,6 +402,8 @@ class Controller:
                 self._program_firewall()
             if net.scope == "global" and ep.ip:
                 self._publish_peer(ctx, net, ep)
+            if net.name != GWBRIDGE:
+                self._reconcile_gateway_bridge(sb)
 
     def _publish_peer(self, ctx: HostContext, net: Network, ep: Endpoint) -> None:
         cluster = self._global(net)
@@ -407,7 +437,8 @@ class Controller:
                     snl.add_route(dst, gateway=via)
                 else:
                     snl.add_route(dst, dev=ep.ifname)
-            if len(sb.endpoints) == 1:  # first interface: no route to replace
+            others = [e for _, e in self.endpoints_of(sb) if e is not ep]
+            if not any(e.gateway for e in others):  # no default route yet: nothing to replace
                 if ep.gateway and self.gateway_endpoint(sb) is ep:
                     snl.add_route("default", gateway=ep.gateway, dev=ep.ifname)
             else:
@@ -454,36 +485,114 @@ class Controller:
             self._write_sandbox_etc(sb)
             if ep.ports:
                 self._program_firewall()
+            if net.name != GWBRIDGE and not self._deleting_sandbox:
+                self._reconcile_gateway_bridge(sb)
 
     # ---- global scope: peers from the control plane ----------------------------------
-    def sync_peers(self) -> tuple[int, int]:
+    def sync_peers(self, network_id: str | None = None) -> tuple[int, int]:
         """Make this host's kernel hold exactly the other hosts' endpoints (an agent's step).
 
-        Reconciles what the store holds with what this host programmed (kept in its own
-        state), so a restarted agent converges instead of replaying events. Returns
+        Reconciles what the store holds with what the kernel holds, read back through the
+        driver (``peers_programmed``), so a restarted agent, or an entry someone deleted by
+        hand, converges instead of trusting a memory of what was once programmed. Returns
         (added, removed).
         """
         if self.cluster is None:
             return 0, 0
         added = removed = 0
         with self._transaction() as ctx:
-            for net in self.host.networks.values():
+            for net in list(self.host.networks.values()):
                 drv = drivers.get(net.driver)
-                if net.scope != "global" or not isinstance(drv, PeerAware):
+                if (net.scope != "global" or not isinstance(drv, PeerAware)
+                        or network_id not in (None, net.id)):
                     continue
-                want = {p.endpoint_id: p for p in self.cluster.peers(net.id)
+                want = {bare_ip(p.ip): p for p in self.cluster.peers(net.id)
                         if p.host != self.host.name}
-                for ep_id in [e for e in net.peers if e not in want]:
-                    drv.peer_delete(ctx, net, Peer(**net.peers.pop(ep_id)))
-                    removed += 1
-                for ep_id, peer in want.items():
-                    if net.peers.get(ep_id) != vars(peer):
-                        if ep_id in net.peers:
-                            drv.peer_delete(ctx, net, Peer(**net.peers[ep_id]))
-                        drv.peer_add(ctx, net, peer)
-                        net.peers[ep_id] = dict(vars(peer))
-                        added += 1
+                have = drv.peers_programmed(ctx, net)
+                for ip, (mac, vtep) in have.items():
+                    if ip not in want:
+                        drv.peer_delete(ctx, net, Peer(net.id, "", ip, mac, vtep or "", ""))
+                        removed += 1
+                for ip, peer in want.items():
+                    cur = have.get(ip)
+                    if cur is not None and cur[0] == peer.mac and cur[1] in (None, peer.vtep):
+                        continue
+                    if cur is not None:
+                        drv.peer_delete(ctx, net, Peer(net.id, "", ip, cur[0], cur[1] or "", ""))
+                    drv.peer_add(ctx, net, peer)
+                    added += 1
         return added, removed
+
+    def peer_table(self) -> list[tuple[Network, dict[str, Peer],
+                                       dict[str, tuple[str, str | None]]]]:
+        """For each global network here: what the store wants programmed (other hosts'
+        endpoints by IP) next to what the kernel holds. Reads only; changes nothing."""
+        out = []
+        if self.cluster is None:
+            return out
+        ctx = HostContext(self.host, self.nl, _netlinks=self._netlinks)
+        for net in self.host.networks.values():
+            drv = drivers.get(net.driver)
+            if net.scope != "global" or not isinstance(drv, PeerAware):
+                continue
+            want = {bare_ip(p.ip): p for p in self.cluster.peers(net.id)
+                    if p.host != self.host.name}
+            out.append((net, want, drv.peers_programmed(ctx, net)))
+        return out
+
+    def apply_peer(self, peer: Peer, present: bool) -> bool:
+        """One change another host published (an agent's watch event): program or remove it.
+
+        False when it is not for this host (its own endpoint, or a network it does not have).
+        """
+        net = next((n for n in self.host.networks.values() if n.id == peer.network_id), None)
+        if net is None or peer.host == self.host.name:
+            return False
+        drv = drivers.get(net.driver)
+        if not isinstance(drv, PeerAware):
+            return False
+        with self._transaction() as ctx:
+            if present:
+                drv.peer_add(ctx, net, peer)
+            else:
+                drv.peer_delete(ctx, net, peer)
+        return True
+
+    def detach_global_network(self, name: str) -> None:
+        """Remove this host's part of a global network (the declaration was withdrawn)."""
+        net = self.host.networks.get(name)
+        if net is None or net.scope != "global":
+            return
+        self.delete_network(name)
+
+    # ---- egress for networks without a gateway (docker_gwbridge) ------------------------
+    def _needs_gateway_bridge(self, sb: Sandbox) -> bool:
+        """libnetwork's needDefaultGW: an endpoint that gives no default route, on a network
+        that is not internal, and no other endpoint of the sandbox that gives one."""
+        need = False
+        for net, ep in self.endpoints_of(sb):
+            if net.name == GWBRIDGE or net.internal:
+                continue
+            if ep.gateway:
+                return False
+            if drivers.capability(net.driver).egress_bridge:
+                need = True
+        return need
+
+    def _reconcile_gateway_bridge(self, sb: Sandbox) -> None:
+        """Join or leave ``docker_gwbridge`` as the sandbox's other endpoints now need."""
+        if not sb.netns:
+            return
+        joined = next((ep for net, ep in self.endpoints_of(sb) if net.name == GWBRIDGE), None)
+        need = self._needs_gateway_bridge(sb)
+        if need and joined is None:
+            gw = self.host.networks.get(GWBRIDGE) or self.create_network(
+                GWBRIDGE, "bridge", options=dict(GWBRIDGE_OPTIONS))
+            ep = self.create_endpoint(gw, f"{GWBRIDGE_ENDPOINT}{sb.id[:12]}", joining=sb)
+            self.join(ep, sb)
+        elif joined is not None and not need:
+            self.leave(joined, sb)
+            self.delete_endpoint(self.host.networks[GWBRIDGE], joined.id)
 
     # ---- docker-like conveniences ------------------------------------------------------
     def connect(self, network: str, sandbox: str, ip: str | None = None,

@@ -19,10 +19,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
+from cnmlab import netns
+from cnmlab.netlink import Netlink
+
 if TYPE_CHECKING:
     from cnmlab.cluster import Peer
+    from cnmlab.cluster import Cluster
     from cnmlab.model import Endpoint, Host, Network, Sandbox
-    from cnmlab.netlink import Netlink
 
 LOCAL = "local"
 GLOBAL = "global"
@@ -44,6 +47,9 @@ class Capability:
     gateway: bool = False  # its endpoints offer the network's gateway unless Join names one
     embedded_dns: bool = False  # its user-defined networks get the resolver on 127.0.0.11
     firewall: bool = False  # the host firewall renders rules for its networks
+    # its endpoints give no default route: a non-internal network's sandbox gets a second
+    # endpoint on docker_gwbridge for egress (libnetwork's needDefaultGW/setupDefaultGW)
+    egress_bridge: bool = False
     kernel_features: tuple[str, ...] = ()  # checked when a network is created
 
     @property
@@ -85,10 +91,34 @@ class HostContext:
     # The sandbox an endpoint being created will join at once (``docker run``): a driver may
     # then create the interface straight inside it, sparing the kernel a costly move.
     joining: "Sandbox | None" = None
+    # Make a namespace the lab records first (write-ahead) and removes with itself; undone
+    # if the operation fails. Set by the controller.
+    make_namespace: "Callable[[str], None] | None" = None
     _undo: list[Callable[[], object]] = field(default_factory=list)
+    _netlinks: "dict[str, Netlink]" = field(default_factory=dict)
 
     def undo(self, action: Callable[[], object]) -> None:
         self._undo.append(action)
+
+    def new_namespace(self, name: str) -> None:
+        """A namespace of the driver's own (overlay's per-network one), recorded and undone."""
+        if self.make_namespace is None:
+            raise RuntimeError("this context cannot make namespaces")
+        self.make_namespace(name)
+        self.undo(lambda: (self.forget_netlink(name), netns.delete(name)))
+
+    def netlink(self, ns: str) -> "Netlink":
+        """A netlink session in another namespace of this host (kept by whoever made the
+        context: the controller keeps them across operations, as it keeps the host's)."""
+        if ns not in self._netlinks:
+            self._netlinks[ns] = Netlink(ns)
+        return self._netlinks[ns]
+
+    def forget_netlink(self, ns: str) -> None:
+        """Close a kept session (before its namespace goes: an open socket would pin it)."""
+        nl = self._netlinks.pop(ns, None)
+        if nl is not None:
+            nl.close()
 
 
 class Driver(Protocol):
@@ -135,3 +165,20 @@ class PeerAware(Protocol):
     def peer_add(self, ctx: HostContext, net: "Network", peer: "Peer") -> None: ...
 
     def peer_delete(self, ctx: HostContext, net: "Network", peer: "Peer") -> None: ...
+
+    def peers_programmed(self, ctx: HostContext,
+                         net: "Network") -> dict[str, tuple[str, str | None]]:
+        """What this host's kernel holds now: peer IP -> (MAC, VTEP or None if the driver
+        programs none). Read back, not remembered, so an agent that restarts (or a kernel
+        someone changed by hand) is reconciled against the truth."""
+        ...
+
+
+@runtime_checkable
+class GlobalAllocator(Protocol):
+    """swarm's NetworkAllocate: cluster-wide resources of a global network (a VNI), taken
+    once when the network is declared and stored with it as options every host reads."""
+
+    def network_allocate(self, cluster: "Cluster", net: "Network") -> dict[str, str]: ...
+
+    def network_free(self, cluster: "Cluster", net: "Network") -> None: ...

@@ -25,6 +25,7 @@ DESCRIPTIONS = {
     "ipvs": "IPVS load balancing (service VIPs, routing mesh)",
     "iptables": "iptables with NAT and addrtype (bridge firewall)",
     "nftables": "nftables (the nftables firewall backend)",
+    "ipsec": "ESP with rfc4106(gcm(aes)) (encrypted overlay)",
 }
 REMEDY = ("this kernel lacks it: run it in the full-kernel VM ('cnmlab vm' opens the workshop "
           "there, 'cnmlab vm shell' a shell) or on a machine whose kernel has it")
@@ -64,6 +65,13 @@ def _probe(name: str, ns: str) -> bool:
         r = nsexec.run(ns, ["iptables", "-t", "nat", "-A", "POSTROUTING", "-m", "addrtype",
                             "--src-type", "LOCAL", "-j", "MASQUERADE"], check=False)
         return r.returncode == 0
+    if name == "ipsec":
+        from cnmlab import nsexec
+
+        return nsexec.run(ns, ["ip", "xfrm", "state", "add", "src", "192.0.2.1", "dst",
+                               "192.0.2.2", "proto", "esp", "spi", "0x1000", "mode",
+                               "transport", "aead", "rfc4106(gcm(aes))",
+                               "0x" + "00" * 20, "128"], check=False).returncode == 0
     if name == "nftables":
         if not shutil.which("nft"):
             return False
@@ -98,7 +106,10 @@ def probe_all(refresh: bool = False) -> dict[str, bool]:
 
 
 def has(name: str) -> bool:
-    return probe_all().get(name, False)
+    found = probe_all()
+    if name not in found:  # a cache written before this feature was known
+        found = probe_all(refresh=True)
+    return found.get(name, False)
 
 
 def require(names: list[str] | tuple[str, ...], what: str) -> None:

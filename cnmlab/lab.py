@@ -31,23 +31,29 @@ import ipaddress
 import os
 import re
 import subprocess
+import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from cnmlab import dns, drivers, neigh, netns, nsexec, proxy, state, sysctl
+from cnmlab import controlplane, dns, drivers, neigh, netns, nsexec, peers, proxy, state, sysctl
 from cnmlab.cluster import Cluster
 from cnmlab.constants import (DEFAULT_BRIDGE_OPTIONS, NS_PREFIX, NS_SEP, OPT_BRIDGE_NAME,
                               OPT_ICC, OPT_MASQUERADE, OPT_MTU, UNDERLAY_BRIDGE,
                               UNDERLAY_HOST_BASE, UNDERLAY_UPLINK, UPSTREAM, UPSTREAM_GW,
                               UPSTREAM_SERVICES)
 from cnmlab.controller import Controller, remove_etc, setup_namespace
-from cnmlab.errors import (CnmError, InvalidInput, IpamError, NotRootError, ObjectExists,
+from cnmlab.driverapi import GlobalAllocator
+from cnmlab.errors import (ActiveEndpoints, CnmError, InvalidInput, IpamError, NotRootError,
+                           ObjectExists,
                            ObjectNotFound)
 from cnmlab.ipam import DefaultIpam
 from cnmlab.model import Endpoint, Host, LabState, Network, PortMapping, Sandbox, Underlay
 from cnmlab.netlink import Netlink
 
 OBJ_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,38}$")
+UNDERLAY_BRIDGE = "sw0"  # the "physical switch" inside an underlay's namespace
+UNDERLAY_UPLINK = "up0"  # the router's link into the upstream
+UNDERLAY_HOST_BASE = 11  # hosts on an underlay get .11, .12, ... (the router is .1)
 PORT_SPEC = re.compile(r"^(?:(?P<ip>[0-9.]+):)?(?P<host>\d+):(?P<ctr>\d+)(?:/(?P<proto>tcp|udp))?$")
 
 
@@ -394,7 +400,119 @@ class Lab:
     @classmethod
     def open(cls, name: str, cluster: Cluster | None = None) -> "Lab":
         stamp = state.stamp(name)  # before loading: a save in between only costs a reload
-        return cls(name, cluster=cluster, _state=state.load(name), _stamp=stamp)
+        lab_state = state.load(name)
+        info = lab_state.extra.get(controlplane.KEY)
+        if cluster is None and info:
+            cluster = controlplane.cluster_of(info)
+        return cls(name, cluster=cluster, _state=lab_state, _stamp=stamp)
+
+    # ---- control plane -------------------------------------------------------------------
+    @property
+    def control_plane(self) -> dict[str, Any] | None:
+        """What the lab's control plane is (url, namespace, pid, agents), if it has one."""
+        return self.state.extra.get(controlplane.KEY)
+
+    def start_control_plane(self, store: str | None = None) -> Cluster:
+        """etcd for global-scope networks, and an agent on every host (now and later).
+
+        ``store=None`` starts a private etcd inside the lab: in the first underlay's
+        namespace on its router address, else in the upstream on the internet gateway's.
+        ``etcd://HOST:PORT`` uses an existing cluster instead.
+        """
+        with self.locked():  # agents never write the lab's state: waiting for them here is safe
+            return self._start_control_plane(store)
+
+    def _start_control_plane(self, store: str | None) -> Cluster:
+        if self.control_plane:
+            raise ObjectExists(f"lab {self.name} already has a control plane "
+                               f"({self.control_plane['url']})")
+        if store:
+            info = controlplane.external(self.name, store)
+        elif self.state.underlays:
+            lan = next(iter(self.state.underlays.values()))
+            info = controlplane.start_embedded(self.name, lan.netns, lan.gateway)
+        elif self.state.upstream:
+            info = controlplane.start_embedded(self.name, self.state.upstream, UPSTREAM_GW)
+        else:
+            raise InvalidInput(f"lab {self.name}: an embedded control plane needs an underlay "
+                               f"or the upstream to live on; pass store='etcd://HOST:PORT'")
+        info["agents"] = {}
+        self.state.extra[controlplane.KEY] = info
+        self._save()
+        self.cluster = controlplane.cluster_of(info)
+        for h in self._hosts.values():
+            h.controller.cluster = self.cluster
+            self._start_agent(h.model)
+        self._save()
+        self._wait_agents(list(self._hosts))
+        return self.cluster
+
+    def _wait_agents(self, hosts: list[str], timeout: float = 60.0) -> None:
+        """Until each agent announced itself (it has reconciled and is about to watch)."""
+        info = self.control_plane
+        if not info or self.cluster is None or not hosts:
+            return
+        deadline = time.monotonic() + timeout
+        while True:
+            seen = self.cluster.agents()
+            waiting = [h for h in hosts
+                       if (seen.get(h) or {}).get("pid") != info["agents"].get(h)]
+            if not waiting:
+                return
+            dead = [h for h in waiting if not controlplane.alive(info["agents"].get(h))]
+            if dead or time.monotonic() > deadline:
+                host = (dead or waiting)[0]
+                log = state.aux_path(self.name, f"agent-{host}.log")
+                try:
+                    with open(log) as f:
+                        last = (f.read().strip().splitlines() or ["(empty log)"])[-1]
+                except OSError:
+                    last = "(no log)"
+                raise CnmError(f"lab {self.name}: the agent of {host} "
+                               f"{'exited' if dead else 'did not announce itself'}: {last}")
+            time.sleep(0.02)
+
+    def _start_agent(self, host: Host) -> None:
+        info = self.control_plane
+        if not info:
+            return
+        vtep = host.underlay_ip or host.public_ip
+        if not vtep:
+            raise InvalidInput(f"host {host.name} has no underlay address for its agent")
+        info["agents"][host.name] = controlplane.start_agent(self.name, info, host.name,
+                                                             host.netns, vtep)
+
+    def restart_agent(self, host: str) -> None:
+        """Start a host's agent again (after it died): it reconciles its kernel first."""
+        with self.locked():
+            h = self.host(host).model
+            info = self.control_plane
+            if not info:
+                raise InvalidInput(f"lab {self.name} has no control plane")
+            controlplane.stop_agent(info["agents"].get(host), self.name, host)
+            self._start_agent(h)
+            self._save()
+            self._wait_agents([host])
+
+    def stop_agent(self, host: str) -> None:
+        """Kill a host's agent (a fault to look at: its kernel stops following the store)."""
+        info = self.control_plane or {}
+        controlplane.stop_agent((info.get("agents") or {}).get(host), self.name, host)
+
+    def converge(self, timeout: float = 5.0) -> None:
+        """Wait until every host's kernel holds what the store says (agents at work)."""
+        if self.cluster is None:
+            return
+        deadline = time.monotonic() + timeout
+        while True:
+            lagging = peers.out_of_sync(peers.report(self.cluster, [h.controller for h in
+                                                                    self.hosts()]))
+            if not lagging:
+                return
+            if time.monotonic() > deadline:
+                raise CnmError(f"lab {self.name}: hosts {', '.join(lagging)} did not converge "
+                               f"within {timeout:g} s (see 'cnmlab peers {self.name}')")
+            time.sleep(0.005)
 
     @property
     def name(self) -> str:
@@ -671,6 +789,10 @@ class Lab:
         self._save()
         handle = HostHandle(self, host)
         self._hosts[name] = handle
+        if self.control_plane:
+            self._start_agent(host)
+            self._save()
+            self._wait_agents([name])
         c = handle.controller
         c.create_network("none", "null", predefined=True)
         c.create_network("host", "host", predefined=True)
@@ -705,6 +827,28 @@ class Lab:
             for h in targets[1:]:
                 h.controller.attach_global_network(record)
         return net
+
+    def network_rm(self, name: str) -> None:
+        """Remove a global network from every host and from the control plane; refused
+        while any host still has an endpoint on it (the store's peers say so)."""
+        with self.locked():
+            self._network_rm(name)
+
+    def _network_rm(self, name: str) -> None:
+        if self.cluster is None or (record := self.cluster.network(name)) is None:
+            raise ObjectNotFound(f"network {name} not found in lab {self.name}'s control plane")
+        busy = sorted({p.host for p in self.cluster.peers(record.id)})
+        if busy:
+            raise ActiveEndpoints(f"error while removing network: network {name} id "
+                                  f"{record.id[:12]} has active endpoints (on {', '.join(busy)})")
+        for h in self.hosts():
+            h.controller.detach_global_network(name)
+        drv = drivers.get(record.driver)
+        if isinstance(drv, GlobalAllocator):
+            probe = Network(id=record.id, name=record.name, driver=record.driver,
+                            options=dict(record.options))
+            drv.network_free(self.cluster, probe)
+        self.cluster.withdraw_network(record)
 
     @staticmethod
     def _underlay_address(lan: Underlay, host: str, wanted: str | None) -> str:
@@ -796,6 +940,13 @@ class Lab:
             return self._hosts[name].netns
         if name in self.state.underlays:
             return self.state.underlays[name].netns
+        if "@" in name:  # NETWORK@HOST: a network's own namespace on a host (overlay)
+            net_name, host = name.split("@", 1)
+            net = self.host(host).controller.network(net_name)
+            if not net.netns:
+                raise ObjectNotFound(f"network {net_name} on host {host} has no namespace of "
+                                     f"its own (its devices are in the host's)")
+            return net.netns
         return self.sandbox(name).netns
 
     def _sandbox_added(self) -> None:
@@ -811,6 +962,8 @@ class Lab:
 
     def down(self) -> None:
         self.close()
+        if self.cluster is not None and hasattr(self.cluster.store, "close"):
+            self.cluster.store.close()
         teardown(self.name, self.state)
 
 
@@ -822,6 +975,8 @@ def teardown(name: str, lab_state: LabState | None) -> list[str]:
         known = list(lab_state.namespaces if lab_state else [])
         known += [ns for ns in state.recorded_namespaces(name) if ns not in known]
         namespaces = list(reversed(known))
+        if lab_state is not None:
+            controlplane.stop_all(lab_state)  # agents by their recorded pids, wherever they are
         netns.kill_processes(*namespaces)  # port proxies and resolvers live in them
         for ns in namespaces:
             if netns.delete(ns):

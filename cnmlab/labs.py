@@ -35,8 +35,9 @@ from cnmlab.yamlsrc import Source
 
 LAB_FILE = "lab.yaml"
 SCHEMA_PATH = os.path.join(os.path.dirname(__file__), "lab.schema.json")
-ENGINE_OPS = ("network_create", "network_rm", "run", "rm", "connect", "disconnect")
-NS_TEMPLATE = re.compile(r"\{ns:([A-Za-z0-9_.-]+)\}")
+ENGINE_OPS = ("network_create", "network_rm", "run", "rm", "connect", "disconnect",
+              "agent_stop", "agent_start")
+NS_TEMPLATE = re.compile(r"\{ns:([A-Za-z0-9_.@-]+)\}")
 # check params that name a namespace (sandbox, "host:NAME" or "upstream")
 _NS_PARAMS = ("from", "to", "sandbox", "ns")
 
@@ -158,6 +159,8 @@ def engine_command(raw: dict[str, Any]) -> str:
             words.append(f"--ip {raw['ip']}")
         words += [f"--alias {a}" for a in raw.get("aliases", [])]
         words += [raw["network"], raw["sandbox"]]
+    elif op in ("agent_stop", "agent_start"):
+        return f"cnmlab agent {op.split('_')[1]} {{lab}} {raw['host']}"
     else:
         words = ["network", "disconnect", raw["network"], raw["sandbox"]]
     return "cnmlab lab docker {lab} " + " ".join(args + words)
@@ -300,6 +303,11 @@ class _Names:
                 raise src.error(where, f"unknown underlay {name[9:]!r} in {what}; underlays: "
                                 f"{', '.join(sorted(self.underlays)) or 'none'}")
             return
+        if "@" in name:  # NETWORK@HOST: a network's namespace on a host, made at run time
+            if name.split("@", 1)[1] not in self.hosts:
+                raise src.error(where, f"unknown host in {name!r} ({what}); hosts: "
+                                f"{', '.join(sorted(self.hosts))}")
+            return
         if name not in self.hosts | self.sandboxes | self.underlays | {"upstream"}:
             raise src.error(where, f"unknown namespace {name!r} in {what}; known: "
                             f"{', '.join(self.known())}")
@@ -317,7 +325,8 @@ def _validate_action(src: Source, act: dict[str, Any], where: tuple[Any, ...],
                         f"{', '.join(sorted(names.hosts))}")
     op = act["engine"]
     need = {"network_create": ["name"], "network_rm": ["name"], "run": ["name"],
-            "rm": [], "connect": ["network", "sandbox"], "disconnect": ["network", "sandbox"]}[op]
+            "rm": [], "connect": ["network", "sandbox"], "disconnect": ["network", "sandbox"],
+            "agent_stop": [], "agent_start": []}[op]
     for key in need:
         if key not in act:
             raise src.error(where, f"engine action {op} needs {key!r}")
@@ -923,6 +932,11 @@ class LabRun:
             self._wait_resolver(kw["sandbox"])
         elif op == "disconnect":
             host.disconnect(kw["network"], kw["sandbox"])
+        elif op == "agent_stop":  # the host stops following the control plane
+            lab.stop_agent(host.name)
+        elif op == "agent_start":  # ... and follows it again: reconcile, then watch
+            lab.restart_agent(host.name)
+            lab.converge()
         else:  # the schema already refused it
             raise InvalidInput(f"unknown engine action {op!r}")
 

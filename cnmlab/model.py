@@ -71,11 +71,12 @@ class Network:
     internal: bool = False
     options: dict[str, str] = field(default_factory=dict)
     device: str | None = None  # e.g. docker0, br-<id12>
+    # where its devices live when that is not the host's namespace (overlay: its own, which
+    # a learner names NETWORK@HOST)
+    netns: str | None = None
     mtu: int = 1500
     created: int = 0  # creation order on its host; firewall rules list newest first
     endpoints: dict[str, Endpoint] = field(default_factory=dict)
-    # global scope: endpoints on other hosts this host has programmed (endpoint id -> Peer)
-    peers: dict[str, dict[str, str]] = field(default_factory=dict)
     driver_data: dict[str, Any] = field(default_factory=dict)  # the driver's own (e.g. parent)
 
     def option_bool(self, key: str, default: bool) -> bool:

@@ -64,6 +64,7 @@ class FdbInfo:
 
 _NUD = {0x01: "INCOMPLETE", 0x02: "REACHABLE", 0x04: "STALE", 0x08: "DELAY", 0x10: "PROBE",
         0x20: "FAILED", 0x40: "NOARP", 0x80: "PERMANENT"}
+_NTF_SELF = 0x02
 _SCOPE = {0: "global", 200: "site", 253: "link", 254: "host", 255: "nowhere"}
 
 
@@ -409,6 +410,40 @@ class Netlink:
                     self._ip.neigh("del", dst=m.get_attr("NDA_DST"), ifindex=m["ifindex"])
                 except NetlinkError:
                     pass
+
+    def add_fdb(self, link: str, mac: str, dst: str) -> None:
+        """A permanent forwarding entry on a VXLAN device: ``bridge fdb replace MAC dev LINK
+        dst VTEP self permanent``, what overlay's peerAdd programs for a remote endpoint.
+
+        Replace, not append: a VXLAN FDB may hold several destinations for one MAC (flooding
+        lists), and a peer that moved to another VTEP must not keep its old one.
+        """
+        with self._call(f"add fdb {mac} dst {dst} on {link}"):
+            self._ip.fdb("replace", ifindex=self.index(link), lladdr=mac, dst=dst,
+                         state=0x80, flags=_NTF_SELF)
+
+    def delete_fdb(self, link: str, mac: str, dst: str | None = None) -> None:
+        attrs: dict[str, Any] = {"ifindex": self.index(link), "lladdr": mac,
+                                 "flags": _NTF_SELF}
+        if dst:
+            attrs["dst"] = dst
+        with self._call(f"delete fdb {mac} on {link}"):
+            self._ip.fdb("del", **attrs)
+
+    def vxlan(self, name: str) -> dict[str, Any]:
+        """A VXLAN link's attributes as ``ip -d link show`` prints them (id, port, flags)."""
+        with self._call(f"show vxlan {name}"):
+            msg = self._ip.link("get", index=self.index(name, fresh=True))[0]
+        info = msg.get_attr("IFLA_LINKINFO")
+        data = info.get_attr("IFLA_INFO_DATA") if info else None
+        if data is None or info.get_attr("IFLA_INFO_KIND") != "vxlan":
+            raise ObjectNotFound(f"{name} in {self.ns or 'the root namespace'} is not a vxlan link")
+        return {"id": data.get_attr("IFLA_VXLAN_ID"), "port": data.get_attr("IFLA_VXLAN_PORT"),
+                "learning": bool(data.get_attr("IFLA_VXLAN_LEARNING")),
+                "proxy": bool(data.get_attr("IFLA_VXLAN_PROXY")),
+                "l2miss": bool(data.get_attr("IFLA_VXLAN_L2MISS")),
+                "l3miss": bool(data.get_attr("IFLA_VXLAN_L3MISS")),
+                "mtu": msg.get_attr("IFLA_MTU")}
 
     def fdb(self) -> list[FdbInfo]:
         names = {l.index: l.name for l in self._links_min()}

@@ -140,6 +140,21 @@ def entered(name: str | None = None, fd: int | None = None) -> Iterator[None]:
         os.close(home)
 
 
+@contextlib.contextmanager
+def locked(name: str) -> Iterator[None]:
+    """Serialise changes to one namespace's objects between processes (the lab process and
+    a host's agent both create an overlay network's part). flock on the namespace's own bind
+    mount: it exists exactly as long as the namespace, so there is no lock file to clean."""
+    import fcntl
+
+    fd = open_fd(name)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
 def pids_in(name: str) -> list[int]:
     """Processes whose network namespace is this named one (to stop them before deletion)."""
     return pids_in_many([name]).get(name, [])

@@ -65,6 +65,10 @@ class Topology:
     hosts: list[HostSpec]
     source: Source
     underlays: list[UnderlaySpec] = field(default_factory=list)
+    # global-scope networks (overlay), declared once for every host, and the control plane
+    # that holds them: "embedded" (a private etcd inside the lab) or "etcd://HOST:PORT"
+    networks: dict[str, dict[str, Any]] = field(default_factory=dict)
+    control_plane: str | None = None
 
 
 def _mapping(src: Source, value: Any, where: tuple[Any, ...], allowed: set[str] | None) -> dict:
@@ -252,8 +256,52 @@ def _parse_underlays(src: Source, raw: Any, host_names: set[str]) -> list[Underl
     return out
 
 
+def _parse_underlays(src: Source, raw: Any, host_names: set[str]) -> list[UnderlaySpec]:
+    out = []
+    for uname, uval in _mapping(src, raw, ("underlays",), None).items():
+        where = ("underlays", uname)
+        try:
+            check_name("underlay", str(uname))
+        except CnmError as e:
+            raise src.error(where, str(e)) from None
+        if uname in host_names:
+            raise src.error(where, f"the name {uname} is used twice in this lab")
+        uraw = _mapping(src, uval, where, UNDERLAY_KEYS)
+        subnet = str(uraw.get("subnet", "192.168.50.0/24"))
+        try:
+            ipaddress.IPv4Network(subnet)
+        except ValueError as e:
+            raise src.error(where + ("subnet",), f"{subnet!r} is not a valid IPv4 subnet "
+                            f"({e})") from None
+        routes = []
+        rlist = uraw.get("routes") or []
+        if not isinstance(rlist, list):
+            raise src.error(where + ("routes",), "expected a list of {subnet: S, via: HOST}")
+        for i, r in enumerate(rlist):
+            rwhere = where + ("routes", i)
+            r = _mapping(src, r, rwhere, {"subnet", "via"})
+            if "subnet" not in r or "via" not in r:
+                raise src.error(rwhere, "a route needs subnet: and via: (a host or an address)")
+            try:
+                ipaddress.IPv4Network(str(r["subnet"]))
+            except ValueError as e:
+                raise src.error(rwhere + ("subnet",), f"{r['subnet']!r} is not a valid IPv4 "
+                                f"subnet ({e})") from None
+            routes.append((str(r["subnet"]), str(r["via"])))
+        out.append(UnderlaySpec(str(uname), subnet, routes, where))
+    return out
+
+
+def parse_store(value: str) -> str:
+    """``embedded`` or ``etcd://HOST:PORT``, else a one-line InvalidInput."""
+    if value != "embedded" and not value.startswith("etcd://"):
+        raise InvalidInput(f"store {value!r}: use 'embedded' or etcd://HOST:PORT")
+    return value
+
+
 def parse(src: Source, name: str | None = None) -> Topology:
-    top = _mapping(src, src.data, (), {"name", "hosts", "description", "underlays"})
+    top = _mapping(src, src.data, (), {"name", "hosts", "description", "underlays",
+                                       "networks", "control_plane"})
     lab_name = name or top.get("name")
     if not lab_name:
         raise src.error((), "missing field 'name' (or pass --name)")
@@ -266,6 +314,24 @@ def parse(src: Source, name: str | None = None) -> Topology:
     if not hosts_raw:
         raise src.error(("hosts",), "a topology needs at least one host")
     underlays = _parse_underlays(src, top.get("underlays"), {str(h) for h in hosts_raw})
+    global_nets: dict[str, dict[str, Any]] = {}
+    for nname, nval in _mapping(src, top.get("networks"), ("networks",), None).items():
+        nwhere = ("networks", nname)
+        nspec = _mapping(src, nval, nwhere, {"driver", "subnet", "gateway", "internal",
+                                             "options"})
+        _check_net(src, str(nname), nspec, nwhere)
+        if not drivers.capability(str(nspec.get("driver", "bridge"))).global_scope:
+            raise src.error(nwhere + ("driver",), "lab-wide networks are global-scope "
+                            "(driver: overlay); define local ones under hosts.NAME.networks")
+        global_nets[str(nname)] = nspec
+    control_plane = top.get("control_plane")
+    if control_plane is not None:
+        try:
+            parse_store(str(control_plane))
+        except InvalidInput as e:
+            raise src.error(("control_plane",), str(e)) from None
+    if global_nets and control_plane is None:
+        control_plane = "embedded"
     hosts = []
     seen: set[str] = set()
     for hname, hval in hosts_raw.items():
@@ -288,9 +354,9 @@ def parse(src: Source, name: str | None = None) -> Topology:
             nwhere = where + ("networks", nname)
             _want(src, nwhere, nname, str, "a network name")
             nspec = _mapping(src, nval, nwhere, NETWORK_KEYS)
-            _check_net(src, nname, nspec, nwhere)
-            host.networks[nname] = nspec
-        known_nets = set(host.networks) | {"bridge", "host", "none"}
+            _check_net(src, str(nname), nspec, nwhere)
+            host.networks[str(nname)] = nspec
+        known_nets = set(host.networks) | set(global_nets) | {"bridge", "host", "none"}
         sbs = _mapping(src, hraw.get("sandboxes"), where + ("sandboxes",), None)
         for sname, sval in sbs.items():
             swhere = where + ("sandboxes", sname)
@@ -327,7 +393,8 @@ def parse(src: Source, name: str | None = None) -> Topology:
                 except ValueError:
                     raise src.error(u.where + ("routes", i, "via"), f"{via!r} is neither a host "
                                     f"of this lab nor an IPv4 address") from None
-    return Topology(name=str(lab_name), hosts=hosts, source=src, underlays=underlays)
+    return Topology(name=str(lab_name), hosts=hosts, source=src, underlays=underlays,
+                    networks=global_nets, control_plane=control_plane)
 
 
 def load(path: str, name: str | None = None) -> Topology:
@@ -342,12 +409,14 @@ def build(topo: Topology, lab: Lab | None = None) -> Lab:
             try:
                 with lab.batch():
                     _build_hosts(topo, lab, topo.source)
+                lab.converge()  # the agents have programmed every host's peers
             except BaseException:
                 lab.down()
                 raise
         return lab
     with lab.batch():
         _build_hosts(topo, lab, topo.source)
+    lab.converge()
     return lab
 
 
@@ -378,6 +447,20 @@ def _build_host_list(topo: Topology, lab: Lab, src: Source) -> None:
                 host.network_create(nname, **nspec)
             except CnmError as e:
                 raise src.error(where + ("networks", nname), str(e)) from None
+    if topo.control_plane and not lab.control_plane:
+        try:
+            lab.start_control_plane(None if topo.control_plane == "embedded"
+                                    else topo.control_plane)
+        except CnmError as e:
+            raise src.error(("control_plane",), str(e)) from None
+    for nname, nspec in topo.networks.items():
+        kw = dict(nspec)
+        try:
+            lab.network_create(nname, str(kw.pop("driver")), **kw)
+        except CnmError as e:
+            raise src.error(("networks", nname), str(e)) from None
+    for hspec in topo.hosts:
+        host = lab.host(hspec.name)
         for sb in hspec.sandboxes:
             try:
                 (first, opts), rest = sb.networks[0], sb.networks[1:]

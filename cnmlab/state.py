@@ -13,6 +13,7 @@ import ipaddress
 import json
 import os
 import re
+import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -239,6 +240,8 @@ def remove(name: str) -> None:
     for p in (_path(name), _ns_log(name), *aux):
         try:
             os.unlink(p)
+        except IsADirectoryError:  # e.g. the embedded etcd's data
+            shutil.rmtree(p, ignore_errors=True)
         except FileNotFoundError:
             pass
 

@@ -18,7 +18,7 @@ APT_PACKAGES=(
   bridge-utils dnsutils procps tmux          # bridge/dig for labs; tmux for the TUI e2e test
   ipvsadm                                    # IPVS labs (inspect a service's table)
   qemu-system-x86 busybox-static kmod        # cnmlab vm: qemu, the initramfs, modprobe/depmod
-  iperf3                                     # per-driver throughput (lab 06, bench_macvlan)
+  etcd-server etcd-client iperf3             # overlay control plane (etcd, etcdctl); lab 06/08 throughput
 )
 if [ "$want_tests" = 1 ]; then
   APT_PACKAGES+=(docker.io mininet)          # conformance against real Docker; benchmarks
@@ -36,23 +36,30 @@ done
 # needs them. So when this script is the one installing them, it keeps them from starting
 # (policy-rc.d: Debian's switch that maintainer scripts ask before starting a service, on
 # systemd and sysvinit alike) and disables them at boot afterwards. A docker.io or containerd
-# that was installed before is left exactly as it was.
+# that was installed before is left exactly as it was. The same goes for etcd-server: the
+# overlay labs run a private etcd inside each lab's namespaces, never the system one (which
+# would listen on localhost:2379 in the machine's own namespace).
 POLICY=/usr/sbin/policy-rc.d
 held_units=()
 hold_daemons() {
-  installed containerd || held_units+=(containerd.service)
-  installed docker.io || held_units+=(docker.service docker.socket)
+  if [ "$want_tests" = 1 ]; then
+    installed containerd || held_units+=(containerd.service)
+    installed docker.io || held_units+=(docker.service docker.socket)
+  fi
+  installed etcd-server || held_units+=(etcd.service)
   [ "${#held_units[@]}" -gt 0 ] || return 0
   [ -e "$POLICY" ] && mv "$POLICY" "$POLICY.cnmlab-saved"
   trap release_policy EXIT
   cat >"$POLICY" <<'POLICY_EOF'
 #!/bin/sh
-# Written by cnmlab's scripts/install.sh while it installs docker.io; removed when it ends.
-# Deny starting Docker's system daemons; ask the machine's own policy (if any) about the rest.
+# Written by cnmlab's scripts/install.sh while it installs docker.io or etcd-server; removed
+# when it ends. Deny starting Docker's and etcd's system daemons; ask the machine's own policy
+# (if any) about the rest.
 for arg in "$@"; do
   case "$arg" in
     -*) continue ;;
     docker|docker.service|docker.socket|containerd|containerd.service) exit 101 ;;
+    etcd|etcd.service) exit 101 ;;
     *) break ;;
   esac
 done
@@ -76,17 +83,22 @@ disable_held_daemons() {
       systemctl disable --quiet "$unit" >/dev/null 2>&1 || true  # also its sysvinit links
     fi
   done
-  if ! command -v systemctl >/dev/null && [ -x /etc/init.d/docker ]; then
-    update-rc.d docker disable >/dev/null 2>&1 || true
+  if ! command -v systemctl >/dev/null; then
+    for svc in docker etcd; do
+      [ -x "/etc/init.d/$svc" ] && { update-rc.d "$svc" disable >/dev/null 2>&1 || true; }
+    done
   fi
-  echo "install.sh: installed docker.io without starting or enabling its system daemons" \
-       "(cnmlab's tests start their own inside a namespace)"
+  local names=()
+  case " ${held_units[*]} " in *" docker.service "*) names+=(docker.io) ;; esac
+  case " ${held_units[*]} " in *" etcd.service "*) names+=(etcd-server) ;; esac
+  echo "install.sh: installed ${names[*]} without starting or enabling its system daemons" \
+       "(cnmlab starts its own inside a namespace)"
 }
 
 if [ "${#missing[@]}" -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
-  [ "$want_tests" = 1 ] && hold_daemons
+  hold_daemons
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
   disable_held_daemons
 fi

@@ -186,7 +186,7 @@ def test_the_scan_catches_a_driver_name_comparison(tmp_path):
 
 def test_registry_lists_known_drivers_on_an_unknown_name():
     with pytest.raises(InvalidInput, match="unknown network driver 'bridgy': known drivers are "
-                                           "bridge, host, ipvlan, macvlan, null"):
+                                           "(.*, )?bridge, (.*, )?host, (.*, )?null, (.*, )?overlay"):
         drivers.get("bridgy")
 
 

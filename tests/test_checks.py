@@ -304,7 +304,7 @@ def test_validate():
         library.validate("matrix", {"sandboxes": ["a"]})
     with pytest.raises(InvalidInput, match="'c' in groups is not in sandboxes"):
         library.validate("matrix", {"sandboxes": ["a", "b"], "groups": [["a", "c"]]})
-    with pytest.raises(InvalidInput, match="expect must be host, sandbox or none"):
+    with pytest.raises(InvalidInput, match="expect must be host, sandbox, masqueraded or none"):
         library.validate("egress-nat-seen", {"from": "a", "expect": "nat"})
     with pytest.raises(InvalidInput, match="via must be"):
         library.validate("default-route", {"sandbox": "a", "via": "gw"})

@@ -36,7 +36,9 @@ class FakeOverlay:
         ctx.undo(lambda: ctx.nl.delete_link(net.device or ""))
         prefix = ipaddress.IPv4Network(net.subnet or "").prefixlen
         ctx.nl.add_address(net.device, f"{net.gateway}/{prefix}")
-        ctx.nl.set_link(net.device, up=True)
+        # a bridge whose MAC follows its ports changes it when a lower one joins, and the
+        # kernel then flushes every neighbour entry on it, PERMANENT ones too: pin it
+        ctx.nl.set_link(net.device, up=True, mac="02:42:00:00:00:01")
 
     def delete_network(self, ctx: HostContext, net: Network) -> None:
         ctx.nl.delete_link(net.device or "")
@@ -63,6 +65,10 @@ class FakeOverlay:
 
     def peer_delete(self, ctx: HostContext, net: Network, peer: Peer) -> None:
         ctx.nl.delete_neighbour(net.device or "", peer.ip.split("/")[0])
+
+    def peers_programmed(self, ctx: HostContext, net: Network) -> dict[str, tuple[str, None]]:
+        return {n.ip: (n.mac or "", None) for n in ctx.nl.neighbours()
+                if n.dev == net.device and n.state == "PERMANENT"}
 
 
 @pytest.fixture
@@ -146,3 +152,19 @@ def test_global_ipam_never_hands_one_address_to_two_hosts():
     assert ipam.request_address("net1", got[0]) == got[0]
     ipam.release_pool("net1")
     assert ipam.request_pool("net4") == "10.0.0.0/24"
+
+
+def test_memory_store_watch_sees_changes_in_order_from_a_revision():
+    store = MemoryStore()
+    store.put("/c/networks/a", "1")
+    rev = store.revision()
+    store.put("/c/ipam/x", "1")
+    store.put("/c/peers/n/e", "p")
+    store.delete("/c/peers/n/e")
+    cluster = Cluster(store, "/c")
+    first, end = cluster.watched_range
+    events = next(store.watch(first, rev + 1, end))
+    assert [(e.type, e.key, e.value, e.prev_value) for e in events] == [
+        ("PUT", "/c/peers/n/e", "p", None), ("DELETE", "/c/peers/n/e", None, "p")]
+    assert [e.key for e in next(store.watch("/c/", rev))] == [
+        "/c/networks/a", "/c/ipam/x", "/c/peers/n/e", "/c/peers/n/e"]

@@ -61,7 +61,7 @@ def test_profile_loads():
 
 
 def test_profile_errors(tmp_path):
-    with pytest.raises(ObjectNotFound, match="unknown profile 'nope'; known: bridge"):
+    with pytest.raises(ObjectNotFound, match="unknown profile 'nope'; known: bridge, "):
         conformance.load("nope")
     bad = tmp_path / "bad.yaml"
     bad.write_text("topology:\n  networks: {app: {}}\n  containers:\n    c1: {network: app}\n"
@@ -112,7 +112,8 @@ def test_conform_cli_engine(tmp_path):
     cp = subprocess.run([sys.executable, "-m", "cnmlab.cli", "conform", "--target", "cni"],
                         capture_output=True, text=True, timeout=60)
     assert cp.returncode == 1 and cp.stderr.strip().splitlines() == [
-        "cnmlab: --target 'cni': use engine, docker, docker:SOCKET or plugin:FILE.py:CLASS"]
+        "cnmlab: --target 'cni': use engine, docker, docker:SOCKET, plugin:FILE.py:CLASS or "
+        "swarm"]
 
 
 # ---- real Docker ---------------------------------------------------------------------------

@@ -144,7 +144,7 @@ def test_wheel_ships_profiles_schema_and_styles(installed, tmp_path):
         from cnmlab.checks import conformance
         from cnmlab.tui.app import CnmlabApp
         assert os.path.isfile(labs.SCHEMA_PATH), labs.SCHEMA_PATH
-        assert conformance.available() == ["bridge", "ipvlan", "macvlan"], conformance.available()
+        assert conformance.available() == ["bridge", "ipvlan", "macvlan", "overlay"], conformance.available()
         for name in conformance.available():
             conformance.load(name)
         assert len(CnmlabApp.CSS_PATH) == 2, CnmlabApp.CSS_PATH

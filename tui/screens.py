@@ -416,6 +416,7 @@ LIVE_VIEWS = {  # tab id -> (module, class, tab title)
     "tab-live": ("livestate", "LiveState", "Live"),
     "tab-topology": ("topology", "TopologyView", "Topology"),
     "tab-packets": ("packets", "PacketPanel", "Packets"),
+    "tab-peers": ("peers", "PeersView", "Peers"),  # labs with a control plane only
 }
 
 
@@ -522,6 +523,8 @@ class StepScreen(WorkerErrors, Screen):
                         yield Vertical(id="results")
                         yield Markdown(id="recap", classes="-empty")
                 for tab_id, (_, _, title) in LIVE_VIEWS.items():
+                    if tab_id == "tab-peers" and not self.labdef.topology.control_plane:
+                        continue
                     with TabPane(title, id=tab_id):
                         yield Static(self._placeholder_text(), classes="placeholder")
             yield ShellPane(self.run.name, self._member_map, history=self._history_file,

@@ -14,12 +14,14 @@ from cnmlab.drivers.host import HostDriver
 from cnmlab.drivers.ipvlan import IpvlanDriver
 from cnmlab.drivers.macvlan import MacvlanDriver
 from cnmlab.drivers.null import NullDriver
+from cnmlab.drivers.overlay import OverlayDriver
 from cnmlab.drivers.remote import RemoteDriver
 from cnmlab.errors import InvalidInput
 from cnmlab.plugin import discovery
 
 BUILTIN: dict[str, type] = {"bridge": BridgeDriver, "host": HostDriver, "null": NullDriver,
-                            "macvlan": MacvlanDriver, "ipvlan": IpvlanDriver}
+                            "macvlan": MacvlanDriver, "ipvlan": IpvlanDriver,
+                            "overlay": OverlayDriver}
 
 _registry: dict[str, type] = dict(BUILTIN)
 
