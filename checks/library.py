@@ -27,12 +27,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from cnmlab import netns, nsexec
 from cnmlab.checks import probes
 from cnmlab.checks.api import CheckResult, HostRef, SandboxRef, Target, check_kind
 from cnmlab.checks.nsref import NsRef
 from cnmlab.checks.truth import TruthTable
 from cnmlab.errors import CnmError, InvalidInput
+from cnmlab.kernel import netns, nsexec
 
 DEFAULT_TIMEOUT = 1.0
 VXLAN_PORT = 4789
@@ -748,7 +748,7 @@ def dns_absent(target: Target, params: dict[str, Any]) -> CheckResult:
 @contextlib.contextmanager
 def _netlink(ref: NsRef) -> Iterator[Any]:
     """A ``Netlink`` bound to the namespace ``ref`` (by name, path or PID)."""
-    from cnmlab.netlink import Netlink
+    from cnmlab.kernel.netlink import Netlink
 
     with ref.opened() as fd:
         nl = Netlink(fd=fd)

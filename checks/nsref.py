@@ -20,8 +20,8 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from cnmlab import netns
 from cnmlab.errors import CnmError, ObjectNotFound
+from cnmlab.kernel import netns
 
 NS_GET_NSTYPE = 0xB703  # ioctl on an nsfs fd: which kind of namespace it is
 CLONE_NEWNET = 0x40000000

@@ -521,8 +521,8 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
     marks = list(item.iter_markers("cnmlab_needs"))
     if not marks:
         return
-    from cnmlab import features
     from cnmlab.errors import CnmError
+    from cnmlab.kernel import features
 
     for mark in marks:
         for name in mark.args:

@@ -38,9 +38,9 @@ from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from cnmlab import neigh, netns, sysctl
 from cnmlab.checks.nsref import NsRef
 from cnmlab.errors import CnmError
+from cnmlab.kernel import neigh, netns, sysctl
 
 Pair = tuple[str, str]
 NsLike = NsRef | str | int
@@ -178,7 +178,7 @@ def ensure_neighbour_capacity(n_entries: int) -> Callable[[], None]:
     """Make room for ``n_entries`` more ARP entries; returns the callable that gives it back.
 
     The table is shared by every namespace and its limits live only in the root namespace;
-    ``cnmlab.neigh`` keeps one saved copy of the originals for every process on the machine
+    ``cnmlab.kernel.neigh`` keeps one saved copy of the originals for every process on the machine
     (labs and probe runs alike) and writes them back when the last holder releases. Call the
     returned function exactly when done (a second call does nothing).
     """

@@ -6,11 +6,12 @@ deleting them (after stopping their processes) removes links, routes and rules w
 """
 from __future__ import annotations
 
-from cnmlab import neigh, state
+from cnmlab import state
 from cnmlab.errors import InvalidInput
-from cnmlab.plugin import discovery
+from cnmlab.kernel import neigh
 from cnmlab.lab import teardown
 from cnmlab.model import LabState
+from cnmlab.plugin import discovery
 
 
 def clean(only: list[str] | None = None) -> list[str]:

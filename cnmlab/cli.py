@@ -45,11 +45,11 @@ def resolve(target: str) -> tuple[str, str]:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    from cnmlab import spec
+    from cnmlab import topofile
 
     _need_root()
-    topo = spec.load(args.file, args.name)
-    lab = spec.build(topo)
+    topo = topofile.load(args.file, args.name)
+    lab = topofile.build(topo)
     print(f"lab {lab.name} is up: {len(lab.hosts())} host(s), "
           f"{sum(1 for _ in lab.sandboxes())} sandbox(es). 'cnmlab inspect {lab.name}' shows it.")
     lab.close()
@@ -87,19 +87,19 @@ def cmd_ls(args: argparse.Namespace) -> int:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    from cnmlab import report
+    from cnmlab import inspection
     from cnmlab.lab import Lab
 
     _need_root()
     lab = Lab.open(args.name)
-    data = report.inspect(lab)
+    data = inspection.inspect(lab)
     lab.close()
-    print(json.dumps(data, indent=2) if args.json else report.render_text(data))
+    print(json.dumps(data, indent=2) if args.json else inspection.render_text(data))
     return 0
 
 
 def _exec_in(target: str, argv: list[str]) -> int:
-    from cnmlab.nsexec import shell_argv
+    from cnmlab.kernel.nsexec import shell_argv
 
     _need_root()
     _, ns = resolve(target)
@@ -131,7 +131,7 @@ def cmd_clean(args: argparse.Namespace) -> int:
 
 
 def cmd_features(args: argparse.Namespace) -> int:
-    from cnmlab import features
+    from cnmlab.kernel import features
 
     _need_root()
     found = features.probe_all()
@@ -187,16 +187,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _extensions() -> list[Callable[[argparse._SubParsersAction], None]]:  # type: ignore[type-arg]
-    """Subcommands owned by other packages (labs, checks) register themselves here."""
-    found = []
-    for mod_name in ("cnmlab.labcli", "cnmlab.checks.cli", "cnmlab.checks.diffcli",
-                     "cnmlab.plugin.cli"):
-        try:
-            mod = __import__(mod_name, fromlist=["register"])
-        except ImportError:
-            continue
-        found.append(mod.register)
-    return found
+    """Subcommands owned by the packages under the CLI (labs, checks, diff, plugins)."""
+    from cnmlab.checks import cli as checks_cli
+    from cnmlab.checks import diffcli
+    from cnmlab.plugin import cli as plugin_cli
+    from cnmlab.workshop import cli as workshop_cli
+
+    return [workshop_cli.register, checks_cli.register, diffcli.register, plugin_cli.register]
 
 
 def _add_labs_dirs(dirs: list[str]) -> None:

@@ -56,8 +56,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from cnmlab import netns, procs, state
+from cnmlab import state
 from cnmlab.constants import EMBEDDED_DNS, UPSTREAM_DNS, UPSTREAM_WEB
+from cnmlab.kernel import netns, procs
 from cnmlab.model import LabState
 
 TTL = 600

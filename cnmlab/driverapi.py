@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 if TYPE_CHECKING:
     from cnmlab.cluster import Peer
     from cnmlab.model import Endpoint, Host, Network, Sandbox
-    from cnmlab.netlink import Netlink
+    from cnmlab.kernel.netlink import Netlink
 
 LOCAL = "local"
 GLOBAL = "global"

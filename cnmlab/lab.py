@@ -25,7 +25,7 @@ import subprocess
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from cnmlab import dns, drivers, neigh, netns, nsexec, proxy, state, sysctl
+from cnmlab import dns, drivers, proxy, state
 from cnmlab.cluster import Cluster
 from cnmlab.constants import (DEFAULT_BRIDGE_OPTIONS, NS_PREFIX, NS_SEP, OPT_BRIDGE_NAME,
                               OPT_ICC, OPT_MASQUERADE, OPT_MTU, UPSTREAM, UPSTREAM_GW,
@@ -34,8 +34,9 @@ from cnmlab.controller import Controller, remove_etc, setup_namespace
 from cnmlab.errors import (CnmError, InvalidInput, IpamError, NotRootError, ObjectExists,
                            ObjectNotFound)
 from cnmlab.ipam import DefaultIpam
+from cnmlab.kernel import neigh, netns, nsexec, sysctl
+from cnmlab.kernel.netlink import Netlink
 from cnmlab.model import Endpoint, Host, LabState, Network, PortMapping, Sandbox
-from cnmlab.netlink import Netlink
 
 OBJ_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,38}$")
 PORT_SPEC = re.compile(r"^(?:(?P<ip>[0-9.]+):)?(?P<host>\d+):(?P<ctr>\d+)(?:/(?P<proto>tcp|udp))?$")
@@ -544,7 +545,8 @@ class Lab:
     def _sandbox_added(self) -> None:
         n = sum(len(h.sandboxes) for h in self.state.hosts.values())
         if n >= 24 and n % 16 == 0:
-            neigh.reserve(f"lab:{self.name}", neigh.entries_for(n + 16))
+            neigh.reserve(f"lab:{self.name}", neigh.entries_for(n + 16),
+                          alive_while=state.files(self.name))
 
     # ---- teardown ----------------------------------------------------------------------
     def close(self) -> None:

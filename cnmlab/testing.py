@@ -15,8 +15,8 @@ from typing import Any
 
 from cnmlab.driverapi import HostContext
 from cnmlab.errors import KernelError, ObjectExists, ObjectNotFound
+from cnmlab.kernel.netlink import IFNAMSIZ, LinkInfo, NeighInfo, RouteInfo
 from cnmlab.model import Host
-from cnmlab.netlink import IFNAMSIZ, LinkInfo, NeighInfo, RouteInfo
 
 
 @dataclass

@@ -13,14 +13,14 @@ import time
 
 import pytest
 
-from cnmlab import netns, nsexec
 from cnmlab.checks import library, probes, targets
 from cnmlab.checks.api import CheckResult, kinds, run_check, run_checks
 from cnmlab.checks.submission import SubmissionTarget
 from cnmlab.checks.targets import EngineTarget, make_target
 from cnmlab.errors import CnmError, InvalidInput
+from cnmlab.kernel import netns, nsexec
+from cnmlab.kernel.netlink import Netlink
 from cnmlab.lab import Lab
-from cnmlab.netlink import Netlink
 
 pytestmark = pytest.mark.kernel
 

@@ -12,7 +12,8 @@ import time
 
 import pytest
 
-from cnmlab import dns, netns, state
+from cnmlab import dns, state
+from cnmlab.kernel import netns
 from cnmlab.lab import Lab
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root for namespaces")

@@ -325,7 +325,7 @@ COURSE = textwrap.dedent("""\
     import os
     import socket
 
-    from cnmlab import netns
+    from cnmlab.kernel import netns
     from cnmlab.checks.api import CheckResult
 
 

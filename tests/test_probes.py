@@ -10,11 +10,11 @@ import time
 
 import pytest
 
-from cnmlab import netns, sysctl
 from cnmlab.checks import probes
 from cnmlab.checks.nsref import NamespaceGone, NsRef
 from cnmlab.errors import CnmError
-from cnmlab.netlink import Netlink
+from cnmlab.kernel import netns, sysctl
+from cnmlab.kernel.netlink import Netlink
 
 pytestmark = pytest.mark.kernel
 

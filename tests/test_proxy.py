@@ -17,8 +17,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from cnmlab import netns, proxy, state
+from cnmlab import proxy, state
 from cnmlab.errors import CnmError, KernelError
+from cnmlab.kernel import netns
 
 pytestmark = pytest.mark.kernel
 

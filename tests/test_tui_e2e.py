@@ -16,7 +16,9 @@ import time
 
 import pytest
 
-from cnmlab import labs, state
+from cnmlab import state
+from cnmlab.workshop import labfile
+from cnmlab.workshop.runner import LabRun
 
 PID = str(os.getpid())
 SOCKET = f"cnmlab{PID}"
@@ -95,4 +97,4 @@ def test_learner_session_in_tmux(tmp_path):
     finally:
         tmux("kill-server", check=False)
         if state.exists(name):
-            labs.LabRun(labs.get("01"), name).stop()
+            LabRun(labfile.get("01"), name).stop()

@@ -41,7 +41,7 @@ class StepInfo:
 class LabPreview:
     """What the lab list shows, read straight from ``lab.yaml`` (libyaml: milliseconds).
 
-    The full, validated ``LabDef`` (``cnmlab.labs.load``: schema, checks, topology) takes
+    The full, validated ``LabDef`` (``cnmlab.labfile.load``: schema, checks, topology) takes
     ~100 ms a lab with the pure-Python YAML parser the line-number tracking needs, so it is
     loaded in the start worker, only for the lab the learner opens.
     """
@@ -59,12 +59,12 @@ def lab_previews(root: str | None = None) -> list[LabPreview]:
     """Every lab under ``root`` (default: the labs folder), without validation."""
     import yaml
 
-    from cnmlab import labs
+    from cnmlab.workshop import labfile
 
     loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
     out = []
-    for folder in labs.lab_folders(root):
-        file = os.path.join(folder, labs.LAB_FILE)
+    for folder in labfile.lab_folders(root):
+        file = os.path.join(folder, labfile.LAB_FILE)
         try:
             with open(file) as f:
                 data = yaml.load(f, Loader=loader)
@@ -73,10 +73,10 @@ def lab_previews(root: str | None = None) -> list[LabPreview]:
                 summary=str(data.get("summary") or ""), needs=list(data.get("needs") or []),
                 steps=[StepInfo(str(s["id"]), str(s.get("title", s["id"])))
                        for s in data.get("steps") or []],
-                default_name=data.get("name") or labs.default_lab_name(str(data["id"])),
+                default_name=data.get("name") or labfile.default_lab_name(str(data["id"])),
                 path=folder))
         except Exception:  # broken file: the full loader says exactly what is wrong
-            out.append(labs.load(folder))  # type: ignore[arg-type]
+            out.append(labfile.load(folder))  # type: ignore[arg-type]
     return out
 
 
@@ -133,7 +133,7 @@ class CnmlabApp(App[int]):
     @property
     def progress(self) -> Any:
         if self._progress is None:
-            from cnmlab.labs import Progress
+            from cnmlab.workshop.progress import Progress
 
             self._progress = Progress()
         return self._progress
@@ -146,7 +146,7 @@ class CnmlabApp(App[int]):
         """The LabRun of a lab for this session (made once, reused when re-opened)."""
         run = self.runs.get(labdef.id)
         if run is None:
-            from cnmlab.labs import LabRun
+            from cnmlab.workshop.runner import LabRun
 
             run = LabRun(labdef, self.instance_name(labdef), self.progress)
             self.runs[labdef.id] = run

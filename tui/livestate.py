@@ -35,11 +35,11 @@ from textual.widget import Widget
 from textual.widgets import Static
 from textual.worker import get_current_worker
 
-from cnmlab import netns as _netns
-from cnmlab.lab import split_ns_name
 from cnmlab import state
 from cnmlab.errors import CnmError
-from cnmlab.netlink import Netlink
+from cnmlab.kernel import netns as _netns
+from cnmlab.kernel.netlink import Netlink
+from cnmlab.lab import split_ns_name
 from cnmlab.tui.watch import Event, NetlinkWatcher, Snapshot, parts_for, read_firewall
 
 UPSTREAM = "upstream"

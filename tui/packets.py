@@ -21,8 +21,8 @@ from textual.widgets import Button, RichLog, Select, Static
 from textual.worker import get_current_worker
 
 from cnmlab.errors import CnmError
-from cnmlab.netlink import Netlink
-from cnmlab.tui.capture import Capture, Packet
+from cnmlab.kernel.capture import Capture, Packet
+from cnmlab.kernel.netlink import Netlink
 from cnmlab.tui.livestate import lab_targets, resolve
 
 MAX_LINES = 500

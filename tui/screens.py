@@ -70,7 +70,7 @@ def lab_members(lab_name: str) -> list[tuple[str, str, str]]:
 
 def _feature_line(labdef: Any, features: dict[str, bool] | None) -> tuple[Text, list[str]]:
     """``needs: veth ✔ bridge ✘`` and the missing features."""
-    from cnmlab.features import DESCRIPTIONS
+    from cnmlab.kernel.features import DESCRIPTIONS
 
     line = Text("needs: ", style="dim")
     missing = []
@@ -191,7 +191,7 @@ class LabListScreen(WorkerErrors, Screen):
     # ---- workers ---------------------------------------------------------------------------
     @work(thread=True, exclusive=True, group="probe", name="probe", exit_on_error=False)
     def _probe(self) -> dict[str, bool]:
-        from cnmlab import features
+        from cnmlab.kernel import features
 
         try:
             return features.probe_all()
@@ -200,10 +200,11 @@ class LabListScreen(WorkerErrors, Screen):
 
     @work(thread=True, exclusive=True, group="start", name="start", exit_on_error=False)
     def _start(self, labdef: Any) -> Any:
-        from cnmlab import labs, state
+        from cnmlab import state
+        from cnmlab.workshop import labfile
 
         if not hasattr(labdef, "topology"):  # a preview: load and validate the lab now
-            labdef = labs.load(labdef.path)
+            labdef = labfile.load(labdef.path)
         run = self.app.lab_run(labdef)  # type: ignore[attr-defined]
 
         def start() -> None:
@@ -295,7 +296,7 @@ class LabListScreen(WorkerErrors, Screen):
     @on(OptionList.OptionHighlighted, "#labs")
     def show_detail(self) -> None:
         from cnmlab import state
-        from cnmlab.features import REMEDY
+        from cnmlab.kernel.features import REMEDY
 
         labdef = self.current()
         detail = self.query_one("#lab-detail", Static)
@@ -327,7 +328,7 @@ class LabListScreen(WorkerErrors, Screen):
         self.action_open()
 
     def action_open(self) -> None:
-        from cnmlab.features import DESCRIPTIONS, REMEDY
+        from cnmlab.kernel.features import DESCRIPTIONS, REMEDY
 
         labdef = self.current()
         if labdef is None:
@@ -840,7 +841,7 @@ class StepScreen(WorkerErrors, Screen):
         self.notify(f"target: {self.target} ({role})", timeout=2)
 
     def action_shell(self) -> None:
-        from cnmlab.nsexec import shell_argv
+        from cnmlab.kernel.nsexec import shell_argv
 
         self.refresh_members()
         ns = {m[0]: m[2] for m in self._members}.get(self.target)

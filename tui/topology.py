@@ -31,9 +31,9 @@ from textual.widget import Widget
 from textual.widgets import Static
 from textual.worker import get_current_worker
 
-from cnmlab import netns as _netns
 from cnmlab import state
 from cnmlab.errors import CnmError
+from cnmlab.kernel import netns as _netns
 from cnmlab.model import LabState
 from cnmlab.tui.livestate import Target, lab_targets
 from cnmlab.tui.watch import Event, NetlinkWatcher, RawDumper, RawLink

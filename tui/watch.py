@@ -34,9 +34,9 @@ import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
-from cnmlab import netns
 from cnmlab.errors import CnmError
-from cnmlab.netlink import FdbInfo, LinkInfo, NeighInfo, Netlink, RouteInfo
+from cnmlab.kernel import netns
+from cnmlab.kernel.netlink import FdbInfo, LinkInfo, NeighInfo, Netlink, RouteInfo
 
 NETLINK_ROUTE = 0
 RTMGRP_LINK = 0x1
@@ -576,7 +576,7 @@ def read_ipvs(ns: str) -> str:
         return IPVS_MISSING
     if not shutil.which("ipvsadm"):
         return "IPVS: in the kernel, but ipvsadm is not installed"
-    from cnmlab import nsexec
+    from cnmlab.kernel import nsexec
 
     try:
         return nsexec.run(ns, ["ipvsadm", "-Ln"], check=False).stdout.strip() or "IPVS: empty"

@@ -17,8 +17,8 @@ from typing import Any
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
-from cnmlab import netns
 from cnmlab.errors import FeatureMissing, KernelError, ObjectExists, ObjectNotFound
+from cnmlab.kernel import netns
 
 IFNAMSIZ = 15
 

@@ -24,7 +24,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cached_property
 
-from cnmlab import netns
+from cnmlab.kernel import netns
 
 ETH_P_ALL = 0x0003
 PACKET_OUTGOING = 4

@@ -11,28 +11,26 @@ import json
 from typing import Any
 
 from cnmlab.errors import InvalidInput
+from cnmlab.workshop import labfile
+from cnmlab.workshop.progress import Progress
+from cnmlab.workshop.runner import LabRun, running_instances
 
 
-def _run(args: argparse.Namespace) -> Any:
-    from cnmlab import labs
-
-    labdef = labs.get(args.lab)
-    return labs.LabRun(labdef, getattr(args, "name", None))
+def _run(args: argparse.Namespace) -> LabRun:
+    return LabRun(labfile.get(args.lab), getattr(args, "name", None))
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    from cnmlab import labs
-
-    prog = labs.Progress()
+    prog = Progress()
     rows = []
-    for lab in labs.discover():
+    for lab in labfile.discover():
         p = prog.lab(lab.id)
         row = lab.summary_json()
         row["steps"] = [{**s, "passed": s["id"] in p["passed"]} for s in row["steps"]]
         row["progress"] = {"passed": p["passed"], "hints": p["hints"],
                            "done": sum(1 for s in lab.steps if s.id in p["passed"]),
                            "total": len(lab.steps)}
-        row["running"] = labs.running_instances(lab)
+        row["running"] = running_instances(lab)
         rows.append(row)
     if args.json:
         print(json.dumps(rows, indent=2))

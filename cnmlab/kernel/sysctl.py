@@ -5,8 +5,8 @@ them, so writing from inside ``netns.entered`` changes only that namespace.
 """
 from __future__ import annotations
 
-from cnmlab import netns
 from cnmlab.errors import KernelError
+from cnmlab.kernel import netns
 
 
 def _path(key: str) -> str:
