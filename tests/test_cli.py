@@ -132,7 +132,7 @@ def test_missing_kernel_feature_is_one_line():
     missing = [f for f, ok in features.probe_all().items() if not ok]
     if not missing:
         pytest.skip("this kernel has every probed feature")
-    code = ("import sys; from cnmlab import features; from cnmlab.errors import CnmError\n"
+    code = ("import sys; from cnmlab.kernel import features; from cnmlab.errors import CnmError\n"
             f"try:\n features.require([{missing[0]!r}], 'the test lab')\n"
             "except CnmError as e:\n print(e); sys.exit(1)\n")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

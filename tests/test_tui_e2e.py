@@ -29,7 +29,11 @@ pytestmark = [pytest.mark.kernel,
 
 
 def cnmlab_argv() -> list[str]:
-    exe = shutil.which("cnmlab")
+    """This checkout's entry point: the one next to the interpreter running the tests (a
+    ``cnmlab`` on PATH may belong to another checkout, whose state files differ)."""
+    exe = os.path.join(os.path.dirname(sys.executable), "cnmlab")
+    if not os.access(exe, os.X_OK):
+        exe = shutil.which("cnmlab") or ""
     return [exe] if exe else [sys.executable, "-m", "cnmlab.cli"]
 
 

@@ -8,19 +8,30 @@ from __future__ import annotations
 
 import argparse
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cnmlab.errors import InvalidInput
-from cnmlab.workshop import labfile
-from cnmlab.workshop.progress import Progress
-from cnmlab.workshop.runner import LabRun, running_instances
+
+if TYPE_CHECKING:
+    from cnmlab.workshop.runner import LabRun
+
+# The lab machinery (and the checks under it) is imported by the commands that use it, not
+# here: ``cnmlab`` builds its whole argument parser on every call, and ``cnmlab ls`` or
+# ``cnmlab up`` should not pay a third of a second for checks they never run.
 
 
 def _run(args: argparse.Namespace) -> LabRun:
+    from cnmlab.workshop import labfile
+    from cnmlab.workshop.runner import LabRun
+
     return LabRun(labfile.get(args.lab), getattr(args, "name", None))
 
 
 def cmd_list(args: argparse.Namespace) -> int:
+    from cnmlab.workshop import labfile
+    from cnmlab.workshop.progress import Progress
+    from cnmlab.workshop.runner import running_instances
+
     prog = Progress()
     rows = []
     for lab in labfile.discover():

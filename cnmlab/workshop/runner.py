@@ -322,7 +322,7 @@ def running_instances(labdef: LabDef) -> list[str]:
     for name in state.names():
         try:
             st = state.load(name)
-        except (CnmError, TypeError, KeyError, ValueError):  # gone, or another cnmlab version's
+        except CnmError:  # gone meanwhile, or saved by another cnmlab version
             continue
         if st.extra.get("labrun", {}).get("lab_id") == labdef.id:
             out.append(name)
