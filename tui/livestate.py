@@ -38,9 +38,9 @@ from textual.worker import get_current_worker
 from cnmlab import state
 from cnmlab.errors import CnmError
 from cnmlab.kernel import netns as _netns
-from cnmlab.kernel.netlink import Netlink
+from cnmlab.kernel.netlink import Event, Netlink
 from cnmlab.lab import split_ns_name
-from cnmlab.tui.watch import Event, NetlinkWatcher, Snapshot, parts_for, read_firewall
+from cnmlab.tui.watch import NetlinkWatcher, Snapshot, parts_for, read_firewall
 
 UPSTREAM = "upstream"
 

@@ -33,6 +33,8 @@ from textual.widgets.option_list import Option
 from textual.worker import Worker, WorkerState, get_current_worker
 
 from cnmlab.errors import CnmError
+from cnmlab.kernel.netlink import ADDR_EVENTS, LINK_EVENTS, ROUTE_EVENTS
+from cnmlab.tui.watch import NetlinkWatcher
 
 # One engine thread per lab instance. Every engine call of a lab (start, check, solve, reset,
 # stop) runs there, one at a time: they never interleave, and the engine always sees the same
@@ -429,8 +431,7 @@ class StepScreen(WorkerErrors, Screen):
         self.run = run
         self.labdef = run.labdef
         self.results: dict[str, list[Any]] = {}  # step id -> last results
-        self._watcher: Any = None
-        self._poll_timer: Any = None
+        self._watcher: NetlinkWatcher | None = None
         self._pending = False  # a watch tick came while a check ran
         self._checking = False
         self._members: list[tuple[str, str, str]] = []
@@ -776,29 +777,18 @@ class StepScreen(WorkerErrors, Screen):
 
     def _start_watch(self) -> None:
         self._stop_watch()
-        try:
-            from cnmlab.tui import watch as kwatch
-        except ImportError:
-            kwatch = None
-        if kwatch is None:  # no netlink watcher: a plain poll
-            poll = self.app.poll_interval  # type: ignore[attr-defined]
-            self._poll_timer = self.set_interval(poll, lambda: self._watch_tick(False))
-            return
-        groups = kwatch.RTMGRP_LINK | kwatch.RTMGRP_IPV4_IFADDR | kwatch.RTMGRP_IPV4_ROUTE
         # no neighbour events: the checks' own pings would re-trigger the checks forever
-        self._watcher = kwatch.NetlinkWatcher(self._namespaces(), groups=groups)
+        self._watcher = NetlinkWatcher(self._namespaces(),
+                                       groups=LINK_EVENTS | ADDR_EVENTS | ROUTE_EVENTS)
         self._watch_kernel(self._watcher)
 
     def _stop_watch(self) -> None:
         if self._watcher is not None:
             self._watcher.stop()
             self._watcher = None
-        if self._poll_timer is not None:
-            self._poll_timer.stop()
-            self._poll_timer = None
 
     @work(thread=True, exclusive=True, group="watch", name="watch", exit_on_error=False)
-    def _watch_kernel(self, watcher: Any) -> None:
+    def _watch_kernel(self, watcher: NetlinkWatcher) -> None:
         worker = get_current_worker()
         try:
             poll = self.app.poll_interval  # type: ignore[attr-defined]
