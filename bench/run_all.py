@@ -21,12 +21,14 @@ FULL = [
     ("userland proxy: 100 published ports in one process", ["bench_proxy.py", "--ports", "100"]),
     ("grading a class (issue 9: 30 submissions < 60 s)", ["bench_grade.py", "--learners", "30",
                                                           "--broken", "10"]),
+    ("DNS codec next to a probe's round trip", ["bench_dns.py"]),
 ]
 QUICK = [
     ("engine build/teardown", ["bench_build.py", "--sizes", "10,50", "--no-mininet"]),
     ("reachability truth tables", ["bench_truth.py", "--sizes", "10,20", "--no-mininet"]),
     ("userland proxy", ["bench_proxy.py", "--ports", "100"]),
     ("grading a class", ["bench_grade.py", "--learners", "4", "--broken", "1"]),
+    ("DNS codec", ["bench_dns.py", "--queries", "50"]),
 ]
 
 

@@ -38,6 +38,7 @@ from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+from cnmlab import dnswire
 from cnmlab.checks.nsref import NsRef
 from cnmlab.errors import CnmError
 from cnmlab.kernel import neigh, netns, sysctl
@@ -1050,53 +1051,6 @@ class EchoServer:
 # DNS
 
 
-_RCODES = {1: "FORMERR", 2: "SERVFAIL", 3: "NXDOMAIN", 4: "NOTIMP", 5: "REFUSED"}
-
-
-def build_dns_query(name: str, qid: int, qtype: int = 1) -> bytes:
-    """A minimal DNS query: one question, recursion desired."""
-    q = b""
-    for label in name.rstrip(".").split("."):
-        raw = label.encode("idna") if label else b""
-        if not raw or len(raw) > 63:
-            raise ValueError(f"bad DNS name {name!r}")
-        q += bytes([len(raw)]) + raw
-    return struct.pack("!HHHHHH", qid, 0x0100, 1, 0, 0, 0) + q + b"\0" + struct.pack("!HH", qtype, 1)
-
-
-def _skip_name(msg: bytes, i: int) -> int:
-    while True:
-        if i >= len(msg):
-            raise ValueError("truncated name")
-        n = msg[i]
-        if n == 0:
-            return i + 1
-        if n & 0xC0 == 0xC0:
-            return i + 2
-        i += 1 + n
-
-
-def parse_dns_response(msg: bytes, qid: int) -> tuple[int, list[str]]:
-    """(rcode, IPv4 addresses of the A records in the answer section)."""
-    if len(msg) < 12:
-        raise ValueError("short DNS message")
-    rid, flags, qd, an, _, _ = struct.unpack("!HHHHHH", msg[:12])
-    if rid != qid or not flags & 0x8000:
-        raise ValueError("not a response to this query")
-    i = 12
-    for _ in range(qd):
-        i = _skip_name(msg, i) + 4
-    addrs = []
-    for _ in range(an):
-        i = _skip_name(msg, i)
-        typ, cls, _, rdlen = struct.unpack("!HHIH", msg[i:i + 10])
-        i += 10
-        if typ == 1 and cls == 1 and rdlen == 4:
-            addrs.append(socket.inet_ntoa(msg[i:i + 4]))
-        i += rdlen
-    return flags & 0x0F, addrs
-
-
 def dns_query(src: NsLike, name: str, server_ip: str, timeout: float = 1.0, port: int = 53,
               retries: int = 1) -> list[str]:
     """Resolve ``name`` (A records) by asking ``server_ip`` from inside ``src``'s namespace.
@@ -1107,7 +1061,10 @@ def dns_query(src: NsLike, name: str, server_ip: str, timeout: float = 1.0, port
     """
     ref = NsRef.of(src)
     qid = random.getrandbits(16)
-    query = build_dns_query(name, qid)
+    try:
+        query = dnswire.build_query(name, qid)
+    except ValueError as e:
+        raise DnsError(f"dns {name} @{server_ip}: {e}") from None
     s = _make_sockets(ref, 1, socket.AF_INET, socket.SOCK_DGRAM)[0]
     try:
         err = s.connect_ex((server_ip, port))
@@ -1139,13 +1096,13 @@ def dns_query(src: NsLike, name: str, server_ip: str, timeout: float = 1.0, port
                 except OSError as e:
                     raise DnsError(f"dns {name} @{server_ip}: {e.strerror}") from None
                 try:
-                    rcode, addrs = parse_dns_response(msg, qid)
-                except (ValueError, struct.error):
+                    rcode, addrs = dnswire.parse_response(msg, qid)
+                except ValueError:
                     continue
-                if rcode == 3:
+                if rcode == dnswire.NXDOMAIN:
                     raise DnsNameError(f"dns {name} @{server_ip}: NXDOMAIN (no such name)")
                 if rcode:
-                    raise DnsError(f"dns {name} @{server_ip}: {_RCODES.get(rcode, rcode)}")
+                    raise DnsError(f"dns {name} @{server_ip}: {dnswire.rcode_name(rcode)}")
                 return addrs
         raise DnsTimeout(f"dns {name} @{server_ip}: no answer after {_fmt_s(timeout)}")
     finally:

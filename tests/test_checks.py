@@ -13,6 +13,7 @@ import time
 
 import pytest
 
+from cnmlab import frames
 from cnmlab.checks import library, probes, targets
 from cnmlab.checks.api import CheckResult, kinds, run_check, run_checks
 from cnmlab.checks.submission import SubmissionTarget
@@ -449,15 +450,15 @@ def test_vxlan_on_wire(two_hosts):
     assert "no VXLAN" in r.observed
 
 
-def test_parse_vxlan():
+def test_vxlan_vni():
     import struct
     eth = b"\x00" * 12 + b"\x08\x00"
     ip = bytes([0x45, 0, 0, 0, 0, 0, 0, 0, 64, 17, 0, 0]) + b"\x01\x02\x03\x04" * 2
     udp = struct.pack("!HHHH", 5555, 4789, 0, 0)
     vx = bytes([0x08, 0, 0, 0]) + (4242).to_bytes(3, "big") + b"\0"
-    assert library.parse_vxlan(eth + ip + udp + vx) == 4242
-    assert library.parse_vxlan(eth + ip + udp + vx, port=8472) is None
-    assert library.parse_vxlan(b"\x00" * 12 + b"\x86\xdd" + b"\0" * 60) is None
+    assert frames.vxlan_vni(eth + ip + udp + vx) == 4242
+    assert frames.vxlan_vni(eth + ip + udp + vx, port=8472) is None
+    assert frames.vxlan_vni(b"\x00" * 12 + b"\x86\xdd" + b"\0" * 60) is None
 
 
 def test_lb_spread_with_nth_dnat(lab, target):

@@ -10,6 +10,8 @@ Keys: ``s`` start/stop, ``c`` clear.
 """
 from __future__ import annotations
 
+import time
+
 from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult
@@ -20,12 +22,19 @@ from textual.widget import Widget
 from textual.widgets import Button, RichLog, Select, Static
 from textual.worker import get_current_worker
 
+from cnmlab import frames
 from cnmlab.errors import CnmError
 from cnmlab.kernel.capture import Capture, Packet
 from cnmlab.kernel.netlink import Netlink
 from cnmlab.tui.livestate import lab_targets, resolve
 
 MAX_LINES = 500
+
+
+def packet_line(p: Packet, summary: str) -> str:
+    """``HH:MM:SS.mmm < summary`` (``<`` in, ``>`` out)."""
+    t = time.strftime("%H:%M:%S", time.localtime(p.ts)) + f".{int(p.ts % 1 * 1000):03d}"
+    return f"{t} {'<' if p.direction == 'in' else '>'} {summary}"
 
 
 def _style(summary: str) -> str:
@@ -71,9 +80,11 @@ class PacketPanel(Widget):
             return self.panel
 
     class _Batch(Message):
-        def __init__(self, gen: int, packets: list[Packet], skipped: int) -> None:
+        def __init__(self, gen: int, packets: list[Packet], summaries: list[str],
+                     skipped: int) -> None:
             super().__init__()
             self.gen, self.packets, self.skipped = gen, packets, skipped
+            self.summaries = summaries
 
     class _Interfaces(Message):
         def __init__(self, target: str, names: list[str], error: str | None) -> None:
@@ -270,9 +281,8 @@ class PacketPanel(Widget):
             for packets, skipped in cap.batches(interval=0.1, limit=200):
                 if worker.is_cancelled or cap.stopped:
                     break
-                for p in packets:  # decode here, not on the UI thread
-                    p.summary
-                self.post_message(self._Batch(gen, packets, skipped))
+                summaries = [frames.decode(p.data) for p in packets]  # not on the UI thread
+                self.post_message(self._Batch(gen, packets, summaries, skipped))
         except OSError as e:
             error = f"capture on {cap.interface}: {e.strerror or e}"
         finally:
@@ -284,10 +294,10 @@ class PacketPanel(Widget):
         if msg.gen != self._gen:
             return
         log = self.query_one("#pk-log", RichLog)
-        for p in msg.packets:
-            line = p.line()
+        for p, summary in zip(msg.packets, msg.summaries):
+            line = packet_line(p, summary)
             self.lines.append(line)
-            log.write(Text(line, style=_style(p.summary)))
+            log.write(Text(line, style=_style(summary)))
         if msg.skipped:
             note = f"… {msg.skipped} more packets not shown (flood)"
             self.lines.append(note)

@@ -28,6 +28,7 @@ from cnmlab.errors import FeatureMissing, KernelError, ObjectExists, ObjectNotFo
 from cnmlab.kernel import netns
 
 IFNAMSIZ = 15
+IFF_UP = 0x1
 
 
 @dataclass
@@ -44,6 +45,7 @@ class LinkInfo:
     # IFLA_LINK: a veth's peer ifindex (a macvlan's or VXLAN's parent), in this namespace or,
     # when peer_netns_id is set, in the namespace this one calls by that id (see ``nsid_of``)
     peer_index: int | None = None
+    admin_up: bool = False  # IFF_UP: set up by someone (``state`` says whether it works)
 
 
 @dataclass
@@ -292,7 +294,8 @@ class Netlink:
                 mac=m.get_attr("IFLA_ADDRESS") or "", mtu=m.get_attr("IFLA_MTU") or 0,
                 master=names.get(master) if master else None,
                 peer_netns_id=m.get_attr("IFLA_LINK_NETNSID"),
-                peer_index=m.get_attr("IFLA_LINK") or None))
+                peer_index=m.get_attr("IFLA_LINK") or None,
+                admin_up=bool(m["flags"] & IFF_UP)))
         by_index = {l.index: l for l in out}
         for a in self.addresses():
             if a[0] in by_index:
