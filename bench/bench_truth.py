@@ -21,7 +21,7 @@ import time
 from cnmlab.checks import probes
 from cnmlab.checks.nsref import NsRef
 from cnmlab.checks.truth import TruthTable
-from cnmlab.kernel import netns, sysctl
+from cnmlab.kernel import neigh, netns, sysctl
 from cnmlab.kernel.netlink import Netlink
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -120,7 +120,7 @@ def main() -> int:
         print("needs root", file=sys.stderr)
         return 2
     sizes = [int(x) for x in args.sizes.split(",") if x]
-    before = probes.neighbour_limits()
+    before = neigh.limits()
     rows = []
     try:
         for n in sizes:
@@ -144,7 +144,7 @@ def main() -> int:
             rows.append((n, c, mn_s, mn_note))
     finally:
         teardown()
-        after = probes.neighbour_limits()
+        after = neigh.limits()
         if after != before:
             print(f"warning: neighbour limits {after} differ from {before}", file=sys.stderr)
     print()

@@ -29,7 +29,7 @@ from cnmlab.checks.api import CheckResult, HostRef, SandboxRef, Target, check_ki
 from cnmlab.checks.nsref import NsRef
 from cnmlab.checks.truth import TruthTable
 from cnmlab.errors import CnmError, InvalidInput
-from cnmlab.kernel import netns, nsexec
+from cnmlab.kernel import nsexec, sysctl
 from cnmlab.kernel.capture import Capture
 from cnmlab.kernel.netlink import Netlink
 
@@ -923,14 +923,11 @@ def iptables_rule(target: Target, params: dict[str, Any]) -> CheckResult:
 
 
 def read_sysctl(ns: NsRef, key: str) -> str:
-    path = "/proc/sys/" + key.replace(".", "/")
     with ns.opened() as fd:
-        with netns.entered(fd=fd):
-            try:
-                with open(path) as f:
-                    return f.read().strip()
-            except OSError as e:
-                raise CnmError(f"sysctl {key} in {ns}: {e.strerror}") from None
+        try:
+            return sysctl.read(key, fd=fd)
+        except CnmError as e:
+            raise CnmError(f"{e} (in {ns})") from None
 
 
 @check_kind("sysctl")

@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 from cnmlab import dnswire
 from cnmlab.checks.nsref import NsRef
 from cnmlab.errors import CnmError
-from cnmlab.kernel import neigh, netns, sysctl
+from cnmlab.kernel import neigh, netns
 
 Pair = tuple[str, str]
 NsLike = NsRef | str | int
@@ -155,24 +155,7 @@ def _pairs(sources: Mapping[str, object], targets: Mapping[str, object],
 # ---------------------------------------------------------------------------------------------
 # the shared neighbour table
 
-_GC_KEYS = ("net.ipv4.neigh.default.gc_thresh1", "net.ipv4.neigh.default.gc_thresh2",
-            "net.ipv4.neigh.default.gc_thresh3")
 _neigh_ids = itertools.count()
-
-
-def arp_cache_stats() -> dict[str, int]:
-    """The kernel's global ARP table counters: ``entries`` and summed ``table_fulls`` etc."""
-    with open("/proc/net/stat/arp_cache") as f:
-        head = f.readline().split()
-        rows = [[int(x, 16) for x in line.split()] for line in f if line.strip()]
-    out = {k: sum(r[i] for r in rows) for i, k in enumerate(head)}
-    if rows:
-        out["entries"] = rows[0][0]  # a global count, repeated on every CPU's row
-    return out
-
-
-def neighbour_limits() -> tuple[int, int, int]:
-    return tuple(int(sysctl.read_root(k)) for k in _GC_KEYS)  # type: ignore[return-value]
 
 
 def ensure_neighbour_capacity(n_entries: int) -> Callable[[], None]:
@@ -183,7 +166,7 @@ def ensure_neighbour_capacity(n_entries: int) -> Callable[[], None]:
     (labs and probe runs alike) and writes them back when the last holder releases. Call the
     returned function exactly when done (a second call does nothing).
     """
-    need = arp_cache_stats().get("entries", 0) + max(0, n_entries) + 256
+    need = neigh.table_stats().get("entries", 0) + max(0, n_entries) + 256
     owner = f"probe:{os.getpid()}:{next(_neigh_ids)}"
     neigh.reserve(owner, need)
     done = False
@@ -383,7 +366,7 @@ def ping_results(sources: Mapping[str, NsLike], targets: Mapping[str, str], coun
     try:
         if adjust_neighbours:
             restore = ensure_neighbour_capacity(2 * len(todo))
-        fulls_before = arp_cache_stats().get("table_fulls", 0)
+        fulls_before = neigh.table_stats().get("table_fulls", 0)
         by_src: dict[str, list[_PingState]] = {}
         for st in states.values():
             by_src.setdefault(st.src, []).append(st)
@@ -433,7 +416,7 @@ def ping_results(sources: Mapping[str, NsLike], targets: Mapping[str, str], coun
                     continue
                 except OSError as e:
                     if e.errno in (errno.EINVAL, errno.ENOBUFS) and \
-                            arp_cache_stats().get("table_fulls", 0) > fulls_before:
+                            neigh.table_stats().get("table_fulls", 0) > fulls_before:
                         raise NeighbourTableFull(
                             "the kernel's neighbour table is full: raise "
                             "net.ipv4.neigh.default.gc_thresh3 (see ensure_neighbour_capacity)")
@@ -537,7 +520,7 @@ def ping_results(sources: Mapping[str, NsLike], targets: Mapping[str, str], coun
             if queue:
                 flush_queue()
         failed = any(not st.done or st.error for st in states.values())
-        if failed and arp_cache_stats().get("table_fulls", 0) > fulls_before:
+        if failed and neigh.table_stats().get("table_fulls", 0) > fulls_before:
             raise NeighbourTableFull(
                 "the kernel's neighbour table overflowed during the probe, so blocked cells may "
                 "be false: raise net.ipv4.neigh.default.gc_thresh3 (see ensure_neighbour_capacity)")

@@ -30,6 +30,22 @@ def _alive(owner: str, files: list[str] | None) -> bool:
     return not pid.isdigit() or os.path.exists(f"/proc/{pid}")
 
 
+def table_stats() -> dict[str, int]:
+    """The kernel's global ARP table counters: ``entries`` and summed ``table_fulls`` etc."""
+    with open("/proc/net/stat/arp_cache") as f:
+        head = f.readline().split()
+        rows = [[int(x, 16) for x in line.split()] for line in f if line.strip()]
+    out = {k: sum(r[i] for r in rows) for i, k in enumerate(head)}
+    if rows:
+        out["entries"] = rows[0][0]  # a global count, repeated on every CPU's row
+    return out
+
+
+def limits() -> tuple[int, int, int]:
+    """gc_thresh1, 2 and 3 as they are now."""
+    return tuple(int(sysctl.read_root(k)) for k in KEYS)  # type: ignore[return-value]
+
+
 def entries_for(sandboxes: int) -> int:
     """Entries a full mesh of ``sandboxes`` (plus gateways and upstream) may need."""
     return sandboxes * sandboxes + 4 * sandboxes + 256
