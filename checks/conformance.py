@@ -18,7 +18,8 @@ from importlib import resources
 from typing import Any
 
 from cnmlab.constants import EMBEDDED_DNS
-from cnmlab.checks.api import CheckResult, SandboxRef, Target, parse_spec, run_check
+from cnmlab.checks.api import CheckResult, SandboxRef, Target
+from cnmlab.checks.kinds import parse_spec, run_check
 from cnmlab.errors import CnmError, InvalidInput, ObjectNotFound
 
 PREDEFINED = ("bridge",)  # networks every Docker host has; a profile does not create them

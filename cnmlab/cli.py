@@ -122,10 +122,13 @@ def cmd_shell(args: argparse.Namespace) -> int:
 
 
 def cmd_clean(args: argparse.Namespace) -> int:
+    from cnmlab.checks import dockerd
     from cnmlab.clean import clean
 
     _need_root()
     removed = clean(args.lab or None)
+    if not args.lab:
+        removed += dockerd.clean_all()  # the real Docker daemons 'cnmlab conform' left behind
     print(f"removed {len(removed)} namespace(s)" + (f": {' '.join(removed)}" if removed else ""))
     return 0
 

@@ -11,7 +11,8 @@ import signal
 
 import pytest
 
-from cnmlab.checks.api import CheckResult, run_checks
+from cnmlab.checks.api import CheckResult
+from cnmlab.checks.kinds import run_checks
 from cnmlab.checks.targets import EngineTarget
 from cnmlab.kernel import nsexec
 from cnmlab.kernel.netlink import Netlink

@@ -15,7 +15,8 @@ import pytest
 
 from cnmlab import frames
 from cnmlab.checks import library, probes, targets
-from cnmlab.checks.api import CheckResult, kinds, run_check, run_checks
+from cnmlab.checks.api import CheckResult
+from cnmlab.checks.kinds import kinds, run_check, run_checks
 from cnmlab.checks.submission import SubmissionTarget
 from cnmlab.checks.targets import EngineTarget, make_target
 from cnmlab.errors import CnmError, InvalidInput

@@ -11,7 +11,7 @@ import textwrap
 import pytest
 
 from cnmlab.errors import InvalidInput
-from cnmlab.workshop import labfile
+from cnmlab.workshop import catalog, labfile
 from cnmlab.workshop.progress import Progress
 from cnmlab.workshop.runner import LabRun
 
@@ -98,9 +98,9 @@ def test_shipped_labs_validate_against_the_json_schema():
 
 
 def test_every_check_kind_is_known_to_the_library():
-    from cnmlab.checks import api
+    from cnmlab.checks.kinds import kinds
 
-    known = set(api.kinds())
+    known = set(kinds())
     for lab in labfile.discover():
         for step in lab.steps:
             for chk in step.checks:
@@ -120,32 +120,30 @@ def test_user_labs_dir_adds_to_shipped_labs(tmp_path, monkeypatch):
     write(tmp_path, GOOD)
     monkeypatch.delenv("CNMLAB_LABS", raising=False)
     shipped = [l.id for l in labfile.discover()]
-    monkeypatch.setenv(labfile.LABS_PATH_ENV, str(tmp_path))
+    monkeypatch.setenv(catalog.LABS_PATH_ENV, str(tmp_path))
     assert [l.id for l in labfile.discover()] == shipped + ["99-test"]
     assert labfile.get("99").id == "99-test" and labfile.get(shipped[0]).id == shipped[0]
-    monkeypatch.delenv(labfile.LABS_PATH_ENV)
-    env = {k: v for k, v in os.environ.items() if k not in ("CNMLAB_LABS", labfile.LABS_PATH_ENV)}
+    monkeypatch.delenv(catalog.LABS_PATH_ENV)
+    env = {k: v for k, v in os.environ.items() if k not in ("CNMLAB_LABS", catalog.LABS_PATH_ENV)}
     env["CNMLAB_PROGRESS"] = str(tmp_path / "p.json")
     proc = subprocess.run([sys.executable, "-m", "cnmlab.cli", "--labs-dir", str(tmp_path),
                            "lab", "list", "--json"], capture_output=True, text=True, env=env)
     assert proc.returncode == 0, proc.stderr
     assert [r["id"] for r in json.loads(proc.stdout)] == shipped + ["99-test"]
-    from cnmlab.tui.app import lab_previews  # the workshop app lists the same labs
-
-    monkeypatch.setenv(labfile.LABS_PATH_ENV, str(tmp_path))
-    assert [p.id for p in lab_previews()] == shipped + ["99-test"]
+    monkeypatch.setenv(catalog.LABS_PATH_ENV, str(tmp_path))  # the workshop app's lab list
+    assert [p.id for p in catalog.previews()] == shipped + ["99-test"]
 
 
 def test_user_labs_dir_errors_are_one_line(tmp_path, monkeypatch):
     monkeypatch.delenv("CNMLAB_LABS", raising=False)
-    monkeypatch.setenv(labfile.LABS_PATH_ENV, str(tmp_path / "nowhere"))
+    monkeypatch.setenv(catalog.LABS_PATH_ENV, str(tmp_path / "nowhere"))
     with pytest.raises(InvalidInput, match=r"^CNMLAB_LABS_PATH: .*nowhere: No such file"):
         labfile.discover()
     clash = tmp_path / "mine"
     clash.mkdir()
-    shipped = labfile.lab_folders(labfile.labs_dir())[0]
+    shipped = catalog.lab_folders(catalog.labs_dir())[0]
     write(clash, open(os.path.join(shipped, "lab.yaml")).read())
-    monkeypatch.setenv(labfile.LABS_PATH_ENV, str(clash))
+    monkeypatch.setenv(catalog.LABS_PATH_ENV, str(clash))
     with pytest.raises(InvalidInput, match=r"is defined twice, in .* and .*mine/99-test"):
         labfile.discover()
 
@@ -286,3 +284,22 @@ def test_progress_file(tmp_path):
     assert p.lab("l") == {"passed": ["b"], "hints": {"b": 2}}
     p.clear("l")
     assert p.lab("l") == {"passed": [], "hints": {}}
+
+
+def test_catalog_previews_without_loading_the_checks(tmp_path):
+    write(tmp_path, GOOD)
+    (p,) = catalog.previews(str(tmp_path))
+    assert (p.id, p.title, p.default_name, [s.id for s in p.steps]) == (
+        "99-test", "Test lab", "lab99", ["one", "two"])
+    # a file the quick read cannot take: one line naming it, or the full loader's verdict
+    write(tmp_path, "id: [unclosed\n")
+    with pytest.raises(InvalidInput, match=r"99-test/lab.yaml: cannot read it"):
+        catalog.previews(str(tmp_path))
+    with pytest.raises(InvalidInput, match=r"lab.yaml:2: malformed YAML"):
+        catalog.previews(str(tmp_path), broken=labfile.load)
+    # the lab list must stay light: reading it imports neither the checks nor the engine
+    code = ("import sys; from cnmlab.workshop import catalog; catalog.previews(); "
+            "print(sorted(m for m in sys.modules if m.startswith('cnmlab')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout
+    assert "cnmlab.checks" not in out and "cnmlab.lab'" not in out, out

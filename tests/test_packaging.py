@@ -116,7 +116,7 @@ def test_wheel_lists_the_shipped_labs(installed, tmp_path):
     assert r.returncode == 0, r.stderr
     assert [row["id"] for row in json.loads(r.stdout)] == shipped
     where = run([os.path.join(installed, "python"), "-c",
-                 "import cnmlab, cnmlab.workshop.labfile as l; print(cnmlab.__file__); print(l.labs_dir())"],
+                 "import cnmlab, cnmlab.workshop.catalog as c; print(cnmlab.__file__); print(c.labs_dir())"],
                 cwd=str(tmp_path), env=clean_env(str(tmp_path)))
     pkg, labs_dir = where.stdout.split()
     assert pkg.startswith(os.path.dirname(installed)) and not pkg.startswith(REPO)

@@ -17,7 +17,7 @@ import time
 import pytest
 
 from cnmlab import drivers
-from cnmlab.checks.api import run_check
+from cnmlab.checks.kinds import run_check
 from cnmlab.checks.probes import ping
 from cnmlab.checks.targets import EngineTarget
 from cnmlab.drivers.bridge import random_docker_mac

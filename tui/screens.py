@@ -35,6 +35,7 @@ from textual.worker import Worker, WorkerState, get_current_worker
 from cnmlab.errors import CnmError
 from cnmlab.kernel.netlink import ADDR_EVENTS, LINK_EVENTS, ROUTE_EVENTS
 from cnmlab.tui.watch import NetlinkWatcher
+from cnmlab.workshop import catalog
 
 # One engine thread per lab instance. Every engine call of a lab (start, check, solve, reset,
 # stop) runs there, one at a time: they never interleave, and the engine always sees the same
@@ -140,6 +141,15 @@ class WorkerErrors:
 # the lab list
 
 
+def _load_lab(folder: str) -> Any:
+    """The full loader, for a lab file the lab list's quick read could not take: it says
+    exactly what is wrong. Imported here, not at the top: the lab list must not wait for the
+    checks the full loader brings in."""
+    from cnmlab.workshop import labfile
+
+    return labfile.load(folder)
+
+
 class LabListScreen(WorkerErrors, Screen):
     """Every lab: title, progress, running or not, what it needs from the kernel."""
 
@@ -170,10 +180,8 @@ class LabListScreen(WorkerErrors, Screen):
             self.banner("run as root to start labs (sudo cnmlab): you can read the labs here, "
                         "but not build them")
         if app.labdefs is None:  # type: ignore[attr-defined]
-            from cnmlab.tui.app import lab_previews
-
             try:
-                app.labdefs = lab_previews()  # type: ignore[attr-defined]
+                app.labdefs = catalog.previews(broken=_load_lab)  # type: ignore[attr-defined]
             except CnmError as e:
                 app.labdefs = []  # type: ignore[attr-defined]
                 self.banner(f"cannot load the labs: {e}")

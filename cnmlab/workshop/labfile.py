@@ -16,16 +16,15 @@ import json
 import os
 import re
 from dataclasses import dataclass, field
-from importlib import resources
 from typing import Any
 
 from cnmlab import topofile, yamlsrc
-from cnmlab.checks import api as checks_api
+from cnmlab.checks import kinds as check_kinds
 from cnmlab.checks.library import validate as validate_check
 from cnmlab.errors import CnmError, InvalidInput, ObjectNotFound, one_line
+from cnmlab.workshop.catalog import LAB_FILE, default_lab_name, lab_folders
 from cnmlab.yamlsrc import Source
 
-LAB_FILE = "lab.yaml"
 SCHEMA_PATH = os.path.join(os.path.dirname(__file__), "lab.schema.json")
 ENGINE_OPS = ("network_create", "network_rm", "run", "rm", "connect", "disconnect")
 NS_TEMPLATE = re.compile(r"\{ns:([A-Za-z0-9_.-]+)\}")
@@ -157,14 +156,6 @@ class _TopologySource(Source):
 def _schema() -> dict[str, Any]:
     with open(SCHEMA_PATH) as f:
         return json.load(f)
-
-
-def default_lab_name(lab_id: str) -> str:
-    """``01-sandboxes-by-hand`` -> ``lab01``; otherwise the id made into a valid lab name."""
-    m = re.match(r"^(\d+)", lab_id)
-    if m:
-        return f"lab{m.group(1)}"
-    return re.sub(r"[^a-z0-9_-]", "-", lab_id.lower())[:32]
 
 
 def _schema_errors(src: Source) -> None:
@@ -329,7 +320,7 @@ def parse_lab(src: Source, folder: str) -> LabDef:
                                {k[1:]: v for k, v in src.lines.items() if k[:1] == ("topology",)})
     topo = topofile.parse(topo_src, name=default_name)
     names = _Names(topo)
-    kinds = checks_api.kinds()
+    kinds = check_kinds.kinds()
 
     def actions(raw: list[dict[str, Any]] | None, where: tuple[Any, ...]) -> list[Action]:
         out = []
@@ -379,40 +370,9 @@ def load(path: str) -> LabDef:
     return parse_lab(yamlsrc.load(file), folder)
 
 
-LABS_PATH_ENV = "CNMLAB_LABS_PATH"
-
-
-def labs_dir() -> str:
-    """The shipped labs (package data ``cnmlab.labs_data``), or ``$CNMLAB_LABS`` instead."""
-    env = os.environ.get("CNMLAB_LABS")
-    if env:
-        return env
-    return str(resources.files("cnmlab.labs_data"))
-
-
-def lab_folders(root: str | None = None) -> list[str]:
-    """Every lab folder (one holding ``lab.yaml``), shipped labs first, then the user's.
-
-    The user's folders come from ``$CNMLAB_LABS_PATH`` (``:``-separated; ``cnmlab --labs-dir
-    DIR`` adds to it, so the TUI and child processes see the same labs). An explicit ``root``
-    is searched alone. Kept in one function so every lister (CLI, TUI, tests) agrees.
-    """
-    roots = [("", root or labs_dir())]
-    if not root:
-        roots += [(f"{LABS_PATH_ENV}: ", p)
-                  for p in os.environ.get(LABS_PATH_ENV, "").split(os.pathsep) if p]
-    out = []
-    for where, r in roots:
-        try:
-            entries = sorted(os.listdir(r))
-        except OSError as e:
-            raise InvalidInput(f"{where}{r}: {e.strerror}") from None
-        out += [os.path.join(r, e) for e in entries if os.path.isfile(os.path.join(r, e, LAB_FILE))]
-    return out
-
-
 def discover(root: str | None = None) -> list[LabDef]:
-    """Every lab found by ``lab_folders``; a lab id defined twice is an error naming both."""
+    """Every lab found by ``catalog.lab_folders``; a lab id defined twice is an error naming
+    both."""
     out: list[LabDef] = []
     seen: dict[str, str] = {}
     for folder in lab_folders(root):

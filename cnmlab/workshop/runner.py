@@ -23,7 +23,8 @@ from typing import Any
 
 from cnmlab import state, topofile
 from cnmlab.checks import probes
-from cnmlab.checks.api import CheckResult, run_checks
+from cnmlab.checks.api import CheckResult
+from cnmlab.checks.kinds import run_checks
 from cnmlab.checks.targets import EngineTarget
 from cnmlab.errors import CnmError, InvalidInput, NotRootError, ObjectNotFound
 from cnmlab.kernel import features
