@@ -8,40 +8,12 @@ import sys
 from collections.abc import Callable, Sequence
 
 from cnmlab import state
-from cnmlab.errors import CnmError, InvalidInput, NotRootError, ObjectNotFound, one_line
+from cnmlab.errors import CnmError, InvalidInput, NotRootError, one_line
 
 
 def _need_root() -> None:
     if os.geteuid() != 0:
         raise NotRootError("cnmlab needs root to create namespaces and links: run it with sudo")
-
-
-def resolve(target: str) -> tuple[str, str]:
-    """``LAB/NAME`` or a bare ``NAME`` (a sandbox, host or ``upstream`` of a running lab)."""
-    from cnmlab.lab import Lab
-
-    if "/" in target:
-        lab_name, name = target.split("/", 1)
-        return lab_name, Lab.open(lab_name).netns_of(name)
-    found = []
-    for lab_name in state.names():
-        try:
-            lab = Lab.open(lab_name)
-        except CnmError:
-            continue  # removed meanwhile, or another version's lab: it cannot hold ours
-        try:
-            found.append((lab_name, lab.netns_of(target)))
-        except CnmError:
-            pass
-        finally:
-            lab.close()
-    if not found:
-        raise ObjectNotFound(f"no sandbox or host named {target!r} in a running lab "
-                             f"(see 'cnmlab ls')")
-    if len(found) > 1:
-        raise InvalidInput(f"{target!r} is in several labs ({', '.join(f[0] for f in found)}): "
-                           f"write LAB/{target}")
-    return found[0]
 
 
 def cmd_up(args: argparse.Namespace) -> int:
@@ -100,6 +72,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 def _exec_in(target: str, argv: list[str]) -> int:
     from cnmlab.kernel.nsexec import shell_argv
+    from cnmlab.lab import resolve
 
     _need_root()
     _, ns = resolve(target)
@@ -115,6 +88,8 @@ def cmd_exec(args: argparse.Namespace) -> int:
 
 
 def cmd_shell(args: argparse.Namespace) -> int:
+    from cnmlab.lab import resolve
+
     lab_name, ns = resolve(args.target)
     name = args.target.split("/")[-1]
     os.environ["PS1"] = f"[{lab_name}/{name}] \\w # "

@@ -580,3 +580,30 @@ def teardown(name: str, lab_state: LabState | None) -> list[str]:
 
 def running() -> list[str]:
     return state.names()
+
+
+def resolve(target: str) -> tuple[str, str]:
+    """(lab, namespace) of ``LAB/NAME`` or a bare ``NAME`` (a sandbox, host or ``upstream`` of
+    a running lab): how the CLI's ``exec``/``shell`` and a plugin's ``--netns`` name a place."""
+    if "/" in target:
+        lab_name, name = target.split("/", 1)
+        return lab_name, Lab.open(lab_name).netns_of(name)
+    found = []
+    for lab_name in state.names():
+        try:
+            lab = Lab.open(lab_name)
+        except CnmError:
+            continue  # removed meanwhile, or another version's lab: it cannot hold ours
+        try:
+            found.append((lab_name, lab.netns_of(target)))
+        except CnmError:
+            pass
+        finally:
+            lab.close()
+    if not found:
+        raise ObjectNotFound(f"no sandbox or host named {target!r} in a running lab "
+                             f"(see 'cnmlab ls')")
+    if len(found) > 1:
+        raise InvalidInput(f"{target!r} is in several labs ({', '.join(f[0] for f in found)}): "
+                           f"write LAB/{target}")
+    return found[0]
