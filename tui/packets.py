@@ -26,7 +26,7 @@ from cnmlab import frames
 from cnmlab.errors import CnmError
 from cnmlab.kernel.capture import Capture, Packet
 from cnmlab.kernel.netlink import Netlink
-from cnmlab.tui.livestate import lab_targets, resolve
+from cnmlab.tui.livestate import find_member, lab_members
 
 MAX_LINES = 500
 
@@ -155,7 +155,7 @@ class PacketPanel(Widget):
         self._stop_capture()
         self._gen += 1
         try:
-            ns = resolve(self.lab_name, self.target).ns
+            ns = find_member(self.lab_name, self.target).ns
         except CnmError as e:
             self._status(str(e), "red")
             return
@@ -210,7 +210,7 @@ class PacketPanel(Widget):
     def _fill_targets(self) -> None:
         sel = self.query_one("#pk-target", Select)
         try:
-            targets = lab_targets(self.lab_name) if self.lab_name else []
+            targets = lab_members(self.lab_name) if self.lab_name else []
         except CnmError as e:
             self._status(str(e), "red")
             targets = []
@@ -224,7 +224,7 @@ class PacketPanel(Widget):
     @work(thread=True, exclusive=True, group="pk-ifaces", exit_on_error=False)
     def _load_interfaces(self, target: str) -> None:
         try:  # Netlink (pyroute2 sync) must not run on the asyncio thread
-            ns = resolve(self.lab_name, target).ns
+            ns = find_member(self.lab_name, target).ns
             with Netlink(ns) as nl:
                 names = [l.name for l in nl.links()]
             self.post_message(self._Interfaces(target, names, None))

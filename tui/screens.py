@@ -54,8 +54,9 @@ def engine_call(name: str, fn: Any, *args: Any) -> Any:
     return ex.submit(fn, *args).result()
 
 
-def lab_members(lab_name: str) -> list[tuple[str, str, str]]:
-    """(name, role, netns) of a running lab: hosts, then sandboxes, then upstream."""
+def target_cycle(lab_name: str) -> list[tuple[str, str, str]]:
+    """(name, role, netns) of a running lab in the order ``t`` cycles the shell's target
+    through: hosts, then sandboxes, then upstream."""
     from cnmlab import state
 
     st = state.load(lab_name)
@@ -779,7 +780,7 @@ class StepScreen(WorkerErrors, Screen):
 
     def _namespaces(self) -> list[str]:
         try:
-            return [ns for _, _, ns in lab_members(self.run.name)]
+            return [ns for _, _, ns in target_cycle(self.run.name)]
         except CnmError:
             return []
 
@@ -819,7 +820,7 @@ class StepScreen(WorkerErrors, Screen):
     # ---- lab members, shell, live views ----------------------------------------------------------
     def refresh_members(self) -> None:
         try:
-            self._members = lab_members(self.run.name)
+            self._members = target_cycle(self.run.name)
         except CnmError:
             self._members = []
         names = [m[0] for m in self._members]

@@ -35,7 +35,7 @@ from cnmlab.errors import CnmError
 from cnmlab.kernel import netns as _netns
 from cnmlab.kernel.netlink import Event, LinkInfo, Netlink
 from cnmlab.model import LabState
-from cnmlab.tui.livestate import Target, lab_targets
+from cnmlab.tui.livestate import LabMember, lab_members
 from cnmlab.tui.watch import NetlinkWatcher
 
 HAND = "✎"
@@ -46,7 +46,7 @@ class Topology:
     """Links per namespace plus the veth cabling between them, ready to draw."""
 
     lab: str
-    targets: list[Target]
+    targets: list[LabMember]
     links: dict[str, list[LinkInfo]] = field(default_factory=dict)  # ns -> links
     peers: dict[tuple[str, int], tuple[str, int]] = field(default_factory=dict)
     known: dict[str, set[str]] = field(default_factory=dict)  # ns -> link names in the model
@@ -89,8 +89,8 @@ class TopologyReader:
         self._links: dict[str, list[LinkInfo]] = {}
         self._nsids: dict[str, dict[int, str]] = {}  # ns -> {nsid: other ns}
 
-    def namespaces(self) -> tuple[LabState, list[Target]]:
-        return state.load(self.lab_name), lab_targets(self.lab_name)
+    def namespaces(self) -> tuple[LabState, list[LabMember]]:
+        return state.load(self.lab_name), lab_members(self.lab_name)
 
     def _dump(self, ns: str) -> list[LinkInfo]:
         with Netlink(ns) as nl:
@@ -327,7 +327,7 @@ class TopologyView(Widget):
         reader = TopologyReader(lab_name)
         try:
             try:
-                watcher.watch({t.ns for t in lab_targets(lab_name)})
+                watcher.watch({t.ns for t in lab_members(lab_name)})
                 watcher.ready()
                 topo = reader.read()
             except CnmError as e:
@@ -338,7 +338,7 @@ class TopologyView(Widget):
                 if worker.is_cancelled or watcher.stopped:
                     break
                 try:
-                    wanted = {t.ns for t in lab_targets(lab_name)}
+                    wanted = {t.ns for t in lab_members(lab_name)}
                 except CnmError as e:  # the lab was torn down
                     self.post_message(self._Topo(gen, None, batch, str(e)))
                     break
