@@ -2,7 +2,7 @@
 
     python bench/bench_truth.py [--sizes 10,50,100] [--no-mininet]
 
-For each N: build N sandboxes on one bridge (in-process, cnmlab.kernel.netns + cnmlab.kernel.netlink), flush
+For each N: build N sandboxes on one bridge (in-process, cnmlab.kernel.netns and .netlink), flush
 the neighbour caches, time ``ping_matrix`` over all N*(N-1) ordered pairs and check every cell is
 True; then take one sandbox's link down and check that exactly its row and column turn False.
 Then, if Debian's ``mn`` is installed, time ``mn --topo single,N --switch lxbr --controller none

@@ -133,7 +133,8 @@ def check(modules: dict[str, tuple[Path, str]], rel_to: Path,
              for e in imports_of(name, path, src, known, rel_to)]
     problems = []
     for e in edges:
-        (src_rank, src_layer), (dst_rank, dst_layer) = layer_of(e.src, layers), layer_of(e.dst, layers)
+        src_rank, src_layer = layer_of(e.src, layers)
+        dst_rank, dst_layer = layer_of(e.dst, layers)
         if dst_rank > src_rank:
             problems.append(f"{e.where()}: {e.src} ({src_layer}) imports {e.dst} ({dst_layer}), "
                             f"a higher layer: move the shared code down or invert the call")

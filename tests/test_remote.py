@@ -374,7 +374,8 @@ def test_conform_through_a_plugin_reports_what_it_does_not_do(tmp_path):
 
     from cnmlab.checks.plugin_target import conform_plugin
 
-    src = ("import ipaddress\nfrom cnmlab.kernel import nsexec\nfrom cnmlab.kernel.netlink import Netlink\n"
+    src = ("import ipaddress\nfrom cnmlab.kernel import nsexec\n"
+           "from cnmlab.kernel.netlink import Netlink\n"
            "from cnmlab.drivers.bridge import random_docker_mac\n"
            "from cnmlab.plugin.sdk import NetworkDriver\n\n" + inspect.getsource(LearnerDriver))
     (tmp_path / "learner.py").write_text(src)

@@ -9,7 +9,8 @@
 
 Every namespace of the lab is watched (one ``NetlinkWatcher`` over all of them); on a change
 the changed namespaces' links are read again with the ``Netlink`` facade, which gives each
-veth's peer ifindex and the id of the peer's namespace, so the tree follows the actual cables: a veth a learner creates by hand appears at once, in the right place, marked
+veth's peer ifindex and the id of the peer's namespace, so the tree follows the actual
+cables: a veth a learner creates by hand appears at once, in the right place, marked
 ``✎`` (not in the engine's model). New sandboxes are picked up because making one changes the
 host's links, which re-reads the lab's state file and widens the set of watched namespaces.
 """
