@@ -8,7 +8,11 @@ import sys
 from collections.abc import Callable, Sequence
 
 from cnmlab import state
+from cnmlab.checks import cli as checks_cli
+from cnmlab.checks import diffcli
 from cnmlab.errors import CnmError, InvalidInput, NotRootError, one_line
+from cnmlab.plugin import cli as plugin_cli
+from cnmlab.workshop import cli as workshop_cli
 
 
 def _need_root() -> None:
@@ -166,11 +170,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _extensions() -> list[Callable[[argparse._SubParsersAction], None]]:  # type: ignore[type-arg]
     """Subcommands owned by the packages under the CLI (labs, checks, diff, plugins)."""
-    from cnmlab.checks import cli as checks_cli
-    from cnmlab.checks import diffcli
-    from cnmlab.plugin import cli as plugin_cli
-    from cnmlab.workshop import cli as workshop_cli
-
     return [workshop_cli.register, checks_cli.register, diffcli.register, plugin_cli.register]
 
 
