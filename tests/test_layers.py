@@ -244,6 +244,13 @@ def test_no_raw_netlink_outside_the_kernel_layer():
     assert not offenders, "\n".join(offenders)
 
 
+def test_one_dns_codec():
+    """The DNS wire format is dnslib's, reached through cnmlab.dnswire and nowhere else."""
+    users = sorted(name for name, (path, src) in load_tree(REPO).items()
+                   if "import dnslib" in src or "from dnslib" in src)
+    assert users == ["cnmlab.dnswire"]
+
+
 # ---- the checker catches what it exists to catch ---------------------------------------------
 
 def _tree(tmp_path: Path, files: dict[str, str]) -> Path:
