@@ -156,6 +156,7 @@ def test_python_handle_after_another_process_changed_the_lab(lab_name):
 HOLDER = textwrap.dedent("""
     import fcntl, os, sys, time
     from cnmlab import state
+    from cnmlab.kernel import rundir
     mode, name, log, hold = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4])
     path = os.path.join(rundir.state_dir(), f"_{name}.lock")
 
