@@ -19,7 +19,7 @@ import time
 
 from pyroute2 import IPRoute
 
-from cnmlab import netns, sysctl
+from cnmlab.kernel import netns, sysctl
 from cnmlab.lab import Lab
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))

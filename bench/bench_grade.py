@@ -24,8 +24,8 @@ import time
 
 import yaml
 
-from cnmlab import sysctl
 from cnmlab.checks import conformance, submission
+from cnmlab.kernel import sysctl
 from cnmlab.lab import Lab
 
 TARGET_S = 60.0

@@ -26,7 +26,7 @@ import time
 
 from pyroute2 import IPRoute
 
-from cnmlab import features, netns, sysctl
+from cnmlab.kernel import features, netns, sysctl
 from cnmlab.lab import Lab
 
 SUBNET, GATEWAY, RANGE = "10.20.0.0/16", "10.20.0.1", "10.20.128.0/17"

@@ -21,7 +21,8 @@ import sys
 import threading
 import time
 
-from cnmlab import netns, proxy
+from cnmlab import proxy
+from cnmlab.kernel import netns
 from cnmlab.lab import Lab
 
 

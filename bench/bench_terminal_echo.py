@@ -109,14 +109,16 @@ def main() -> int:
         print("needs root (creates namespaces)", file=sys.stderr)
         return 2
     os.environ.setdefault("CNMLAB_PROGRESS", f"/tmp/cnmlab-bench-{os.getpid()}.json")
-    from cnmlab import labs, state
+    from cnmlab import state
+    from cnmlab.workshop import labfile
+    from cnmlab.workshop.runner import LabRun
 
     name = f"lab01-b{os.getpid()}"
     try:
         echo, painted, checks = asyncio.run(run(args.keys))
     finally:
         if state.exists(name):
-            labs.LabRun(labs.get("01"), name).stop()
+            LabRun(labfile.get("01"), name).stop()
         try:
             os.unlink(os.environ["CNMLAB_PROGRESS"])
         except OSError:

@@ -2,7 +2,7 @@
 
     python bench/bench_truth.py [--sizes 10,50,100] [--no-mininet]
 
-For each N: build N sandboxes on one bridge (in-process, cnmlab.netns + cnmlab.netlink), flush
+For each N: build N sandboxes on one bridge (in-process, cnmlab.kernel.netns and .netlink), flush
 the neighbour caches, time ``ping_matrix`` over all N*(N-1) ordered pairs and check every cell is
 True; then take one sandbox's link down and check that exactly its row and column turn False.
 Then, if Debian's ``mn`` is installed, time ``mn --topo single,N --switch lxbr --controller none
@@ -18,11 +18,11 @@ import os
 import sys
 import time
 
-from cnmlab import netns, sysctl
 from cnmlab.checks import probes
 from cnmlab.checks.nsref import NsRef
 from cnmlab.checks.truth import TruthTable
-from cnmlab.netlink import Netlink
+from cnmlab.kernel import neigh, netns, sysctl
+from cnmlab.kernel.netlink import Netlink
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import mininet  # noqa: E402  (bench/mininet.py)
@@ -120,7 +120,7 @@ def main() -> int:
         print("needs root", file=sys.stderr)
         return 2
     sizes = [int(x) for x in args.sizes.split(",") if x]
-    before = probes.neighbour_limits()
+    before = neigh.limits()
     rows = []
     try:
         for n in sizes:
@@ -144,7 +144,7 @@ def main() -> int:
             rows.append((n, c, mn_s, mn_note))
     finally:
         teardown()
-        after = probes.neighbour_limits()
+        after = neigh.limits()
         if after != before:
             print(f"warning: neighbour limits {after} differ from {before}", file=sys.stderr)
     print()

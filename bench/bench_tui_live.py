@@ -27,8 +27,8 @@ import time
 
 from textual.app import App
 
+from cnmlab.kernel.netlink import Netlink
 from cnmlab.lab import Lab
-from cnmlab.netlink import Netlink
 from cnmlab.tui.livestate import LiveState
 from cnmlab.tui.watch import NetlinkWatcher
 

@@ -27,6 +27,7 @@ FULL = [
      ["bench_macvlan.py", "--sizes", "100,1000", "--iperf"]),
     ("overlay: 3 hosts x 30, truth table, convergence vs swarm, iperf3 (issue: overlay)",
      ["bench_overlay.py"]),
+    ("DNS codec next to a probe's round trip", ["bench_dns.py"]),
 ]
 QUICK = [
     ("engine build/teardown", ["bench_build.py", "--sizes", "10,50", "--no-mininet"]),
@@ -37,6 +38,7 @@ QUICK = [
     ("macvlan build/teardown", ["bench_macvlan.py", "--sizes", "20"]),
     ("overlay", ["bench_overlay.py", "--hosts", "2", "--per-host", "5", "--no-swarm",
                  "--no-iperf"]),
+    ("DNS codec", ["bench_dns.py", "--queries", "50"]),
 ]
 
 

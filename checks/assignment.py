@@ -31,7 +31,7 @@ from typing import Any
 
 from cnmlab import yamlsrc
 from cnmlab.checks import conformance, library
-from cnmlab.checks.api import parse_spec
+from cnmlab.checks.kinds import parse_spec
 from cnmlab.errors import CnmError, InvalidInput
 from cnmlab.yamlsrc import Source
 

@@ -20,7 +20,8 @@ from typing import Any
 
 from cnmlab import drivers
 from cnmlab.constants import EMBEDDED_DNS
-from cnmlab.checks.api import CheckResult, SandboxRef, Target, parse_spec, run_check
+from cnmlab.checks.api import CheckResult, SandboxRef, Target
+from cnmlab.checks.kinds import parse_spec, run_check
 from cnmlab.errors import CnmError, InvalidInput, ObjectNotFound
 
 PREDEFINED = ("bridge",)  # networks every Docker host has; a profile does not create them

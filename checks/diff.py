@@ -22,13 +22,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from cnmlab import sysctl, yamlsrc
+from cnmlab import yamlsrc
 from cnmlab.checks import dockerd
 from cnmlab.checks.docker_target import DockerTarget
 from cnmlab.checks.dockerd import DockerDaemon, missing_tools
 from cnmlab.checks.kernelstate import ContainerView, HostView, collect
 from cnmlab.checks.scenario import Scenario, Step, scenarios_dir
 from cnmlab.errors import CnmError, FeatureMissing, InvalidInput
+from cnmlab.kernel import sysctl
 from cnmlab.lab import Lab, parse_port
 
 SIDES = ("engine", "docker")

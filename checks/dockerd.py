@@ -1,7 +1,7 @@
 """Real Docker (Debian's docker.io 20.10) run inside a network namespace, as a reference.
 
 The conformance checks hold cnmlab's labs against the real thing. ``DockerDaemon`` starts a
-private dockerd whose "host" is a network namespace the caller made with ``cnmlab.netns``:
+private dockerd whose "host" is a network namespace the caller made with ``cnmlab.kernel.netns``:
 
 * ``nsenter --net=/run/netns/NAME`` (not ``ip netns exec``, which remounts /sys and hides the
   cgroup mount), then ``unshare --mount --propagation private``: every mount dockerd makes (the
@@ -48,9 +48,9 @@ import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from cnmlab import netns, procs, rundir
 from cnmlab.constants import UPSTREAM_DNS
 from cnmlab.errors import CnmError, FeatureMissing, InvalidInput, NotRootError, ObjectExists
+from cnmlab.kernel import netns, procs, rundir
 
 DOCKERD = "/usr/sbin/dockerd"
 CONTAINERD = "/usr/bin/containerd"

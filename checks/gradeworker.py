@@ -16,7 +16,8 @@ import struct
 import sys
 from typing import Any, BinaryIO
 
-from cnmlab.checks.api import CheckResult, run_check
+from cnmlab.checks.api import CheckResult
+from cnmlab.checks.kinds import run_check
 
 
 def send(out: BinaryIO, msg: tuple[Any, ...]) -> None:

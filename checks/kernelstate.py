@@ -15,7 +15,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from cnmlab import nsexec
+from cnmlab.kernel import nsexec
 
 SYSCTLS = ("net.ipv4.ip_forward", "net.bridge.bridge-nf-call-iptables",
            "net.bridge.bridge-nf-call-ip6tables", "net.ipv4.conf.all.route_localnet",

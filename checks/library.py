@@ -12,15 +12,11 @@ Endpoints in parameters: a sandbox name, ``upstream`` (the fake internet's obser
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import importlib
 import ipaddress
 import os
-import select
 import shlex
-import socket
 import stat
-import struct
 import subprocess
 import threading
 import time
@@ -28,15 +24,17 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from cnmlab import netns, nsexec
+from cnmlab import frames
 from cnmlab.checks import probes, wiring
 from cnmlab.checks.api import CheckResult, HostRef, SandboxRef, Target, check_kind
 from cnmlab.checks.nsref import NsRef
 from cnmlab.checks.truth import TruthTable
 from cnmlab.errors import CnmError, InvalidInput
+from cnmlab.kernel import nsexec, sysctl
+from cnmlab.kernel.capture import Capture
+from cnmlab.kernel.netlink import Netlink
 
 DEFAULT_TIMEOUT = 1.0
-VXLAN_PORT = 4789
 
 # ---------------------------------------------------------------------------------------------
 # parameter schemas
@@ -883,8 +881,6 @@ def dns_absent(target: Target, params: dict[str, Any]) -> CheckResult:
 @contextlib.contextmanager
 def _netlink(ref: NsRef) -> Iterator[Any]:
     """A ``Netlink`` bound to the namespace ``ref`` (by name, path or PID)."""
-    from cnmlab.netlink import Netlink
-
     with ref.opened() as fd:
         nl = Netlink(fd=fd)
     try:
@@ -898,21 +894,6 @@ def _ns_end(target: Target, spec: Any, role: str) -> End:
     if e.ns is None:
         raise CnmError(f"{role}: {e.label} is not a namespace")
     return e
-
-
-SIOCGIFFLAGS = 0x8913
-IFF_UP = 0x1
-
-
-def _admin_up(ref: NsRef, ifname: str) -> bool:
-    with ref.opened() as fd:
-        with netns.entered(fd=fd):
-            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    try:
-        raw = fcntl.ioctl(s, SIOCGIFFLAGS, struct.pack("16sH14x", ifname.encode(), 0))
-    finally:
-        s.close()
-    return bool(struct.unpack("16sH14x", raw)[1] & IFF_UP)
 
 
 def _missing_link(e: End, ifname: str, links: list[Any]) -> str:
@@ -1004,7 +985,7 @@ def esp_on_wire(target: Target, params: dict[str, Any]) -> CheckResult:
         thread.start()
     esp = [0]
     try:
-        seen = capture_vnis(e.ref, p["interface"], VXLAN_PORT, timeout, esp=esp)
+        seen = capture_vnis(e.ref, p["interface"], frames.VXLAN_PORT, timeout, esp=esp)
     finally:
         if thread is not None:
             thread.join(timeout + 1)
@@ -1193,7 +1174,7 @@ def link(target: Target, params: dict[str, Any]) -> CheckResult:
     if "peer" in p:
         problems += _peer_problems(target, e, li, p["peer"])
     if "up" in p:
-        up = _admin_up(e.ref, name)
+        up = li.admin_up
         obs.append(f"up={up}")
         if up != p["up"]:
             problems.append(f"it is {'up' if up else 'down'} (ip link set {name} "
@@ -1324,14 +1305,11 @@ def _rule_order(label: str, host: HostRef, table: str, rule: str,
 
 
 def read_sysctl(ns: NsRef, key: str) -> str:
-    path = "/proc/sys/" + key.replace(".", "/")
     with ns.opened() as fd:
-        with netns.entered(fd=fd):
-            try:
-                with open(path) as f:
-                    return f.read().strip()
-            except OSError as e:
-                raise CnmError(f"sysctl {key} in {ns}: {e.strerror}") from None
+        try:
+            return sysctl.read(key, fd=fd)
+        except CnmError as e:
+            raise CnmError(f"{e} (in {ns})") from None
 
 
 @check_kind("sysctl")
@@ -1351,78 +1329,31 @@ def sysctl_check(target: Target, params: dict[str, Any]) -> CheckResult:
 # packets on the wire
 
 
-ETH_P_ALL = 0x0003
-
-
-def parse_vxlan(frame: bytes, port: int = VXLAN_PORT) -> int | None:
-    """The VNI of an Ethernet frame carrying VXLAN over IPv4/UDP to ``port``, else None."""
-    if len(frame) < 14:
-        return None
-    off = 12
-    ethertype = struct.unpack_from("!H", frame, off)[0]
-    while ethertype in (0x8100, 0x88A8) and len(frame) >= off + 6:
-        off += 4
-        ethertype = struct.unpack_from("!H", frame, off)[0]
-    off += 2
-    if ethertype != 0x0800 or len(frame) < off + 20:
-        return None
-    ihl = (frame[off] & 0x0F) * 4
-    if frame[off + 9] != 17:  # UDP
-        return None
-    udp = off + ihl
-    if len(frame) < udp + 16:
-        return None
-    dport = struct.unpack_from("!H", frame, udp + 2)[0]
-    if dport != port:
-        return None
-    vx = udp + 8
-    if not frame[vx] & 0x08:  # the I flag: a valid VNI follows
-        return None
-    return int.from_bytes(frame[vx + 4:vx + 7], "big")
-
-
-def is_esp(frame: bytes) -> bool:
-    """An Ethernet frame carrying IPv4 ESP (protocol 50)."""
-    return len(frame) >= 34 and frame[12:14] == b"\x08\x00" and frame[23] == 50
-
-
 def capture_vnis(ns: NsRef, ifname: str, port: int, duration: float,
                  stop_at: int | None = None, esp: list[int] | None = None) -> set[int]:
     """VNIs seen on ``ifname`` in ``ns`` during ``duration`` s (both directions); ESP
     frames are counted into ``esp[0]`` when a list is given."""
     with ns.opened() as fd:
-        with netns.entered(fd=fd):
-            s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
-            try:
-                s.bind((ifname, 0))
-            except OSError as e:
-                s.close()
-                raise CnmError(f"cannot capture on {ifname} in {ns}: {e.strerror}") from None
+        cap = Capture(None, ifname, fd=fd)
+        try:
+            cap.open()
+        except OSError as e:
+            cap.close()
+            raise CnmError(f"cannot capture on {ifname} in {ns}: {e.strerror}") from None
     seen: set[int] = set()
     try:
-        s.setblocking(False)
         deadline = time.monotonic() + duration
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                break
-            r, _, _ = select.select([s], [], [], left)
-            if not r:
-                continue
-            while True:
-                try:
-                    frame = s.recv(65535)
-                except BlockingIOError:
-                    break
-                vni = parse_vxlan(frame, port)
+        while (left := deadline - time.monotonic()) > 0:
+            for pkt in cap.read(left):
+                vni = frames.vxlan_vni(pkt.data, port)
                 if vni is not None:
                     seen.add(vni)
-                elif esp is not None and is_esp(frame):
+                elif esp is not None and frames.is_esp(pkt.data):
                     esp[0] += 1
             if stop_at is not None and stop_at in seen:
                 break
     finally:
-        s.close()
+        cap.close()
     return seen
 
 
@@ -1438,7 +1369,7 @@ def vxlan_on_wire(target: Target, params: dict[str, Any]) -> CheckResult:
         if vni is None:
             raise CnmError(f"vni: {target.name} names no VNI for network {p['vni']!r}")
     vni = int(vni)
-    port = p.get("port", VXLAN_PORT)
+    port = p.get("port", frames.VXLAN_PORT)
     timeout = float(p.get("timeout", 2.0))
     traffic = p.get("traffic")
     ping: dict[str, Any] = {}

@@ -15,16 +15,13 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from cnmlab import netns
 from cnmlab.errors import CnmError, ObjectNotFound
+from cnmlab.kernel import netns
 
-NS_GET_NSTYPE = 0xB703  # ioctl on an nsfs fd: which kind of namespace it is
-CLONE_NEWNET = 0x40000000
 
 
 class NamespaceGone(ObjectNotFound):
@@ -134,11 +131,7 @@ class NsRef:
             if self.pid is not None and e.errno in (errno.ENOENT, errno.ESRCH):
                 raise NamespaceGone(f"process {self.pid} is gone: no network namespace to probe") from None
             raise NamespaceGone(f"{self} does not exist ({e.strerror})") from None
-        try:
-            kind = fcntl.ioctl(fd, NS_GET_NSTYPE)
-        except OSError:
-            kind = None
-        if kind != CLONE_NEWNET:
+        if not netns.is_network_namespace(fd):
             os.close(fd)
             raise NamespaceGone(f"{self} is not a network namespace (a stale file?)")
         if self.foreign:

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from cnmlab import netns
 from cnmlab.checks.api import CheckResult, Target, check_kind
 from cnmlab.checks.library import PARAMS, _checked, _end, _is_ipv4, _netlink, _ns_end, docker_mac
 from cnmlab.errors import CnmError
+from cnmlab.kernel import netns
 
 PARAMS["arp-reply"] = {"required": ["from", "ip"], "optional": ["mac", "interface", "timeout"]}
 PARAMS["arp-macs"] = {"required": ["from", "of", "expect"], "optional": ["interface", "timeout"]}

@@ -382,7 +382,8 @@ class CheckItem(pytest.Item):
 
     def _run_here(self) -> Any:
         """A check on a plain target (engine, docker, a submission as fixture): in-process."""
-        from cnmlab.checks.api import CheckResult, run_check
+        from cnmlab.checks.api import CheckResult
+        from cnmlab.checks.kinds import run_check
         from cnmlab.errors import CnmError
 
         try:
@@ -496,7 +497,7 @@ def cnmlab_target(cnmlab_target_spec: Any, pytestconfig: pytest.Config) -> Any:
 @pytest.fixture
 def cnmlab_check(cnmlab_target: Any, pytestconfig: pytest.Config) -> Callable[..., Any]:
     """``cnmlab_check({"reachable": {"from": "a", "to": "b"}})``: run one check, assert it."""
-    from cnmlab.checks.api import run_check
+    from cnmlab.checks.kinds import run_check
     from cnmlab.checks.report import failure_text
 
     st = _state(pytestconfig)

@@ -38,9 +38,10 @@ from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from cnmlab import neigh, netns, sysctl
+from cnmlab import dnswire
 from cnmlab.checks.nsref import NsRef
 from cnmlab.errors import CnmError
+from cnmlab.kernel import neigh, netns
 
 Pair = tuple[str, str]
 NsLike = NsRef | str | int
@@ -174,35 +175,18 @@ def _pairs(sources: Mapping[str, object], targets: Mapping[str, object],
 # ---------------------------------------------------------------------------------------------
 # the shared neighbour table
 
-_GC_KEYS = ("net.ipv4.neigh.default.gc_thresh1", "net.ipv4.neigh.default.gc_thresh2",
-            "net.ipv4.neigh.default.gc_thresh3")
 _neigh_ids = itertools.count()
-
-
-def arp_cache_stats() -> dict[str, int]:
-    """The kernel's global ARP table counters: ``entries`` and summed ``table_fulls`` etc."""
-    with open("/proc/net/stat/arp_cache") as f:
-        head = f.readline().split()
-        rows = [[int(x, 16) for x in line.split()] for line in f if line.strip()]
-    out = {k: sum(r[i] for r in rows) for i, k in enumerate(head)}
-    if rows:
-        out["entries"] = rows[0][0]  # a global count, repeated on every CPU's row
-    return out
-
-
-def neighbour_limits() -> tuple[int, int, int]:
-    return tuple(int(sysctl.read_root(k)) for k in _GC_KEYS)  # type: ignore[return-value]
 
 
 def ensure_neighbour_capacity(n_entries: int) -> Callable[[], None]:
     """Make room for ``n_entries`` more ARP entries; returns the callable that gives it back.
 
     The table is shared by every namespace and its limits live only in the root namespace;
-    ``cnmlab.neigh`` keeps one saved copy of the originals for every process on the machine
+    ``cnmlab.kernel.neigh`` keeps one saved copy of the originals for every process on the machine
     (labs and probe runs alike) and writes them back when the last holder releases. Call the
     returned function exactly when done (a second call does nothing).
     """
-    need = arp_cache_stats().get("entries", 0) + max(0, n_entries) + 256
+    need = neigh.table_stats().get("entries", 0) + max(0, n_entries) + 256
     owner = f"probe:{os.getpid()}:{next(_neigh_ids)}"
     neigh.reserve(owner, need)
     done = False
@@ -402,7 +386,7 @@ def ping_results(sources: Mapping[str, NsLike], targets: Mapping[str, str], coun
     try:
         if adjust_neighbours:
             restore = ensure_neighbour_capacity(2 * len(todo))
-        fulls_before = arp_cache_stats().get("table_fulls", 0)
+        fulls_before = neigh.table_stats().get("table_fulls", 0)
         by_src: dict[str, list[_PingState]] = {}
         for st in states.values():
             by_src.setdefault(st.src, []).append(st)
@@ -452,7 +436,7 @@ def ping_results(sources: Mapping[str, NsLike], targets: Mapping[str, str], coun
                     continue
                 except OSError as e:
                     if e.errno in (errno.EINVAL, errno.ENOBUFS) and \
-                            arp_cache_stats().get("table_fulls", 0) > fulls_before:
+                            neigh.table_stats().get("table_fulls", 0) > fulls_before:
                         raise NeighbourTableFull(
                             "the kernel's neighbour table is full: raise "
                             "net.ipv4.neigh.default.gc_thresh3 (see ensure_neighbour_capacity)")
@@ -556,7 +540,7 @@ def ping_results(sources: Mapping[str, NsLike], targets: Mapping[str, str], coun
             if queue:
                 flush_queue()
         failed = any(not st.done or st.error for st in states.values())
-        if failed and arp_cache_stats().get("table_fulls", 0) > fulls_before:
+        if failed and neigh.table_stats().get("table_fulls", 0) > fulls_before:
             raise NeighbourTableFull(
                 "the kernel's neighbour table overflowed during the probe, so blocked cells may "
                 "be false: raise net.ipv4.neigh.default.gc_thresh3 (see ensure_neighbour_capacity)")
@@ -1127,53 +1111,6 @@ class EchoServer:
 # DNS
 
 
-_RCODES = {1: "FORMERR", 2: "SERVFAIL", 3: "NXDOMAIN", 4: "NOTIMP", 5: "REFUSED"}
-
-
-def build_dns_query(name: str, qid: int, qtype: int = 1) -> bytes:
-    """A minimal DNS query: one question, recursion desired."""
-    q = b""
-    for label in name.rstrip(".").split("."):
-        raw = label.encode("idna") if label else b""
-        if not raw or len(raw) > 63:
-            raise ValueError(f"bad DNS name {name!r}")
-        q += bytes([len(raw)]) + raw
-    return struct.pack("!HHHHHH", qid, 0x0100, 1, 0, 0, 0) + q + b"\0" + struct.pack("!HH", qtype, 1)
-
-
-def _skip_name(msg: bytes, i: int) -> int:
-    while True:
-        if i >= len(msg):
-            raise ValueError("truncated name")
-        n = msg[i]
-        if n == 0:
-            return i + 1
-        if n & 0xC0 == 0xC0:
-            return i + 2
-        i += 1 + n
-
-
-def parse_dns_response(msg: bytes, qid: int) -> tuple[int, list[str]]:
-    """(rcode, IPv4 addresses of the A records in the answer section)."""
-    if len(msg) < 12:
-        raise ValueError("short DNS message")
-    rid, flags, qd, an, _, _ = struct.unpack("!HHHHHH", msg[:12])
-    if rid != qid or not flags & 0x8000:
-        raise ValueError("not a response to this query")
-    i = 12
-    for _ in range(qd):
-        i = _skip_name(msg, i) + 4
-    addrs = []
-    for _ in range(an):
-        i = _skip_name(msg, i)
-        typ, cls, _, rdlen = struct.unpack("!HHIH", msg[i:i + 10])
-        i += 10
-        if typ == 1 and cls == 1 and rdlen == 4:
-            addrs.append(socket.inet_ntoa(msg[i:i + 4]))
-        i += rdlen
-    return flags & 0x0F, addrs
-
-
 def dns_query(src: NsLike, name: str, server_ip: str, timeout: float = 1.0, port: int = 53,
               retries: int = 1) -> list[str]:
     """Resolve ``name`` (A records) by asking ``server_ip`` from inside ``src``'s namespace.
@@ -1184,7 +1121,10 @@ def dns_query(src: NsLike, name: str, server_ip: str, timeout: float = 1.0, port
     """
     ref = NsRef.of(src)
     qid = random.getrandbits(16)
-    query = build_dns_query(name, qid)
+    try:
+        query = dnswire.build_query(name, qid)
+    except ValueError as e:
+        raise DnsError(f"dns {name} @{server_ip}: {e}") from None
     s = _make_sockets(ref, 1, socket.AF_INET, socket.SOCK_DGRAM)[0]
     try:
         err = s.connect_ex((server_ip, port))
@@ -1216,13 +1156,13 @@ def dns_query(src: NsLike, name: str, server_ip: str, timeout: float = 1.0, port
                 except OSError as e:
                     raise DnsError(f"dns {name} @{server_ip}: {e.strerror}") from None
                 try:
-                    rcode, addrs = parse_dns_response(msg, qid)
-                except (ValueError, struct.error):
+                    rcode, addrs = dnswire.parse_response(msg, qid)
+                except ValueError:
                     continue
-                if rcode == 3:
+                if rcode == dnswire.NXDOMAIN:
                     raise DnsNameError(f"dns {name} @{server_ip}: NXDOMAIN (no such name)")
                 if rcode:
-                    raise DnsError(f"dns {name} @{server_ip}: {_RCODES.get(rcode, rcode)}")
+                    raise DnsError(f"dns {name} @{server_ip}: {dnswire.rcode_name(rcode)}")
                 return addrs
         raise DnsTimeout(f"dns {name} @{server_ip}: no answer after {_fmt_s(timeout)}")
     finally:

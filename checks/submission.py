@@ -29,7 +29,8 @@ from typing import Any
 
 from cnmlab import yamlsrc
 from cnmlab.checks import library
-from cnmlab.checks.api import UPSTREAM, UPSTREAM_NET, UPSTREAM_WEB, HostRef, SandboxRef, parse_spec
+from cnmlab.checks.api import UPSTREAM, UPSTREAM_NET, UPSTREAM_WEB, HostRef, SandboxRef
+from cnmlab.checks.kinds import parse_spec
 from cnmlab.checks.nsref import MachineNamespace, NamespaceDenied, NsRef
 from cnmlab.errors import InvalidInput
 from cnmlab.yamlsrc import Source

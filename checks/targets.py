@@ -137,7 +137,7 @@ def _vni(options: dict[str, Any]) -> int | None:
 
 def uplink_address(ns_path: str) -> str | None:
     """The IPv4 address of the interface that carries the default route in a namespace."""
-    from cnmlab.netlink import Netlink
+    from cnmlab.kernel.netlink import Netlink
 
     ref = NsRef.of(ns_path)
     with ref.opened() as fd:

@@ -94,9 +94,9 @@ def needed(item: pytest.Item) -> list[str]:
 
 
 def _features() -> Any:
-    """``cnmlab.features``, imported only once a test needs one: it pulls in pyroute2, and this
+    """``cnmlab.kernel.features``, imported only once a test needs one: it pulls in pyroute2, and this
     plugin loads in every pytest run where cnmlab is installed."""
-    from cnmlab import features
+    from cnmlab.kernel import features
 
     return features
 

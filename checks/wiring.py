@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from cnmlab import nsexec
+from cnmlab.kernel import nsexec
 from cnmlab.checks.api import Target
 from cnmlab.checks.nsref import NsRef
 from cnmlab.errors import CnmError
@@ -28,7 +28,7 @@ from cnmlab.errors import CnmError
 
 @contextlib.contextmanager
 def _netlink(ref: NsRef) -> Iterator[Any]:
-    from cnmlab.netlink import Netlink
+    from cnmlab.kernel.netlink import Netlink
 
     with ref.opened() as fd:
         nl = Netlink(fd=fd)
@@ -136,7 +136,7 @@ def route_get(ref: NsRef, ip: str) -> dict[str, Any] | str:
 
 
 def _sysctl(ref: NsRef, key: str) -> str | None:
-    from cnmlab import netns
+    from cnmlab.kernel import netns
 
     try:
         with ref.opened() as fd:

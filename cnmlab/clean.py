@@ -1,16 +1,19 @@
-"""``cnmlab clean``: remove every cnmlab object on the machine, and nothing else.
+"""``cnmlab clean``: remove every lab the engine made on the machine, and nothing else.
 
 It works from the state files alone (namespaces are recorded before they are created), so it
 also cleans up after a ``kill -9``. Everything a lab made lives inside its namespaces, so
 deleting them (after stopping their processes) removes links, routes and rules with them.
+(The Docker daemons ``cnmlab conform`` starts belong to the checks; the ``clean`` command
+sweeps them too, from the CLI, which sits above both.)
 """
 from __future__ import annotations
 
-from cnmlab import neigh, state
+from cnmlab import state
 from cnmlab.errors import InvalidInput
-from cnmlab.plugin import discovery
+from cnmlab.kernel import neigh
 from cnmlab.lab import teardown
 from cnmlab.model import LabState
+from cnmlab.plugin import discovery
 
 
 def clean(only: list[str] | None = None) -> list[str]:
@@ -26,10 +29,7 @@ def clean(only: list[str] | None = None) -> list[str]:
         removed += teardown(name, lab_state)
     if only:
         return removed
-    from cnmlab.checks import dockerd  # real Docker daemons left by 'cnmlab conform'
-
-    removed += dockerd.clean_all()
-    removed += discovery.clean_stale()
+    removed += discovery.clean_stale()  # sockets of plugins killed before they removed them
     if not state.names():
         neigh.release_all()
     return removed

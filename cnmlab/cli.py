@@ -9,7 +9,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict
 
 from cnmlab import state
-from cnmlab.errors import CnmError, InvalidInput, NotRootError, ObjectNotFound, one_line
+from cnmlab.checks import cli as checks_cli
+from cnmlab.checks import diffcli
+from cnmlab.errors import CnmError, InvalidInput, NotRootError, one_line
+from cnmlab.plugin import cli as plugin_cli
+from cnmlab.vm import cli as vm_cli
+from cnmlab.workshop import cli as workshop_cli
 
 
 def _need_root() -> None:
@@ -17,43 +22,15 @@ def _need_root() -> None:
         raise NotRootError("cnmlab needs root to create namespaces and links: run it with sudo")
 
 
-def resolve(target: str) -> tuple[str, str]:
-    """``LAB/NAME`` or a bare ``NAME`` (a sandbox, host or ``upstream`` of a running lab)."""
-    from cnmlab.lab import Lab
-
-    if "/" in target:
-        lab_name, name = target.split("/", 1)
-        return lab_name, Lab.open(lab_name).netns_of(name)
-    found = []
-    for lab_name in state.names():
-        try:
-            lab = Lab.open(lab_name)
-        except CnmError:
-            continue  # removed meanwhile, or another version's lab: it cannot hold ours
-        try:
-            found.append((lab_name, lab.netns_of(target)))
-        except CnmError:
-            pass
-        finally:
-            lab.close()
-    if not found:
-        raise ObjectNotFound(f"no sandbox or host named {target!r} in a running lab "
-                             f"(see 'cnmlab ls')")
-    if len(found) > 1:
-        raise InvalidInput(f"{target!r} is in several labs ({', '.join(f[0] for f in found)}): "
-                           f"write LAB/{target}")
-    return found[0]
-
-
 def cmd_up(args: argparse.Namespace) -> int:
-    from cnmlab import spec
+    from cnmlab import topofile
 
     _need_root()
-    topo = spec.load(args.file, args.name)
+    topo = topofile.load(args.file, args.name)
     if args.store:  # an existing etcd cluster instead of the lab's own
-        spec.parse_store(args.store)
+        topofile.parse_store(args.store)
         topo.control_plane = args.store
-    lab = spec.build(topo)
+    lab = topofile.build(topo)
     print(f"lab {lab.name} is up: {len(lab.hosts())} host(s), "
           f"{sum(1 for _ in lab.sandboxes())} sandbox(es). 'cnmlab inspect {lab.name}' shows it.")
     lab.close()
@@ -91,19 +68,20 @@ def cmd_ls(args: argparse.Namespace) -> int:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    from cnmlab import report
+    from cnmlab import inspection
     from cnmlab.lab import Lab
 
     _need_root()
     lab = Lab.open(args.name)
-    data = report.inspect(lab)
+    data = inspection.inspect(lab)
     lab.close()
-    print(json.dumps(data, indent=2) if args.json else report.render_text(data))
+    print(json.dumps(data, indent=2) if args.json else inspection.render_text(data))
     return 0
 
 
 def _exec_in(target: str, argv: list[str]) -> int:
-    from cnmlab.nsexec import shell_argv
+    from cnmlab.kernel.nsexec import shell_argv
+    from cnmlab.lab import resolve
 
     _need_root()
     _, ns = resolve(target)
@@ -122,6 +100,7 @@ def cmd_shell(args: argparse.Namespace) -> int:
     """A lab shell that stays supervised: registered while open (stop/reset ask first), with a
     loud banner instead of a silent ``Killed`` when its lab goes away."""
     from cnmlab import shells
+    from cnmlab.lab import resolve
 
     _need_root()
     lab_name, ns = resolve(args.target)
@@ -139,22 +118,25 @@ def _history_file(lab_name: str, member: str) -> str | None:
         return None
     if not lab_id:
         return None
-    from cnmlab.labs import Progress
+    from cnmlab.workshop.progress import Progress
 
     return Progress().history_file(lab_id, member)
 
 
 def cmd_clean(args: argparse.Namespace) -> int:
+    from cnmlab.checks import dockerd
     from cnmlab.clean import clean
 
     _need_root()
     removed = clean(args.lab or None)
+    if not args.lab:
+        removed += dockerd.clean_all()  # the real Docker daemons 'cnmlab conform' left behind
     print(f"removed {len(removed)} namespace(s)" + (f": {' '.join(removed)}" if removed else ""))
     return 0
 
 
 def cmd_features(args: argparse.Namespace) -> int:
-    from cnmlab import features
+    from cnmlab.kernel import features
 
     _need_root()
     found = features.probe_all()
@@ -261,16 +243,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _extensions() -> list[Callable[[argparse._SubParsersAction], None]]:  # type: ignore[type-arg]
-    """Subcommands owned by other packages (labs, checks) register themselves here."""
-    found = []
-    for mod_name in ("cnmlab.labcli", "cnmlab.checks.cli", "cnmlab.checks.diffcli",
-                     "cnmlab.plugin.cli", "cnmlab.vm.cli"):
-        try:
-            mod = __import__(mod_name, fromlist=["register"])
-        except ImportError:
-            continue
-        found.append(mod.register)
-    return found
+    """Subcommands owned by the packages under the CLI (labs, checks, diff, plugins, the VM)."""
+    return [workshop_cli.register, checks_cli.register, diffcli.register, plugin_cli.register,
+            vm_cli.register]
 
 
 def _add_labs_dirs(dirs: list[str]) -> None:

@@ -22,7 +22,7 @@ import shutil
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-from cnmlab import drivers, features, firewall, netns, sysctl
+from cnmlab import drivers, firewall
 from cnmlab.cluster import Cluster, NetworkRecord, Peer
 from cnmlab.constants import EMBEDDED_DNS, UPSTREAM_DNS
 from cnmlab.constants import GWBRIDGE, GWBRIDGE_ENDPOINT, GWBRIDGE_OPTIONS
@@ -31,9 +31,10 @@ from cnmlab.driverapi import (ExternalConnectivity, GlobalAllocator, HostContext
 from cnmlab.errors import (ActiveEndpoints, CnmError, InvalidInput, ObjectExists,
                            ObjectNotFound)
 from cnmlab.ipam import LOCAL_DEFAULT, DefaultIpam, Ipam
+from cnmlab.kernel import features, netns, sysctl
+from cnmlab.kernel.netlink import Netlink
 from cnmlab.model import (PREDEFINED, Endpoint, EndpointRef, Host, Network, PortMapping,
                           Sandbox)
-from cnmlab.netlink import Netlink
 from cnmlab.plugin import ipam as remote_ipam
 
 

@@ -24,7 +24,8 @@ import sys
 import time
 from typing import Any
 
-from cnmlab import netns, state
+from cnmlab import state
+from cnmlab.kernel import netns
 from cnmlab.cluster import Cluster
 from cnmlab.errors import CnmError, FeatureMissing
 from cnmlab.etcd import EtcdStore, StoreUnreachable

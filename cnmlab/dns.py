@@ -47,7 +47,6 @@ import random
 import selectors
 import signal
 import socket
-import struct
 import subprocess
 import sys
 import threading
@@ -56,8 +55,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from cnmlab import netns, procs, state
+from cnmlab import state
 from cnmlab.constants import EMBEDDED_DNS, UPSTREAM_DNS, UPSTREAM_WEB
+from cnmlab.dnswire import (AAAA, FORMERR, IN, NOTIMP, NXDOMAIN, PTR, SERVFAIL, A, Query,
+                            build_response, error_reply, message_id, parse_query, tcp_frame,
+                            tcp_messages, with_id)
+from cnmlab.kernel import netns, procs
 from cnmlab.model import LabState
 
 TTL = 600
@@ -66,78 +69,11 @@ FORWARD_TIMEOUT = 1.5  # below glibc's and dig's 5 s, so a dead upstream reads S
 UPSTREAM_RECORDS = {"example.com": UPSTREAM_WEB, "www.example.com": UPSTREAM_WEB,
                     "web.example": UPSTREAM_WEB, "dns.example": UPSTREAM_DNS}
 
-A, PTR, AAAA = 1, 12, 28
-NOERROR, FORMERR, SERVFAIL, NXDOMAIN, NOTIMP = 0, 1, 2, 3, 4
 
-
-# ---- wire format ----------------------------------------------------------------------------
-@dataclass
-class Query:
-    id: int
-    flags: int
-    name: str  # lowercase, no trailing dot
-    qtype: int
-    qclass: int
-    question: bytes  # the raw question section, echoed in the answer
-
-
-def parse_query(msg: bytes) -> Query | None:
-    """The first question of a DNS query, or None when it is not one we can read."""
-    if len(msg) < 12:
-        return None
-    qid, flags, qd = struct.unpack("!HHH", msg[:6])
-    if flags & 0x8000 or qd < 1:
-        return None
-    i, labels = 12, []
-    while True:
-        if i >= len(msg):
-            return None
-        n = msg[i]
-        if n == 0:
-            i += 1
-            break
-        if n & 0xC0 or i + 1 + n > len(msg):
-            return None  # no compression in a question we accept
-        labels.append(msg[i + 1:i + 1 + n].decode("ascii", "replace").lower())
-        i += 1 + n
-    if i + 4 > len(msg):
-        return None
-    qtype, qclass = struct.unpack("!HH", msg[i:i + 4])
-    return Query(qid, flags, ".".join(labels), qtype, qclass, msg[12:i + 4])
-
-
-def encode_name(name: str) -> bytes:
-    out = b""
-    for label in name.rstrip(".").split("."):
-        if label:
-            raw = label.encode("ascii")[:63]
-            out += bytes([len(raw)]) + raw
-    return out + b"\0"
-
-
-def build_response(q: Query, rcode: int = NOERROR, addrs: list[str] = (),  # type: ignore[assignment]
-                   ptr: str | None = None, authoritative: bool = False) -> bytes:
-    """A reply echoing ``q``'s question, with A records (or one PTR record) for it."""
-    opcode_rd = q.flags & 0x7900  # opcode and RD copied from the query
-    flags = 0x8000 | opcode_rd | 0x0080 | (0x0400 if authoritative else 0) | rcode
-    answers = b""
-    count = 0
-    for ip in addrs:
-        answers += struct.pack("!HHHIH", 0xC00C, A, 1, TTL, 4) + socket.inet_aton(ip)
-        count += 1
-    if ptr:
-        rdata = encode_name(ptr)
-        answers += struct.pack("!HHHIH", 0xC00C, PTR, 1, TTL, len(rdata)) + rdata
-        count += 1
-    header = struct.pack("!HHHHHH", q.id, flags, 1, count, 0, 0)
-    return header + q.question + answers
-
-
-def error_reply(msg: bytes, rcode: int) -> bytes | None:
-    """An answer with no question for what we could not parse (FORMERR), when it has an ID."""
-    if len(msg) < 12 or msg[2] & 0x80:
-        return None
-    return struct.pack("!HHHHHH", struct.unpack("!H", msg[:2])[0], 0x8080 | rcode, 0, 0, 0, 0)
+def _reply(q: Query, rcode: int = 0, addrs: list[str] | None = None, ptr: str | None = None,
+           authoritative: bool = False) -> bytes:
+    """An answer to ``q`` with Docker's TTL (600 s) on every record."""
+    return build_response(q, rcode, addrs or [], ptr, authoritative, ttl=TTL)
 
 
 # ---- names ----------------------------------------------------------------------------------
@@ -474,7 +410,7 @@ class Resolver:
             try:
                 conn.setblocking(True)
                 conn.settimeout(1)
-                conn.sendall(struct.pack("!H", len(data)) + data)
+                conn.sendall(tcp_frame(data))
                 conn.setblocking(False)
             except OSError:
                 close()
@@ -490,10 +426,7 @@ class Resolver:
                 close()
                 return
             buf.extend(chunk)
-            while len(buf) >= 2 and len(buf) >= 2 + struct.unpack("!H", buf[:2])[0]:
-                n = struct.unpack("!H", buf[:2])[0]
-                msg = bytes(buf[2:2 + n])
-                del buf[:2 + n]
+            for msg in tcp_messages(buf):
                 self._handle(msg, answer, reply)
 
         self.sel.register(conn, selectors.EVENT_READ, readable)
@@ -522,34 +455,34 @@ class Resolver:
 
     def _answer_embedded(self, sv: Served, q: Query, msg: bytes = b"",
                          reply: Callable[[bytes], None] | None = None) -> bytes | None:
-        if (q.flags >> 11) & 0xF:
-            return build_response(q, NOTIMP)
-        if q.qclass == 1 and q.qtype in (A, AAAA):
+        if q.opcode:
+            return _reply(q, NOTIMP)
+        if q.qclass == IN and q.qtype in (A, AAAA):
             addrs = self.lookup(sv, q.name)
             if addrs:
-                return build_response(q, addrs=addrs if q.qtype == A else [])
-        if q.qclass == 1 and q.qtype == PTR:
+                return _reply(q, addrs=addrs if q.qtype == A else [])
+        if q.qclass == IN and q.qtype == PTR:
             ip = reverse_ip(q.name)
             for net_id in sv.info.networks:
                 name = self.names.ptr.get(net_id, {}).get(ip or "")
                 if name:
-                    return build_response(q, ptr=name)
+                    return _reply(q, ptr=name)
         return self._forward(sv, q, msg, reply)
 
     def _forward(self, sv: Served, q: Query, msg: bytes,
                  reply: Callable[[bytes], None] | None) -> bytes | None:
         if sv.fwd is None or reply is None or not msg:
-            return build_response(q, SERVFAIL)
+            return _reply(q, SERVFAIL)
         for _ in range(8):
             new_id = random.getrandbits(16)
             if (sv.info.key, new_id) not in self.pending:
                 break
         else:
-            return build_response(q, SERVFAIL)
+            return _reply(q, SERVFAIL)
         try:
-            sv.fwd.sendto(struct.pack("!H", new_id) + msg[2:], (UPSTREAM_DNS, 53))
+            sv.fwd.sendto(with_id(msg, new_id), (UPSTREAM_DNS, 53))
         except OSError:
-            return build_response(q, SERVFAIL)  # e.g. no route (internal network)
+            return _reply(q, SERVFAIL)  # e.g. no route (internal network)
         self.pending[(sv.info.key, new_id)] = Pending(sv, q.id, reply, q,
                                                       time.monotonic() + FORWARD_TIMEOUT)
         return None
@@ -565,22 +498,22 @@ class Resolver:
                 continue  # an ICMP error (port unreachable): the timeout answers it
             if addr != (UPSTREAM_DNS, 53) or len(msg) < 12:
                 continue
-            p = self.pending.pop((sv.info.key, struct.unpack("!H", msg[:2])[0]), None)
+            p = self.pending.pop((sv.info.key, message_id(msg)), None)
             if p:
-                p.reply(struct.pack("!H", p.orig_id) + msg[2:])
+                p.reply(with_id(msg, p.orig_id))
 
     def _expire(self) -> None:
         now = time.monotonic()
         for key in [k for k, p in self.pending.items() if p.deadline <= now]:
             p = self.pending.pop(key)
-            p.reply(build_response(p.query, SERVFAIL))
+            p.reply(_reply(p.query, SERVFAIL))
 
     def _answer_upstream(self, q: Query, msg: bytes = b"",
                          reply: Callable[[bytes], None] | None = None) -> bytes:
         if q.name in UPSTREAM_RECORDS:
             addrs = [UPSTREAM_RECORDS[q.name]] if q.qtype == A else []
-            return build_response(q, addrs=addrs, authoritative=True)
-        return build_response(q, NXDOMAIN, authoritative=True)
+            return _reply(q, addrs=addrs, authoritative=True)
+        return _reply(q, NXDOMAIN, authoritative=True)
 
     # ---- loop ----------------------------------------------------------------------------
     def run(self) -> None:

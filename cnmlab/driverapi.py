@@ -19,8 +19,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
-from cnmlab import netns
-from cnmlab.netlink import Netlink
+from cnmlab.kernel import netns
+from cnmlab.kernel.netlink import Netlink
 
 if TYPE_CHECKING:
     from cnmlab.cluster import Peer

@@ -25,7 +25,7 @@ from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urlsplit
 
-from cnmlab import netns
+from cnmlab.kernel import netns
 from cnmlab.cluster import WatchEvent
 from cnmlab.errors import CnmError, InvalidInput
 

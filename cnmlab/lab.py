@@ -35,7 +35,7 @@ import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from cnmlab import controlplane, dns, drivers, neigh, netns, nsexec, peers, proxy, state, sysctl
+from cnmlab import controlplane, dns, drivers, peers, proxy, state
 from cnmlab.cluster import Cluster
 from cnmlab.constants import (DEFAULT_BRIDGE_OPTIONS, NS_PREFIX, NS_SEP, OPT_BRIDGE_NAME,
                               OPT_ICC, OPT_MASQUERADE, OPT_MTU, UNDERLAY_BRIDGE,
@@ -47,8 +47,9 @@ from cnmlab.errors import (ActiveEndpoints, CnmError, InvalidInput, IpamError, N
                            ObjectExists,
                            ObjectNotFound)
 from cnmlab.ipam import DefaultIpam
+from cnmlab.kernel import neigh, netns, nsexec, sysctl
+from cnmlab.kernel.netlink import Netlink
 from cnmlab.model import Endpoint, Host, LabState, Network, PortMapping, Sandbox, Underlay
-from cnmlab.netlink import Netlink
 
 OBJ_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,38}$")
 UNDERLAY_BRIDGE = "sw0"  # the "physical switch" inside an underlay's namespace
@@ -952,7 +953,8 @@ class Lab:
     def _sandbox_added(self) -> None:
         n = sum(len(h.sandboxes) for h in self.state.hosts.values())
         if n >= 24 and n % 16 == 0:
-            neigh.reserve(f"lab:{self.name}", neigh.entries_for(n + 16))
+            neigh.reserve(f"lab:{self.name}", neigh.entries_for(n + 16),
+                          alive_while=state.files(self.name))
 
     # ---- teardown ----------------------------------------------------------------------
     def close(self) -> None:
@@ -990,3 +992,30 @@ def teardown(name: str, lab_state: LabState | None) -> list[str]:
 
 def running() -> list[str]:
     return state.names()
+
+
+def resolve(target: str) -> tuple[str, str]:
+    """(lab, namespace) of ``LAB/NAME`` or a bare ``NAME`` (a sandbox, host or ``upstream`` of
+    a running lab): how the CLI's ``exec``/``shell`` and a plugin's ``--netns`` name a place."""
+    if "/" in target:
+        lab_name, name = target.split("/", 1)
+        return lab_name, Lab.open(lab_name).netns_of(name)
+    found = []
+    for lab_name in state.names():
+        try:
+            lab = Lab.open(lab_name)
+        except CnmError:
+            continue  # removed meanwhile, or another version's lab: it cannot hold ours
+        try:
+            found.append((lab_name, lab.netns_of(target)))
+        except CnmError:
+            pass
+        finally:
+            lab.close()
+    if not found:
+        raise ObjectNotFound(f"no sandbox or host named {target!r} in a running lab "
+                             f"(see 'cnmlab ls')")
+    if len(found) > 1:
+        raise InvalidInput(f"{target!r} is in several labs ({', '.join(f[0] for f in found)}): "
+                           f"write LAB/{target}")
+    return found[0]

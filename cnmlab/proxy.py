@@ -32,8 +32,8 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from cnmlab import state
 from cnmlab.errors import CnmError, KernelError
+from cnmlab.kernel import rundir
 
 SOCKET_PATH_MAX = 107  # sun_path is 108 bytes with its NUL
 START_TIMEOUT = 10.0
@@ -55,8 +55,8 @@ class Mapping:
 # ---- the private runtime folder --------------------------------------------------------------
 def run_dir() -> str:
     """``<state dir>/proxy``, made root-only if missing; refused if anyone else could write it."""
-    path = os.path.join(state.STATE_DIR, "proxy")
-    os.makedirs(state.STATE_DIR, exist_ok=True)
+    path = os.path.join(rundir.STATE_DIR, "proxy")
+    os.makedirs(rundir.STATE_DIR, exist_ok=True)
     try:
         os.mkdir(path, 0o700)
     except FileExistsError:
@@ -73,7 +73,7 @@ def run_dir() -> str:
 
 def _files(ns: str, create: bool = True) -> tuple[str, str, str]:
     """Control socket, lock file and PID file of the daemon of host namespace ``ns``."""
-    folder = run_dir() if create else os.path.join(state.STATE_DIR, "proxy")
+    folder = run_dir() if create else os.path.join(rundir.STATE_DIR, "proxy")
     base = ns
     if len(os.path.join(folder, base + ".sock")) > SOCKET_PATH_MAX:
         base = "h-" + hashlib.sha256(ns.encode()).hexdigest()[:24]

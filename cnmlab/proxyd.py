@@ -35,7 +35,7 @@ import sys
 import time
 from typing import Any
 
-from cnmlab import netns
+from cnmlab.kernel import netns
 
 UDP_TIMEOUT = 90.0  # docker-proxy's UDPConnTrackTimeout
 COPY_CHUNK = 65536

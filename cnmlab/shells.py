@@ -17,7 +17,7 @@ command would run on the real host. Three things prevent that surprise:
   own ``PROMPT_COMMAND`` also leaves (with the banner) if its namespace disappears under it.
 
 The commands typed are appended to a history file after every command (``PROMPT_COMMAND``
-runs ``history -a``), so they survive a SIGKILL; ``cnmlab.labs.Progress`` decides where.
+runs ``history -a``), so they survive a SIGKILL; ``cnmlab.workshop.progress.Progress`` decides where.
 """
 from __future__ import annotations
 
@@ -32,7 +32,8 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from cnmlab import netns, state
+from cnmlab import state
+from cnmlab.kernel import netns
 
 SHELL_EXIT_LAB_GONE = 111  # the exit code of a shell that left because its namespace vanished
 
@@ -175,7 +176,7 @@ def shell_env(lab: str, member: str, ns: str, history: str | None = None,
 
 def shell_argv(ns: str, shell: str | None = None) -> list[str]:
     """An interactive shell in a named cnmlab namespace (``ip netns exec``: own resolv.conf)."""
-    from cnmlab.nsexec import shell_argv as ns_argv
+    from cnmlab.kernel.nsexec import shell_argv as ns_argv
 
     return ns_argv(ns, [shell or os.environ.get("CNMLAB_SHELL", "bash"), "--norc", "-i"])
 

@@ -18,14 +18,23 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from cnmlab import filelock, rundir
 from cnmlab.errors import InvalidInput, ObjectNotFound
+from cnmlab.kernel import filelock, rundir
 from cnmlab.model import LabState, Network
 
-STATE_DIR = os.environ.get("CNMLAB_STATE_DIR", "/run/cnmlab")
 LAB_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
 # What a namespace name recorded in a log may look like: it becomes a path under /run/netns.
 NETNS_NAME = re.compile(r"^(?!\.\.?$)[A-Za-z0-9_.-]{1,255}$")
+
+
+def progress_path() -> str:
+    """The learner's progress file (``$CNMLAB_PROGRESS`` or ~/.local/share/cnmlab/progress.json).
+
+    Here, below the workshop, because the VM's CLI (engine layer) copies a guest workshop's
+    results next to it as well as the workshop reading and writing it.
+    """
+    return os.environ.get("CNMLAB_PROGRESS") or os.path.join(
+        os.path.expanduser("~"), ".local", "share", "cnmlab", "progress.json")
 
 
 def check_lab_name(name: str) -> None:
@@ -33,33 +42,21 @@ def check_lab_name(name: str) -> None:
         raise InvalidInput(f"lab name {name!r}: use 1-32 lowercase letters, digits, '-' or '_'")
 
 
-def state_dir() -> str:
-    """The state folder, made private (root-owned, 0700) or refused if someone else's."""
-    parent = os.path.dirname(os.path.abspath(STATE_DIR))
-    if not os.path.isdir(parent):
-        os.makedirs(parent, exist_ok=True)
-    return rundir.private_dir(STATE_DIR)
-
-
-def readable_dir() -> str | None:
-    """The state folder for reading: None if there is none; root reads only a private one."""
-    if not os.path.lexists(STATE_DIR):
-        return None
-    if os.geteuid() == 0:
-        rundir.check_private(STATE_DIR)
-    return STATE_DIR
-
-
 def _path(name: str) -> str:
-    return os.path.join(STATE_DIR, f"{name}.json")
+    return os.path.join(rundir.STATE_DIR, f"{name}.json")
 
 
 def exists(name: str) -> bool:
-    return os.path.exists(_path(name)) or os.path.exists(_ns_log(name))
+    return any(os.path.exists(p) for p in files(name))
+
+
+def files(name: str) -> list[str]:
+    """The files whose presence means the lab exists (its model and its namespace log)."""
+    return [_path(name), _ns_log(name)]
 
 
 def _ns_log(name: str) -> str:
-    return os.path.join(STATE_DIR, f"{name}.ns")
+    return os.path.join(rundir.STATE_DIR, f"{name}.ns")
 
 
 def record_namespace(name: str, ns: str) -> None:
@@ -70,7 +67,7 @@ def record_namespace(name: str, ns: str) -> None:
     """
     if not NETNS_NAME.match(ns):
         raise InvalidInput(f"invalid network namespace name {ns!r}")
-    fd = os.open(os.path.join(state_dir(), f"{name}.ns"),
+    fd = os.open(os.path.join(rundir.state_dir(), f"{name}.ns"),
                  os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o600)
     try:
         os.write(fd, (ns + "\n").encode())
@@ -101,7 +98,7 @@ def forget_namespace(name: str, ns: str) -> None:
 
 def recorded_namespaces(name: str) -> list[str]:
     """The lab's logged namespaces; a line that is no namespace name is never acted on."""
-    if readable_dir() is None:
+    if rundir.readable_dir() is None:
         return []
     try:
         with open(_ns_log(name)) as f:
@@ -128,7 +125,7 @@ def save(state: LabState) -> Stamp | None:
     Returns the new version's stamp. Callers hold the lab's lock (``locked``), so that no
     two processes ever save a model each loaded before the other's change.
     """
-    folder = state_dir()
+    folder = rundir.state_dir()
     path = os.path.join(folder, f"{state.name}.json")
     tmp = path + f".{os.getpid()}.tmp"
     data = state.to_json()
@@ -142,7 +139,7 @@ def save(state: LabState) -> Stamp | None:
 
 def load(name: str) -> LabState:
     """The lab's saved model; a damaged or foreign file is a one-line ``InvalidInput``."""
-    if readable_dir() is None:
+    if rundir.readable_dir() is None:
         raise ObjectNotFound(f"no lab named {name!r} is running (see 'cnmlab ls')")
     path = _path(name)
     try:
@@ -230,12 +227,12 @@ def _parse(where: str, value: str, kind: Any) -> None:
 
 def aux_path(name: str, suffix: str) -> str:
     """A helper file of a lab (e.g. the DNS resolver's progress); removed with the lab."""
-    return os.path.join(state_dir(), f"_{name}.{suffix}")
+    return os.path.join(rundir.state_dir(), f"_{name}.{suffix}")
 
 
 def remove(name: str) -> None:
     """Remove a lab's state files (its lock goes when its holder lets go: see ``locked``)."""
-    aux = [os.path.join(STATE_DIR, f) for f in _listdir()
+    aux = [os.path.join(rundir.STATE_DIR, f) for f in _listdir()
            if f.startswith(f"_{name}.") and not f.endswith(".lock")]
     for p in (_path(name), _ns_log(name), *aux):
         try:
@@ -248,7 +245,7 @@ def remove(name: str) -> None:
 
 def _listdir() -> list[str]:
     try:
-        folder = readable_dir()
+        folder = rundir.readable_dir()
         return os.listdir(folder) if folder else []
     except (FileNotFoundError, PermissionError):
         return []
@@ -268,6 +265,6 @@ def locked(name: str) -> Iterator[None]:
     (see ``filelock``), so a teardown never lets two processes in at once.
     """
     check_lab_name(name)
-    with filelock.locked(os.path.join(state_dir(), f"_{name}.lock"),
+    with filelock.locked(os.path.join(rundir.state_dir(), f"_{name}.lock"),
                          remove_if=lambda: not exists(name)):
         yield

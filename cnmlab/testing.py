@@ -15,8 +15,8 @@ from typing import Any
 
 from cnmlab.driverapi import HostContext
 from cnmlab.errors import KernelError, ObjectExists, ObjectNotFound
+from cnmlab.kernel.netlink import IFNAMSIZ, LinkInfo, NeighInfo, RouteInfo
 from cnmlab.model import Host
-from cnmlab.netlink import IFNAMSIZ, LinkInfo, NeighInfo, RouteInfo
 
 
 @dataclass
@@ -110,7 +110,7 @@ class FakeNetlink:
         if peer in other.links or (other is self._ns and peer == name):
             raise ObjectExists(f"create veth {name}/{peer} in {self.ns}: already exists")
         end = self._new(self._ns, name, "veth", mtu)
-        end.master, end.state = master, ("UP" if up else "DOWN")
+        end.master, end.state, end.admin_up = master, ("UP" if up else "DOWN"), up
         self._new(other, peer, "veth", mtu, peer_mac)
         self._ns.peers[name] = (other.name, peer)
         other.peers[peer] = (self._ns.name, name)
@@ -130,7 +130,7 @@ class FakeNetlink:
         if nomaster:
             link.master = None
         if up is not None:
-            link.state = "UP" if up else "DOWN"
+            link.state, link.admin_up = ("UP" if up else "DOWN"), up
         if mtu is not None:
             link.mtu = mtu
         if mac is not None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from cnmlab import nsexec
+from cnmlab.kernel import nsexec
 
 AEAD = "rfc4106(gcm(aes))"
 ICV_BITS = 128

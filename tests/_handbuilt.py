@@ -12,8 +12,8 @@ import subprocess
 import textwrap
 from typing import Any
 
-from cnmlab import netns, sysctl
-from cnmlab.netlink import Netlink
+from cnmlab.kernel import netns, sysctl
+from cnmlab.kernel.netlink import Netlink
 
 ROLES = ("h", "a", "b", "c")
 ADDR = {"a": "10.77.0.2", "b": "10.77.0.3", "c": "10.78.0.2"}

@@ -14,7 +14,8 @@ import uuid
 
 import pytest
 
-from cnmlab import netns, state
+from cnmlab import state
+from cnmlab.kernel import netns, rundir
 
 PID = str(os.getpid())
 
@@ -47,7 +48,7 @@ def _neigh_originals() -> list[str] | None:
     import json
 
     try:
-        with open(os.path.join(state.STATE_DIR, "_neigh.json")) as f:
+        with open(os.path.join(rundir.STATE_DIR, "_neigh.json")) as f:
             record = json.load(f)
     except (OSError, ValueError):
         return None

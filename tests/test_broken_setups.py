@@ -11,11 +11,12 @@ import signal
 
 import pytest
 
-from cnmlab import nsexec
-from cnmlab.checks.api import CheckResult, run_checks
+from cnmlab.checks.api import CheckResult
+from cnmlab.checks.kinds import run_checks
 from cnmlab.checks.targets import EngineTarget
+from cnmlab.kernel import nsexec
+from cnmlab.kernel.netlink import Netlink
 from cnmlab.lab import Lab
-from cnmlab.netlink import Netlink
 
 pytestmark = pytest.mark.kernel
 

@@ -13,13 +13,14 @@ from pathlib import Path
 
 import pytest
 
-from cnmlab import drivers, features
+from cnmlab import drivers
 from cnmlab.checks.probes import dns_query
 from cnmlab.driverapi import LOCAL, Capability, HostContext, JoinInfo
-from cnmlab.errors import CnmError, FeatureMissing, InvalidInput
 from cnmlab.drivers.bridge import veth_name
+from cnmlab.errors import CnmError, FeatureMissing, InvalidInput
+from cnmlab.inspection import routes
+from cnmlab.kernel import features
 from cnmlab.model import Endpoint, Network, Sandbox
-from cnmlab.report import routes
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -13,14 +13,16 @@ import time
 
 import pytest
 
-from cnmlab import netns, nsexec
+from cnmlab import frames
 from cnmlab.checks import library, probes, targets
-from cnmlab.checks.api import CheckResult, kinds, run_check, run_checks
+from cnmlab.checks.api import CheckResult
+from cnmlab.checks.kinds import kinds, run_check, run_checks
 from cnmlab.checks.submission import SubmissionTarget
 from cnmlab.checks.targets import EngineTarget, make_target
 from cnmlab.errors import CnmError, InvalidInput
+from cnmlab.kernel import netns, nsexec
+from cnmlab.kernel.netlink import Netlink
 from cnmlab.lab import Lab
-from cnmlab.netlink import Netlink
 
 pytestmark = pytest.mark.kernel
 
@@ -450,15 +452,15 @@ def test_vxlan_on_wire(two_hosts):
     assert "no VXLAN" in r.observed
 
 
-def test_parse_vxlan():
+def test_vxlan_vni():
     import struct
     eth = b"\x00" * 12 + b"\x08\x00"
     ip = bytes([0x45, 0, 0, 0, 0, 0, 0, 0, 64, 17, 0, 0]) + b"\x01\x02\x03\x04" * 2
     udp = struct.pack("!HHHH", 5555, 4789, 0, 0)
     vx = bytes([0x08, 0, 0, 0]) + (4242).to_bytes(3, "big") + b"\0"
-    assert library.parse_vxlan(eth + ip + udp + vx) == 4242
-    assert library.parse_vxlan(eth + ip + udp + vx, port=8472) is None
-    assert library.parse_vxlan(b"\x00" * 12 + b"\x86\xdd" + b"\0" * 60) is None
+    assert frames.vxlan_vni(eth + ip + udp + vx) == 4242
+    assert frames.vxlan_vni(eth + ip + udp + vx, port=8472) is None
+    assert frames.vxlan_vni(b"\x00" * 12 + b"\x86\xdd" + b"\0" * 60) is None
 
 
 def test_lb_spread_with_nth_dnat(lab, target):

@@ -9,7 +9,8 @@ import time
 
 import pytest
 
-from cnmlab import netns, state
+from cnmlab import state
+from cnmlab.kernel import netns
 
 pytestmark = pytest.mark.kernel
 
@@ -116,7 +117,7 @@ def test_not_root_is_one_line(tmp_path, lab_name):
     os.chmod(path, 0o644)
     # the interpreter may live under /root, out of nobody's reach: load cnmlab as root, then
     # drop to nobody before the command runs, as a non-root user's process would be
-    code = ("import os, sys; import cnmlab.cli, cnmlab.spec, cnmlab.lab\n"
+    code = ("import os, sys; import cnmlab.cli, cnmlab.topofile, cnmlab.lab\n"
             "os.setgroups([]); os.setresgid(65534, 65534, 65534); os.setresuid(65534, 65534, 65534)\n"
             "sys.exit(cnmlab.cli.main(['up', sys.argv[1]]))\n")
     r = subprocess.run([sys.executable, "-c", code, path], capture_output=True, text=True,
@@ -126,12 +127,12 @@ def test_not_root_is_one_line(tmp_path, lab_name):
 
 
 def test_missing_kernel_feature_is_one_line():
-    from cnmlab import features
+    from cnmlab.kernel import features
 
     missing = [f for f, ok in features.probe_all().items() if not ok]
     if not missing:
         pytest.skip("this kernel has every probed feature")
-    code = ("import sys; from cnmlab import features; from cnmlab.errors import CnmError\n"
+    code = ("import sys; from cnmlab.kernel import features; from cnmlab.errors import CnmError\n"
             f"try:\n features.require([{missing[0]!r}], 'the test lab')\n"
             "except CnmError as e:\n print(e); sys.exit(1)\n")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

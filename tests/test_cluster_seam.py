@@ -18,9 +18,9 @@ from cnmlab.cluster import Cluster, GlobalIpam, MemoryStore, Peer
 from cnmlab.driverapi import GLOBAL, Capability, HostContext, JoinInfo
 from cnmlab.drivers.bridge import docker_mac, random_docker_mac, veth_name
 from cnmlab.errors import AddressInUse, InvalidInput, PoolOverlap
+from cnmlab.kernel.netlink import Netlink
 from cnmlab.lab import Lab
 from cnmlab.model import Endpoint, Network, Sandbox
-from cnmlab.netlink import Netlink
 
 
 class FakeOverlay:

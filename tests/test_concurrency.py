@@ -20,7 +20,8 @@ import time
 
 import pytest
 
-from cnmlab import netns, state
+from cnmlab import state
+from cnmlab.kernel import netns, rundir
 
 pytestmark = pytest.mark.kernel
 
@@ -95,9 +96,10 @@ def test_concurrent_cli_runs_are_all_recorded_distinct_and_reachable(lab_name, p
 
 def test_in_process_model_reloads_before_each_change(lab_name, progress):
     """A LabRun kept in memory (as the app keeps it) and the CLI take turns on one lab."""
-    from cnmlab import labs
+    from cnmlab.workshop import labfile
+    from cnmlab.workshop.runner import LabRun
 
-    run = labs.LabRun(labs.get("04"), lab_name)
+    run = LabRun(labfile.get("04"), lab_name)
     run.start()
     try:
         run.apply_action({"engine": "network_create", "host": "host", "name": "frontend"})
@@ -154,8 +156,9 @@ def test_python_handle_after_another_process_changed_the_lab(lab_name):
 HOLDER = textwrap.dedent("""
     import fcntl, os, sys, time
     from cnmlab import state
+    from cnmlab.kernel import rundir
     mode, name, log, hold = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4])
-    path = os.path.join(state.state_dir(), f"_{name}.lock")
+    path = os.path.join(rundir.state_dir(), f"_{name}.lock")
 
     def note(what):
         with open(log, "a") as f:
@@ -205,7 +208,7 @@ def test_removing_the_lock_file_never_admits_two_holders(tmp_path, lab_name, mod
     the inode, so P2 and P3 queue on one file.
     """
     log = str(tmp_path / "log")
-    path = os.path.join(state.state_dir(), f"_{lab_name}.lock")
+    path = os.path.join(rundir.state_dir(), f"_{lab_name}.lock")
 
     def start(hold: float) -> subprocess.Popen[str]:
         return subprocess.Popen([sys.executable, "-c", HOLDER, mode, lab_name, log, str(hold)],

@@ -17,7 +17,7 @@ from cnmlab.checks import conformance, report
 from cnmlab.checks.dockerd import missing_tools
 from cnmlab.checks.swarm import SwarmTarget
 from cnmlab.lab import Lab
-from cnmlab.netlink import Netlink
+from cnmlab.kernel.netlink import Netlink
 
 pytestmark = [pytest.mark.kernel,
               pytest.mark.skipif(not shutil.which("etcd"), reason="needs etcd-server")]

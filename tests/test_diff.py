@@ -13,11 +13,11 @@ import sys
 
 import pytest
 
-from cnmlab import netlink
 from cnmlab.checks import diff, dockerd, scenario
 from cnmlab.checks.dockerd import missing_tools
 from cnmlab.errors import InvalidInput
 from cnmlab.firewall import iptables
+from cnmlab.kernel import netlink
 from cnmlab.yamlsrc import parse
 
 PID = str(os.getpid())

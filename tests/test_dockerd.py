@@ -16,11 +16,11 @@ from pathlib import Path
 
 import pytest
 
-from cnmlab import netns
 from cnmlab.checks import dockerd as dockerd_mod
 from cnmlab.checks.docker_target import DockerTarget
 from cnmlab.checks.dockerd import DockerDaemon, cleanup_workdir, missing_tools
 from cnmlab.errors import CnmError
+from cnmlab.kernel import netns
 
 _missing = missing_tools()
 pytestmark = [

@@ -5,8 +5,10 @@ the presence of a rule), using the checks' probe engine.
 """
 import pytest
 
+from cnmlab import inspection
 from cnmlab.checks.probes import EchoServer, ping, tcp_connect
 from cnmlab.errors import ActiveEndpoints, InvalidInput, ObjectExists, PoolOverlap
+from cnmlab.kernel import netns
 
 pytestmark = pytest.mark.kernel
 WEB = "198.51.100.10"  # the upstream's "server on the internet"
@@ -39,13 +41,13 @@ def test_docker_names_and_defaults(lab):
     assert net.device == f"br-{net.id[:12]}" and net.subnet == "172.18.0.0/16"
     s = host.run("s1", "mynet")
     assert s.ip() == "172.18.0.2"
-    links = {l["name"]: l for l in __import__("cnmlab.report").report.interfaces(s.netns)}
+    links = {l["name"]: l for l in inspection.interfaces(s.netns)}
     assert links["eth0"]["mac"] == "02:42:ac:12:00:02"
     assert links["eth0"]["addresses"] == ["172.18.0.2/16"]
-    host_links = {l["name"]: l for l in __import__("cnmlab.report").report.interfaces(host.netns)}
+    host_links = {l["name"]: l for l in inspection.interfaces(host.netns)}
     veths = [n for n, l in host_links.items() if l["master"] == net.device]
     assert len(veths) == 1 and veths[0].startswith("veth") and len(veths[0]) == 11
-    routes = __import__("cnmlab.report").report.routes(s.netns)
+    routes = inspection.routes(s.netns)
     assert {"dst": "default", "gateway": "172.18.0.1", "dev": "eth0", "scope": "global"} in routes
 
 
@@ -106,7 +108,7 @@ def test_internal_network_has_no_default_route_and_no_egress(lab):
 def test_null_and_host_drivers(lab):
     host = lab.add_host("h1")
     none = host.run("lonely", "none")
-    names = [l["name"] for l in __import__("cnmlab.report").report.interfaces(none.netns)]
+    names = [l["name"] for l in inspection.interfaces(none.netns)]
     assert names == ["lo"]
     hostnet = host.run("hostnet", "host")
     assert hostnet.netns == host.netns and hostnet.ip() == host.public_ip
@@ -149,7 +151,7 @@ def test_lifecycle_rules(lab):
     host.network_rm("n1")
     assert "n1" not in host.networks()
     # nothing half-built: failed creations left no bridge behind
-    bridges = [l for l in __import__("cnmlab.report").report.interfaces(host.netns)
+    bridges = [l for l in inspection.interfaces(host.netns)
                if l["kind"] == "bridge"]
     assert [b["name"] for b in bridges] == ["docker0"]
 
@@ -161,7 +163,7 @@ def test_failed_run_rolls_back(lab):
     with pytest.raises(Exception, match="Address already in use"):
         host.run("s2", "n1", ip="10.60.0.5")
     assert "s2" not in host.model.sandboxes
-    assert not any("s2" in n for n in __import__("cnmlab.netns").netns.list_names()
+    assert not any("s2" in n for n in netns.list_names()
                    if n.startswith(f"cnm-{lab.name}."))
     # the address is free again for a correct request, and the state on disk agrees
     from cnmlab.lab import Lab
@@ -175,7 +177,7 @@ def test_mtu_option(lab):
     host = lab.add_host("h1")
     host.network_create("small", mtu=1400)
     s = host.run("s1", "small")
-    eth0 = [l for l in __import__("cnmlab.report").report.interfaces(s.netns)
+    eth0 = [l for l in inspection.interfaces(s.netns)
             if l["name"] == "eth0"][0]
     assert eth0["mtu"] == 1400
 
@@ -196,7 +198,7 @@ def test_netlink_stays_in_its_namespace_from_any_thread(lab):
     """pyroute2 opens a socket per thread: the facade must still act in the lab's namespace."""
     import threading
 
-    from cnmlab.netlink import Netlink
+    from cnmlab.kernel.netlink import Netlink
 
     host = lab.add_host("h1")
     root_before = {l.name for l in Netlink().links()}

@@ -11,12 +11,12 @@ import uuid
 
 import pytest
 
-from cnmlab import netns
 from cnmlab.driverapi import HostContext
 from cnmlab.drivers.bridge import BridgeDriver
 from cnmlab.errors import CnmError, InvalidInput, ObjectExists
+from cnmlab.kernel import netns
+from cnmlab.kernel.netlink import Netlink
 from cnmlab.model import Endpoint, Host, Network
-from cnmlab.netlink import Netlink
 from cnmlab.testing import FakeKernel, FakeNetlink, fake_context
 
 

@@ -25,8 +25,10 @@ import yaml
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from cnmlab import labs, spec, state, yamlsrc
+from cnmlab import state, topofile, yamlsrc
 from cnmlab.errors import CnmError
+from cnmlab.kernel import rundir
+from cnmlab.workshop import labfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FUZZ = settings(max_examples=250, deadline=None, derandomize=True, database=None,
@@ -123,7 +125,7 @@ HAND_TOPOLOGIES = {
 
 
 def _parse_topology(text: str) -> None:
-    spec.parse(yamlsrc.parse(text, "fuzz.yaml"))
+    topofile.parse(yamlsrc.parse(text, "fuzz.yaml"))
 
 
 @pytest.mark.parametrize("case", sorted(HAND_TOPOLOGIES))
@@ -155,7 +157,7 @@ LAB_FILES = {os.path.dirname(p): _yaml(p)
 def test_fuzz_lab_files(folder, data):
     doc = data.draw(mutated([LAB_FILES[folder]]))
     text = yaml.safe_dump(doc)
-    msg = one_line_error(lambda: labs.parse_lab(yamlsrc.parse(text, "lab.yaml"), folder))
+    msg = one_line_error(lambda: labfile.parse_lab(yamlsrc.parse(text, "lab.yaml"), folder))
     if msg is not None:
         assert msg.startswith("lab.yaml:"), f"the error does not name the file: {msg}"
 
@@ -202,13 +204,13 @@ class _StateDir:
     """Point the state module at a private scratch folder for the body."""
 
     def __enter__(self) -> str:
-        self.saved = state.STATE_DIR
+        self.saved = rundir.STATE_DIR
         self.dir = tempfile.mkdtemp(prefix="cnmlab-fuzz-")
-        state.STATE_DIR = self.dir
+        rundir.STATE_DIR = self.dir
         return self.dir
 
     def __exit__(self, *exc: object) -> None:
-        state.STATE_DIR = self.saved
+        rundir.STATE_DIR = self.saved
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
@@ -276,7 +278,7 @@ def test_cli_on_a_state_file_with_an_unknown_field(lab_name):
     lab = Lab(lab_name)
     ns = lab.state.upstream
     lab.close()
-    path = os.path.join(state.STATE_DIR, f"{lab_name}.json")
+    path = os.path.join(rundir.STATE_DIR, f"{lab_name}.json")
     with open(path) as f:
         data = json.load(f)
     data["colour"] = "blue"
@@ -360,11 +362,11 @@ def test_fuzz_topologies_that_load_build_or_fail_in_one_line(doc):
     name = f"fz{os.getpid()}x{next(_builds)}"
     text = yaml.safe_dump({"name": name, **doc})
     try:
-        topo = spec.parse(yamlsrc.parse(text, "fuzz.yaml"))
+        topo = topofile.parse(yamlsrc.parse(text, "fuzz.yaml"))
     except CnmError:
         return  # the loader's errors are fuzzed above
     try:
-        lab = spec.build(topo)
+        lab = topofile.build(topo)
     except CnmError as e:
         assert "\n" not in str(e), str(e)
         assert not state.exists(name), "a failed build left its lab behind"

@@ -21,7 +21,7 @@ import pytest
 from _handbuilt import ADDR, HandBuilt
 from cnmlab.checks import assignment as amod
 from cnmlab.checks import grading, report
-from cnmlab.checks.api import run_check
+from cnmlab.checks.kinds import run_check
 from cnmlab.checks.submission import SubmissionTarget
 from cnmlab.errors import InvalidInput
 
@@ -260,7 +260,7 @@ def test_exploit_machine_namespace_graded(tmp_path):
 
 PRIVATE = textwrap.dedent("""\
     import os, subprocess, sys
-    from cnmlab.checks.api import run_check
+    from cnmlab.checks.kinds import run_check
     from cnmlab.checks.submission import SubmissionTarget
     from cnmlab.errors import CnmError
 
@@ -325,7 +325,7 @@ COURSE = textwrap.dedent("""\
     import os
     import socket
 
-    from cnmlab import netns
+    from cnmlab.kernel import netns
     from cnmlab.checks.api import CheckResult
 
 

@@ -10,7 +10,7 @@ import pytest
 
 from cnmlab.checks.probes import ping
 from cnmlab.errors import FeatureMissing, InvalidInput
-from cnmlab.netlink import Netlink
+from cnmlab.kernel.netlink import Netlink
 
 pytestmark = pytest.mark.kernel
 SUBNET, GW = "192.168.50.0/24", "192.168.50.1"
@@ -107,7 +107,7 @@ def test_errors_in_dockers_words(rack):
 
 def test_without_ipvlan_the_error_is_one_line(rack, monkeypatch):
     """Here (no ipvlan) or anywhere with the feature masked: one line naming the feature."""
-    from cnmlab import features
+    from cnmlab.kernel import features
 
     lab, h1, _ = rack
     have = features.probe_all()

@@ -14,7 +14,7 @@ import pytest
 
 from _handbuilt import HandBuilt
 from cnmlab.checks import probes
-from cnmlab.checks.api import run_check
+from cnmlab.checks.kinds import run_check
 from cnmlab.checks.submission import SubmissionTarget
 
 pytestmark = pytest.mark.kernel

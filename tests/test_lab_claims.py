@@ -11,8 +11,12 @@ import subprocess
 
 import pytest
 
-from cnmlab import labs
-from cnmlab.checks.api import run_check
+from cnmlab.workshop import labfile
+
+from cnmlab.workshop.progress import Progress
+
+from cnmlab.workshop.runner import LabRun
+from cnmlab.checks.kinds import run_check
 from cnmlab.checks.targets import EngineTarget
 
 PID = str(os.getpid())
@@ -47,7 +51,7 @@ def ns_pair():
 
 @pytest.fixture
 def lab03(tmp_path):
-    run = labs.LabRun(labs.get("03"), f"lab03-{PID}", labs.Progress(str(tmp_path / "p.json")))
+    run = LabRun(labfile.get("03"), f"lab03-{PID}", Progress(str(tmp_path / "p.json")))
     run.start()
     try:
         yield run

@@ -10,8 +10,10 @@ import textwrap
 
 import pytest
 
-from cnmlab import labs
 from cnmlab.errors import InvalidInput
+from cnmlab.workshop import catalog, labfile
+from cnmlab.workshop.progress import Progress
+from cnmlab.workshop.runner import LabRun
 
 GOOD = textwrap.dedent("""\
     id: 99-test
@@ -55,7 +57,7 @@ def write(tmp_path, text: str) -> str:
 
 def error_of(tmp_path, text: str) -> str:
     with pytest.raises(InvalidInput) as e:
-        labs.load(write(tmp_path, text))
+        labfile.load(write(tmp_path, text))
     msg = str(e.value)
     assert "\n" not in msg and "Traceback" not in msg
     return msg
@@ -71,7 +73,7 @@ def line_of(text: str, needle: str) -> int:
 # ---- the shipped labs ------------------------------------------------------------------------
 
 def test_every_shipped_lab_loads_and_validates():
-    found = labs.discover()
+    found = labfile.discover()
     assert [l.id for l in found] == ["01-sandboxes-by-hand", "02-default-bridge",
                                      "03-nat-and-ports", "04-user-defined-networks",
                                      "05-service-discovery", "06-macvlan", "07-ipvlan",
@@ -89,18 +91,18 @@ def test_shipped_labs_validate_against_the_json_schema():
     import jsonschema
     import yaml
 
-    schema = json.load(open(labs.SCHEMA_PATH))
+    schema = json.load(open(labfile.SCHEMA_PATH))
     jsonschema.Draft202012Validator.check_schema(schema)
-    for lab in labs.discover():
+    for lab in labfile.discover():
         data = yaml.safe_load(open(os.path.join(lab.path, "lab.yaml")))
         jsonschema.validate(data, schema)
 
 
 def test_every_check_kind_is_known_to_the_library():
-    from cnmlab.checks import api
+    from cnmlab.checks.kinds import kinds
 
-    known = set(api.kinds())
-    for lab in labs.discover():
+    known = set(kinds())
+    for lab in labfile.discover():
         for step in lab.steps:
             for chk in step.checks:
                 assert next(iter(chk)) in known
@@ -109,52 +111,50 @@ def test_every_check_kind_is_known_to_the_library():
 def test_labs_dir_override(tmp_path, monkeypatch):
     write(tmp_path, GOOD)
     monkeypatch.setenv("CNMLAB_LABS", str(tmp_path))
-    assert [l.id for l in labs.discover()] == ["99-test"]
-    assert labs.get("99").id == "99-test"
-    assert labs.get("lab99").default_name == "lab99"
+    assert [l.id for l in labfile.discover()] == ["99-test"]
+    assert labfile.get("99").id == "99-test"
+    assert labfile.get("lab99").default_name == "lab99"
 
 
 def test_user_labs_dir_adds_to_shipped_labs(tmp_path, monkeypatch):
     """``CNMLAB_LABS_PATH`` (and ``--labs-dir``) add a learner's own labs to the shipped ones."""
     write(tmp_path, GOOD)
     monkeypatch.delenv("CNMLAB_LABS", raising=False)
-    shipped = [l.id for l in labs.discover()]
-    monkeypatch.setenv(labs.LABS_PATH_ENV, str(tmp_path))
-    assert [l.id for l in labs.discover()] == shipped + ["99-test"]
-    assert labs.get("99").id == "99-test" and labs.get(shipped[0]).id == shipped[0]
-    monkeypatch.delenv(labs.LABS_PATH_ENV)
-    env = {k: v for k, v in os.environ.items() if k not in ("CNMLAB_LABS", labs.LABS_PATH_ENV)}
+    shipped = [l.id for l in labfile.discover()]
+    monkeypatch.setenv(catalog.LABS_PATH_ENV, str(tmp_path))
+    assert [l.id for l in labfile.discover()] == shipped + ["99-test"]
+    assert labfile.get("99").id == "99-test" and labfile.get(shipped[0]).id == shipped[0]
+    monkeypatch.delenv(catalog.LABS_PATH_ENV)
+    env = {k: v for k, v in os.environ.items() if k not in ("CNMLAB_LABS", catalog.LABS_PATH_ENV)}
     env["CNMLAB_PROGRESS"] = str(tmp_path / "p.json")
     proc = subprocess.run([sys.executable, "-m", "cnmlab.cli", "--labs-dir", str(tmp_path),
                            "lab", "list", "--json"], capture_output=True, text=True, env=env)
     assert proc.returncode == 0, proc.stderr
     assert [r["id"] for r in json.loads(proc.stdout)] == shipped + ["99-test"]
-    from cnmlab.tui.app import lab_previews  # the workshop app lists the same labs
-
-    monkeypatch.setenv(labs.LABS_PATH_ENV, str(tmp_path))
-    assert [p.id for p in lab_previews()] == shipped + ["99-test"]
+    monkeypatch.setenv(catalog.LABS_PATH_ENV, str(tmp_path))  # the workshop app's lab list
+    assert [p.id for p in catalog.previews()] == shipped + ["99-test"]
 
 
 def test_user_labs_dir_errors_are_one_line(tmp_path, monkeypatch):
     monkeypatch.delenv("CNMLAB_LABS", raising=False)
-    monkeypatch.setenv(labs.LABS_PATH_ENV, str(tmp_path / "nowhere"))
+    monkeypatch.setenv(catalog.LABS_PATH_ENV, str(tmp_path / "nowhere"))
     with pytest.raises(InvalidInput, match=r"^CNMLAB_LABS_PATH: .*nowhere: No such file"):
-        labs.discover()
+        labfile.discover()
     clash = tmp_path / "mine"
     clash.mkdir()
-    shipped = labs.lab_folders(labs.labs_dir())[0]
+    shipped = catalog.lab_folders(catalog.labs_dir())[0]
     write(clash, open(os.path.join(shipped, "lab.yaml")).read())
-    monkeypatch.setenv(labs.LABS_PATH_ENV, str(clash))
+    monkeypatch.setenv(catalog.LABS_PATH_ENV, str(clash))
     with pytest.raises(InvalidInput, match=r"is defined twice, in .* and .*mine/99-test"):
-        labs.discover()
+        labfile.discover()
 
 
 def test_good_file_loads(tmp_path):
-    lab = labs.load(write(tmp_path, GOOD))
+    lab = labfile.load(write(tmp_path, GOOD))
     assert lab.default_name == "lab99"
     assert [s.id for s in lab.steps] == ["one", "two"]
     assert lab.step(2).id == "two" and lab.step("one").index == 0
-    run = labs.LabRun(lab, "lab99x")
+    run = LabRun(lab, "lab99x")
     assert "cnm-lab99x.blue" in run.render(lab.steps[1].solution[0].raw["sh"])
 
 
@@ -162,7 +162,7 @@ def test_text_file(tmp_path):
     d = write(tmp_path, GOOD.replace("text: hello", "text_file: one.md"))
     with open(os.path.join(d, "one.md"), "w") as f:
         f.write("from a file\n")
-    assert labs.load(d).steps[0].text == "from a file\n"
+    assert labfile.load(d).steps[0].text == "from a file\n"
 
 
 # ---- bad files: FILE:LINE: field.path: message --------------------------------------------
@@ -277,7 +277,7 @@ def test_cli_list_json_and_show(tmp_path):
 
 
 def test_progress_file(tmp_path):
-    p = labs.Progress(str(tmp_path / "sub" / "progress.json"))
+    p = Progress(str(tmp_path / "sub" / "progress.json"))
     p.mark("l", "a", True)
     p.mark("l", "b", True)
     p.mark("l", "a", False)
@@ -285,3 +285,22 @@ def test_progress_file(tmp_path):
     assert p.lab("l") == {"passed": ["b"], "hints": {"b": 2}}
     p.clear("l")
     assert p.lab("l") == {"passed": [], "hints": {}}
+
+
+def test_catalog_previews_without_loading_the_checks(tmp_path):
+    write(tmp_path, GOOD)
+    (p,) = catalog.previews(str(tmp_path))
+    assert (p.id, p.title, p.default_name, [s.id for s in p.steps]) == (
+        "99-test", "Test lab", "lab99", ["one", "two"])
+    # a file the quick read cannot take: one line naming it, or the full loader's verdict
+    write(tmp_path, "id: [unclosed\n")
+    with pytest.raises(InvalidInput, match=r"99-test/lab.yaml: cannot read it"):
+        catalog.previews(str(tmp_path))
+    with pytest.raises(InvalidInput, match=r"lab.yaml:2: malformed YAML"):
+        catalog.previews(str(tmp_path), broken=labfile.load)
+    # the lab list must stay light: reading it imports neither the checks nor the engine
+    code = ("import sys; from cnmlab.workshop import catalog; catalog.previews(); "
+            "print(sorted(m for m in sys.modules if m.startswith('cnmlab')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout
+    assert "cnmlab.checks" not in out and "cnmlab.lab'" not in out, out

@@ -12,14 +12,18 @@ import subprocess
 
 import pytest
 
-from cnmlab import labs, state
+from cnmlab import state
+from cnmlab.kernel import rundir
+from cnmlab.workshop import labfile
+from cnmlab.workshop.progress import Progress
+from cnmlab.workshop.runner import LabRun
 
 pytestmark = pytest.mark.kernel
 
 if os.geteuid() != 0:
     pytest.skip("lab tests need root", allow_module_level=True)
 
-LABS = labs.discover()
+LABS = labfile.discover()
 # a step runs where the kernel has what its lab and the step need (here, or the VM lane)
 CASES = [pytest.param(lab, step, marks=pytest.mark.needs(*lab.needs, *step.needs),
                       id=f"{lab.id.split('-')[0]}-{step.id}")
@@ -48,7 +52,7 @@ def _fmt(results) -> str:
 
 @pytest.mark.parametrize("labdef,step", CASES)
 def test_step_fails_before_and_passes_after_solution(labdef, step):
-    run = labs.LabRun(labdef, _instance("s"))
+    run = LabRun(labdef, _instance("s"))
     try:
         run.start()
         if step.index > 0:
@@ -74,8 +78,8 @@ def _shell(ns: str, script: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_lab2_through_a_real_shell():
-    labdef = labs.get("02-default-bridge")
-    run = labs.LabRun(labdef, _instance("sh"))
+    labdef = labfile.get("02-default-bridge")
+    run = LabRun(labdef, _instance("sh"))
     try:
         run.start()
         for step in labdef.steps:
@@ -96,8 +100,8 @@ def test_lab2_through_a_real_shell():
 
 
 def test_two_labs_at_once_do_not_interfere():
-    a = labs.LabRun(labs.get("01-sandboxes-by-hand"), _instance("a"))
-    b = labs.LabRun(labs.get("01-sandboxes-by-hand"), _instance("b"))
+    a = LabRun(labfile.get("01-sandboxes-by-hand"), _instance("a"))
+    b = LabRun(labfile.get("01-sandboxes-by-hand"), _instance("b"))
     try:
         a.start()
         b.start()
@@ -116,7 +120,7 @@ def test_two_labs_at_once_do_not_interfere():
 
 def test_start_reset_stop_leave_nothing_behind():
     before = _netns_list()
-    run = labs.LabRun(labs.get("03-nat-and-ports"), _instance("r"))
+    run = LabRun(labfile.get("03-nat-and-ports"), _instance("r"))
     try:
         run.start()
         mine = {ns for ns in _netns_list() - before if ns.startswith(f"cnm-{run.name}.")}
@@ -133,16 +137,16 @@ def test_start_reset_stop_leave_nothing_behind():
         run.stop()
     assert not {ns for ns in _netns_list() if ns.startswith(f"cnm-{run.name}.")}
     assert not state.exists(run.name)
-    assert not os.path.exists(os.path.join(state.STATE_DIR, f"{run.name}.json"))
-    assert not os.path.exists(os.path.join(state.STATE_DIR, f"_{run.name}.lock"))
+    assert not os.path.exists(os.path.join(rundir.STATE_DIR, f"{run.name}.json"))
+    assert not os.path.exists(os.path.join(rundir.STATE_DIR, f"_{run.name}.lock"))
 
 
 def test_hints_one_at_a_time_and_remembered(tmp_path):
-    labdef = labs.get("02-default-bridge")
-    run = labs.LabRun(labdef, "unused", progress=labs.Progress(str(tmp_path / "p.json")))
+    labdef = labfile.get("02-default-bridge")
+    run = LabRun(labdef, "unused", progress=Progress(str(tmp_path / "p.json")))
     step = labdef.step("attach-c1")
     h1 = run.hint(step)
     assert (h1.number, h1.total) == (1, len(step.hints))
-    again = labs.LabRun(labdef, "unused", progress=labs.Progress(str(tmp_path / "p.json")))
+    again = LabRun(labdef, "unused", progress=Progress(str(tmp_path / "p.json")))
     assert again.hint(step).number == 2
     assert [h.number for h in again.hints_shown(step)] == [1, 2]

@@ -12,12 +12,12 @@ import subprocess
 
 import pytest
 
-from cnmlab import features
-from cnmlab.checks.api import run_check
+from cnmlab.kernel import features
+from cnmlab.checks.kinds import run_check
 from cnmlab.checks.probes import ping
 from cnmlab.checks.targets import EngineTarget
 from cnmlab.errors import FeatureMissing, InvalidInput, ObjectExists, PoolOverlap
-from cnmlab.netlink import Netlink
+from cnmlab.kernel.netlink import Netlink
 
 pytestmark = pytest.mark.kernel
 SUBNET, GW = "192.168.50.0/24", "192.168.50.1"

@@ -14,12 +14,13 @@ import time
 
 import pytest
 
-from cnmlab import netns, peers, state
+from cnmlab import peers, state
+from cnmlab.kernel import netns
 from cnmlab.drivers.overlay import overlay_ns
 from cnmlab.errors import ActiveEndpoints
 from cnmlab.etcd import EtcdStore, StoreUnreachable
 from cnmlab.lab import Lab
-from cnmlab.netlink import Netlink
+from cnmlab.kernel.netlink import Netlink
 
 pytestmark = [pytest.mark.kernel,
               pytest.mark.skipif(not shutil.which("etcd"), reason="needs etcd-server")]
@@ -317,7 +318,7 @@ def test_etcd_store_keeps_the_kv_contract(lab_name):
 
 
 def test_encrypted_overlay_needs_esp_and_says_so_in_one_line(lab_name):
-    from cnmlab import features
+    from cnmlab.kernel import features
     from cnmlab.errors import FeatureMissing
 
     if features.has("ipsec"):
@@ -337,7 +338,7 @@ def test_encrypted_overlay_carries_only_esp_between_the_vteps(lab_name):
     """``--opt encrypted``: ESP transport SAs with rfc4106(gcm(aes)) between the hosts, a
     policy for marked VXLAN only, MTU 1424; the LAN sees ESP, never this network's VXLAN."""
     from cnmlab import xfrm
-    from cnmlab.checks.api import run_checks
+    from cnmlab.checks.kinds import run_checks
     from cnmlab.checks.targets import EngineTarget
 
     lab = overlay_lab(lab_name)
@@ -409,7 +410,7 @@ def test_tui_peers_view_shows_the_store_next_to_the_kernel(ovlab):
 
 
 def test_topology_file_declares_overlays_once_for_all_hosts(tmp_path, lab_name):
-    from cnmlab import spec
+    from cnmlab import topofile
     from cnmlab.errors import InvalidInput
 
     path = tmp_path / "ov.yaml"
@@ -428,7 +429,7 @@ hosts:
     sandboxes:
       b1: {{network: web}}
 """)
-    lab = spec.build(spec.load(str(path)))  # control_plane defaults to embedded
+    lab = topofile.build(topofile.load(str(path)))  # control_plane defaults to embedded
     try:
         assert lab.control_plane and lab.control_plane["embedded"]
         a, b = lab.sandbox("a1"), lab.sandbox("b1")
@@ -439,6 +440,6 @@ hosts:
     path.write_text("name: x\nnetworks:\n  loc: {driver: bridge}\nhosts:\n  h1: {}\n")
     with pytest.raises(InvalidInput, match=r"ov.yaml:3: networks.loc.driver: lab-wide networks "
                                            r"are global-scope"):
-        spec.load(str(path))
+        topofile.load(str(path))
     with pytest.raises(InvalidInput, match="use 'embedded' or etcd://HOST:PORT"):
-        spec.parse_store("consul://x")
+        topofile.parse_store("consul://x")

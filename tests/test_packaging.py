@@ -116,7 +116,7 @@ def test_wheel_lists_the_shipped_labs(installed, tmp_path):
     assert r.returncode == 0, r.stderr
     assert [row["id"] for row in json.loads(r.stdout)] == shipped
     where = run([os.path.join(installed, "python"), "-c",
-                 "import cnmlab, cnmlab.labs as l; print(cnmlab.__file__); print(l.labs_dir())"],
+                 "import cnmlab, cnmlab.workshop.catalog as c; print(cnmlab.__file__); print(c.labs_dir())"],
                 cwd=str(tmp_path), env=clean_env(str(tmp_path)))
     pkg, labs_dir = where.stdout.split()
     assert pkg.startswith(os.path.dirname(installed)) and not pkg.startswith(REPO)
@@ -140,10 +140,10 @@ def test_wheel_adds_a_users_labs_dir(installed, tmp_path):
 def test_wheel_ships_profiles_schema_and_styles(installed, tmp_path):
     code = textwrap.dedent("""\
         import os
-        from cnmlab import labs
         from cnmlab.checks import conformance
         from cnmlab.tui.app import CnmlabApp
-        assert os.path.isfile(labs.SCHEMA_PATH), labs.SCHEMA_PATH
+        from cnmlab.workshop import labfile
+        assert os.path.isfile(labfile.SCHEMA_PATH), labfile.SCHEMA_PATH
         assert conformance.available() == ["bridge", "ipvlan", "macvlan", "overlay"], conformance.available()
         for name in conformance.available():
             conformance.load(name)

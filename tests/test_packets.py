@@ -1,7 +1,7 @@
 """Packet-level checks with Scapy, on real namespaces: who answers ARP, with which MAC."""
 import pytest
 
-from cnmlab.checks.api import run_check
+from cnmlab.checks.kinds import run_check
 from cnmlab.checks.targets import EngineTarget
 
 pytestmark = pytest.mark.kernel

@@ -18,7 +18,7 @@ import xml.etree.ElementTree as ET
 import pytest
 
 from _handbuilt import HandBuilt
-from cnmlab.netlink import Netlink
+from cnmlab.kernel.netlink import Netlink
 
 pytest_plugins = ["pytester"]
 
@@ -172,7 +172,7 @@ def test_profile_as_assignment_and_learner_fields_refused(pytester, hand_built):
 
 
 def test_cnmlab_check_fixture_and_marker(pytester, hand_built):
-    from cnmlab import features
+    from cnmlab.kernel import features
 
     m = hand_built.submission(pytester.path / "hand.yaml")
     pytester.makepyfile(test_mine="""

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from cnmlab import procs, rundir
+from cnmlab.kernel import procs, rundir
 
 pytestmark = pytest.mark.kernel
 

@@ -10,11 +10,11 @@ import time
 
 import pytest
 
-from cnmlab import netns, sysctl
 from cnmlab.checks import probes
 from cnmlab.checks.nsref import NamespaceGone, NsRef
 from cnmlab.errors import CnmError
-from cnmlab.netlink import Netlink
+from cnmlab.kernel import neigh, netns, sysctl
+from cnmlab.kernel.netlink import Netlink
 
 pytestmark = pytest.mark.kernel
 
@@ -297,24 +297,24 @@ def test_dns_query(lab4):
 # ---- the neighbour table --------------------------------------------------------------------
 
 def test_ensure_neighbour_capacity_raises_and_restores():
-    before = probes.neighbour_limits()
+    before = neigh.limits()
     restore = probes.ensure_neighbour_capacity(before[2] * 2)
     try:
-        during = probes.neighbour_limits()
+        during = neigh.limits()
         assert during[2] > before[2] and during[1] >= before[2] * 2
         inner = probes.ensure_neighbour_capacity(10)  # nested: shares the saved originals
         inner()
-        assert probes.neighbour_limits() == during
+        assert neigh.limits() == during
     finally:
         restore()
         restore()  # idempotent
-    assert probes.neighbour_limits() == before
+    assert neigh.limits() == before
     assert probes.ensure_neighbour_capacity(1) is not None
 
 
 def test_ping_matrix_bigger_mesh_restores_limits(lab_factory):
-    before = probes.neighbour_limits()
+    before = neigh.limits()
     lab = lab_factory(24)
     m = probes.ping_matrix(lab.refs(), lab.ips)
     assert len(m) == 24 * 23 and all(m.values())
-    assert probes.neighbour_limits() == before
+    assert neigh.limits() == before

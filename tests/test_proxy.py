@@ -17,8 +17,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from cnmlab import netns, proxy, state
+from cnmlab import proxy
 from cnmlab.errors import CnmError, KernelError
+from cnmlab.kernel import netns, rundir
 
 pytestmark = pytest.mark.kernel
 
@@ -357,7 +358,7 @@ def test_control_socket_is_root_only(servers, tmp_path, monkeypatch):
     r = subprocess.run([sys.executable, "-c", code, sock], capture_output=True, text=True)
     assert r.returncode != 0 and "PermissionError" in r.stderr
     # a runtime folder anyone could have made is refused, in one line
-    monkeypatch.setattr(state, "STATE_DIR", str(tmp_path))
+    monkeypatch.setattr(rundir, "STATE_DIR", str(tmp_path))
     os.mkdir(tmp_path / "proxy", 0o755)
     os.chmod(tmp_path / "proxy", 0o755)
     with pytest.raises(CnmError, match=r"proxy has mode 0755: it must be a folder of root's"):

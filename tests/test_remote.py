@@ -16,13 +16,14 @@ import time
 
 import pytest
 
-from cnmlab import drivers, nsexec
-from cnmlab.checks.api import run_check
+from cnmlab import drivers
+from cnmlab.checks.kinds import run_check
 from cnmlab.checks.probes import ping
 from cnmlab.checks.targets import EngineTarget
 from cnmlab.drivers.bridge import random_docker_mac
 from cnmlab.errors import CnmError
-from cnmlab.netlink import Netlink
+from cnmlab.kernel import nsexec
+from cnmlab.kernel.netlink import Netlink
 from cnmlab.plugin import discovery
 from cnmlab.plugin.sdk import IpamDriver, NetworkDriver, PluginServer
 
@@ -373,7 +374,8 @@ def test_conform_through_a_plugin_reports_what_it_does_not_do(tmp_path):
 
     from cnmlab.checks.plugin_target import conform_plugin
 
-    src = ("import ipaddress\nfrom cnmlab import nsexec\nfrom cnmlab.netlink import Netlink\n"
+    src = ("import ipaddress\nfrom cnmlab.kernel import nsexec\n"
+           "from cnmlab.kernel.netlink import Netlink\n"
            "from cnmlab.drivers.bridge import random_docker_mac\n"
            "from cnmlab.plugin.sdk import NetworkDriver\n\n" + inspect.getsource(LearnerDriver))
     (tmp_path / "learner.py").write_text(src)

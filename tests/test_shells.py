@@ -15,7 +15,13 @@ import time
 
 import pytest
 
-from cnmlab import labs, shells, state
+from cnmlab import shells, state
+
+from cnmlab.workshop import labfile
+
+from cnmlab.workshop.progress import Progress
+
+from cnmlab.workshop.runner import LabRun
 
 PID = str(os.getpid())
 pytestmark = pytest.mark.kernel
@@ -42,7 +48,7 @@ def read_until(fd: int, text: str, timeout: float = 20.0) -> str:
 def test_cli_shell_registered_prompt_and_banner(tmp_path, monkeypatch):
     monkeypatch.setenv("CNMLAB_PROGRESS", str(tmp_path / "progress.json"))
     name = f"lab01-{PID}"
-    run = labs.LabRun(labs.get("01"), name)
+    run = LabRun(labfile.get("01"), name)
     run.start()
     proc = None
     try:
@@ -60,7 +66,7 @@ def test_cli_shell_registered_prompt_and_banner(tmp_path, monkeypatch):
         assert info.member == "red" and info.owner == "cli"
         os.write(master, b"echo typed-$((6*7))\r")
         read_until(master, "typed-42")
-        hist_file = labs.Progress().history_file("01-sandboxes-by-hand", "red")
+        hist_file = Progress().history_file("01-sandboxes-by-hand", "red")
         deadline = time.monotonic() + 10  # bash appends it when it prints the next prompt
         while time.monotonic() < deadline:
             if os.path.exists(hist_file) and "echo typed-" in open(hist_file).read():
@@ -75,7 +81,7 @@ def test_cli_shell_registered_prompt_and_banner(tmp_path, monkeypatch):
         assert proc.wait(10) == 1
         assert shells.open_shells(name) == []
         # the command typed is kept with the progress
-        hist = labs.Progress().history("01-sandboxes-by-hand")
+        hist = Progress().history("01-sandboxes-by-hand")
         assert any("echo typed-" in l for l in hist.get("red", [])), hist
     finally:
         if proc is not None and proc.poll() is None:

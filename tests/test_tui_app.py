@@ -14,10 +14,13 @@ from typing import Any
 
 import pytest
 
-from cnmlab import labs, state
+from cnmlab import state
 from cnmlab.tui.app import CnmlabApp
 from cnmlab.tui.screens import (ChoiceScreen, ConfirmScreen, HelpScreen, LabListScreen,
                                 StepScreen)
+from cnmlab.workshop import labfile
+from cnmlab.workshop.progress import Progress
+from cnmlab.workshop.runner import LabRun
 
 PID = str(os.getpid())
 SIZE = (80, 24)
@@ -58,10 +61,10 @@ async def wait_for(pilot: Any, cond: Any, timeout: float = 60.0, what: str = "")
 
 
 def stop_lab(lab_ref: str) -> None:
-    labdef = labs.get(lab_ref)
+    labdef = labfile.get(lab_ref)
     name = f"{labdef.default_name}-{PID}"
     if state.exists(name):
-        labs.LabRun(labdef, name).stop()
+        LabRun(labdef, name).stop()
 
 
 async def open_lab(pilot: Any, app: RecordingApp, number: int) -> StepScreen:
@@ -139,7 +142,7 @@ def test_lab_flow_check_solve_truth_table_next_reset():
             text = screen_text(screen)
             assert "expected" in text and "observed" in text
             assert tables[0].summary in text  # "0 wrong, 2 correct"
-            assert labs.Progress().lab("04-user-defined-networks")["passed"] == ["user-network"]
+            assert Progress().lab("04-user-defined-networks")["passed"] == ["user-network"]
 
             await pilot.press("n")
             await pilot.pause(0.2)
@@ -153,7 +156,7 @@ def test_lab_flow_check_solve_truth_table_next_reset():
             await wait_for(pilot, lambda: screen.step_index == 0 and not screen.busy
                            or app.errors(), 120, "reset")
             assert not app.errors(), app.errors()
-            assert labs.Progress().lab("04-user-defined-networks")["passed"] == []
+            assert Progress().lab("04-user-defined-networks")["passed"] == []
             assert state.exists(f"lab04-{PID}")
 
             await pilot.press("q")  # back to the list: the lab keeps running
@@ -282,7 +285,7 @@ def test_not_root_is_read_only():
 
 
 def test_missing_feature_is_marked_with_remedy():
-    from cnmlab.features import REMEDY
+    from cnmlab.kernel.features import REMEDY
 
     app = RecordingApp(features={**FEATURES, "bridge": False}, root=True)
 

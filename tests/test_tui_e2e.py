@@ -16,7 +16,10 @@ import time
 
 import pytest
 
-from cnmlab import labs, state
+from cnmlab import state
+from cnmlab.workshop import labfile
+from cnmlab.workshop.progress import Progress
+from cnmlab.workshop.runner import LabRun
 
 PID = str(os.getpid())
 SOCKET = f"cnmlab{PID}"
@@ -27,11 +30,12 @@ pytestmark = [pytest.mark.kernel,
 
 
 def cnmlab_argv() -> list[str]:
-    """This checkout's cnmlab (its venv's), not whichever one /usr/local/bin links to."""
-    here = os.path.join(os.path.dirname(sys.executable), "cnmlab")
-    if os.path.exists(here):
-        return [here]
-    return [sys.executable, "-m", "cnmlab.cli"]
+    """This checkout's entry point: the one next to the interpreter running the tests (a
+    ``cnmlab`` on PATH may belong to another checkout, whose state files differ)."""
+    exe = os.path.join(os.path.dirname(sys.executable), "cnmlab")
+    if not os.access(exe, os.X_OK):
+        exe = shutil.which("cnmlab") or ""
+    return [exe] if exe else [sys.executable, "-m", "cnmlab.cli"]
 
 
 def tmux(*args: str, check: bool = True) -> str:
@@ -99,7 +103,7 @@ def test_learner_session_in_tmux(tmp_path):
     finally:
         tmux("kill-server", check=False)
         if state.exists(name):
-            labs.LabRun(labs.get("01"), name).stop()
+            LabRun(labfile.get("01"), name).stop()
 
 
 def literal(text: str) -> None:
@@ -181,7 +185,7 @@ def test_lab01_typed_into_the_embedded_terminal(tmp_path):
 
         passed = json.loads(progress.read_text())["labs"]["01-sandboxes-by-hand"]["passed"]
         assert passed == ["look-inside", "veth-pair", "address-and-ping", "routes-and-resolv"]
-        history = labs.Progress(str(progress)).history("01-sandboxes-by-hand")
+        history = Progress(str(progress)).history("01-sandboxes-by-hand")
         assert "ip route add default via 10.0.0.2" in history["red"], history
 
         keys("Q")  # stop the lab and quit
@@ -194,4 +198,4 @@ def test_lab01_typed_into_the_embedded_terminal(tmp_path):
     finally:
         tmux("kill-server", check=False)
         if state.exists(name):
-            labs.LabRun(labs.get("01"), name).stop()
+            LabRun(labfile.get("01"), name).stop()

@@ -13,11 +13,13 @@ import json
 
 import pytest
 
-from cnmlab import labs
 from cnmlab.checks.api import CheckResult
 from cnmlab.checks.truth import TruthTable
 from cnmlab.tui.app import CnmlabApp
 from cnmlab.tui.screens import StepScreen
+from cnmlab.workshop import labfile
+from cnmlab.workshop.progress import Progress
+from cnmlab.workshop.runner import LabRun
 
 FEATURES = {"veth": True, "bridge": True, "iptables": True, "nftables": True, "vxlan": True,
             "macvlan": True, "ipvlan": False, "ipvs": False, "dummy": True, "vlan": True}
@@ -31,10 +33,10 @@ def progress(tmp_path, monkeypatch):
         "01-sandboxes-by-hand": {"passed": ["look-inside"], "hints": {"veth-pair": 1}},
         "02-default-bridge": {"passed": ["a", "b"], "hints": {}}}}))
     monkeypatch.setenv("CNMLAB_PROGRESS", str(path))
-    return labs.Progress(str(path))
+    return Progress(str(path))
 
 
-def make_app(progress: labs.Progress, **kw) -> CnmlabApp:
+def make_app(progress: Progress, **kw) -> CnmlabApp:
     kw.setdefault("features", FEATURES)
     return CnmlabApp(instance_suffix="snap", live=False, root=True, progress=progress, **kw)
 
@@ -52,8 +54,8 @@ def open_step(app: CnmlabApp, lab: str, results: list[CheckResult] | None = None
     """run_before: show a lab's current step without starting the lab."""
 
     async def before(pilot) -> None:
-        labdef = labs.get(lab)
-        run = labs.LabRun(labdef, app.instance_name(labdef), app.progress)
+        labdef = labfile.get(lab)
+        run = LabRun(labdef, app.instance_name(labdef), app.progress)
         screen = StepScreen(run)
         await app.push_screen(screen)
         await pilot.pause()

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from cnmlab import netns
-from cnmlab.netlink import Netlink
+from cnmlab.kernel import netns
+from cnmlab.kernel.netlink import Netlink
 
 pytestmark = pytest.mark.kernel
 
@@ -188,14 +188,15 @@ def test_snapshot_of_an_engine_built_lab(small_lab):
 
 # ---- capture and decoding ----------------------------------------------------------------------
 def _capture_while(ns: str, iface: str, action) -> list[str]:
-    from cnmlab.tui.capture import Capture
+    from cnmlab.frames import decode
+    from cnmlab.kernel.capture import Capture
 
     cap = Capture(ns, iface).open()
     lines: list[str] = []
 
     def loop():
         for batch, _ in cap.batches(interval=0.05):
-            lines.extend(p.summary for p in batch)
+            lines.extend(decode(p.data) for p in batch)
         return []
 
     th, _ = _in_thread(loop)
@@ -246,7 +247,7 @@ def test_capture_decodes_vxlan_on_the_underlay():
 
 
 def test_decoder_on_crafted_frames():
-    from cnmlab.tui.capture import decode
+    from cnmlab.frames import decode
 
     def eth(payload: bytes, etype: int = 0x0800) -> bytes:
         return bytes.fromhex("020000000002" "020000000001") + struct.pack("!H", etype) + payload

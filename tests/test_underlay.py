@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import pytest
 
-from cnmlab import spec, yamlsrc
-from cnmlab.checks.api import run_check
+from cnmlab import topofile, yamlsrc
+from cnmlab.checks.kinds import run_check
 from cnmlab.checks.probes import EchoServer, ping, tcp_connect
 from cnmlab.checks.targets import EngineTarget
 from cnmlab.errors import InvalidInput, ObjectExists, ObjectNotFound
-from cnmlab.netlink import Netlink
+from cnmlab.kernel.netlink import Netlink
 
 pytestmark = pytest.mark.kernel
 WEB = "198.51.100.10"
@@ -99,10 +99,10 @@ def test_topology_file_with_an_underlay(lab, tmp_path):
         "hosts:\n"
         "  h1: {underlay: lan, default_bridge: false}\n"
         "  h2: {underlay: lan, underlay_ip: 192.168.63.20}\n")
-    topo = spec.load(str(path))
+    topo = topofile.load(str(path))
     assert [(u.name, u.subnet, u.routes) for u in topo.underlays] == [
         ("lan", "192.168.63.0/24", [("10.63.0.0/24", "h2")])]
-    spec.build(topo, lab)
+    topofile.build(topo, lab)
     lan = lab.underlay("lan")
     assert lan.hosts() == {"h1": "192.168.63.11", "h2": "192.168.63.20"}
     assert lab.state.underlays["lan"].routes == [["10.63.0.0/24", "192.168.63.20"]]
@@ -123,4 +123,4 @@ def test_topology_file_with_an_underlay(lab, tmp_path):
 def test_topology_errors_name_the_field(text, message):
     src = yamlsrc.parse("name: x\n" + text, "t.yaml")
     with pytest.raises(InvalidInput, match=message.replace(".", r"\.").replace("(", r"\(")):
-        spec.parse(src)
+        topofile.parse(src)

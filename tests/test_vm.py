@@ -241,7 +241,7 @@ steps:
 
 
 def test_lab_needing_a_missing_feature_names_it_offers_the_vm_and_starts_there(tmp_path):
-    from cnmlab import features
+    from cnmlab.kernel import features
 
     if features.has("dummy"):
         pytest.skip("this kernel has dummy links: no lab here needs the VM")

@@ -18,10 +18,10 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from cnmlab import netns, nsexec
+from cnmlab.kernel import netns, nsexec
 from cnmlab.checks.vmlane import needs
 from cnmlab.controller import setup_namespace
-from cnmlab.netlink import Netlink
+from cnmlab.kernel.netlink import Netlink
 
 pytestmark = pytest.mark.kernel
 PID = os.getpid()

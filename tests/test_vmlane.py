@@ -66,7 +66,7 @@ def _props(tc: ET.Element) -> dict[str, str]:
 
 
 def test_lane_reports_guest_outcomes_as_host_outcomes(pytester):
-    from cnmlab import features
+    from cnmlab.kernel import features
 
     have = features.probe_all()
     if have.get("ipvlan") and have.get("dummy"):

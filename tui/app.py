@@ -22,62 +22,12 @@ starting a lab says the same in a notification. ``run()`` returns the exit code 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from typing import Any
 
 from textual.app import App
 from textual.binding import Binding
 
 from cnmlab.errors import CnmError
-
-
-@dataclass
-class StepInfo:
-    id: str
-    title: str
-
-
-@dataclass
-class LabPreview:
-    """What the lab list shows, read straight from ``lab.yaml`` (libyaml: milliseconds).
-
-    The full, validated ``LabDef`` (``cnmlab.labs.load``: schema, checks, topology) takes
-    ~100 ms a lab with the pure-Python YAML parser the line-number tracking needs, so it is
-    loaded in the start worker, only for the lab the learner opens.
-    """
-
-    id: str
-    title: str
-    summary: str
-    needs: list[str]
-    steps: list[StepInfo]
-    default_name: str
-    path: str
-
-
-def lab_previews(root: str | None = None) -> list[LabPreview]:
-    """Every lab under ``root`` (default: the labs folder), without validation."""
-    import yaml
-
-    from cnmlab import labs
-
-    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-    out = []
-    for folder in labs.lab_folders(root):
-        file = os.path.join(folder, labs.LAB_FILE)
-        try:
-            with open(file) as f:
-                data = yaml.load(f, Loader=loader)
-            out.append(LabPreview(
-                id=str(data["id"]), title=str(data.get("title", data["id"])),
-                summary=str(data.get("summary") or ""), needs=list(data.get("needs") or []),
-                steps=[StepInfo(str(s["id"]), str(s.get("title", s["id"])))
-                       for s in data.get("steps") or []],
-                default_name=data.get("name") or labs.default_lab_name(str(data["id"])),
-                path=folder))
-        except Exception:  # broken file: the full loader says exactly what is wrong
-            out.append(labs.load(folder))  # type: ignore[arg-type]
-    return out
 
 
 def friendly(error: BaseException | None) -> str:
@@ -100,7 +50,7 @@ class CnmlabApp(App[int]):
     Arguments (for tests, benchmarks and snapshots):
 
     * ``instance_suffix``: labs run as ``lab01-SUFFIX`` instead of ``lab01`` (parallel tests)
-    * ``labdefs``: the labs to show (default: ``lab_previews()``; LabDefs work too)
+    * ``labdefs``: the labs to show (default: ``catalog.previews()``; LabDefs work too)
     * ``features``: kernel features (default: ``features.probe_all()`` in a worker)
     * ``live``: False hides the live kernel views (deterministic snapshots)
     * ``root``: override the "am I root" test (read-only mode)
@@ -136,7 +86,7 @@ class CnmlabApp(App[int]):
     @property
     def progress(self) -> Any:
         if self._progress is None:
-            from cnmlab.labs import Progress
+            from cnmlab.workshop.progress import Progress
 
             self._progress = Progress()
         return self._progress
@@ -149,7 +99,7 @@ class CnmlabApp(App[int]):
         """The LabRun of a lab for this session (made once, reused when re-opened)."""
         run = self.runs.get(labdef.id)
         if run is None:
-            from cnmlab.labs import LabRun
+            from cnmlab.workshop.runner import LabRun
 
             run = LabRun(labdef, self.instance_name(labdef), self.progress)
             self.runs[labdef.id] = run

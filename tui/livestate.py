@@ -35,19 +35,19 @@ from textual.widget import Widget
 from textual.widgets import Static
 from textual.worker import get_current_worker
 
-from cnmlab import netns as _netns
-from cnmlab.lab import split_ns_name
 from cnmlab import state
 from cnmlab.errors import CnmError
-from cnmlab.netlink import Netlink
-from cnmlab.tui.watch import Event, NetlinkWatcher, Snapshot, parts_for, read_firewall
+from cnmlab.kernel import netns as _netns
+from cnmlab.kernel.netlink import Event, Netlink
+from cnmlab.lab import split_ns_name
+from cnmlab.tui.watch import NetlinkWatcher, Snapshot, parts_for, read_firewall
 
 UPSTREAM = "upstream"
 
 
 # ---- lab members -------------------------------------------------------------------------------
 @dataclass(frozen=True)
-class Target:
+class LabMember:
     """A lab member a view can look at: its lab name, its namespace and its role."""
 
     name: str
@@ -56,33 +56,33 @@ class Target:
     host: str | None = None  # the host a sandbox runs on
 
 
-def lab_targets(lab_name: str) -> list[Target]:
+def lab_members(lab_name: str) -> list[LabMember]:
     """upstream, then each host followed by its sandboxes (read from the lab's state file)."""
     st = state.load(lab_name)
-    out: list[Target] = []
+    out: list[LabMember] = []
     if st.upstream:
-        out.append(Target(UPSTREAM, st.upstream, "upstream"))
+        out.append(LabMember(UPSTREAM, st.upstream, "upstream"))
     for h in st.hosts.values():
-        out.append(Target(h.name, h.netns, "host"))
+        out.append(LabMember(h.name, h.netns, "host"))
         for sb in h.sandboxes.values():
-            out.append(Target(sb.name, sb.netns or h.netns, "sandbox", h.name))
+            out.append(LabMember(sb.name, sb.netns or h.netns, "sandbox", h.name))
     known = {t.ns for t in out}
     for ns in st.namespaces:  # anything else the lab recorded (and still exists)
         if ns not in known and _netns.exists(ns):
             known.add(ns)
             parts = split_ns_name(ns)
-            out.append(Target(parts[1] if parts and parts[0] == lab_name else ns, ns, "netns"))
+            out.append(LabMember(parts[1] if parts and parts[0] == lab_name else ns, ns, "netns"))
     return out
 
 
-def resolve(lab_name: str | None, name: str) -> Target:
+def find_member(lab_name: str | None, name: str) -> LabMember:
     """A lab member by name (or a raw namespace name when there is no lab)."""
     if lab_name:
-        for t in lab_targets(lab_name):
+        for t in lab_members(lab_name):
             if t.name == name or t.ns == name:
                 return t
     if _netns.exists(name):
-        return Target(name, name, "netns")
+        return LabMember(name, name, "netns")
     raise CnmError(f"{name!r} is not a host, sandbox or namespace of lab {lab_name}")
 
 
@@ -274,7 +274,7 @@ def _rendered(renderable: RenderableType) -> tuple[RenderableType, str]:
     return renderable, _plain(renderable)
 
 
-def render_sections(snap: Snapshot, target: Target,
+def render_sections(snap: Snapshot, target: LabMember,
                     ) -> dict[str, tuple[RenderableType, str]]:
     """Every section but a host's firewall, with its plain text (runs in the worker)."""
     out = {"interfaces": _rendered(render_interfaces(snap)),
@@ -306,7 +306,7 @@ class LiveState(Widget):
     class Updated(Message):
         """The view shows new state (``events``: what triggered it; empty on a first read)."""
 
-        def __init__(self, live: "LiveState", target: "Target", snapshot: Snapshot,
+        def __init__(self, live: "LiveState", target: "LabMember", snapshot: Snapshot,
                      events: list[Event]) -> None:
             super().__init__()
             self.live = live
@@ -319,7 +319,7 @@ class LiveState(Widget):
             return self.live
 
     class _Snap(Message):
-        def __init__(self, gen: int, target: Target, snap: Snapshot, events: list[Event],
+        def __init__(self, gen: int, target: LabMember, snap: Snapshot, events: list[Event],
                      sections: dict[str, tuple[RenderableType, str]]) -> None:
             super().__init__()
             self.gen, self.target, self.snap, self.events = gen, target, snap, events
@@ -344,7 +344,7 @@ class LiveState(Widget):
         self._ready = False
         self._watcher: NetlinkWatcher | None = None
         self._role = "sandbox"
-        self.current: Target | None = None
+        self.current: LabMember | None = None
         self.snapshot: Snapshot | None = None
         self.firewall_dump: str | None = None
         self.updates = 0  # renders done (tests and the benchmark wait on it)
@@ -415,7 +415,7 @@ class LiveState(Widget):
         nl: Netlink | None = None
         try:
             try:
-                target = resolve(lab_name, name)
+                target = find_member(lab_name, name)
                 watcher.watch([target.ns])
                 watcher.ready()
                 if target.ns in watcher.errors:

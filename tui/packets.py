@@ -16,6 +16,8 @@ writes a separator line into the list, so two captures never read as one stream.
 """
 from __future__ import annotations
 
+import time
+
 from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult
@@ -26,11 +28,12 @@ from textual.widget import Widget
 from textual.widgets import Button, RichLog, Select, Static
 from textual.worker import get_current_worker
 
+from cnmlab import frames
 from cnmlab.checks.probes import CHECK_TOS
 from cnmlab.errors import CnmError
-from cnmlab.netlink import Netlink
-from cnmlab.tui.capture import Capture, Packet
-from cnmlab.tui.livestate import lab_targets, resolve
+from cnmlab.kernel.capture import Capture, Packet
+from cnmlab.kernel.netlink import Netlink
+from cnmlab.tui.livestate import find_member, lab_members
 
 MAX_LINES = 500
 
@@ -48,6 +51,12 @@ def is_check_packet(frame: bytes) -> bool:
         etype = int.from_bytes(frame[off + 2:off + 4], "big")
         off += 4
     return etype == 0x0800 and len(frame) > off + 1 and (frame[off + 1] & 0xFC) == CHECK_TOS
+
+
+def packet_line(p: Packet, summary: str) -> str:
+    """``HH:MM:SS.mmm < summary`` (``<`` in, ``>`` out)."""
+    t = time.strftime("%H:%M:%S", time.localtime(p.ts)) + f".{int(p.ts % 1 * 1000):03d}"
+    return f"{t} {'<' if p.direction == 'in' else '>'} {summary}"
 
 
 def _style(summary: str) -> str:
@@ -94,9 +103,11 @@ class PacketPanel(Widget):
             return self.panel
 
     class _Batch(Message):
-        def __init__(self, gen: int, packets: list[Packet], skipped: int) -> None:
+        def __init__(self, gen: int, packets: list[Packet], summaries: list[str],
+                     skipped: int) -> None:
             super().__init__()
             self.gen, self.packets, self.skipped = gen, packets, skipped
+            self.summaries = summaries
 
     class _Interfaces(Message):
         def __init__(self, target: str, names: list[str], error: str | None) -> None:
@@ -170,7 +181,7 @@ class PacketPanel(Widget):
         self._stop_capture()
         self._gen += 1
         try:
-            ns = resolve(self.lab_name, self.target).ns
+            ns = find_member(self.lab_name, self.target).ns
         except CnmError as e:
             self._status(str(e), "red")
             return
@@ -239,7 +250,7 @@ class PacketPanel(Widget):
     def _fill_targets(self) -> None:
         sel = self.query_one("#pk-target", Select)
         try:
-            targets = lab_targets(self.lab_name) if self.lab_name else []
+            targets = lab_members(self.lab_name) if self.lab_name else []
         except CnmError as e:
             self._status(str(e), "red")
             targets = []
@@ -253,7 +264,7 @@ class PacketPanel(Widget):
     @work(thread=True, exclusive=True, group="pk-ifaces", exit_on_error=False)
     def _load_interfaces(self, target: str) -> None:
         try:  # Netlink (pyroute2 sync) must not run on the asyncio thread
-            ns = resolve(self.lab_name, target).ns
+            ns = find_member(self.lab_name, target).ns
             with Netlink(ns) as nl:
                 names = [l.name for l in nl.links()]
             self.post_message(self._Interfaces(target, names, None))
@@ -310,9 +321,8 @@ class PacketPanel(Widget):
             for packets, skipped in cap.batches(interval=0.1, limit=200):
                 if worker.is_cancelled or cap.stopped:
                     break
-                for p in packets:  # decode here, not on the UI thread
-                    p.summary
-                self.post_message(self._Batch(gen, packets, skipped))
+                summaries = [frames.decode(p.data) for p in packets]  # not on the UI thread
+                self.post_message(self._Batch(gen, packets, summaries, skipped))
         except OSError as e:
             error = f"capture on {cap.interface}: {e.strerror or e}"
         finally:
@@ -324,15 +334,15 @@ class PacketPanel(Widget):
         if msg.gen != self._gen:
             return
         log = self.query_one("#pk-log", RichLog)
-        for p in msg.packets:
+        for p, summary in zip(msg.packets, msg.summaries):
             mine = is_check_packet(p.data)
             if mine:
                 self.from_checks += 1
                 if self.hide_checks:
                     continue
-            line = ("[check] " if mine else "") + p.line()
+            line = ("[check] " if mine else "") + packet_line(p, summary)
             self.lines.append(line)
-            log.write(Text(line, style="dim" if mine else _style(p.summary)))
+            log.write(Text(line, style="dim" if mine else _style(summary)))
         if msg.skipped:
             note = f"… {msg.skipped} more packets not shown (flood)"
             self.lines.append(note)

@@ -37,6 +37,9 @@ from cnmlab.errors import CnmError
 from cnmlab.vm import in_vm
 
 VM_KEY = "Press v to open the workshop in the full-kernel VM (cnmlab vm)."
+from cnmlab.kernel.netlink import ADDR_EVENTS, LINK_EVENTS, ROUTE_EVENTS
+from cnmlab.tui.watch import NetlinkWatcher
+from cnmlab.workshop import catalog
 
 # One engine thread per lab instance. Every engine call of a lab (start, check, solve, reset,
 # stop) runs there, one at a time: they never interleave, and the engine always sees the same
@@ -55,8 +58,9 @@ def engine_call(name: str, fn: Any, *args: Any) -> Any:
     return ex.submit(fn, *args).result()
 
 
-def lab_members(lab_name: str) -> list[tuple[str, str, str]]:
-    """(name, role, netns) of a running lab: hosts, then sandboxes, then upstream."""
+def target_cycle(lab_name: str) -> list[tuple[str, str, str]]:
+    """(name, role, netns) of a running lab in the order ``t`` cycles the shell's target
+    through: hosts, then sandboxes, then upstream."""
     from cnmlab import state
 
     st = state.load(lab_name)
@@ -74,7 +78,7 @@ def lab_members(lab_name: str) -> list[tuple[str, str, str]]:
 
 def _feature_line(labdef: Any, features: dict[str, bool] | None) -> tuple[Text, list[str]]:
     """``needs: veth ✔ bridge ✘`` and the missing features."""
-    from cnmlab.features import DESCRIPTIONS
+    from cnmlab.kernel.features import DESCRIPTIONS
 
     line = Text("needs: ", style="dim")
     missing = []
@@ -152,6 +156,15 @@ class WorkerErrors:
 # the lab list
 
 
+def _load_lab(folder: str) -> Any:
+    """The full loader, for a lab file the lab list's quick read could not take: it says
+    exactly what is wrong. Imported here, not at the top: the lab list must not wait for the
+    checks the full loader brings in."""
+    from cnmlab.workshop import labfile
+
+    return labfile.load(folder)
+
+
 class LabListScreen(WorkerErrors, Screen):
     """Every lab: title, progress, running or not, what it needs from the kernel."""
 
@@ -184,10 +197,8 @@ class LabListScreen(WorkerErrors, Screen):
             self.banner("run as root to start labs (sudo cnmlab): you can read the labs here, "
                         "but not build them")
         if app.labdefs is None:  # type: ignore[attr-defined]
-            from cnmlab.tui.app import lab_previews
-
             try:
-                app.labdefs = lab_previews()  # type: ignore[attr-defined]
+                app.labdefs = catalog.previews(broken=_load_lab)  # type: ignore[attr-defined]
             except CnmError as e:
                 app.labdefs = []  # type: ignore[attr-defined]
                 self.banner(f"cannot load the labs: {e}")
@@ -207,7 +218,7 @@ class LabListScreen(WorkerErrors, Screen):
     # ---- workers ---------------------------------------------------------------------------
     @work(thread=True, exclusive=True, group="probe", name="probe", exit_on_error=False)
     def _probe(self) -> dict[str, bool]:
-        from cnmlab import features
+        from cnmlab.kernel import features
 
         try:
             return features.probe_all()
@@ -216,10 +227,11 @@ class LabListScreen(WorkerErrors, Screen):
 
     @work(thread=True, exclusive=True, group="start", name="start", exit_on_error=False)
     def _start(self, labdef: Any) -> Any:
-        from cnmlab import labs, state
+        from cnmlab import state
+        from cnmlab.workshop import labfile
 
         if not hasattr(labdef, "topology"):  # a preview: load and validate the lab now
-            labdef = labs.load(labdef.path)
+            labdef = labfile.load(labdef.path)
         run = self.app.lab_run(labdef)  # type: ignore[attr-defined]
 
         def start() -> None:
@@ -311,7 +323,7 @@ class LabListScreen(WorkerErrors, Screen):
     @on(OptionList.OptionHighlighted, "#labs")
     def show_detail(self) -> None:
         from cnmlab import state
-        from cnmlab.features import REMEDY
+        from cnmlab.kernel.features import REMEDY
 
         labdef = self.current()
         detail = self.query_one("#lab-detail", Static)
@@ -344,7 +356,7 @@ class LabListScreen(WorkerErrors, Screen):
         self.action_open()
 
     def action_open(self) -> None:
-        from cnmlab.features import DESCRIPTIONS, REMEDY
+        from cnmlab.kernel.features import DESCRIPTIONS, REMEDY
 
         labdef = self.current()
         if labdef is None:
@@ -495,8 +507,7 @@ class StepScreen(WorkerErrors, Screen):
         self.run = run
         self.labdef = run.labdef
         self.results: dict[str, list[Any]] = {}  # step id -> last results
-        self._watcher: Any = None
-        self._poll_timer: Any = None
+        self._watcher: NetlinkWatcher | None = None
         self._pending = False  # a watch tick came while a check ran
         self._checking = False
         self._members: list[tuple[str, str, str]] = []
@@ -1026,35 +1037,24 @@ class StepScreen(WorkerErrors, Screen):
 
     def _namespaces(self) -> list[str]:
         try:
-            return [ns for _, _, ns in lab_members(self.run.name)]
+            return [ns for _, _, ns in target_cycle(self.run.name)]
         except CnmError:
             return []
 
     def _start_watch(self) -> None:
         self._stop_watch()
-        try:
-            from cnmlab.tui import watch as kwatch
-        except ImportError:
-            kwatch = None
-        if kwatch is None:  # no netlink watcher: a plain poll
-            poll = self.app.poll_interval  # type: ignore[attr-defined]
-            self._poll_timer = self.set_interval(poll, lambda: self._watch_tick(False))
-            return
-        groups = kwatch.RTMGRP_LINK | kwatch.RTMGRP_IPV4_IFADDR | kwatch.RTMGRP_IPV4_ROUTE
         # no neighbour events: the checks' own pings would re-trigger the checks forever
-        self._watcher = kwatch.NetlinkWatcher(self._namespaces(), groups=groups)
+        self._watcher = NetlinkWatcher(self._namespaces(),
+                                       groups=LINK_EVENTS | ADDR_EVENTS | ROUTE_EVENTS)
         self._watch_kernel(self._watcher)
 
     def _stop_watch(self) -> None:
         if self._watcher is not None:
             self._watcher.stop()
             self._watcher = None
-        if self._poll_timer is not None:
-            self._poll_timer.stop()
-            self._poll_timer = None
 
     @work(thread=True, exclusive=True, group="watch", name="watch", exit_on_error=False)
-    def _watch_kernel(self, watcher: Any) -> None:
+    def _watch_kernel(self, watcher: NetlinkWatcher) -> None:
         worker = get_current_worker()
         try:
             poll = self.app.poll_interval  # type: ignore[attr-defined]
@@ -1077,7 +1077,7 @@ class StepScreen(WorkerErrors, Screen):
     # ---- lab members, shell, live views ----------------------------------------------------------
     def refresh_members(self) -> None:
         try:
-            self._members = lab_members(self.run.name)
+            self._members = target_cycle(self.run.name)
         except CnmError:
             self._members = []
         names = [m[0] for m in self._members]

@@ -8,9 +8,9 @@
             └── vx0 vxlan ✎
 
 Every namespace of the lab is watched (one ``NetlinkWatcher`` over all of them); on a change
-the changed namespaces' links are dumped again with a raw rtnetlink dump, which, unlike the
-``Netlink`` facade, gives each veth's peer ifindex and peer namespace id, so the tree follows the
-actual cables: a veth a learner creates by hand appears at once, in the right place, marked
+the changed namespaces' links are read again with the ``Netlink`` facade, which gives each
+veth's peer ifindex and the id of the peer's namespace, so the tree follows the actual
+cables: a veth a learner creates by hand appears at once, in the right place, marked
 ``✎`` (not in the engine's model). New sandboxes are picked up because making one changes the
 host's links, which re-reads the lab's state file and widens the set of watched namespaces.
 """
@@ -31,12 +31,13 @@ from textual.widget import Widget
 from textual.widgets import Static
 from textual.worker import get_current_worker
 
-from cnmlab import netns as _netns
 from cnmlab import state
 from cnmlab.errors import CnmError
+from cnmlab.kernel import netns as _netns
+from cnmlab.kernel.netlink import Event, LinkInfo, Netlink
 from cnmlab.model import LabState
-from cnmlab.tui.livestate import Target, lab_targets
-from cnmlab.tui.watch import Event, NetlinkWatcher, RawDumper, RawLink
+from cnmlab.tui.livestate import LabMember, lab_members
+from cnmlab.tui.watch import NetlinkWatcher
 
 HAND = "✎"
 
@@ -46,8 +47,8 @@ class Topology:
     """Links per namespace plus the veth cabling between them, ready to draw."""
 
     lab: str
-    targets: list[Target]
-    links: dict[str, list[RawLink]] = field(default_factory=dict)  # ns -> links
+    targets: list[LabMember]
+    links: dict[str, list[LinkInfo]] = field(default_factory=dict)  # ns -> links
     peers: dict[tuple[str, int], tuple[str, int]] = field(default_factory=dict)
     known: dict[str, set[str]] = field(default_factory=dict)  # ns -> link names in the model
     errors: dict[str, str] = field(default_factory=dict)
@@ -86,21 +87,21 @@ class TopologyReader:
 
     def __init__(self, lab_name: str) -> None:
         self.lab_name = lab_name
-        self._links: dict[str, list[RawLink]] = {}
+        self._links: dict[str, list[LinkInfo]] = {}
         self._nsids: dict[str, dict[int, str]] = {}  # ns -> {nsid: other ns}
 
-    def namespaces(self) -> tuple[LabState, list[Target]]:
-        return state.load(self.lab_name), lab_targets(self.lab_name)
+    def namespaces(self) -> tuple[LabState, list[LabMember]]:
+        return state.load(self.lab_name), lab_members(self.lab_name)
 
-    def _dump(self, ns: str) -> list[RawLink]:
-        with RawDumper(ns) as d:
-            return d.links()
+    def _dump(self, ns: str) -> list[LinkInfo]:
+        with Netlink(ns) as nl:
+            return nl.links()
 
     def _resolve_nsids(self, ns: str, wanted: set[int], all_ns: list[str]) -> dict[int, str]:
         found = {k: v for k, v in self._nsids.get(ns, {}).items() if k in wanted}
         missing = wanted - set(found)
         if missing:
-            with RawDumper(ns) as d:
+            with Netlink(ns) as nl:
                 for other in all_ns:
                     if other == ns or other in found.values():
                         continue
@@ -109,7 +110,7 @@ class TopologyReader:
                     except CnmError:
                         continue
                     try:
-                        nsid = d.nsid_of(fd)
+                        nsid = nl.nsid_of(fd)
                     finally:
                         os.close(fd)
                     if nsid is not None:
@@ -143,23 +144,23 @@ class TopologyReader:
                     self._nsids.pop(ns, None)  # a moved/new peer may have a new id
         topo.links = {ns: self._links[ns] for ns in all_ns if ns in self._links}
         for ns, links in topo.links.items():
-            wanted = {l.link_netnsid for l in links
-                      if l.link_netnsid is not None and l.link_netnsid >= 0 and l.link}
+            wanted = {l.peer_netns_id for l in links
+                      if l.peer_netns_id is not None and l.peer_netns_id >= 0 and l.peer_index}
             ids = self._resolve_nsids(ns, wanted, all_ns) if wanted else {}
             for l in links:
-                if not l.link:
+                if not l.peer_index:
                     continue
-                if l.link_netnsid is not None and l.link_netnsid >= 0:
-                    other = ids.get(l.link_netnsid)
+                if l.peer_netns_id is not None and l.peer_netns_id >= 0:
+                    other = ids.get(l.peer_netns_id)
                     if other is not None:
-                        topo.peers[(ns, l.index)] = (other, l.link)
+                        topo.peers[(ns, l.index)] = (other, l.peer_index)
                 elif l.kind == "veth":
-                    topo.peers[(ns, l.index)] = (ns, l.link)
+                    topo.peers[(ns, l.index)] = (ns, l.peer_index)
         return topo
 
 
 # ---- drawing -------------------------------------------------------------------------------------
-def _addrs(l: RawLink) -> str:
+def _addrs(l: LinkInfo) -> str:
     return " ".join(l.addresses)
 
 
@@ -172,10 +173,10 @@ def render(topo: Topology) -> Tree | Text:
     drawn: set[tuple[str, int]] = set()
     root = Tree(Text(f"lab {topo.lab}", style="bold"), guide_style="dim")
 
-    def hand(ns: str, l: RawLink) -> bool:
+    def hand(ns: str, l: LinkInfo) -> bool:
         return l.name not in topo.known.get(ns, set())
 
-    def link_text(ns: str, l: RawLink, with_kind: bool = True) -> Text:
+    def link_text(ns: str, l: LinkInfo, with_kind: bool = True) -> Text:
         t = Text(l.name, style="bold yellow" if hand(ns, l) else "bold")
         if with_kind and l.kind not in ("veth", "device"):
             t.append(f" {l.kind}", style="dim")
@@ -187,7 +188,7 @@ def render(topo: Topology) -> Tree | Text:
             t.append(f" {HAND}", style="yellow")
         return t
 
-    def add_link(ns: str, l: RawLink, parent: Tree) -> None:
+    def add_link(ns: str, l: LinkInfo, parent: Tree) -> None:
         if (ns, l.index) in drawn:
             return
         peer = topo.peers.get((ns, l.index))
@@ -212,10 +213,10 @@ def render(topo: Topology) -> Tree | Text:
             text.append(" ── ?", style="dim")
         node = parent.add(text)
         if l.kind == "bridge":
-            for port in ports.get((ns, l.index), []):
+            for port in ports.get((ns, l.name), []):
                 add_link(ns, port, node)
 
-    ports: dict[tuple[str, int], list[RawLink]] = {}
+    ports: dict[tuple[str, str], list[LinkInfo]] = {}  # (ns, bridge name) -> its ports
     for ns, links in topo.links.items():
         for l in links:
             if l.master:
@@ -225,11 +226,11 @@ def render(topo: Topology) -> Tree | Text:
         visited.add(ns)
         links = [l for l in topo.links.get(ns, []) if l.kind != "loopback"]
         bridges = [l for l in links if l.kind == "bridge"]
-        bridge_ids = {b.index for b in bridges}
+        bridge_names = {b.name for b in bridges}
         for b in bridges:
             add_link(ns, b, parent)
         for l in links:
-            if l.kind != "bridge" and not (l.master in bridge_ids):
+            if l.kind != "bridge" and l.master not in bridge_names:
                 add_link(ns, l, parent)
 
     order = {"upstream": 0, "host": 1, "sandbox": 2, "netns": 3}
@@ -327,7 +328,7 @@ class TopologyView(Widget):
         reader = TopologyReader(lab_name)
         try:
             try:
-                watcher.watch({t.ns for t in lab_targets(lab_name)})
+                watcher.watch({t.ns for t in lab_members(lab_name)})
                 watcher.ready()
                 topo = reader.read()
             except CnmError as e:
@@ -338,7 +339,7 @@ class TopologyView(Widget):
                 if worker.is_cancelled or watcher.stopped:
                     break
                 try:
-                    wanted = {t.ns for t in lab_targets(lab_name)}
+                    wanted = {t.ns for t in lab_members(lab_name)}
                 except CnmError as e:  # the lab was torn down
                     self.post_message(self._Topo(gen, None, batch, str(e)))
                     break

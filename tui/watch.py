@@ -1,11 +1,9 @@
 """Kernel change events from inside lab namespaces, and the snapshot a view re-reads on change.
 
-``NetlinkWatcher`` holds one raw rtnetlink socket per namespace, each *created inside* its
-namespace (``netns.entered`` moves only the calling thread, and a socket stays bound to the
-namespace it was made in) and bound to the link, IPv4 address, IPv4 route and neighbour groups.
-It does not decode messages beyond the header and the one attribute that names the object: a
-view re-reads the whole state with ``Netlink(ns)`` when something changed, so the watcher only
-has to say *that* and roughly *what* changed.
+``NetlinkWatcher`` holds one ``EventSocket`` (the kernel layer's rtnetlink event socket, made
+inside its namespace) per namespace, bound to the link, IPv4 address, IPv4 route and neighbour
+groups. A view re-reads the whole state with ``Netlink(ns)`` when something changed, so the
+watcher only has to say *that* and roughly *what* changed.
 
 It is built for a Textual thread worker (pyroute2's sync API cannot run on the asyncio thread):
 
@@ -23,129 +21,19 @@ namespace alive through its socket.
 """
 from __future__ import annotations
 
-import errno
 import os
 import select
 import shutil
-import socket
-import struct
 import threading
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
-from cnmlab import netns
 from cnmlab.errors import CnmError
-from cnmlab.netlink import FdbInfo, LinkInfo, NeighInfo, Netlink, RouteInfo
-
-NETLINK_ROUTE = 0
-RTMGRP_LINK = 0x1
-RTMGRP_NEIGH = 0x4
-RTMGRP_IPV4_IFADDR = 0x10
-RTMGRP_IPV4_ROUTE = 0x40
-DEFAULT_GROUPS = RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_IPV4_ROUTE | RTMGRP_NEIGH
-
-_NLMSG_HDR = struct.Struct("=IHHII")
-_RTA_HDR = struct.Struct("=HH")
-NLMSG_ERROR, NLMSG_DONE = 2, 3
-NLM_F_REQUEST, NLM_F_DUMP = 0x1, 0x300
-RTM_GETLINK, RTM_GETADDR, RTM_GETNSID = 18, 22, 90
-# message type -> (kind, action, size of the fixed header before the attributes)
-_TYPES = {16: ("link", "new", 16), 17: ("link", "del", 16),
-          20: ("addr", "new", 8), 21: ("addr", "del", 8),
-          24: ("route", "new", 12), 25: ("route", "del", 12),
-          28: ("neigh", "new", 12), 29: ("neigh", "del", 12)}
-_RCVBUF = 1 << 20
-
-
-@dataclass(frozen=True)
-class Event:
-    """One kernel change: kind is link/addr/route/neigh (or "netns"), action new/del."""
-
-    ns: str
-    kind: str
-    action: str
-    name: str = ""  # link name, address, route destination, neighbour address
-
-    def __str__(self) -> str:
-        return f"{self.ns}: {self.action} {self.kind} {self.name}".rstrip()
-
-
-RESYNC = "resync"  # Event.kind when the kernel dropped messages (ENOBUFS): re-read everything
-
-
-def _attrs(data: bytes, start: int, end: int) -> Iterator[tuple[int, bytes]]:
-    off = start
-    while off + 4 <= end:
-        rlen, rtype = _RTA_HDR.unpack_from(data, off)
-        if rlen < 4:
-            return
-        yield rtype & 0x3FFF, data[off + 4:off + rlen]
-        off += (rlen + 3) & ~3
-
-
-def _cstr(raw: bytes) -> str:
-    return raw.split(b"\0", 1)[0].decode(errors="replace")
-
-
-def _ip(raw: bytes) -> str:
-    if len(raw) == 4:
-        return socket.inet_ntop(socket.AF_INET, raw)
-    if len(raw) == 16:
-        return socket.inet_ntop(socket.AF_INET6, raw)
-    return ":".join(f"{b:02x}" for b in raw)
-
-
-def parse_events(ns: str, data: bytes) -> list[Event]:
-    """Split a datagram into events, decoding only the attribute that names each object."""
-    out = []
-    off = 0
-    while off + 16 <= len(data):
-        length, mtype, _flags, _seq, _pid = _NLMSG_HDR.unpack_from(data, off)
-        if length < 16:
-            break
-        end = min(off + length, len(data))
-        info = _TYPES.get(mtype)
-        if info is not None:
-            kind, action, fixed = info
-            body = off + 16
-            name = ""
-            want = {"link": 3, "addr": 2, "route": 1, "neigh": 1}[kind]
-            for rtype, val in _attrs(data, body + fixed, end):
-                if rtype == want or (kind == "addr" and rtype == 1 and not name):
-                    name = _cstr(val) if kind == "link" else _ip(val)
-                    if rtype == want:
-                        break
-            if kind == "route" and body + 1 < end:
-                dst_len = data[body + 1]
-                name = f"{name or '0.0.0.0'}/{dst_len}" if dst_len or name else "default"
-            elif kind == "neigh" and body < end and data[body] == 7:  # AF_BRIDGE: an FDB entry
-                kind = "fdb"
-                for rtype, val in _attrs(data, body + fixed, end):
-                    if rtype == 2:
-                        name = _ip(val)
-            out.append(Event(ns, kind, action, name))
-        off += (length + 3) & ~3
-    return out
-
-
-def _open_socket(ns: str | None, groups: int) -> socket.socket:
-    """A raw rtnetlink socket made inside ``ns`` (this thread goes there and comes back)."""
-    def make() -> socket.socket:
-        s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_ROUTE)
-        try:
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _RCVBUF)
-            s.bind((0, groups))
-            s.setblocking(False)
-        except BaseException:
-            s.close()
-            raise
-        return s
-
-    if ns is None:
-        return make()
-    with netns.entered(ns):
-        return make()
+from cnmlab.firewall.iptables import IptablesFirewall
+from cnmlab.kernel import netns, nsexec
+from cnmlab.kernel.netlink import (EVENT_GROUPS, RESYNC, Event, EventSocket, FdbInfo, LinkInfo,
+                                   NeighInfo, Netlink, RouteInfo)
 
 
 class NetlinkWatcher:
@@ -156,7 +44,7 @@ class NetlinkWatcher:
     that iterates, so the caller's thread never moves between namespaces.
     """
 
-    def __init__(self, ns: str | Iterable[str] | None = None, *, groups: int = DEFAULT_GROUPS,
+    def __init__(self, ns: str | Iterable[str] | None = None, *, groups: int = EVENT_GROUPS,
                  settle: float = 0.02, max_delay: float = 0.1) -> None:
         names = [ns] if isinstance(ns, str) else list(ns or [])
         self.groups = groups
@@ -164,7 +52,7 @@ class NetlinkWatcher:
         self.max_delay = max_delay
         self._lock = threading.Lock()
         self._wanted: set[str] = set(names)
-        self._socks: dict[str, tuple[socket.socket, int]] = {}  # ns -> (socket, inode)
+        self._socks: dict[str, tuple[EventSocket, int]] = {}  # ns -> (socket, inode)
         self._rpipe, self._wpipe = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._stopped = False
         self.errors: dict[str, str] = {}  # namespaces that could not be watched, and why
@@ -233,7 +121,7 @@ class NetlinkWatcher:
         for name in wanted - set(self._socks):
             try:
                 ino = netns.inode(name)
-                self._socks[name] = (_open_socket(name, self.groups), ino)
+                self._socks[name] = (EventSocket(name, self.groups), ino)
                 self.errors.pop(name, None)
             except (OSError, CnmError) as e:
                 self.errors[name] = str(e)
@@ -259,21 +147,9 @@ class NetlinkWatcher:
             ns = by_fd.get(fd)
             if ns is None or ns not in self._socks:
                 continue
-            s = self._socks[ns][0]
-            while True:
-                try:
-                    data = s.recv(65536)
-                except BlockingIOError:
-                    break
-                except OSError as e:
-                    if e.errno == errno.ENOBUFS:  # overflow: events were lost
-                        self.dropped += 1
-                        out.append(Event(ns, RESYNC, "new"))
-                        continue
-                    raise
-                if not data:
-                    break
-                out.extend(parse_events(ns, data))
+            events = self._socks[ns][0].read()
+            self.dropped += sum(1 for e in events if e.kind == RESYNC)
+            out.extend(events)
 
     def _select(self, timeout: float | None) -> tuple[list[int], dict[int, str]]:
         by_fd = {s.fileno(): ns for ns, (s, _) in self._socks.items()}
@@ -333,139 +209,6 @@ class NetlinkWatcher:
     def __iter__(self) -> Iterator[Event]:
         for batch in self.batches():
             yield from batch
-
-
-# ---- raw dumps (topology needs veth peers, which the Netlink facade does not expose) ----------
-@dataclass
-class RawLink:
-    index: int
-    name: str
-    kind: str
-    state: str
-    mac: str
-    mtu: int
-    master: int | None = None
-    link: int | None = None  # IFLA_LINK: the peer's ifindex for a veth (in link_netnsid's ns)
-    link_netnsid: int | None = None
-    addresses: list[str] = field(default_factory=list)
-
-
-_OPER = {0: "UNKNOWN", 1: "NOTPRESENT", 2: "DOWN", 3: "LOWERLAYERDOWN", 4: "TESTING",
-         5: "DORMANT", 6: "UP"}
-
-
-def _request(s: socket.socket, mtype: int, flags: int, body: bytes, seq: int) -> list[bytes]:
-    msg = _NLMSG_HDR.pack(16 + len(body), mtype, flags, seq, 0) + body
-    s.sendto(msg, (0, 0))
-    out = []
-    while True:
-        data = s.recv(1 << 16)
-        off = 0
-        while off + 16 <= len(data):
-            length, t, _f, sq, _pid = _NLMSG_HDR.unpack_from(data, off)
-            if length < 16:
-                return out
-            if sq == seq:
-                if t == NLMSG_DONE:
-                    return out
-                if t == NLMSG_ERROR:
-                    code = struct.unpack_from("=i", data, off + 16)[0]
-                    if code:
-                        raise OSError(-code, os.strerror(-code))
-                    return out
-                out.append(data[off:off + length])
-                if not flags & NLM_F_DUMP:
-                    return out
-            off += (length + 3) & ~3
-
-
-class RawDumper:
-    """Links (with veth peer indexes and netns ids) and addresses of one namespace, raw."""
-
-    def __init__(self, ns: str | None) -> None:
-        self.ns = ns
-        self._seq = 0
-        if ns is None:
-            self._s = self._make()
-        else:
-            with netns.entered(ns):
-                self._s = self._make()
-
-    @staticmethod
-    def _make() -> socket.socket:
-        s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_ROUTE)
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _RCVBUF)
-        s.bind((0, 0))
-        return s
-
-    def close(self) -> None:
-        self._s.close()
-
-    def __enter__(self) -> "RawDumper":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def _next(self) -> int:
-        self._seq += 1
-        return self._seq
-
-    def links(self) -> list[RawLink]:
-        msgs = _request(self._s, RTM_GETLINK, NLM_F_REQUEST | NLM_F_DUMP,
-                        struct.pack("=BxHiII", 0, 0, 0, 0, 0), self._next())
-        out: dict[int, RawLink] = {}
-        for m in msgs:
-            _fam, _type, index, _flags, _change = struct.unpack_from("=BxHiII", m, 16)
-            link = RawLink(index=index, name="", kind="", state="UNKNOWN", mac="", mtu=0)
-            for rtype, val in _attrs(m, 32, len(m)):
-                if rtype == 3:
-                    link.name = _cstr(val)
-                elif rtype == 1:
-                    link.mac = ":".join(f"{b:02x}" for b in val)
-                elif rtype == 4:
-                    link.mtu = struct.unpack("=I", val[:4])[0]
-                elif rtype == 10:
-                    link.master = struct.unpack("=I", val[:4])[0] or None
-                elif rtype == 5:
-                    link.link = struct.unpack("=I", val[:4])[0] or None
-                elif rtype == 37:
-                    link.link_netnsid = struct.unpack("=i", val[:4])[0]
-                elif rtype == 16:
-                    link.state = _OPER.get(val[0], str(val[0]))
-                elif rtype == 18:  # IFLA_LINKINFO
-                    for itype, ival in _attrs(val, 0, len(val)):
-                        if itype == 1:
-                            link.kind = _cstr(ival)
-            if not link.kind:
-                link.kind = "loopback" if link.name == "lo" else "device"
-            out[index] = link
-        amsgs = _request(self._s, RTM_GETADDR, NLM_F_REQUEST | NLM_F_DUMP,
-                         struct.pack("=BBBBI", socket.AF_INET, 0, 0, 0, 0), self._next())
-        for m in amsgs:
-            _fam, plen, _fl, _scope, index = struct.unpack_from("=BBBBI", m, 16)
-            addr = None
-            for rtype, val in _attrs(m, 24, len(m)):
-                if rtype == 2 or (rtype == 1 and addr is None):
-                    addr = _ip(val)
-            if addr and index in out:
-                out[index].addresses.append(f"{addr}/{plen}")
-        return list(out.values())
-
-    def nsid_of(self, fd: int) -> int | None:
-        """The id this namespace gives the namespace open at ``fd`` (None: not assigned)."""
-        attr = struct.pack("=HHI", 8, 3, fd)  # NETNSA_FD
-        try:
-            msgs = _request(self._s, RTM_GETNSID, NLM_F_REQUEST,
-                            struct.pack("=Bxxx", socket.AF_UNSPEC) + attr, self._next())
-        except OSError:
-            return None
-        for m in msgs:
-            for rtype, val in _attrs(m, 20, len(m)):
-                if rtype == 1:
-                    nsid = struct.unpack("=i", val[:4])[0]
-                    return nsid if nsid >= 0 else None
-        return None
 
 
 # ---- the snapshot a view shows -----------------------------------------------------------------
@@ -558,8 +301,6 @@ def parts_for(events: Iterable[Event]) -> set[str]:
 
 
 def read_firewall(ns: str) -> str:
-    from cnmlab.firewall.iptables import IptablesFirewall
-
     try:
         return IptablesFirewall().dump(ns)
     except CnmError as e:
@@ -576,8 +317,6 @@ def read_ipvs(ns: str) -> str:
         return IPVS_MISSING
     if not shutil.which("ipvsadm"):
         return "IPVS: in the kernel, but ipvsadm is not installed"
-    from cnmlab import nsexec
-
     try:
         return nsexec.run(ns, ["ipvsadm", "-Ln"], check=False).stdout.strip() or "IPVS: empty"
     except CnmError as e:

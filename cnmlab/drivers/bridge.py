@@ -13,12 +13,13 @@ import os
 import secrets
 from typing import TYPE_CHECKING
 
-from cnmlab import netns, proxy
+from cnmlab import proxy
 from cnmlab.constants import OPT_BRIDGE_NAME as OPT_NAME
 from cnmlab.constants import OPT_HOST_BINDING as OPT_BINDING
 from cnmlab.constants import OPT_MTU
 from cnmlab.driverapi import LOCAL, Capability, HostContext, JoinInfo
 from cnmlab.errors import InvalidInput, ObjectNotFound
+from cnmlab.kernel import netns
 
 if TYPE_CHECKING:
     from cnmlab.model import Endpoint, Network, PortMapping, Sandbox

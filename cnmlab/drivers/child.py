@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING
 
-from cnmlab import netns
+from cnmlab.kernel import netns
 from cnmlab.driverapi import JoinInfo
 from cnmlab.drivers import parent
 from cnmlab.drivers.bridge import veth_name

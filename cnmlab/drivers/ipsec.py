@@ -20,7 +20,8 @@ import secrets
 import zlib
 from typing import TYPE_CHECKING
 
-from cnmlab import nsexec, xfrm
+from cnmlab import xfrm
+from cnmlab.kernel import nsexec
 
 if TYPE_CHECKING:
     from cnmlab.cluster import Cluster

@@ -28,7 +28,7 @@ import os
 import time
 from typing import TYPE_CHECKING
 
-from cnmlab import features, netns
+from cnmlab.kernel import features, netns
 from cnmlab.driverapi import GLOBAL, Capability, HostContext, JoinInfo
 from cnmlab.drivers import ipsec
 from cnmlab.drivers.bridge import docker_mac, veth_name

@@ -20,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from cnmlab import features
+from cnmlab.kernel import features
 from cnmlab.errors import CnmError, InvalidInput, ObjectExists
 
 if TYPE_CHECKING:

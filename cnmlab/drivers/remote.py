@@ -14,7 +14,7 @@ import ipaddress
 from typing import TYPE_CHECKING, Any
 
 from cnmlab.driverapi import LOCAL, Capability, HostContext, JoinInfo
-from cnmlab.netns import path_of
+from cnmlab.kernel.netns import path_of
 from cnmlab.plugin import protocol as P
 from cnmlab.plugin.client import PluginClient, PluginError
 

@@ -8,8 +8,9 @@ through the proxy.
 """
 from __future__ import annotations
 
-from cnmlab import drivers, nsexec
+from cnmlab import drivers
 from cnmlab.constants import OPT_ICC, OPT_MASQUERADE
+from cnmlab.kernel import nsexec
 from cnmlab.model import Host, Network, PortMapping
 
 USER_CHAIN = "DOCKER-USER"

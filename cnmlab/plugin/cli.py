@@ -62,7 +62,7 @@ def _interrupt(signum: int, frame: Any) -> None:
 def cmd_serve(args: argparse.Namespace) -> int:
     if os.geteuid() != 0:
         raise NotRootError("serving a plugin needs root (its socket is under /run)")
-    from cnmlab.cli import resolve
+    from cnmlab.lab import resolve  # the engine, only for the command that needs it
 
     cls = load_class(args.spec)
     ns = resolve(args.netns)[1] if args.netns else None

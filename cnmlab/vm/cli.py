@@ -19,6 +19,7 @@ import sys
 from typing import Any
 
 from cnmlab.errors import InvalidInput
+from cnmlab.state import progress_path
 from cnmlab.vm import boot, image
 
 RUN_TIMEOUT = 600.0
@@ -76,8 +77,6 @@ def cmd_features(args: argparse.Namespace) -> int:
 
 
 def cmd_workshop(args: argparse.Namespace) -> int:
-    from cnmlab.labs import progress_path  # only here: every other cnmlab command stays light
-
     return _go(args, ["cnmlab", "tui"], terminal=True,
                results=_results(args, os.path.dirname(progress_path())),
                timeout=INTERACTIVE_TIMEOUT)

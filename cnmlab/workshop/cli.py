@@ -8,31 +8,40 @@ from __future__ import annotations
 
 import argparse
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cnmlab.errors import InvalidInput
 
+if TYPE_CHECKING:
+    from cnmlab.workshop.runner import LabRun
 
-def _run(args: argparse.Namespace) -> Any:
-    from cnmlab import labs
+# The lab machinery (and the checks under it) is imported by the commands that use it, not
+# here: ``cnmlab`` builds its whole argument parser on every call, and ``cnmlab ls`` or
+# ``cnmlab up`` should not pay a third of a second for checks they never run.
 
-    labdef = labs.get(args.lab)
-    return labs.LabRun(labdef, getattr(args, "name", None))
+
+def _run(args: argparse.Namespace) -> LabRun:
+    from cnmlab.workshop import labfile
+    from cnmlab.workshop.runner import LabRun
+
+    return LabRun(labfile.get(args.lab), getattr(args, "name", None))
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    from cnmlab import labs
+    from cnmlab.workshop import labfile
+    from cnmlab.workshop.progress import Progress
+    from cnmlab.workshop.runner import running_instances
 
-    prog = labs.Progress()
+    prog = Progress()
     rows = []
-    for lab in labs.discover():
+    for lab in labfile.discover():
         p = prog.lab(lab.id)
         row = lab.summary_json()
         row["steps"] = [{**s, "passed": s["id"] in p["passed"]} for s in row["steps"]]
         row["progress"] = {"passed": p["passed"], "hints": p["hints"],
                            "done": sum(1 for s in lab.steps if s.id in p["passed"]),
                            "total": len(lab.steps)}
-        row["running"] = labs.running_instances(lab)
+        row["running"] = running_instances(lab)
         rows.append(row)
     if args.json:
         print(json.dumps(rows, indent=2))

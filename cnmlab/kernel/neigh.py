@@ -4,29 +4,46 @@
 writable from the root namespace. A full mesh of N sandboxes needs about N*(N-1) entries and the
 default limit of 1024 makes probes fail silently at N=50. Labs reserve what they need; the
 originals are saved once and restored when the last reservation is released, even by
-``cnmlab clean`` after a crash.
+``cnmlab clean`` after a crash: an owner that died without releasing is noticed (its files are
+gone, or its process) and its room given back.
 """
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
-from cnmlab import filelock, state, sysctl
+from cnmlab.kernel import filelock, rundir, sysctl
 
 KEYS = ("net.ipv4.neigh.default.gc_thresh1", "net.ipv4.neigh.default.gc_thresh2",
         "net.ipv4.neigh.default.gc_thresh3")
 FILE = "_neigh.json"
 
 
-def _alive(owner: str) -> bool:
-    """Owners are ``lab:NAME`` (alive while its state exists) or ``KIND:PID:...``."""
-    kind, _, rest = owner.partition(":")
-    if kind == "lab":
-        return state.exists(rest)
-    pid = rest.split(":", 1)[0]
+def _alive(owner: str, files: list[str] | None) -> bool:
+    """An owner with ``files`` lives while one of them exists (a lab: its state files);
+    otherwise its name is ``KIND:PID:...`` and it lives while that process does."""
+    if files:
+        return any(os.path.exists(f) for f in files)
+    pid = owner.partition(":")[2].split(":", 1)[0]
     return not pid.isdigit() or os.path.exists(f"/proc/{pid}")
+
+
+def table_stats() -> dict[str, int]:
+    """The kernel's global ARP table counters: ``entries`` and summed ``table_fulls`` etc."""
+    with open("/proc/net/stat/arp_cache") as f:
+        head = f.readline().split()
+        rows = [[int(x, 16) for x in line.split()] for line in f if line.strip()]
+    out = {k: sum(r[i] for r in rows) for i, k in enumerate(head)}
+    if rows:
+        out["entries"] = rows[0][0]  # a global count, repeated on every CPU's row
+    return out
+
+
+def limits() -> tuple[int, int, int]:
+    """gc_thresh1, 2 and 3 as they are now."""
+    return tuple(int(sysctl.read_root(k)) for k in KEYS)  # type: ignore[return-value]
 
 
 def entries_for(sandboxes: int) -> int:
@@ -36,7 +53,7 @@ def entries_for(sandboxes: int) -> int:
 
 @contextmanager
 def _locked_record() -> Iterator[dict]:
-    path = os.path.join(state.state_dir(), FILE)
+    path = os.path.join(rundir.state_dir(), FILE)
     # the lock file goes with the record, removed by its holder (see filelock)
     with filelock.locked(path + ".lock", remove_if=lambda: not os.path.exists(path)):
         try:
@@ -44,9 +61,11 @@ def _locked_record() -> Iterator[dict]:
                 record = json.load(f)
         except (FileNotFoundError, json.JSONDecodeError):
             record = {"original": None, "needs": {}}
-        stale = [o for o in record["needs"] if not _alive(o)]
+        alive_while = record.setdefault("alive_while", {})
+        stale = [o for o in record["needs"] if not _alive(o, alive_while.get(o))]
         for owner in stale:  # killed before releasing: their room is not needed any more
             del record["needs"][owner]
+            alive_while.pop(owner, None)
         if stale and record["original"] is not None:
             if record["needs"]:
                 _apply(record)
@@ -85,8 +104,12 @@ def _restore(original: list[str]) -> None:
         sysctl.write_root(key, value)
 
 
-def reserve(owner: str, entries: int) -> None:
-    """Make room for ``entries`` neighbours on behalf of ``owner`` (a lab or a probe run)."""
+def reserve(owner: str, entries: int, alive_while: Sequence[str] = ()) -> None:
+    """Make room for ``entries`` neighbours on behalf of ``owner`` (a lab or a probe run).
+
+    ``alive_while``: files whose existence means the owner still needs the room (a lab's state
+    files); without them ``owner`` must be ``KIND:PID:...`` and lives as long as that process.
+    """
     with _locked_record() as record:
         if record["original"] is None:
             t2, t3 = int(sysctl.read_root(KEYS[1])), int(sysctl.read_root(KEYS[2]))
@@ -94,6 +117,8 @@ def reserve(owner: str, entries: int) -> None:
                 return
             record["original"] = [sysctl.read_root(k) for k in KEYS]
         record["needs"][owner] = max(entries, record["needs"].get(owner, 0))
+        if alive_while:
+            record["alive_while"][owner] = list(alive_while)
         _apply(record)
 
 
@@ -102,6 +127,7 @@ def release(owner: str) -> None:
         if record["original"] is None or owner not in record["needs"]:
             return
         del record["needs"][owner]
+        record["alive_while"].pop(owner, None)
         if record["needs"]:
             _apply(record)
         else:
@@ -114,3 +140,4 @@ def release_all() -> None:
         if record["original"] is not None:
             _restore(record["original"])
         record["needs"] = {}
+        record["alive_while"] = {}

@@ -5,21 +5,27 @@ them, so writing from inside ``netns.entered`` changes only that namespace.
 """
 from __future__ import annotations
 
-from cnmlab import netns
 from cnmlab.errors import KernelError
+from cnmlab.kernel import netns
 
 
 def _path(key: str) -> str:
     return "/proc/sys/" + key.replace(".", "/")
 
 
-def read(key: str, ns: str | None = None) -> str:
-    if ns is None:
-        with open(_path(key)) as f:
-            return f.read().strip()
-    with netns.entered(ns):
-        with open(_path(key)) as f:
-            return f.read().strip()
+def read(key: str, ns: str | None = None, *, fd: int | None = None) -> str:
+    """A sysctl's value in the namespace named ``ns`` or open at ``fd`` (else this thread's)."""
+    def _read() -> str:
+        try:
+            with open(_path(key)) as f:
+                return f.read().strip()
+        except OSError as e:
+            raise KernelError(f"sysctl {key}: {e.strerror}") from None
+
+    if ns is None and fd is None:
+        return _read()
+    with netns.entered(ns, fd=fd):
+        return _read()
 
 
 def write(key: str, value: str | int, ns: str | None = None) -> None:

@@ -10,8 +10,8 @@ from __future__ import annotations
 import subprocess
 from collections.abc import Sequence
 
-from cnmlab import netns
 from cnmlab.errors import CnmError, KernelError
+from cnmlab.kernel import netns
 
 
 def netns_path(ns: str) -> str:

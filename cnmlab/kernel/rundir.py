@@ -1,13 +1,19 @@
-"""Private runtime folders: root acts on no file another user could have planted.
+"""Where cnmlab keeps its records, and private runtime folders: root acts on no file another
+user could have planted.
 
-cnmlab runs as root and writes its state, locks and the dockerd harness's work folders under
-fixed paths (/run/cnmlab, /tmp/cnmlab-dockerd). In a world-writable parent such as /tmp, any
-user can create that path first, as a folder of their own or a symlink, and have root follow
-their links or read their forged state. So every such folder is made mode 0700 and, before
-each use, checked to be a real folder (not a symlink) owned by us (root) that nobody else can
-write to. A folder of ours that others can only read (0755, what cnmlab made before) is
-tightened to 0700: no one else could have written into it. Anything else is refused with a
-one-line error; cnmlab never repairs or deletes a folder that is not its own.
+cnmlab runs as root and keeps its records in one folder on the /run tmpfs (``STATE_DIR``,
+``$CNMLAB_STATE_DIR``): the kernel layer's machine-wide ones (neighbour-table reservations,
+the feature-probe cache) and the engine's lab state files. /run is emptied at boot, which is
+right: every kernel object they describe is gone after a reboot too.
+
+It writes there and in the dockerd harness's work folders under fixed paths (/run/cnmlab,
+/tmp/cnmlab-dockerd). In a world-writable parent such as /tmp, any user can create that path
+first, as a folder of their own or a symlink, and have root follow their links or read their
+forged state. So every such folder is made mode 0700 and, before each use, checked to be a
+real folder (not a symlink) owned by us (root) that nobody else can write to. A folder of ours
+that others can only read (0755, what cnmlab made before) is tightened to 0700: no one else
+could have written into it. Anything else is refused with a one-line error; cnmlab never
+repairs or deletes a folder that is not its own.
 """
 from __future__ import annotations
 
@@ -15,6 +21,8 @@ import os
 import stat
 
 from cnmlab.errors import CnmError
+
+STATE_DIR = os.environ.get("CNMLAB_STATE_DIR", "/run/cnmlab")
 
 
 class UnsafeRunDir(CnmError):
@@ -70,3 +78,20 @@ def _check(path: str, fd: int) -> None:
             os.fchmod(fd, 0o700)
         else:
             os.chmod(path, 0o700)
+
+
+def state_dir() -> str:
+    """The state folder, made private (root-owned, 0700) or refused if someone else's."""
+    parent = os.path.dirname(os.path.abspath(STATE_DIR))
+    if not os.path.isdir(parent):
+        os.makedirs(parent, exist_ok=True)
+    return private_dir(STATE_DIR)
+
+
+def readable_dir() -> str | None:
+    """The state folder for reading: None if there is none; root reads only a private one."""
+    if not os.path.lexists(STATE_DIR):
+        return None
+    if os.geteuid() == 0:
+        check_private(STATE_DIR)
+    return STATE_DIR

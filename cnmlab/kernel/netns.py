@@ -11,6 +11,7 @@ import contextlib
 import ctypes
 import ctypes.util
 import errno
+import fcntl
 import os
 import threading
 from collections.abc import Iterator
@@ -23,6 +24,7 @@ MS_BIND = 0x1000
 MS_REC = 0x4000
 MS_SHARED = 1 << 20
 MNT_DETACH = 2
+NS_GET_NSTYPE = 0xB703  # ioctl on an nsfs fd: which kind of namespace it is
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 _run_dir_lock = threading.Lock()
@@ -117,6 +119,14 @@ def open_fd(name: str) -> int:
         return os.open(path_of(name), os.O_RDONLY)
     except FileNotFoundError:
         raise ObjectNotFound(f"network namespace {name} does not exist") from None
+
+
+def is_network_namespace(fd: int) -> bool:
+    """Whether ``fd`` is open on a network namespace (not a stale file, not another kind)."""
+    try:
+        return fcntl.ioctl(fd, NS_GET_NSTYPE) == CLONE_NEWNET
+    except OSError:
+        return False
 
 
 def inode(name: str) -> int:

@@ -3,24 +3,32 @@
 Each ``Netlink`` object holds one rtnetlink socket opened *inside* a namespace (the socket stays
 bound to the namespace it was created in), so a controller keeps one per namespace and never
 forks. Netlink errors become ``KernelError`` naming the object and the errno text.
+
+``EventSocket`` is the other half: change events (links, IPv4 addresses and routes, neighbours
+and bridge FDB entries) from one namespace, decoded by pyroute2 into one ``Event`` each. A view
+re-reads what it shows with ``Netlink`` when an event says *that* something changed.
 """
 from __future__ import annotations
 
 import errno
 import ipaddress
 import os
+import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 from pyroute2 import IPVS, IPRoute
+from pyroute2.netlink import rtnl
 from pyroute2.netlink.exceptions import NetlinkError
+from pyroute2.netlink.rtnl.marshal import MarshalRtnl
 
-from cnmlab import netns
 from cnmlab.errors import FeatureMissing, KernelError, ObjectExists, ObjectNotFound
+from cnmlab.kernel import netns
 
 IFNAMSIZ = 15
+IFF_UP = 0x1
 
 
 @dataclass
@@ -32,9 +40,12 @@ class LinkInfo:
     mac: str
     mtu: int
     master: str | None = None
-    peer_netns_id: int | None = None
+    peer_netns_id: int | None = None  # IFLA_LINK_NETNSID: the namespace peer_index lives in
     addresses: list[str] = field(default_factory=list)
-    peer_index: int | None = None  # IFLA_LINK: a veth's peer (in peer_netns_id's namespace)
+    # IFLA_LINK: a veth's peer ifindex (a macvlan's or VXLAN's parent), in this namespace or,
+    # when peer_netns_id is set, in the namespace this one calls by that id (see ``nsid_of``)
+    peer_index: int | None = None
+    admin_up: bool = False  # IFF_UP: set up by someone (``state`` says whether it works)
 
 
 @dataclass
@@ -319,12 +330,25 @@ class Netlink:
                 mac=m.get_attr("IFLA_ADDRESS") or "", mtu=m.get_attr("IFLA_MTU") or 0,
                 master=names.get(master) if master else None,
                 peer_netns_id=m.get_attr("IFLA_LINK_NETNSID"),
-                peer_index=m.get_attr("IFLA_LINK")))
+                peer_index=m.get_attr("IFLA_LINK") or None,
+                admin_up=bool(m["flags"] & IFF_UP)))
         by_index = {l.index: l for l in out}
         for a in self.addresses():
             if a[0] in by_index:
                 by_index[a[0]].addresses.append(a[1])
         return out
+
+    def nsid_of(self, fd: int) -> int | None:
+        """The id this namespace gives the namespace open at ``fd`` (what ``peer_netns_id``
+        values mean here), or None when it has given it none."""
+        try:
+            found = self._ip.get_netnsid(fd=fd)
+        except NetlinkError:
+            return None
+        nsid = found.get("nsid") if found else None
+        if nsid is not None and nsid >= 1 << 31:  # decoded unsigned; the kernel means -1 (none)
+            nsid -= 1 << 32
+        return nsid if nsid is not None and nsid >= 0 else None
 
     # ---- addresses and routes ----------------------------------------------------------
     def add_address(self, link: str, cidr: str) -> None:
@@ -471,3 +495,119 @@ def ipvs_answers() -> bool:
         return False
     sock.close()
     return True
+
+
+# ---- change events ---------------------------------------------------------------------------
+LINK_EVENTS = rtnl.RTMGRP_LINK
+ADDR_EVENTS = rtnl.RTMGRP_IPV4_IFADDR
+ROUTE_EVENTS = rtnl.RTMGRP_IPV4_ROUTE
+NEIGH_EVENTS = rtnl.RTMGRP_NEIGH  # neighbours and bridge/VXLAN FDB entries
+EVENT_GROUPS = LINK_EVENTS | ADDR_EVENTS | ROUTE_EVENTS | NEIGH_EVENTS
+RESYNC = "resync"  # Event.kind when the kernel dropped messages (ENOBUFS): re-read everything
+_EVENT_TYPES = {rtnl.RTM_NEWLINK: ("link", "new"), rtnl.RTM_DELLINK: ("link", "del"),
+                rtnl.RTM_NEWADDR: ("addr", "new"), rtnl.RTM_DELADDR: ("addr", "del"),
+                rtnl.RTM_NEWROUTE: ("route", "new"), rtnl.RTM_DELROUTE: ("route", "del"),
+                rtnl.RTM_NEWNEIGH: ("neigh", "new"), rtnl.RTM_DELNEIGH: ("neigh", "del")}
+
+
+@dataclass(frozen=True)
+class Event:
+    """One kernel change: kind is link/addr/route/neigh/fdb (or "netns", RESYNC), action
+    new/del, name what names the object (link name, address, route destination, neighbour
+    address, FDB MAC)."""
+
+    ns: str
+    kind: str
+    action: str
+    name: str = ""
+
+    def __str__(self) -> str:
+        return f"{self.ns}: {self.action} {self.kind} {self.name}".rstrip()
+
+
+def _event(ns: str, msg: Any) -> Event | None:
+    known = _EVENT_TYPES.get(msg["header"]["type"])
+    if known is None:
+        return None
+    kind, action = known
+    if kind == "link":
+        name = msg.get_attr("IFLA_IFNAME") or ""
+    elif kind == "addr":
+        name = msg.get_attr("IFA_LOCAL") or msg.get_attr("IFA_ADDRESS") or ""
+    elif kind == "route":
+        dst, plen = msg.get_attr("RTA_DST"), msg["dst_len"]
+        name = f"{dst or '0.0.0.0'}/{plen}" if plen or dst else "default"
+    elif msg["family"] == socket.AF_BRIDGE:  # a neighbour message about a bridge/VXLAN FDB
+        kind, name = "fdb", msg.get_attr("NDA_LLADDR") or ""
+    else:
+        name = msg.get_attr("NDA_DST") or ""
+    return Event(ns, kind, action, str(name))
+
+
+def events_from(ns: str, data: bytes) -> list[Event]:
+    """The events in one datagram read from an rtnetlink multicast socket."""
+    return [e for e in (_event(ns, m) for m in MarshalRtnl().parse(data)) if e is not None]
+
+
+class EventSocket:
+    """Change events of one namespace, from an rtnetlink socket bound to ``groups``.
+
+    The socket is made *inside* ``ns`` (the calling thread goes there and comes back) and stays
+    bound to it; it is non-blocking, so many of them can share one ``select``. ``read`` drains
+    what is queued. A full receive buffer (a flood) loses events: that is reported as one
+    ``RESYNC`` event, which means "re-read everything".
+    """
+
+    def __init__(self, ns: str | None, groups: int = EVENT_GROUPS,
+                 rcvbuf: int = 1 << 20) -> None:
+        self.ns = ns or ""
+
+        def make() -> socket.socket:
+            s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC,
+                              socket.NETLINK_ROUTE)
+            try:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+                s.bind((0, groups))
+                s.setblocking(False)
+            except BaseException:
+                s.close()
+                raise
+            return s
+
+        if ns is None:
+            self._sock = make()
+        else:
+            with netns.entered(ns):
+                self._sock = make()
+        self._marshal = MarshalRtnl()
+
+    def fileno(self) -> int:
+        return self._sock.fileno()
+
+    def read(self) -> list[Event]:
+        out: list[Event] = []
+        while True:
+            try:
+                data = self._sock.recv(1 << 16)
+            except BlockingIOError:
+                return out
+            except OSError as e:
+                if e.errno == errno.ENOBUFS:  # overflow: events were lost
+                    out.append(Event(self.ns, RESYNC, "new"))
+                    continue
+                raise
+            if not data:
+                return out
+            for msg in self._marshal.parse(data):
+                event = _event(self.ns, msg)
+                if event is not None:
+                    out.append(event)
+
+    def close(self) -> None:
+        self._sock.close()
+
+    def __enter__(self) -> "EventSocket":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -23,8 +23,8 @@ from typing import Any
 
 from cnmlab import drivers, state, yamlsrc
 from cnmlab.errors import CnmError, InvalidInput
+from cnmlab.kernel.netlink import IFNAMSIZ
 from cnmlab.lab import Lab, check_name, parse_port
-from cnmlab.netlink import IFNAMSIZ
 from cnmlab.yamlsrc import Source
 
 NETWORK_KEYS = {"driver", "subnet", "gateway", "ip_range", "internal", "icc", "masquerade",

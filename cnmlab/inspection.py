@@ -5,8 +5,8 @@ import dataclasses
 from typing import Any
 
 from cnmlab.errors import CnmError
+from cnmlab.kernel.netlink import Netlink
 from cnmlab.lab import Lab
-from cnmlab.netlink import Netlink
 
 
 def interfaces(ns: str) -> list[dict[str, Any]]:

@@ -10,9 +10,9 @@ import os
 import secrets
 import shutil
 
-from cnmlab import netns, state
 from cnmlab.errors import CnmError, FeatureMissing
-from cnmlab.netlink import Netlink, ipvs_answers
+from cnmlab.kernel import netns, nsexec, rundir
+from cnmlab.kernel.netlink import Netlink, ipvs_answers
 
 DESCRIPTIONS = {
     "veth": "veth pairs (every lab)",
@@ -60,14 +60,10 @@ def _probe(name: str, ns: str) -> bool:
     if name == "iptables":
         if not shutil.which("iptables"):
             return False
-        from cnmlab import nsexec
-
         r = nsexec.run(ns, ["iptables", "-t", "nat", "-A", "POSTROUTING", "-m", "addrtype",
                             "--src-type", "LOCAL", "-j", "MASQUERADE"], check=False)
         return r.returncode == 0
     if name == "ipsec":
-        from cnmlab import nsexec
-
         return nsexec.run(ns, ["ip", "xfrm", "state", "add", "src", "192.0.2.1", "dst",
                                "192.0.2.2", "proto", "esp", "spi", "0x1000", "mode",
                                "transport", "aead", "rfc4106(gcm(aes))",
@@ -75,8 +71,6 @@ def _probe(name: str, ns: str) -> bool:
     if name == "nftables":
         if not shutil.which("nft"):
             return False
-        from cnmlab import nsexec
-
         return nsexec.run(ns, ["nft", "add", "table", "ip", "probe"], check=False).returncode == 0
     raise FeatureMissing(f"unknown feature {name!r}")
 
@@ -88,7 +82,7 @@ def _cache_name() -> str:
 def probe_all(refresh: bool = False) -> dict[str, bool]:
     if not refresh:
         try:
-            folder = state.readable_dir()
+            folder = rundir.readable_dir()
             if folder is not None:
                 with open(os.path.join(folder, _cache_name())) as f:
                     return json.load(f)
@@ -100,7 +94,7 @@ def probe_all(refresh: bool = False) -> dict[str, bool]:
         found = {name: _probe(name, ns) for name in DESCRIPTIONS}
     finally:
         netns.delete(ns)
-    with open(os.path.join(state.state_dir(), _cache_name()), "w") as f:
+    with open(os.path.join(rundir.state_dir(), _cache_name()), "w") as f:
         json.dump(found, f)
     return found
 
