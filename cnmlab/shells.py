@@ -33,13 +33,13 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from cnmlab import state
-from cnmlab.kernel import netns
+from cnmlab.kernel import netns, rundir
 
 SHELL_EXIT_LAB_GONE = 111  # the exit code of a shell that left because its namespace vanished
 
 
 def shells_dir(lab: str | None = None) -> str:
-    base = os.path.join(state.STATE_DIR, "_shells")
+    base = os.path.join(rundir.STATE_DIR, "_shells")
     return base if lab is None else os.path.join(base, lab)
 
 
