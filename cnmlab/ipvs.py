@@ -88,14 +88,16 @@ def _error(e: NetlinkError, what: str) -> Exception:
 
 
 class Ipvs:
-    """IPVS in one namespace (by name; ``None``: the calling thread's, for the VM lane's tests)."""
+    """IPVS in one namespace (by name or open fd; neither: the calling thread's)."""
 
-    def __init__(self, ns: str | None) -> None:
+    def __init__(self, ns: str | None = None, *, fd: int | None = None) -> None:
         self.ns = ns
+        self.fd = fd  # an open namespace file instead of a name (a check's NsRef)
 
     @contextmanager
     def _sock(self, what: str) -> Iterator[IPVS]:
-        ctx = netns.entered(self.ns) if self.ns else _here()
+        ctx = (netns.entered(fd=self.fd) if self.fd is not None else
+               netns.entered(self.ns) if self.ns else _here())
         with ctx:
             try:
                 sock = IPVS()
