@@ -955,8 +955,11 @@ class LabRun:
             lab.converge()
         elif op == "service_create":
             svc = host.service_create(kw.pop("name"), kw.pop("network"), **kw)
-            for task in svc.tasks:
-                self._wait_resolver(task)
+            # the resolver follows the new names in every sandbox of the network (a slow
+            # machine, such as the VM's emulated CPU, may still be re-reading the state)
+            for sb in host.sandboxes():
+                if any(r.network == svc.network for r in sb.model.endpoints):
+                    self._wait_resolver(sb.name)
         elif op == "service_scale":
             host.service_scale(kw["name"], int(kw["replicas"]))
         elif op == "service_rm":
