@@ -16,6 +16,7 @@ import time
 
 import pytest
 
+from cnmlab.lab import ns_name
 from cnmlab import labs, state
 
 PID = str(os.getpid())
@@ -118,7 +119,7 @@ def test_lab01_typed_into_the_embedded_terminal(tmp_path):
     command = (f"{env} {shlex.join(cnmlab_argv())}; echo $? > {shlex.quote(str(done))}; "
                "sleep 60")
     name = f"lab01-{PID}"
-    blue_ns = f"cnm-{name}-blue"
+    blue_ns = ns_name(name, "blue")
 
     def typed(*lines: str) -> None:
         for line in lines:
