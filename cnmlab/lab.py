@@ -481,8 +481,12 @@ class Lab:
         self._wait_agents(list(self._hosts))
         return self.cluster
 
-    def _wait_agents(self, hosts: list[str], timeout: float = 60.0) -> None:
-        """Until each agent announced itself (it has reconciled and is about to watch)."""
+    def _wait_agents(self, hosts: list[str], timeout: float = 240.0) -> None:
+        """Until each agent announced itself (it has reconciled and is about to watch).
+
+        The bound is generous: in the full-kernel VM (software-emulated CPU) an agent's Python
+        start alone takes tens of seconds; a dead agent is still reported at once.
+        """
         info = self.control_plane
         if not info or self.cluster is None or not hosts:
             return
