@@ -32,6 +32,7 @@ from cnmlab.checks.truth import TruthTable
 from cnmlab.errors import CnmError, InvalidInput
 from cnmlab.kernel import nsexec, sysctl
 from cnmlab.kernel.capture import Capture
+from cnmlab.kernel.ipvs import Ipvs, VirtualService
 from cnmlab.kernel.netlink import Netlink
 
 DEFAULT_TIMEOUT = 1.0
@@ -73,7 +74,9 @@ PARAMS: dict[str, dict[str, list[str]]] = {
     "vxlan-on-wire": {"required": ["ns", "interface", "vni"],
                       "optional": ["port", "traffic", "timeout"]},
     "lb-spread": {"required": ["from", "vip", "port", "backends"],
-                  "optional": ["requests", "backend_port", "timeout"]},
+                  "optional": ["requests", "backend_port", "timeout", "tolerance", "absent"]},
+    "ipvs": {"required": ["ns", "vip", "port"],
+             "optional": ["proto", "scheduler", "forward", "servers", "server_port"]},
     "python": {"required": ["call"], "optional": ["*"]},  # anything else goes to the function
 }
 
@@ -125,6 +128,16 @@ _TYPES: dict[str, tuple[Any, str]] = {
                   "a list of sandbox names"),
     "backends": (lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v) and v,
                  "a list of sandbox names"),
+    "absent": (lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v),
+               "a list of sandbox names"),
+    "tolerance": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)
+                  and 0 <= v <= 1, "a fraction of the fair share, 0-1 (0.2: within 20%)"),
+    "servers": (lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v),
+                "a list of sandbox names or IPv4 addresses"),
+    "server_port": (_port_ok, "a port number 1-65535"),
+    "scheduler": (lambda v: isinstance(v, str) and v.isalpha(), "an IPVS scheduler (rr, wrr...)"),
+    "forward": (lambda v: v in ("masq", "route", "tunnel", "local"),
+                "masq, route, tunnel or local"),
     "call": (lambda v: isinstance(v, str) and ":" in v, "'module:function'"),
     "address": (lambda v: isinstance(v, str) and "/" in v, "an address in CIDR form, a.b.c.d/len"),
     "peer": (lambda v: isinstance(v, dict) and set(v) == {"ns", "name"}
@@ -1418,53 +1431,192 @@ def vxlan_on_wire(target: Target, params: dict[str, Any]) -> CheckResult:
 # load balancing
 
 
+@dataclass
+class Distribution:
+    """Where N requests to a VIP went: one row per backend, with its fair share and band.
+
+    Duck-types ``TruthTable``'s ``render_text``/``to_dict``, so reports print it under the
+    check (the closing note of a lab run shows the observed spread).
+    """
+
+    requests: int
+    rows: list[tuple[str, int, str]]  # backend, answers, role ("backend", "absent", "other")
+    low: int
+    high: int
+
+    def render_text(self, color: bool = False) -> str:
+        width = max([len("backend")] + [len(r[0]) for r in self.rows])
+        out = [f"{'backend':<{width}}  answers  share   expected"]
+        for name, count, role in self.rows:
+            want = {"backend": f"{self.low}-{self.high}", "absent": "0 (removed)",
+                    "other": "0 (undeclared)"}[role]
+            share = f"{100 * count / self.requests:5.1f}%" if self.requests else "  -  "
+            out.append(f"{name:<{width}}  {count:>7}  {share}  {want}")
+        return "\n".join(out)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"requests": self.requests, "low": self.low, "high": self.high,
+                "rows": [{"backend": n, "answers": c, "role": r} for n, c, r in self.rows]}
+
+
+def _spread_requests(src: NsRef, vip: str, port: int, n: int, timeout: float) -> list[str | None]:
+    """``n`` TCP connections to ``vip:port`` from ``src``, one after another (each a new source
+    port, so a fresh scheduling decision); each answer is the echo server's name, or None.
+
+    One thread enters the namespace once and runs plain sockets: a probe per request would cost
+    ~20x more, and 1000 requests must fit in seconds even in the VM's slow Python.
+    """
+    out: list[str | None] = []
+
+    def body() -> None:
+        for _ in range(n):
+            name = None
+            with contextlib.suppress(OSError), \
+                    socket.create_connection((vip, port), timeout=timeout) as s:
+                data = b""
+                while b"\n" not in data and len(data) < 256:
+                    chunk = s.recv(256)
+                    if not chunk:
+                        break
+                    data += chunk
+                words = data.split(b"\n")[0].split()
+                if len(words) >= 2 and words[0] == probes.MARKER:
+                    name = words[1].decode(errors="replace")
+            out.append(name)
+
+    def run() -> None:
+        with src.opened() as fd, netns.entered(fd=fd):
+            body()
+
+    t = threading.Thread(target=run)
+    t.start()
+    t.join()
+    return out
+
+
 @check_kind("lb-spread")
 def lb_spread(target: Target, params: dict[str, Any]) -> CheckResult:
+    """N requests to a VIP spread over the declared backends (each within ``tolerance`` of its
+    fair share N/K, as round robin gives), and none to the ``absent`` ones (removed tasks)."""
     p = _checked("lb-spread", params)
     src = _end(target, p["from"], "from")
     backends = [_ns_end(target, b, "backends") for b in dict.fromkeys(p["backends"])]
+    absent = [_ns_end(target, b, "absent") for b in dict.fromkeys(p.get("absent", []))
+              if b not in p["backends"]]
     vip, port = p["vip"], p["port"]
     bport = p.get("backend_port", port)
     n = p.get("requests", 20)
+    tol = float(p.get("tolerance", 0.5))
     timeout = float(p.get("timeout", DEFAULT_TIMEOUT))
-    servers = [probes.EchoServer(b.ref, "tcp", bport, name=b.label) for b in backends]
+    servers = [probes.EchoServer(b.ref, "tcp", bport, name=b.label) for b in backends + absent]
     started = []
     try:
         for s in servers:
             started.append(s.start())
-        counts = {b.label: 0 for b in backends}
-        failed = 0
-        others: dict[str, int] = {}
-        # one request at a time: each is a new connection (new source port) through the balancer
-        for _ in range(n):
-            r = probes.tcp_connect(src.ref, vip, port, timeout=timeout, echo=True)
-            if not r.ok:
-                failed += 1
-            elif r.server in counts:
-                counts[r.server] += 1
-            else:
-                others[r.server or "?"] = others.get(r.server or "?", 0) + 1
+        answers = _spread_requests(src.ref, vip, port, n, timeout)
     finally:
         for s in started:
             s.stop()
+    counts = {b.label: 0 for b in backends}
+    gone = {b.label: 0 for b in absent}
+    others: dict[str, int] = {}
+    failed = 0
+    for a in answers:
+        if a is None:
+            failed += 1
+        elif a in counts:
+            counts[a] += 1
+        elif a in gone:
+            gone[a] += 1
+        else:
+            others[a] = others.get(a, 0) + 1
+    fair = n / len(backends)
+    slack = max(1.0, tol * fair)
+    low, high = max(0, int(fair - slack + 0.999)), int(fair + slack)
+    low = max(low, 1)  # every declared backend answers at least once
+    table = Distribution(n, [(k, v, "backend") for k, v in counts.items()]
+                         + [(k, v, "absent") for k, v in gone.items()]
+                         + [(k, v, "other") for k, v in others.items()], low, high)
     label = f"lb-spread {src.label} -> {vip}:{port} over {', '.join(counts)}"
-    ok = all(c > 0 for c in counts.values()) and not others
+    outside = [k for k, v in counts.items() if not low <= v <= high]
+    ok = not outside and not others and not any(gone.values()) and not failed
     obs = ", ".join(f"{k} {v}" for k, v in counts.items())
+    if gone:
+        obs += ", removed: " + ", ".join(f"{k} {v}" for k, v in gone.items())
     if others:
         obs += ", others " + ", ".join(f"{k} {v}" for k, v in others.items())
     if failed:
         obs += f", {failed} failed"
+    expected = (f"each of {len(counts)} backends answers {low}-{high} of {n} requests "
+                f"(fair share {fair:g} +/- {tol:.0%})"
+                + (f", none reaches {', '.join(gone)}" if gone else ""))
+    idle = [k for k, v in counts.items() if v == 0]
     if ok:
         reason = ""
     elif failed == n:
         reason = (f"nothing answered {vip}:{port}: look at the virtual service (ipvsadm -Ln) or "
                   f"the DNAT rules for {vip}, and the route from {src.label} to it")
-    else:
-        idle = [k for k, v in counts.items() if v == 0]
-        reason = (f"{', '.join(idle) or 'some backends'} never answered: look at the real "
+    elif any(gone.values()):
+        hit = [k for k, v in gone.items() if v]
+        reason = (f"{', '.join(hit)} still gets new connections: remove its real server "
+                  f"(ipvsadm -d -t {vip}:{port} -r ...)")
+    elif idle:
+        reason = (f"{', '.join(idle)} never answered: look at the real "
                   f"servers behind {vip}:{port} (ipvsadm -Ln, scheduler rr) or the DNAT rules")
-    return CheckResult(label, "lb-spread", ok, f"every backend answers some of {n} requests",
-                       obs, reason)
+    elif others:
+        reason = (f"answers from undeclared {', '.join(others)}: look at the real servers "
+                  f"behind {vip}:{port} (ipvsadm -Ln)")
+    elif outside:
+        reason = (f"{', '.join(outside)} outside {low}-{high}: the spread is not round robin; "
+                  f"look at the scheduler and weights (ipvsadm -Ln: rr, weight 1)")
+    else:
+        reason = (f"{failed} of {n} requests got no answer: look at the real servers behind "
+                  f"{vip}:{port} (ipvsadm -Ln) and the balancer's SNAT rule")
+    return CheckResult(label, "lb-spread", ok, expected, obs, reason, table=table)
+
+
+@check_kind("ipvs")
+def ipvs_state(target: Target, params: dict[str, Any]) -> CheckResult:
+    """An IPVS virtual service as a learner builds it with ipvsadm: VIP:port, scheduler,
+    forwarding method and exactly the declared real servers (sandbox names or addresses)."""
+    p = _checked("ipvs", params)
+    e = _ns_end(target, p["ns"], "ns")
+    proto, vip, port = p.get("proto", "tcp"), p["vip"], p["port"]
+    sched, fwd = p.get("scheduler", "rr"), p.get("forward", "masq")
+    sport = p.get("server_port", port)
+    sbs = target.sandboxes()
+    want = set()
+    for s in p.get("servers", []):
+        ip = s if _is_ipv4(s) else (sbs[s].ip() if s in sbs else None)
+        if ip is None:
+            raise CnmError(f"servers: no sandbox {s!r} in {target.name}")
+        want.add(f"{ip}:{sport}")
+    svc = VirtualService(proto, vip, port)
+    label = f"ipvs {e.label} {svc}"
+    with e.ref.opened() as fd:
+        state = Ipvs(fd=fd).service(svc)
+    expected = f"{svc} {sched}, {fwd} to {', '.join(sorted(want)) or 'no real server'}"
+    if state is None:
+        return CheckResult(label, "ipvs", False, expected, "no such virtual service",
+                           f"add it: ipvsadm -A {'-u' if proto == 'udp' else '-t'} "
+                           f"{vip}:{port} -s {sched} (in {e.label})")
+    have = {f"{r.ip}:{r.port}": r.forward for r in state.servers}
+    obs = (f"{svc} {state.scheduler}, " + (", ".join(f"{k} {v}" for k, v in sorted(have.items()))
+                                          or "no real server"))
+    missing, extra = sorted(want - set(have)), sorted(set(have) - want)
+    wrong_fwd = sorted(k for k, v in have.items() if v != fwd and k in want)
+    if state.scheduler != sched:
+        reason = f"scheduler {state.scheduler}, not {sched}: ipvsadm -E -t {vip}:{port} -s {sched}"
+    elif missing:
+        reason = f"real server(s) missing: {', '.join(missing)} (ipvsadm -a ... -r IP:PORT -m)"
+    elif extra and "servers" in p:
+        reason = f"real server(s) not declared: {', '.join(extra)} (ipvsadm -d ... -r IP:PORT)"
+    elif wrong_fwd:
+        reason = (f"{', '.join(wrong_fwd)} forwarded by {have[wrong_fwd[0]]}, not {fwd} "
+                  f"(ipvsadm -e ... -m for masquerading)")
+    else:
+        reason = ""
+    return CheckResult(label, "ipvs", not reason, expected, obs, reason)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -210,11 +210,19 @@ def _sweep() -> None:
     """Lane folders of runs that died (``kill -9``) without their ``sessionfinish``."""
     tmp = tempfile.gettempdir()
     for name in os.listdir(tmp):
-        if name.startswith(LANE_PREFIX):
-            with contextlib.suppress(ValueError, PermissionError):
-                os.kill(int(name[len(LANE_PREFIX):].split("-")[0]), 0)
-                continue
+        if name.startswith(LANE_PREFIX) and not _owner_alive(name[len(LANE_PREFIX):]):
             shutil.rmtree(os.path.join(tmp, name), ignore_errors=True)
+
+
+def _owner_alive(suffix: str) -> bool:
+    """Whether the run that made a lane folder still runs; a name we cannot read is kept."""
+    try:
+        os.kill(int(suffix.split("-")[0]), 0)
+    except ProcessLookupError:
+        return False
+    except (ValueError, PermissionError):
+        return True
+    return True
 
 
 class Lane:

@@ -144,6 +144,9 @@ class Controller:
             for ep in net.endpoints.values():
                 if ep.ip:
                     self.ipam.request_address(pid, bare_ip(ep.ip))
+            for svc in self.host.services.values():  # service VIPs hold pool addresses too
+                if svc.vip and svc.network == net.name:
+                    self.ipam.request_address(pid, svc.vip)
 
     @contextmanager
     def _transaction(self, joining: Sandbox | None = None) -> Iterator[HostContext]:
@@ -364,6 +367,17 @@ class Controller:
             self._global(net).ipam.release_address(net.id, bare_ip(ip))
         elif net.pool_id:
             self._ipam(net).release_address(net.pool_id, bare_ip(ip))
+
+    def reserve_address(self, network: str, ip: str | None = None) -> str:
+        """An address of the network's pool that no endpoint holds: a service VIP (Docker's
+        IPAM hands out VIPs from the same pool as the tasks' addresses)."""
+        net = self.network(network)
+        with self._transaction() as ctx:
+            addr = self._request_address(ctx, net, ip)
+        return addr
+
+    def release_address(self, network: str, ip: str) -> None:
+        self._release_address(self.network(network), ip)
 
     def delete_endpoint(self, net: Network, ep_id: str) -> None:
         ep = net.endpoints[ep_id]

@@ -123,6 +123,8 @@ def build_names(lab: LabState) -> tuple[dict[str, DnsSandbox], Names]:
                     if ip not in table[k]:
                         table[k].append(ip)
                 ptrs[ip] = f"{sb.name}.{net.name}"
+        for svc in getattr(host, "services", {}).values():
+            _service_names(host, svc, names)
         for sb in host.sandboxes.values():
             if not sb.dns or not sb.netns:
                 continue
@@ -133,6 +135,24 @@ def build_names(lab: LabState) -> tuple[dict[str, DnsSandbox], Names]:
                     nets.append(net.id)
             sandboxes[sb.id] = DnsSandbox(sb.id, sb.name, sb.netns, nets)
     return sandboxes, names
+
+
+def _service_names(host: Any, svc: Any, names: Names) -> None:
+    """A service's names (``cnmlab.services``): the name -> the VIP (vip mode) or the tasks'
+    addresses (dnsrr); ``tasks.<name>`` -> the tasks' addresses, as swarm's resolver answers."""
+    net = host.networks.get(svc.network)
+    if net is None or not discoverable(net):
+        return
+    tasks = []
+    for task in svc.tasks:
+        sb = host.sandboxes.get(task)
+        for ref in sb.endpoints if sb else ():
+            ep = net.endpoints.get(ref.endpoint)
+            if ref.network == net.name and ep and ep.ip:
+                tasks.append(ep.ip.split("/")[0])
+    table = names.a.setdefault(net.id, {})
+    table[svc.name.lower()] = [svc.vip] if svc.vip else list(tasks)
+    table[f"tasks.{svc.name}".lower()] = tasks
 
 
 def reverse_ip(name: str) -> str | None:

@@ -49,7 +49,9 @@ from cnmlab.errors import (ActiveEndpoints, CnmError, InvalidInput, IpamError, N
 from cnmlab.ipam import DefaultIpam
 from cnmlab.kernel import neigh, netns, nsexec, sysctl
 from cnmlab.kernel.netlink import Netlink
-from cnmlab.model import Endpoint, Host, LabState, Network, PortMapping, Sandbox, Underlay
+from cnmlab.model import (Endpoint, Host, LabState, Network, PortMapping, Sandbox, Service,
+                          Underlay)
+from cnmlab.services import Services
 
 OBJ_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,38}$")
 UNDERLAY_BRIDGE = "sw0"  # the "physical switch" inside an underlay's namespace
@@ -239,6 +241,38 @@ class HostHandle:
         with self.lab.locked():
             self.controller.delete_sandbox(sandbox)
             self.lab._serve_dns()
+
+    # ---- services (cnmlab.services: one host, no swarm) ---------------------------------
+    def _services(self) -> Services:
+        return Services(self.controller, self.lab._save, self.lab._check_free)
+
+    def service_create(self, name: str, network: str, *, replicas: int = 1,
+                       endpoint_mode: str = "vip", port: int = 80,
+                       proto: str = "tcp") -> Service:
+        """``docker service create``: N task sandboxes, and in vip mode a VIP balanced by IPVS
+        in the network's ``lb-<network>`` sandbox (needs IPVS: ``cnmlab vm`` where missing)."""
+        check_name("service", name)
+        with self.lab.locked():
+            svc = self._services().create(name, network, replicas, endpoint_mode, port, proto)
+            self.lab._sandbox_added()
+            self.lab._serve_dns()
+        return svc
+
+    def service_scale(self, name: str, replicas: int) -> Service:
+        with self.lab.locked():
+            svc = self._services().scale(name, replicas)
+            self.lab._serve_dns()
+        return svc
+
+    def service_rm(self, name: str) -> None:
+        with self.lab.locked():
+            self._services().remove(name)
+            self.lab._serve_dns()
+
+    def service_tasks(self, name: str) -> list[str]:
+        """The addresses of a service's tasks on its network, in slot order."""
+        svc = self._services()
+        return svc.task_ips(svc.get(name))
 
     def sync_peers(self) -> tuple[int, int]:
         """One agent step for global-scope networks (see ``Controller.sync_peers``)."""
@@ -448,8 +482,12 @@ class Lab:
         self._wait_agents(list(self._hosts))
         return self.cluster
 
-    def _wait_agents(self, hosts: list[str], timeout: float = 60.0) -> None:
-        """Until each agent announced itself (it has reconciled and is about to watch)."""
+    def _wait_agents(self, hosts: list[str], timeout: float = 240.0) -> None:
+        """Until each agent announced itself (it has reconciled and is about to watch).
+
+        The bound is generous: in the full-kernel VM (software-emulated CPU) an agent's Python
+        start alone takes tens of seconds; a dead agent is still reported at once.
+        """
         info = self.control_plane
         if not info or self.cluster is None or not hosts:
             return

@@ -97,6 +97,25 @@ class Sandbox:
 
 
 @dataclass
+class Service:
+    """A swarm-style service on one host (``cnmlab.services``): N task sandboxes on a network.
+
+    ``vip`` mode: a VIP (an address of the network's pool held by no endpoint) on the
+    network's load-balancer sandbox ``lb-<network>``, balanced by IPVS to the tasks.
+    ``dnsrr``: no VIP; the service name resolves to the task addresses.
+    """
+
+    name: str
+    network: str
+    port: int = 80
+    proto: str = "tcp"
+    endpoint_mode: str = "vip"
+    vip: str | None = None  # bare address (vip mode)
+    tasks: list[str] = field(default_factory=list)  # task sandbox names, in slot order
+    next_slot: int = 1
+
+
+@dataclass
 class Host:
     name: str
     netns: str
@@ -107,6 +126,7 @@ class Host:
     networks: dict[str, Network] = field(default_factory=dict)
     sandboxes: dict[str, Sandbox] = field(default_factory=dict)
     proxies: dict[str, int] = field(default_factory=dict)  # "proto/port" -> pid of its proxy
+    services: dict[str, Service] = field(default_factory=dict)
     next_network: int = 0
     next_endpoint: int = 0
     underlay: str | None = None  # the underlay its eth0 is plugged into (public_ip is on it)

@@ -22,6 +22,7 @@ APT_PACKAGES=(
 )
 if [ "$want_tests" = 1 ]; then
   APT_PACKAGES+=(docker.io mininet)          # conformance against real Docker; benchmarks
+  APT_PACKAGES+=(vagrant debootstrap)        # vagrant/: `vagrant validate`; provisioning a clean Debian
 fi
 installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
 missing=()

@@ -77,7 +77,7 @@ def test_every_shipped_lab_loads_and_validates():
     assert [l.id for l in found] == ["01-sandboxes-by-hand", "02-default-bridge",
                                      "03-nat-and-ports", "04-user-defined-networks",
                                      "05-service-discovery", "06-macvlan", "07-ipvlan",
-                                     "08-overlay"]
+                                     "08-overlay", "09-ipvs"]
     for lab in found:
         assert lab.title and lab.steps and lab.needs
         assert os.path.exists(os.path.join(lab.path, "README.md"))

@@ -20,6 +20,7 @@ from cnmlab import state
 from cnmlab.workshop import labfile
 from cnmlab.workshop.progress import Progress
 from cnmlab.workshop.runner import LabRun
+from cnmlab.lab import ns_name
 
 PID = str(os.getpid())
 SOCKET = f"cnmlab{PID}"
@@ -122,7 +123,7 @@ def test_lab01_typed_into_the_embedded_terminal(tmp_path):
     command = (f"{env} {shlex.join(cnmlab_argv())}; echo $? > {shlex.quote(str(done))}; "
                "sleep 60")
     name = f"lab01-{PID}"
-    blue_ns = f"cnm-{name}-blue"
+    blue_ns = ns_name(name, "blue")
 
     def typed(*lines: str) -> None:
         for line in lines:

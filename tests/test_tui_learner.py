@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from cnmlab.lab import ns_name
 from cnmlab import shells, state
 from cnmlab.tui.screens import ChoiceScreen, ConfirmScreen, StepScreen
 from cnmlab.tui.terminal import TerminalView
@@ -32,7 +33,7 @@ def progress_file(tmp_path, monkeypatch):
 
 
 def ns(lab: str, member: str) -> str:
-    return f"cnm-{lab}-{PID}-{member}"
+    return ns_name(f"{lab}-{PID}", member)
 
 
 def sh(netns: str, script: str) -> None:

@@ -137,3 +137,26 @@ def test_a_vm_that_cannot_finish_fails_each_lane_test_saying_why(pytester):
     res.assert_outcomes(errors=2)
     out = res.stdout.str()
     assert out.count("the VM lane could not run: the VM did not finish within 1 s") >= 2
+
+
+def test_the_sweep_removes_only_folders_of_runs_that_are_gone(tmp_path, monkeypatch) -> None:
+    """A dead run's folder goes, a live run's stays, an unreadable name stays (CI stop 18 crashed here)."""
+    import tempfile
+
+    from cnmlab.checks import vmlane
+
+    monkeypatch.setattr(tempfile, "gettempdir", lambda: str(tmp_path))
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    names = {
+        "dead": f"{vmlane.LANE_PREFIX}{dead.pid}-abc",
+        "dead_xdist": f"{vmlane.LANE_PREFIX}{dead.pid}-xdist",
+        "live": f"{vmlane.LANE_PREFIX}{os.getpid()}-abc",
+        "odd": f"{vmlane.LANE_PREFIX}notapid",
+        "other": "someone-elses-folder",
+    }
+    for name in names.values():
+        (tmp_path / name).mkdir()
+    vmlane._sweep()
+    left = {p.name for p in tmp_path.iterdir()}
+    assert left == {names["live"], names["odd"], names["other"]}

@@ -272,6 +272,16 @@ def cmd_docker(args: argparse.Namespace) -> int:
             cp.add_argument("--alias", action="append", default=[])
         cp.add_argument("network")
         cp.add_argument("sandbox")
+    svc_p = sub.add_parser("service")
+    ssub = svc_p.add_subparsers(dest="op", required=True)
+    sc = ssub.add_parser("create")
+    sc.add_argument("--network", "--net", required=True)
+    sc.add_argument("--replicas", type=int, default=1)
+    sc.add_argument("--endpoint-mode", choices=("vip", "dnsrr"), default="vip")
+    sc.add_argument("--port", type=int, default=80)
+    sc.add_argument("name")
+    ssub.add_parser("scale").add_argument("spec", metavar="NAME=REPLICAS")
+    ssub.add_parser("rm").add_argument("name")
     try:
         ns = p.parse_args(a)
     except (argparse.ArgumentError, SystemExit) as e:
@@ -285,6 +295,17 @@ def cmd_docker(args: argparse.Namespace) -> int:
             act["mac"] = ns.mac_address
     elif ns.what == "rm":
         act.update(engine="rm", sandbox=ns.sandbox)
+    elif ns.what == "service":
+        if ns.op == "create":
+            act.update(engine="service_create", name=ns.name, network=ns.network,
+                       replicas=ns.replicas, endpoint_mode=ns.endpoint_mode, port=ns.port)
+        elif ns.op == "scale":
+            name, _, n = ns.spec.partition("=")
+            if not n.isdigit():
+                raise InvalidInput(f"lab docker service scale: {ns.spec!r}: use NAME=REPLICAS")
+            act.update(engine="service_scale", name=name, replicas=int(n))
+        else:
+            act.update(engine="service_rm", name=ns.name)
     elif ns.op == "create":
         act.update(engine="network_create", name=ns.name, driver=ns.driver)
         for key in ("subnet", "gateway", "ip_range", "icc", "masquerade", "bridge_name", "mtu"):

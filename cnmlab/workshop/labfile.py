@@ -27,7 +27,8 @@ from cnmlab.yamlsrc import Source
 
 SCHEMA_PATH = os.path.join(os.path.dirname(__file__), "lab.schema.json")
 ENGINE_OPS = ("network_create", "network_rm", "run", "rm", "connect", "disconnect",
-              "agent_stop", "agent_start")
+              "agent_stop", "agent_start", "service_create", "service_scale",
+              "service_rm")
 NS_TEMPLATE = re.compile(r"\{ns:([A-Za-z0-9_.@-]+)\}")
 # check params that name a namespace (sandbox, "host:NAME" or "upstream")
 _NS_PARAMS = ("from", "to", "sandbox", "ns")
@@ -148,6 +149,16 @@ def engine_command(raw: dict[str, Any]) -> str:
         words += [raw["network"], raw["sandbox"]]
     elif op in ("agent_stop", "agent_start"):
         return f"cnmlab agent {op.split('_')[1]} {{lab}} {raw['host']}"
+    elif op == "service_create":
+        words = ["service", "create", f"--network {raw['network']}",
+                 f"--replicas {raw.get('replicas', 1)}", f"--port {raw.get('port', 80)}"]
+        if raw.get("endpoint_mode", "vip") != "vip":
+            words.append(f"--endpoint-mode {raw['endpoint_mode']}")
+        words.append(raw["name"])
+    elif op == "service_scale":
+        words = ["service", "scale", f"{raw['name']}={raw['replicas']}"]
+    elif op == "service_rm":
+        words = ["service", "rm", raw["name"]]
     else:
         words = ["network", "disconnect", raw["network"], raw["sandbox"]]
     return "cnmlab lab docker {lab} " + " ".join(args + words)
@@ -291,7 +302,9 @@ def _validate_action(src: Source, act: dict[str, Any], where: tuple[Any, ...],
     op = act["engine"]
     need = {"network_create": ["name"], "network_rm": ["name"], "run": ["name"],
             "rm": [], "connect": ["network", "sandbox"], "disconnect": ["network", "sandbox"],
-            "agent_stop": [], "agent_start": []}[op]
+            "agent_stop": [], "agent_start": [],
+            "service_create": ["name", "network"], "service_scale": ["name", "replicas"],
+            "service_rm": ["name"]}[op]
     for key in need:
         if key not in act:
             raise src.error(where, f"engine action {op} needs {key!r}")
@@ -305,6 +318,9 @@ def _validate_action(src: Source, act: dict[str, Any], where: tuple[Any, ...],
             _ipv4(src, where + (key,), act[key])
     if op == "run":
         names.sandboxes.add(act["name"])
+    if op == "service_create":  # its tasks (NAME.SLOT) and the network's load balancer
+        names.sandboxes |= {f"{act['name']}.{i}" for i in range(1, int(act.get("replicas", 1)) + 1)}
+        names.sandboxes.add(f"lb-{act['network']}")
     if op in ("connect", "disconnect") and act["sandbox"] not in names.sandboxes:
         raise src.error(where + ("sandbox",), f"unknown sandbox {act['sandbox']!r}; known: "
                         f"{', '.join(sorted(names.sandboxes))}")

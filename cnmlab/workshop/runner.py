@@ -332,6 +332,17 @@ class LabRun:
         elif op == "agent_start":  # ... and follows it again: reconcile, then watch
             lab.restart_agent(host.name)
             lab.converge()
+        elif op == "service_create":
+            svc = host.service_create(kw.pop("name"), kw.pop("network"), **kw)
+            # the resolver follows the new names in every sandbox of the network (a slow
+            # machine, such as the VM's emulated CPU, may still be re-reading the state)
+            for sb in host.sandboxes():
+                if any(r.network == svc.network for r in sb.model.endpoints):
+                    self._wait_resolver(sb.name)
+        elif op == "service_scale":
+            host.service_scale(kw["name"], int(kw["replicas"]))
+        elif op == "service_rm":
+            host.service_rm(kw["name"])
         else:  # the schema already refused it
             raise InvalidInput(f"unknown engine action {op!r}")
 
