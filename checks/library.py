@@ -16,6 +16,7 @@ import importlib
 import ipaddress
 import os
 import shlex
+import socket
 import stat
 import subprocess
 import threading
@@ -30,7 +31,7 @@ from cnmlab.checks.api import CheckResult, HostRef, SandboxRef, Target, check_ki
 from cnmlab.checks.nsref import NsRef
 from cnmlab.checks.truth import TruthTable
 from cnmlab.errors import CnmError, InvalidInput
-from cnmlab.kernel import nsexec, sysctl
+from cnmlab.kernel import netns, nsexec, sysctl
 from cnmlab.kernel.capture import Capture
 from cnmlab.kernel.ipvs import Ipvs, VirtualService
 from cnmlab.kernel.netlink import Netlink

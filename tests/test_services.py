@@ -11,7 +11,7 @@ import pytest
 
 from cnmlab import dns, services
 from cnmlab.checks import probes
-from cnmlab.checks.api import run_check
+from cnmlab.checks.kinds import run_check
 from cnmlab.checks.targets import EngineTarget
 from cnmlab.checks.vmlane import needs
 from cnmlab.errors import InvalidInput
