@@ -283,9 +283,25 @@ def clean_all() -> list[str]:
     entries = sorted(os.listdir(DAEMONS_DIR))
     for entry in entries:
         workdir = os.path.join(DAEMONS_DIR, entry)
-        if os.path.isfile(os.path.join(workdir, STATE_FILE)) and cleanup_workdir(workdir):
+        if not os.path.isfile(os.path.join(workdir, STATE_FILE)) or _in_use_elsewhere(workdir):
+            continue
+        if cleanup_workdir(workdir):
             cleaned.append(f"dockerd {entry}")
     return cleaned
+
+
+def _in_use_elsewhere(workdir: str) -> bool:
+    """Whether another live process (a running 'cnmlab conform', a test session) owns the daemon.
+
+    Only a daemon whose owner is gone is a leftover; stopping a live one would break another
+    command's run in the middle (two suites on one machine did see that).
+    """
+    try:
+        state = json.loads(Path(workdir, STATE_FILE).read_text())
+        owner, start = state["owner"], state["owner_start"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return False  # written before owners were recorded, or unreadable: a leftover
+    return owner != os.getpid() and procs.same_process(owner, start)
 
 
 def _private(path: Path) -> None:
@@ -637,7 +653,9 @@ class DockerDaemon:
             "dockerd": [DOCKERD, *self._dockerd_args()],
         }, indent=1))
         state = {"name": self.name, "netns": self.netns_name, "cgroup": self.cgroup,
-                 "socket": str(self.socket)}
+                 "socket": str(self.socket),
+                 # who uses it: a full 'cnmlab clean' leaves a live user's daemon alone
+                 "owner": os.getpid(), "owner_start": procs.start_time(os.getpid())}
         self._write_state(state)
         with open(self.log, "ab") as log:
             self._proc = subprocess.Popen(

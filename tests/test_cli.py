@@ -213,3 +213,15 @@ def test_down_removes_what_another_process_added(lab_name):
     second.close()
     first.down()
     assert lab_namespaces(lab_name) == [] and not state.exists(lab_name)
+
+
+def test_the_features_cache_is_not_trusted_across_cnmlab_versions(tmp_path, monkeypatch):
+    """The cache file is keyed by kernel release and by the probing code itself."""
+    from cnmlab.kernel import features
+
+    name = features._cache_name()
+    assert os.uname().release in name
+    changed = tmp_path / "features.py"
+    changed.write_bytes(open(features.__file__, "rb").read() + b"\n# a fixed probe\n")
+    monkeypatch.setattr(features, "__file__", str(changed))
+    assert features._cache_name() != name

@@ -7,6 +7,7 @@ the emergency ``cleanup_workdir()`` leave nothing behind.
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
 import re
 import subprocess
@@ -252,3 +253,25 @@ def test_cnmlab_clean_stops_a_left_behind_conform_daemon(cache_dir):
     finally:
         daemon.stop()
         netns.delete(ns)
+
+
+def test_a_full_clean_leaves_a_daemon_whose_owner_still_runs(tmp_path, monkeypatch):
+    """Another live process's daemon is not a leftover; once its owner is gone, it is."""
+    from cnmlab.kernel import procs
+
+    monkeypatch.setattr(dockerd_mod, "DAEMONS_DIR", str(tmp_path / "daemons"))
+    owner = subprocess.Popen(["sleep", "60"])
+    try:
+        workdir = tmp_path / "daemons" / "theirs"
+        workdir.mkdir(parents=True)
+        tmp_path.joinpath("daemons").chmod(0o700)
+        workdir.chmod(0o700)
+        state = {"name": "theirs", "owner": owner.pid, "owner_start": procs.start_time(owner.pid)}
+        (workdir / dockerd_mod.STATE_FILE).write_text(json.dumps(state))
+        assert dockerd_mod.clean_all() == []
+        assert workdir.is_dir()
+    finally:
+        owner.kill()
+        owner.wait()
+    assert dockerd_mod.clean_all() == ["dockerd theirs"]
+    assert not workdir.exists()

@@ -5,6 +5,7 @@ they need and get a one-line ``FeatureMissing`` naming the feature and what to d
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import secrets
@@ -76,7 +77,11 @@ def _probe(name: str, ns: str) -> bool:
 
 
 def _cache_name() -> str:
-    return f"_features-{os.uname().release}.json"
+    """Keyed by kernel release and by this module's own code: a cnmlab that probes differently
+    (an upgrade, a fixed probe) must not trust what an older one found."""
+    with open(__file__, "rb") as f:
+        probes_digest = hashlib.sha256(f.read()).hexdigest()[:12]
+    return f"_features-{os.uname().release}-{probes_digest}.json"
 
 
 def probe_all(refresh: bool = False) -> dict[str, bool]:
