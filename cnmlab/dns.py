@@ -201,15 +201,22 @@ def nat_rules(udp_port: int, tcp_port: int, with_jumps: bool) -> str:
     return "\n".join(lines + ["COMMIT", ""])
 
 
-def install_nat(ns: str, udp_port: int, tcp_port: int) -> bool:
-    """Docker's DOCKER_OUTPUT/DOCKER_POSTROUTING rules in ``ns``; False when impossible."""
+def install_nat(ns: str, udp_port: int, tcp_port: int, fresh: bool = False) -> bool:
+    """Docker's DOCKER_OUTPUT/DOCKER_POSTROUTING rules in ``ns``; False when impossible.
+
+    ``fresh``: the namespace appeared while this resolver ran, so nobody installed the jumps
+    yet and reading the table first (a second fork per sandbox, most of the resolver's cost in
+    a large build) is not needed.
+    """
     path = netns.path_of(ns)
     try:
-        have = subprocess.run(["nsenter", f"--net={path}", "--", "iptables-save", "-t", "nat"],
-                              capture_output=True, text=True, timeout=10)
-        if have.returncode != 0:
-            return False
-        jumps = f"-A OUTPUT -d {EMBEDDED_DNS}/32 -j DOCKER_OUTPUT" not in have.stdout
+        jumps = True
+        if not fresh:
+            have = subprocess.run(["nsenter", f"--net={path}", "--", "iptables-save", "-t",
+                                   "nat"], capture_output=True, text=True, timeout=10)
+            if have.returncode != 0:
+                return False
+            jumps = f"-A OUTPUT -d {EMBEDDED_DNS}/32 -j DOCKER_OUTPUT" not in have.stdout
         done = subprocess.run(["nsenter", f"--net={path}", "--", "iptables-restore", "--noflush"],
                               input=nat_rules(udp_port, tcp_port, jumps), capture_output=True,
                               text=True, timeout=10)
@@ -245,6 +252,7 @@ class Resolver:
         self.embedded = embedded
         self.sel = selectors.DefaultSelector()
         self.served: dict[str, Served] = {}
+        self.nat_done: set[str] = set()  # namespaces this resolver installed its rules in
         self.names = Names()
         self.pending: dict[tuple[str, int], Pending] = {}
         self.stamp: tuple[int, int, int] | None = None
@@ -278,6 +286,7 @@ class Resolver:
             return True  # caught it mid-change: next poll
         except Exception:  # noqa: BLE001 - gone between stat and open
             return self._stat() is not None
+        first = self.stamp is None  # what exists now may hold a previous resolver's rules
         self.stamp = stamp
         self._serve_upstream(lab)
         try:  # tell ensure_running which saved state we now follow
@@ -296,7 +305,8 @@ class Resolver:
                 self.served[key].info = info
             elif netns.exists(info.netns):
                 try:
-                    self.served[key] = self._open(info)
+                    fresh = not first and info.netns not in self.nat_done
+                    self.served[key] = self._open(info, fresh)
                 except OSError as e:
                     print(f"cnmlab-dns: cannot serve {info.name}: {e}", file=sys.stderr)
         return True
@@ -332,7 +342,7 @@ class Resolver:
         self.sel.register(t, selectors.EVENT_READ,
                           lambda: self._on_accept(t, self._answer_upstream, None))
 
-    def _open(self, info: DnsSandbox) -> Served:
+    def _open(self, info: DnsSandbox, fresh: bool = False) -> Served:
         def make() -> tuple[socket.socket, socket.socket, socket.socket]:
             u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
             t = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -343,7 +353,9 @@ class Resolver:
 
         udp, tcp, fwd = in_netns(info.netns, make)
         direct = False
-        if not install_nat(info.netns, udp.getsockname()[1], tcp.getsockname()[1]):
+        if install_nat(info.netns, udp.getsockname()[1], tcp.getsockname()[1], fresh):
+            self.nat_done.add(info.netns)
+        else:
             # no nat rules: listen on :53 itself, like a resolver without iptables would
             udp.close()
             tcp.close()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import time
 
@@ -187,7 +188,8 @@ def test_sandbox_added_later_resolves_fast(lab):
     assert resolve(web, "late") == [late.ip()]
     elapsed = time.monotonic() - t_run
     print(f"\nrun() took {t_run - t0:.3f} s; 'late' resolved {elapsed:.3f} s after it returned")
-    assert elapsed < 0.5
+    # notified, not found by a slow poll (bench/bench_dns.py measures the speed itself)
+    assert elapsed < 2.0
     assert resolve(late, "db") == [lab.sandbox("db").ip()]  # and it resolves itself
     # removed: its sockets close and its name is gone
     h.rm("late")
@@ -265,3 +267,32 @@ def test_wire_format_roundtrip():
     assert dnswire.parse_response(out, 0xABCD) == (0, ["10.0.0.2", "10.0.0.3"])
     assert dnswire.parse_query(b"\x00" * 5) is None
     assert dnswire.parse_query(out) is None  # an answer is not a query
+
+
+def test_nat_jumps_stay_single_across_reconnects_and_a_resolver_restart(lab):
+    """The resolver skips reading the table only in namespaces it never served: one jump each."""
+    h = lab.host("h1")
+    legacy = lab.sandbox("legacy")
+    jump = "-A OUTPUT -d 127.0.0.11/32 -j DOCKER_OUTPUT"
+
+    def jumps() -> int:
+        return legacy.exec(["iptables", "-t", "nat", "-S"]).stdout.count(jump)
+
+    connected = False
+    try:
+        for _ in range(2):
+            h.connect("backend", "legacy")
+            connected = True
+            assert resolve(legacy, "db") == [lab.sandbox("db").ip()]
+            assert jumps() == 1
+            h.disconnect("backend", "legacy")
+            connected = False
+        for pid in resolver_pids(LAB):  # a resolver that died: its successor reads the tables
+            os.kill(pid, signal.SIGKILL)
+        h.connect("backend", "legacy")
+        connected = True
+        assert resolve(legacy, "db") == [lab.sandbox("db").ip()]
+        assert jumps() == 1
+    finally:
+        if connected:
+            h.disconnect("backend", "legacy")
