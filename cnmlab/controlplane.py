@@ -25,7 +25,7 @@ import time
 from typing import Any
 
 from cnmlab import state
-from cnmlab.kernel import netns
+from cnmlab.kernel import netns, procs
 from cnmlab.cluster import Cluster
 from cnmlab.errors import CnmError, FeatureMissing
 from cnmlab.etcd import EtcdStore, StoreUnreachable
@@ -142,20 +142,7 @@ def stop_agent(pid: int | None, lab: str, host: str) -> None:
         os.kill(pid, signal.SIGKILL)
     except ProcessLookupError:
         return
-    deadline = time.monotonic() + 3
-    while os.path.exists(f"/proc/{pid}") and time.monotonic() < deadline:
-        try:
-            if os.waitpid(pid, os.WNOHANG)[0]:
-                break
-        except ChildProcessError:
-            pass
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                if f.read().split(") ", 1)[1].startswith("Z"):
-                    break
-        except OSError:
-            break
-        time.sleep(0.01)
+    procs.wait_gone([pid], 3.0, poll=0.01)
 
 
 def stop_all(lab_state: Any) -> None:

@@ -256,42 +256,6 @@ def _parse_underlays(src: Source, raw: Any, host_names: set[str]) -> list[Underl
     return out
 
 
-def _parse_underlays(src: Source, raw: Any, host_names: set[str]) -> list[UnderlaySpec]:
-    out = []
-    for uname, uval in _mapping(src, raw, ("underlays",), None).items():
-        where = ("underlays", uname)
-        try:
-            check_name("underlay", str(uname))
-        except CnmError as e:
-            raise src.error(where, str(e)) from None
-        if uname in host_names:
-            raise src.error(where, f"the name {uname} is used twice in this lab")
-        uraw = _mapping(src, uval, where, UNDERLAY_KEYS)
-        subnet = str(uraw.get("subnet", "192.168.50.0/24"))
-        try:
-            ipaddress.IPv4Network(subnet)
-        except ValueError as e:
-            raise src.error(where + ("subnet",), f"{subnet!r} is not a valid IPv4 subnet "
-                            f"({e})") from None
-        routes = []
-        rlist = uraw.get("routes") or []
-        if not isinstance(rlist, list):
-            raise src.error(where + ("routes",), "expected a list of {subnet: S, via: HOST}")
-        for i, r in enumerate(rlist):
-            rwhere = where + ("routes", i)
-            r = _mapping(src, r, rwhere, {"subnet", "via"})
-            if "subnet" not in r or "via" not in r:
-                raise src.error(rwhere, "a route needs subnet: and via: (a host or an address)")
-            try:
-                ipaddress.IPv4Network(str(r["subnet"]))
-            except ValueError as e:
-                raise src.error(rwhere + ("subnet",), f"{r['subnet']!r} is not a valid IPv4 "
-                                f"subnet ({e})") from None
-            routes.append((str(r["subnet"]), str(r["via"])))
-        out.append(UnderlaySpec(str(uname), subnet, routes, where))
-    return out
-
-
 def parse_store(value: str) -> str:
     """``embedded`` or ``etcd://HOST:PORT``, else a one-line InvalidInput."""
     if value != "embedded" and not value.startswith("etcd://"):

@@ -13,10 +13,12 @@ import ctypes.util
 import errno
 import fcntl
 import os
+import signal
 import threading
 from collections.abc import Iterator
 
 from cnmlab.errors import KernelError, ObjectExists, ObjectNotFound
+from cnmlab.kernel import procs
 
 NETNS_RUN_DIR = "/run/netns"
 CLONE_NEWNET = 0x40000000
@@ -201,28 +203,8 @@ def kill_processes(*names: str, timeout: float = 3.0) -> None:
 
     A namespace whose processes still run outlives its deletion, so teardown stops them first.
     """
-    import signal
-    import time
-
     pids = [pid for found in pids_in_many(list(names)).values() for pid in found]
     for pid in pids:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    deadline = time.monotonic() + timeout
-    for pid in pids:
-        while os.path.exists(f"/proc/{pid}") and time.monotonic() < deadline:
-            try:
-                if os.waitpid(pid, os.WNOHANG)[0]:
-                    break
-            except ChildProcessError:
-                pass
-            # a zombie that is not our child still has /proc/PID; its namespace is released
-            try:
-                with open(f"/proc/{pid}/stat") as f:
-                    if f.read().split(") ", 1)[1].startswith("Z"):
-                        break
-            except OSError:
-                break
-            time.sleep(0.005)
+    procs.wait_gone(pids, timeout)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 
 
 def start_time(pid: int) -> int | None:
@@ -68,3 +69,22 @@ def signal_if_same(pid: object, start: object, sig: int = signal.SIGTERM) -> boo
     finally:
         os.close(pidfd)
     return True
+
+
+def wait_gone(pids: list[int], timeout: float, poll: float = 0.005) -> None:
+    """Wait (at most ``timeout`` s in all) until each process has exited or is a zombie.
+
+    Our own children are reaped on the way; a zombie that is not our child still shows in
+    /proc, but it no longer holds its namespaces, which is what callers wait for.
+    """
+    deadline = time.monotonic() + timeout
+    for pid in pids:
+        while os.path.exists(f"/proc/{pid}") and time.monotonic() < deadline:
+            try:
+                if os.waitpid(pid, os.WNOHANG)[0]:
+                    break
+            except ChildProcessError:
+                pass
+            if is_zombie(pid) or not os.path.exists(f"/proc/{pid}"):
+                break
+            time.sleep(poll)
