@@ -111,6 +111,7 @@ class Controller:
         # netlink sessions in the host's other namespaces (overlay's), kept like self.nl; a
         # driver closes one before deleting its namespace (an open socket would pin it)
         self._netlinks: dict[str, Netlink] = {}
+        self._fw_touched = False  # the current operation reprogrammed the host firewall
         self.fw = firewall.get("iptables")
         self.ipam = DefaultIpam()
         self._rebuild_ipam()
@@ -161,12 +162,18 @@ class Controller:
             return
         ctx = self._ctx = HostContext(self.host, self.nl, joining, self._make_namespace,
                                       _netlinks=self._netlinks)
+        self._fw_touched = False
         try:
             yield ctx
         except BaseException:
             for action in reversed(ctx._undo):
                 try:
                     action()
+                except CnmError:
+                    pass
+            if self._fw_touched:  # the rules follow the model back: reconcile deletes what
+                try:              # this operation added (host.firewall_rules knows it)
+                    self.fw.program(self.host)
                 except CnmError:
                     pass
             raise
@@ -283,6 +290,7 @@ class Controller:
 
     def _program_firewall(self) -> None:
         if any(drivers.capability(n.driver).firewall for n in self.host.networks.values()):
+            self._fw_touched = True
             self.fw.program(self.host)
 
     # ---- sandboxes ---------------------------------------------------------------------

@@ -127,6 +127,9 @@ class Host:
     sandboxes: dict[str, Sandbox] = field(default_factory=dict)
     proxies: dict[str, int] = field(default_factory=dict)  # "proto/port" -> pid of its proxy
     services: dict[str, Service] = field(default_factory=dict)
+    # the iptables lines this host model last installed ("TABLE -A CHAIN ..."): what its next
+    # reconcile may delete; everyone else's rules in the namespace are left alone
+    firewall_rules: list[str] = field(default_factory=list)
     next_network: int = 0
     next_endpoint: int = 0
     underlay: str | None = None  # the underlay its eth0 is plugged into (public_ip is on it)

@@ -1,9 +1,10 @@
 """The host firewall behind one interface, so an nftables backend can follow iptables.
 
-A backend renders the *whole* Docker-managed ruleset of a host from the model and installs it
-atomically; it never edits rules one by one. That keeps teardown trivial (the rules live in the
-host's namespace) and lets tests compare the rendered rules with golden text, as libnetwork's
-``iptabler_test.go`` does. What a user put in DOCKER-USER survives reprogramming, as in Docker.
+A backend renders the *whole* Docker-managed ruleset of a host from the model, so tests
+compare the rendered rules with golden text, as libnetwork's ``iptabler_test.go`` does; it
+then reconciles the namespace with that rendering in one atomic step, touching only the rules
+this model rendered before (``cnmlab.firewall.reconcile``): what a user put in DOCKER-USER,
+dockerd's own rules and those of a bridge plugin sharing the namespace all survive.
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ class Firewall(Protocol):
         """The ruleset the host should have, in the backend's own save format."""
 
     def program(self, host: Host) -> None:
-        """Install ``render(host)`` in the host's namespace, keeping DOCKER-USER's rules."""
+        """Install ``render(host)`` in the host's namespace, keeping everyone else's rules."""
 
     def dump(self, ns: str) -> str:
         """What the namespace has now, as a Docker user would read it (``iptables -S``)."""

@@ -5,11 +5,21 @@ Rule shapes and order follow libnetwork's bridge driver (``setup_ip_tables.go``,
 per-port rules are appended. cnmlab runs the userland proxy as Docker does by default, so the
 nat DOCKER chain starts each bridge with ``-i <bridge> -j RETURN`` and same-host hairpin goes
 through the proxy.
+
+``program`` does not restore whole tables: other writers (dockerd, a bridge plugin cnmlab
+serves, a user) may share the namespace; ``cnmlab.firewall.reconcile`` says how they coexist.
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import os
+from collections.abc import Iterator
+
 from cnmlab import drivers
 from cnmlab.constants import OPT_ICC, OPT_MASQUERADE
+from cnmlab.errors import KernelError
+from cnmlab.firewall import reconcile
 from cnmlab.kernel import nsexec
 from cnmlab.model import Host, Network, PortMapping
 
@@ -32,6 +42,18 @@ def _published(nets: list[Network]) -> list[tuple[Network, str, PortMapping]]:
                   if ep.ip and ep.sandbox and ep.ports), key=lambda ne: ne[1].created)
     return [(net, ep.ip.split("/")[0], p) for net, ep in eps  # type: ignore[union-attr]
             for p in sorted(ep.ports, key=lambda p: (-p.container_port, -p.host_port))]
+
+
+@contextlib.contextmanager
+def namespace_lock(ns: str) -> Iterator[None]:
+    """Exclusive among cnmlab's writers of one namespace's rules (the engine, a served
+    plugin): a lock on the namespace's own file, so no lock file is left to clean."""
+    fd = os.open(nsexec.netns_path(ns), os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 class IptablesFirewall:
@@ -93,21 +115,29 @@ class IptablesFirewall:
         n += nat_post + nat_hairpin + nat_returns + nat_dnat + ["COMMIT"]
         return "\n".join(f + n) + "\n"
 
-    def user_rules(self, ns: str) -> list[str]:
-        """The DOCKER-USER rules someone added, without the closing RETURN we render."""
-        proc = nsexec.run(ns, ["iptables", "-S", USER_CHAIN], check=False)
-        if proc.returncode != 0:
-            return []
-        rules = [l for l in proc.stdout.splitlines() if l.startswith(f"-A {USER_CHAIN} ")]
-        if rules and rules[-1] == f"-A {USER_CHAIN} -j RETURN":
-            rules.pop()
-        return rules
-
     def program(self, host: Host) -> None:
+        """Reconcile the host's namespace with ``render(host)``, other writers' rules kept.
+
+        What this host model rendered last is kept in ``host.firewall_rules``; see
+        ``cnmlab.firewall.reconcile`` for why and how. Rules a user added (DOCKER-USER, or
+        anywhere) belong to nobody cnmlab knows, so they stay.
+        """
         if host.firewall == "manual":
             return
-        text = self.render(host, self.user_rules(host.netns))
-        nsexec.run(host.netns, ["iptables-restore"], input=text)
+        desired = reconcile.parse(self.render(host))
+        with namespace_lock(host.netns):
+            for attempt in (1, 2):
+                current = reconcile.parse(nsexec.run(host.netns, ["iptables-save"]).stdout)
+                script = reconcile.plan(desired, current, host.firewall_rules)
+                if not script:
+                    break
+                try:
+                    nsexec.run(host.netns, ["iptables-restore", "--noflush"], input=script)
+                    break
+                except KernelError:
+                    if attempt == 2:  # a writer outside cnmlab (dockerd) moved rules meanwhile
+                        raise
+        host.firewall_rules = reconcile.owned(desired)
 
     def dump(self, ns: str) -> str:
         return (nsexec.run(ns, ["iptables", "-S"]).stdout
