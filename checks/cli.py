@@ -5,7 +5,8 @@
   ``NAME=PATH``) against the instructor's assignment (``checks/grading.py``: each learner in
   a worker process with a wall-clock budget, each check with a deadline), prints a per-learner
   table with points and exits 0 only if every learner passed every required check.
-* ``cnmlab conform --target engine|docker|docker:SOCKET [--profile bridge] [--json OUT]``
+* ``cnmlab conform --target engine|docker|docker:SOCKET|plugin:SPEC|docker-plugin:SPEC``
+  ``[--profile bridge] [--json OUT]``
   builds the profile's topology with cnmlab's engine (in a fresh lab) or with real Docker
   (dockerd 20.10 started inside the manual host namespace of a fresh lab, whose upstream plays
   the internet), runs the profile's checks, prints expected vs observed per check and the truth
@@ -13,6 +14,9 @@
   holds the profile's topology (``--upstream NETNS`` names its internet, if any). ``swarm``
   (multi-host profiles such as ``overlay``) starts a real two-node Docker swarm on a lab's
   underlay, builds the profile there and tears it down.
+  ``plugin:SPEC`` makes the profile's networks with a driver served as a plugin (SPEC: one of
+  cnmlab's drivers, or ``FILE.py:CLASS`` written with the SDK) driven by cnmlab's engine;
+  ``docker-plugin:SPEC`` has real Docker drive it.
 
 Errors are one line (``cnmlab: ...``), as everywhere in the CLI.
 """
@@ -52,7 +56,9 @@ def register(subparsers: Any) -> None:
                                description="Build a profile's topology with cnmlab's engine or "
                                            "real Docker and run its checks.")
     sp.add_argument("--target", required=True,
-                    metavar="engine|docker|docker:SOCKET|plugin:FILE.py:CLASS|swarm")
+                    metavar="engine|docker|docker:SOCKET|plugin:SPEC|docker-plugin:SPEC|swarm",
+                    help="SPEC: one of cnmlab's drivers (bridge) or FILE.py:CLASS; plugin: "
+                         "the engine drives it, docker-plugin: real Docker drives it")
     sp.add_argument("--profile", default="bridge", metavar="NAME")
     sp.add_argument("--json", metavar="OUT", help="write the results as a grade sheet")
     sp.add_argument("--junit", metavar="OUT", help="write JUnit XML (one testcase per check)")
@@ -154,8 +160,13 @@ def conform_engine(profile: Any) -> tuple[str, list[Any], dict[str, float]]:
                                       "total": time.monotonic() - t0}
 
 
-def conform_docker(profile: Any, quiet: bool = False) -> tuple[str, list[Any], dict[str, float]]:
-    """Real Docker: a fresh lab, dockerd in its manual host, the topology, the checks."""
+def conform_docker(profile: Any, quiet: bool = False,
+                   plugin: str | None = None) -> tuple[str, list[Any], dict[str, float]]:
+    """Real Docker: a fresh lab, dockerd in its manual host, the topology, the checks.
+
+    ``plugin`` (``FILE.py:CLASS`` or one of cnmlab's drivers) is served in that host and
+    makes the profile's networks: real Docker driving a plugin.
+    """
     from cnmlab.checks import conformance
     from cnmlab.checks import dockerd
     from cnmlab.checks.dockerd import DockerDaemon, missing_tools
@@ -168,17 +179,30 @@ def conform_docker(profile: Any, quiet: bool = False) -> tuple[str, list[Any], d
                              "(apt-get install docker.io busybox-static)")
     if profile.hosts or profile.underlay is not None:
         return conform_docker_hosts(profile, quiet)
+
+    from cnmlab.plugin import discovery
+    from cnmlab.plugin.sdk import PluginServer
+
     t0 = time.monotonic()
     name = _conform_name()
     lab = Lab(name)
     daemon = None
+    server = None
+    what = ""
     try:
         host = lab.add_host("docker", default_bridge=False, firewall="manual")
+        if plugin:
+            from cnmlab.checks.plugin_target import plugin_factory
+
+            what, factory = plugin_factory(plugin)
+            server = PluginServer(factory(host.netns), discovery.socket_path(name)).start()
         daemon = DockerDaemon(name, host.netns, os.path.join(dockerd.DAEMONS_DIR, name),
-                              cache_dir=dockerd.IMAGE_CACHE, quiet=quiet)
+                              cache_dir=dockerd.IMAGE_CACHE, quiet=quiet,
+                              plugins_dir=discovery.CNMLAB_PLUGINS if plugin else None)
         daemon.start()
         t1 = time.monotonic()
-        target = conformance.build_docker(daemon, profile, upstream=lab.upstream_netns)
+        target = conformance.build_docker(daemon, profile, upstream=lab.upstream_netns,
+                                          driver=name if plugin else None)
         t2 = time.monotonic()
         version = daemon.docker("version", "--format", "{{.Server.Version}}",
                                 check=False).stdout.strip()
@@ -189,8 +213,11 @@ def conform_docker(profile: Any, quiet: bool = False) -> tuple[str, list[Any], d
             if daemon is not None:
                 daemon.stop()
         finally:
+            if server is not None:
+                server.close()
             lab.down()
-    return (f"docker {version or '?'} (dockerd in {host.netns})", results,
+    via = f" driving {what}" if plugin else ""
+    return (f"docker {version or '?'} (dockerd in {host.netns}){via}", results,
             {"daemon": t1 - t0, "build": t2 - t1, "checks": t3 - t2,
              "total": time.monotonic() - t0})
 
@@ -297,9 +324,12 @@ def cmd_conform(args: argparse.Namespace) -> int:
         name, results, timings = conform_plugin(profile, arg)
     elif kind == "swarm" and not arg:
         name, results, timings = conform_swarm(profile)
+    elif kind == "docker-plugin" and arg:
+        name, results, timings = conform_docker(profile, plugin=arg)
     else:
         raise InvalidInput(f"--target {args.target!r}: use engine, docker, docker:SOCKET, "
-                           f"plugin:FILE.py:CLASS or swarm")
+                           f"plugin:DRIVER|FILE.py:CLASS, docker-plugin:DRIVER|FILE.py:CLASS "
+                           f"or swarm")
     color = sys.stdout.isatty() and not args.no_color
     print(report.render_results(results, color=color, verbose=True,
                                 title=f"profile {profile.name} against {name}:"))

@@ -451,32 +451,35 @@ def _build_engine_multihost(lab: Any, profile: Profile) -> Target:
 
 def build_docker(daemon: Any, profile: Profile | str = "bridge",
                  upstream: str | SandboxRef | None = None,
-                 public_ip: str | None = None) -> Target:
+                 public_ip: str | None = None, driver: str | None = None) -> Target:
     """Build the profile's topology with real Docker (``docker network create``/``run``).
 
     ``daemon`` is a ``checks.dockerd.DockerDaemon``; ``upstream`` the namespace (name or
-    ``SandboxRef``) that plays the internet, so egress and published ports can be observed.
+    ``SandboxRef``) that plays the internet, so egress and published ports can be observed;
+    ``driver`` makes the profile's networks with another driver (a plugin Docker finds).
     """
     from cnmlab.checks.docker_target import DockerTarget
     from cnmlab.checks.targets import DockerAdapter
 
     if isinstance(profile, str):
         profile = load(profile)
-    _docker_topology({"": daemon}, profile)
+    _docker_topology({"": daemon}, profile, driver)
     target = DockerAdapter(DockerTarget(daemon), public_ip=public_ip,
                            upstream=upstream_ref(upstream))
     _settle_dns(target, profile)
     return target
 
 
-def _docker_topology(daemons: dict[str, Any], profile: Profile) -> None:
-    """``docker network create`` and ``docker run`` on each daemon, per the profile."""
+def _docker_topology(daemons: dict[str, Any], profile: Profile,
+                     driver: str | None = None) -> None:
+    """``docker network create`` and ``docker run`` on each daemon, per the profile
+    (``driver``: every network with that driver instead, e.g. a plugin's)."""
     first = next(iter(daemons))
     for name in profile.networks:
         for hname in profile.network_hosts(name, first) if profile.hosts else [first]:
             kw = _network_kwargs(profile, name, hname)
             daemons[hname].network_create(name, subnet=kw["subnet"], internal=kw["internal"],
-                                          options=kw["options"], driver=kw["driver"],
+                                          options=kw["options"], driver=driver or kw["driver"],
                                           gateway=kw["gateway"], ip_range=kw["ip_range"])
     for c in profile.containers.values():
         extra = ["--ip", c.ip] if c.ip else []

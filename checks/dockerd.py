@@ -48,7 +48,7 @@ import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from cnmlab.constants import UPSTREAM_DNS
+from cnmlab.constants import DOCKERD_DIR, UPSTREAM_DNS
 from cnmlab.errors import CnmError, FeatureMissing, InvalidInput, NotRootError, ObjectExists
 from cnmlab.kernel import netns, procs, rundir
 
@@ -62,7 +62,7 @@ STATE_FILE = "cnmlab-dockerd.json"
 # Where ``cnmlab conform`` keeps its daemons' workdirs (not under /run: the daemon gets a
 # tmpfs there) and the busybox image it builds once; ``clean_all`` sweeps this folder. /tmp is
 # world-writable: the folder is root's alone (0700), checked before every use (``rundir``).
-DAEMONS_DIR = "/tmp/cnmlab-dockerd"
+DAEMONS_DIR = DOCKERD_DIR
 IMAGE_CACHE = os.path.join(DAEMONS_DIR, "cache")
 CGROUP_PREFIX = "cnmlab-dockerd-"
 SOCKET_PATH_MAX = 100  # sun_path is 108 bytes; containerd appends ".ttrpc"

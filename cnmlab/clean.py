@@ -27,9 +27,11 @@ def clean(only: list[str] | None = None) -> list[str]:
         except InvalidInput:  # damaged, or a model from another version: the log is enough
             lab_state = LabState(name=name, namespaces=state.recorded_namespaces(name))
         removed += teardown(name, lab_state)
+    # sockets of plugins killed before they removed them (a plugin served in a lab's host
+    # dies with its namespaces): nothing listens on them, so they are nobody's, whichever lab
+    removed += discovery.clean_stale()
     if only:
         return removed
-    removed += discovery.clean_stale()  # sockets of plugins killed before they removed them
     if not state.names():
         neigh.release_all()
     return removed

@@ -49,3 +49,7 @@ GWBRIDGE_OPTIONS = {OPT_BRIDGE_NAME: GWBRIDGE,
                     OPT_ICC: "false",
                     OPT_MASQUERADE: "true"}
 GWBRIDGE_ENDPOINT = "gateway_"  # + the sandbox's short id, as libnetwork names it
+
+# Where cnmlab's private dockerds keep their workdirs (not under /run: a daemon gets a tmpfs
+# there); a lab run against real Docker has its daemon's socket at DOCKERD_DIR/<lab>/docker.sock.
+DOCKERD_DIR = "/tmp/cnmlab-dockerd"

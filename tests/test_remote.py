@@ -22,7 +22,7 @@ from cnmlab.checks.probes import ping
 from cnmlab.checks.targets import EngineTarget
 from cnmlab.drivers.bridge import random_docker_mac
 from cnmlab.errors import CnmError
-from cnmlab.kernel import nsexec
+from cnmlab.kernel import nsexec, rundir
 from cnmlab.kernel.netlink import Netlink
 from cnmlab.plugin import discovery
 from cnmlab.plugin.sdk import IpamDriver, NetworkDriver, PluginServer
@@ -194,6 +194,18 @@ def test_plugin_errors_are_one_line_and_nothing_is_half_built(lab, serve, mode, 
         assert "plug" not in host.model.networks
 
 
+def _read_request(conn: socket.socket) -> None:
+    """Read one whole HTTP request (headers, then Content-Length bytes of body)."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += conn.recv(65536)
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = int(next((l.split(b":")[1] for l in head.split(b"\r\n")
+                       if l.lower().startswith(b"content-length")), b"0"))
+    while len(body) < length:
+        body += conn.recv(65536)
+
+
 def _raw_server(path: str, reply: bytes | None) -> threading.Thread:
     """A 'plugin' that answers ``reply`` verbatim, or hangs when it is None."""
     os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -203,14 +215,7 @@ def _raw_server(path: str, reply: bytes | None) -> threading.Thread:
 
     def run() -> None:
         conn, _ = srv.accept()
-        data = b""
-        while b"\r\n\r\n" not in data:
-            data += conn.recv(65536)
-        head, _, body = data.partition(b"\r\n\r\n")
-        length = int(next((l.split(b":")[1] for l in head.split(b"\r\n")
-                           if l.lower().startswith(b"content-length")), b"0"))
-        while len(body) < length:
-            body += conn.recv(65536)
+        _read_request(conn)
         if reply is None:
             time.sleep(3)
         else:
@@ -338,15 +343,23 @@ def test_plugin_serve_cli_and_clean_after_kill_9(lab, tmp_path):
         assert "on " + sock in proc.stdout.readline()
         host.network_create("hi", name, subnet="10.91.0.0/24")
         host.network_rm("hi")
+        host.network_create("left", name, subnet="10.92.0.0/24")  # live when the plugin dies
         log = subprocess.run([sys.executable, "-m", "cnmlab.cli", "plugin", "log", name],
                              capture_output=True, text=True, timeout=30).stdout
         assert "NetworkDriver.CreateNetwork" in log and '"Pool": "10.91.0.0/24"' in log
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=10)
-    assert os.path.exists(sock)  # a killed plugin leaves its socket...
-    assert f"plugin socket {sock}" in discovery.clean_stale()  # ...which clean removes
+    assert os.path.exists(sock)  # a killed plugin leaves its socket and its log...
+    ns = host.netns
+    lab.close()  # this process's netlink sockets would pin the namespace
+    cp = subprocess.run([sys.executable, "-m", "cnmlab.cli", "clean", "--lab", lab.name],
+                        capture_output=True, text=True, timeout=120)
+    assert cp.returncode == 0 and f"plugin socket {sock}" in cp.stdout, cp.stdout + cp.stderr
+    # ...which 'cnmlab clean --lab' removes, with the lab and the network the plugin made
     assert not os.path.exists(sock) and not os.path.exists(sock + ".log")
+    assert not os.path.exists(f"/run/netns/{ns}")
+    assert not os.path.exists(os.path.join(rundir.STATE_DIR, f"{lab.name}.json"))
 
 
 def test_sdk_answers_bad_requests_in_the_protocol(serve):
@@ -385,3 +398,157 @@ def test_conform_through_a_plugin_reports_what_it_does_not_do(tmp_path):
     failed = {r.kind for r in results if not r.ok}
     assert "reachable" in ok
     assert "egress-nat-seen" in failed and "published-port" in failed, by_id
+
+
+# ---- cnmlab calling a bad plugin: more ways to be wrong -------------------------------------
+
+class Misbehaving(LearnerDriver):
+    """A working driver (the learner's) that goes wrong in one call, as ``mode`` says."""
+
+    def __init__(self, host_ns: str, mode: str) -> None:
+        super().__init__(host_ns)
+        self.mode = mode
+
+    def create_endpoint(self, req):
+        super().create_endpoint(req)
+        if self.mode == "moves-address":
+            return {"Interface": {"Address": "10.92.0.200/24"}}
+        return {}
+
+    def join(self, req):
+        if self.mode == "hangs-in-join":
+            time.sleep(3)
+        answer = super().join(req)
+        if self.mode == "route-without-nexthop":
+            answer["StaticRoutes"] = [{"Destination": "10.99.0.0/16", "RouteType": 0}]
+        if self.mode == "interface-not-object":
+            answer["InterfaceName"] = "pc-something"
+        return answer
+
+
+@pytest.mark.parametrize("mode,message", [
+    ("hangs-in-join", "NetworkDriver.Join: no answer within 1 s"),
+    ("moves-address", "CreateEndpoint: it may not change the address cnmlab's IPAM gave "
+                      "(10.92.0.2/24 -> 10.92.0.200/24)"),
+    ("route-without-nexthop", "Join: route 10.99.0.0/16 has no NextHop"),
+    ("interface-not-object", "Join: InterfaceName needs SrcName and DstPrefix"),
+])
+def test_a_wrong_answer_mid_lifecycle_rolls_back_the_endpoint(lab, serve, monkeypatch, mode,
+                                                              message):
+    """The plugin made its veth, then answered wrong (or not at all): the run fails in one
+    line, the engine keeps no sandbox or endpoint, and the plugin was told to delete what it
+    made (DeleteEndpoint), so its veth is gone too."""
+    from cnmlab.plugin import client
+
+    monkeypatch.setattr(client, "DEFAULT_TIMEOUT", 1.0)
+    host = lab.add_host("h1")
+    name = f"mis{PID}{mode[:3]}"
+    plugin = Misbehaving(host.netns, mode)
+    serve(plugin, name)
+    host.network_create("plug", name, subnet="10.92.0.0/24")
+    with pytest.raises(CnmError) as err:
+        host.run("a1", "plug")
+    assert message in str(err.value) and "\n" not in str(err.value), str(err.value)
+    assert "a1" not in host.model.sandboxes and not host.model.networks["plug"].endpoints
+    deadline = time.monotonic() + 5  # a hung Join returns later, on the plugin's own thread
+    while time.monotonic() < deadline and "DeleteEndpoint" not in calls(plugin):
+        time.sleep(0.1)
+    assert "DeleteEndpoint" in calls(plugin)
+    with Netlink(host.netns) as nl:
+        assert not [l.name for l in nl.links() if l.name.startswith(("pv", "pc"))]
+    host.network_rm("plug")  # and the network is still usable to the end
+
+
+class BadIpam(LearnerIpam):
+    def __init__(self, mode: str) -> None:
+        super().__init__()
+        self.mode = mode
+
+    def request_pool(self, req):
+        answer = super().request_pool(req)
+        if self.mode == "no-pool-id":
+            del answer["PoolID"]
+        return answer
+
+    def request_address(self, req):
+        if self.mode == "garbage-address":
+            return {"Address": "ten.one.two.three"}
+        if self.mode == "error":
+            raise RuntimeError("pool is dry")
+        return super().request_address(req)
+
+
+@pytest.mark.parametrize("mode,message,calls_after", [
+    ("no-pool-id", "IpamDriver.RequestPool: the answer lacks PoolID", ["RequestPool"]),
+    ("garbage-address", "IpamDriver.RequestAddress: 'ten.one.two.three' is not an IPv4 address",
+     ["RequestPool", "RequestAddress", "ReleasePool"]),
+    ("error", "IpamDriver.RequestAddress: pool is dry",
+     ["RequestPool", "RequestAddress", "ReleasePool"]),
+])
+def test_a_wrong_ipam_answer_makes_no_network(lab, serve, mode, message, calls_after):
+    host = lab.add_host("h1")
+    name = f"bipam{PID}{mode[:3]}"
+    ipam = BadIpam(mode)
+    serve(ipam, name)
+    with pytest.raises(CnmError) as err:
+        host.network_create("custom", ipam_driver=name)
+    assert f"plugin {name}: {message}" in str(err.value) and "\n" not in str(err.value)
+    assert "custom" not in host.model.networks
+    assert calls(ipam)[2:] == calls_after  # after Activate, GetDefaultAddressSpaces
+
+
+def _http(status: str, body: bytes, length: int | None = None) -> bytes:
+    n = len(body) if length is None else length
+    return b"HTTP/1.1 %s\r\nContent-Length: %d\r\n\r\n%s" % (status.encode(), n, body)
+
+
+@pytest.mark.parametrize("reply,message", [
+    (_http("500 Internal Server Error", b"{}"), "HTTP 500 Internal Server Error"),
+    (_http("200 OK", b'{"Implements": ["IpamDriver"]}'),
+     "does not implement NetworkDriver (it implements ['IpamDriver'])"),
+    (_http("200 OK", b'{"Err": "line one\\nline two"}'), "Plugin.Activate: line one"),
+    (_http("200 OK", b'{"Implements": []', length=40), "IncompleteRead"),
+])
+def test_a_bad_activation_is_one_line_and_registers_nothing(reply, message):
+    """Raw answers no SDK would give: an error status without Err, the wrong API, a
+    multi-line error (only its first line is shown)."""
+    name = f"rawact{PID}{abs(hash(reply)) % 1000}"
+    path = discovery.socket_path(name)
+    srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    srv.bind(path)
+    srv.listen(1)
+
+    def answer_once() -> None:
+        conn, _ = srv.accept()
+        _read_request(conn)
+        conn.sendall(reply)
+        conn.close()
+
+    threading.Thread(target=answer_once, daemon=True).start()
+    try:
+        with pytest.raises(CnmError) as err:
+            drivers.capability(name)
+        assert message in str(err.value) and "\n" not in str(err.value), str(err.value)
+        assert not any(n == name for n, _p in drivers._remote)
+    finally:
+        srv.close()
+        os.unlink(path)
+
+
+def test_a_plugin_that_died_gives_one_line_and_clean_removes_its_socket(lab, serve):
+    """The plugin stops between two calls: the engine says so in one line; the network it
+    made lives on in the host namespace until the lab goes, as with Docker."""
+    host = lab.add_host("h1")
+    name = f"died{PID}"
+    srv = serve(LearnerDriver(host.netns), name)
+    host.network_create("plug", name, subnet="10.93.0.0/24")
+    srv.shutdown()
+    srv.server_close()  # the socket file stays, nothing listens: a crashed plugin
+    with pytest.raises(CnmError) as err:
+        host.run("a1", "plug")
+    assert f"plugin {name}: NetworkDriver.CreateEndpoint: nothing listens on" in str(err.value)
+    assert "a1" not in host.model.sandboxes
+    assert os.path.exists(srv.socket_path)
+    discovery.clean_stale()  # (another suite's clean may have swept it first: both are right)
+    assert not os.path.exists(srv.socket_path)

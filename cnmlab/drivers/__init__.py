@@ -39,6 +39,20 @@ def unregister(name: str) -> None:
         _registry.pop(name, None)
 
 
+def registered() -> list[str]:
+    """The drivers cnmlab implements itself (no plugins)."""
+    return sorted(_registry)
+
+
+def local(name: str) -> Driver:
+    """A driver cnmlab implements itself, never a plugin (what ``plugin serve --driver``
+    serves: serving a plugin through itself would loop)."""
+    if name not in _registry:
+        raise InvalidInput(f"unknown built-in driver {name!r}: cnmlab implements "
+                           f"{', '.join(registered())}")
+    return _registry[name]()
+
+
 def known() -> list[str]:
     return sorted(set(_registry) | set(discovery.installed()))
 

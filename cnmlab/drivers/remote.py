@@ -25,7 +25,7 @@ ROUTE_NEXTHOP, ROUTE_CONNECTED = 0, 1  # libnetwork's types.NEXTHOP / types.CONN
 
 
 class RemoteDriver:
-    def __init__(self, name: str, socket_path: str, timeout: float = 10.0) -> None:
+    def __init__(self, name: str, socket_path: str, timeout: float | None = None) -> None:
         self.name = name
         self.client = PluginClient(name, socket_path, timeout)
         implements = self.client.call(P.ACTIVATE, required=("Implements",))["Implements"]
@@ -49,7 +49,8 @@ class RemoteDriver:
         self.client.call(P.CREATE_NETWORK, {
             "NetworkID": net.id, "IPv4Data": ipv4, "IPv6Data": [],
             "Options": {P.GENERIC_OPTIONS: dict(net.options),
-                        "com.docker.network.enable_ipv6": False}})
+                        "com.docker.network.enable_ipv6": False,
+                        **({P.INTERNAL: True} if net.internal else {})}})
         ctx.undo(lambda: self.client.call(P.DELETE_NETWORK, {"NetworkID": net.id}))
 
     def delete_network(self, ctx: HostContext, net: Network) -> None:
@@ -57,7 +58,7 @@ class RemoteDriver:
 
     def create_endpoint(self, ctx: HostContext, net: Network, ep: Endpoint) -> None:
         answer = self.client.call(P.CREATE_ENDPOINT, {
-            "NetworkID": net.id, "EndpointID": ep.id, "Options": {},
+            "NetworkID": net.id, "EndpointID": ep.id, "Options": _port_options(ep),
             "Interface": {"Address": ep.ip or "", "AddressIPv6": "",
                           "MacAddress": ep.mac or ""}})
         ctx.undo(lambda: self.client.call(P.DELETE_ENDPOINT,
@@ -77,7 +78,7 @@ class RemoteDriver:
 
     def join(self, ctx: HostContext, net: Network, ep: Endpoint, sb: Sandbox) -> JoinInfo:
         answer = self.client.call(P.JOIN, {
-            "NetworkID": net.id, "EndpointID": ep.id, "Options": {},
+            "NetworkID": net.id, "EndpointID": ep.id, "Options": _port_options(ep),
             "SandboxKey": path_of(sb.netns) if sb.netns else ""}, required=("InterfaceName",))
         ctx.undo(lambda: self.client.call(P.LEAVE, {"NetworkID": net.id, "EndpointID": ep.id}))
         names = answer["InterfaceName"]
@@ -100,16 +101,23 @@ class RemoteDriver:
     def program_external_connectivity(self, ctx: HostContext, net: Network,
                                       ep: Endpoint) -> None:
         self.client.call(P.PROGRAM_EXTERNAL, {
-            "NetworkID": net.id, "EndpointID": ep.id,
-            "Options": {"com.docker.network.portmap": [
-                {"Proto": 6 if p.proto == "tcp" else 17, "IP": "", "Port": p.container_port,
-                 "HostIP": p.host_ip, "HostPort": p.host_port} for p in ep.ports]}})
+            "NetworkID": net.id, "EndpointID": ep.id, "Options": _port_options(ep)})
         ctx.undo(lambda: self.client.call(P.REVOKE_EXTERNAL,
                                           {"NetworkID": net.id, "EndpointID": ep.id}))
 
     def revoke_external_connectivity(self, ctx: HostContext, net: Network,
                                      ep: Endpoint) -> None:
         self.client.call(P.REVOKE_EXTERNAL, {"NetworkID": net.id, "EndpointID": ep.id})
+
+
+def _port_options(ep: Endpoint) -> dict[str, Any]:
+    """Published ports as Docker 20.10 sends them (types.PortBinding, protocol numbers)."""
+    return {P.EXPOSED_PORTS: [{"Proto": P.PROTO_NUMBERS[p.proto], "Port": p.container_port}
+                              for p in ep.ports],
+            P.PORTMAP: [{"Proto": P.PROTO_NUMBERS[p.proto], "IP": "", "Port": p.container_port,
+                         "HostIP": "" if p.host_ip == "0.0.0.0" else p.host_ip,
+                         "HostPort": p.host_port, "HostPortEnd": p.host_port}
+                        for p in ep.ports]}
 
 
 def _route(plugin: str, r: Any) -> tuple[str, str | None]:

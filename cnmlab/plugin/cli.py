@@ -4,6 +4,10 @@
   with ``cnmlab.plugin.sdk`` and serves it on ``/run/cnmlab/plugins/NAME.sock``; the class
   is given the host namespace it must build in (its first argument). It stops on Ctrl-C and
   removes its socket; ``cnmlab clean`` removes what a killed one left.
+* ``cnmlab plugin serve --driver bridge --netns LAB/HOST [--name cnmlab-bridge]`` serves one
+  of cnmlab's own drivers, and cnmlab's IPAM, the same way (``cnmlab.plugin.adapter``).
+  ``--detach`` runs it in the background and returns once it answers; ``cnmlab plugin stop
+  NAME`` ends it (``cnmlab.plugin.process``).
 * ``cnmlab plugin log NAME [--follow]`` prints every call and its JSON, in order.
 * ``cnmlab plugin ls`` lists the plugins that discovery finds.
 """
@@ -11,27 +15,35 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import json
 import os
 import signal
-import sys
 import time
 from typing import Any
 
-from cnmlab.errors import InvalidInput, NotRootError, ObjectNotFound
-from cnmlab.plugin import discovery
+from cnmlab.errors import InvalidInput, NotRootError, ObjectExists, ObjectNotFound
+from cnmlab.plugin import calllog, discovery, process
+from cnmlab.plugin.adapter import builtin_plugin
 from cnmlab.plugin.sdk import Plugin, PluginServer
 
 
 def register(subparsers: Any) -> None:
     sp = subparsers.add_parser("plugin", help="serve or watch a network/IPAM driver plugin")
     sub = sp.add_subparsers(dest="plugin_command", metavar="COMMAND", required=True)
-    s = sub.add_parser("serve", help="serve a driver class written with cnmlab.plugin.sdk")
-    s.add_argument("spec", metavar="FILE.py:CLASS")
-    s.add_argument("--name", required=True, help="the driver's name (docker network create -d)")
+    s = sub.add_parser("serve", help="serve a driver class written with cnmlab.plugin.sdk, or "
+                                     "one of cnmlab's own drivers (--driver)")
+    s.add_argument("spec", metavar="FILE.py:CLASS", nargs="?")
+    s.add_argument("--driver", metavar="DRIVER",
+                   help="serve cnmlab's own driver (bridge, ...) and its IPAM instead")
+    s.add_argument("--name", help="the driver's name (docker network create -d); "
+                                  "default with --driver: cnmlab-DRIVER")
     s.add_argument("--netns", metavar="LAB/HOST",
                    help="the host namespace the driver builds in (default: the lab's host)")
+    s.add_argument("--detach", action="store_true",
+                   help="serve in the background; return once the plugin answers")
     s.set_defaults(func=cmd_serve)
+    s = sub.add_parser("stop", help="stop a plugin served by 'cnmlab plugin serve'")
+    s.add_argument("name")
+    s.set_defaults(func=cmd_stop)
     s = sub.add_parser("log", help="print the calls a served plugin received")
     s.add_argument("name")
     s.add_argument("-f", "--follow", action="store_true")
@@ -64,12 +76,41 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise NotRootError("serving a plugin needs root (its socket is under /run)")
     from cnmlab.lab import resolve  # the engine, only for the command that needs it
 
-    cls = load_class(args.spec)
+    chosen = [a for a in (args.spec, args.driver) if a]
+    if len(chosen) != 1:
+        raise InvalidInput("plugin serve: give FILE.py:CLASS or --driver DRIVER (one of them)")
     ns = resolve(args.netns)[1] if args.netns else None
-    plugin = cls(ns) if ns else cls()
-    server = PluginServer(plugin, discovery.socket_path(args.name))
+    if args.driver:
+        if not ns:
+            raise InvalidInput("plugin serve --driver: --netns LAB/HOST names the host "
+                               "namespace the driver builds in")
+        args.name = args.name or f"cnmlab-{args.driver}"
+        plugin: Plugin = builtin_plugin(args.driver, ns, args.name)
+        what = f"cnmlab's {args.driver} driver and IPAM"
+    else:
+        if not args.name:
+            raise InvalidInput("plugin serve: --name NAME is the driver's name "
+                               "(docker network create -d NAME)")
+        cls = load_class(args.spec)
+        plugin = cls(ns) if ns else cls()
+        what = cls.__name__
+    sock = discovery.socket_path(args.name)
+    if process.answers(sock):
+        raise ObjectExists(f"plugin {args.name} is already served on {sock} "
+                           f"('cnmlab plugin stop {args.name}' first)")
+    if args.detach:
+        argv = ["plugin", "serve", *([args.spec] if args.spec else []), "--name", args.name,
+                *(["--driver", args.driver] if args.driver else []),
+                *(["--netns", args.netns] if args.netns else [])]
+        pid = process.detach(argv, sock)
+        print(f"cnmlab: plugin {args.name} ({what}) serving on {sock}, pid {pid}; "
+              f"'cnmlab plugin log {args.name} -f' shows its calls, its output goes to "
+              f"{process.out_path(sock)}; 'cnmlab plugin stop {args.name}' ends it")
+        return 0
+    server = PluginServer(plugin, sock)
+    process.record(sock)
     signal.signal(signal.SIGTERM, _interrupt)
-    print(f"cnmlab: plugin {args.name} ({cls.__name__}) on {server.socket_path}; "
+    print(f"cnmlab: plugin {args.name} ({what}) on {server.socket_path}; "
           f"'cnmlab plugin log {args.name} -f' shows its calls; Ctrl-C stops it", flush=True)
     try:
         server.serve_forever()
@@ -77,29 +118,30 @@ def cmd_serve(args: argparse.Namespace) -> int:
         pass
     finally:
         server.server_close()
-        for path in (server.socket_path,):
-            if os.path.exists(path):
-                os.unlink(path)
+        process.forget(sock)
     return 0
 
 
-def format_call(entry: dict[str, Any]) -> str:
-    stamp = time.strftime("%H:%M:%S", time.localtime(entry["time"]))
-    return (f"{stamp} {entry['call']}\n  -> {json.dumps(entry['request'])}\n"
-            f"  <- {json.dumps(entry['answer'])}")
+def cmd_stop(args: argparse.Namespace) -> int:
+    sock = discovery.socket_path(args.name)
+    pid = process.stop(args.name, sock)
+    print(f"cnmlab: plugin {args.name} (pid {pid}) stopped")
+    return 0
 
 
 def cmd_log(args: argparse.Namespace) -> int:
-    path = discovery.socket_path(args.name) + ".log"
-    if not os.path.exists(path):
-        raise ObjectNotFound(f"no call log for plugin {args.name} ({path}): is it served by "
-                             f"'cnmlab plugin serve'?")
-    with open(path) as f:
-        while True:
-            line = f.readline()
-            if line:
-                print(format_call(json.loads(line)), flush=True)
-            elif not args.follow:
-                return 0
-            else:
-                time.sleep(0.2)
+    reader = calllog.CallLogReader(args.name)
+    if not os.path.exists(reader.path):
+        raise ObjectNotFound(f"no call log for plugin {args.name} ({reader.path}): is it served "
+                             f"by 'cnmlab plugin serve'?")
+    while True:
+        calls = reader.read()
+        if reader.restarted:
+            print("-- the plugin was served again: its log starts afresh --", flush=True)
+        for call in calls:
+            print("\n".join(call.lines()), flush=True)
+        if not args.follow:
+            return 0
+        time.sleep(0.2)
+
+

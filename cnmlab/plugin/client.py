@@ -34,10 +34,10 @@ class _UnixConnection(http.client.HTTPConnection):
 
 
 class PluginClient:
-    def __init__(self, name: str, socket_path: str, timeout: float = DEFAULT_TIMEOUT) -> None:
+    def __init__(self, name: str, socket_path: str, timeout: float | None = None) -> None:
         self.name = name
         self.socket_path = socket_path
-        self.timeout = timeout
+        self.timeout = timeout or DEFAULT_TIMEOUT  # read now: tests and callers may lower it
 
     def call(self, method: str, body: dict[str, Any] | None = None,
              required: tuple[str, ...] = ()) -> dict[str, Any]:

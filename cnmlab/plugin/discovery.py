@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 
 from cnmlab.errors import InvalidInput
@@ -20,8 +21,14 @@ SOCKET_DIRS = (CNMLAB_PLUGINS, "/run/docker/plugins")
 SPEC_DIRS = ("/etc/docker/plugins", "/usr/lib/docker/plugins")
 
 
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
 def socket_path(name: str) -> str:
     """Where ``cnmlab plugin serve`` puts plugin NAME's socket."""
+    if not NAME.match(name):
+        raise InvalidInput(f"plugin name {name!r}: use letters, digits, '-', '_' or '.' "
+                           f"(it names the socket {CNMLAB_PLUGINS}/NAME.sock)")
     return os.path.join(CNMLAB_PLUGINS, f"{name}.sock")
 
 
@@ -67,23 +74,31 @@ def installed() -> list[str]:
     return sorted(names)
 
 
+SIDE_FILES = (".log", ".pid", ".out")  # a served plugin's call log, PID file, output
+
+
 def clean_stale() -> list[str]:
-    """Sockets (and logs) of plugins whose server is gone: what a killed one leaves."""
-    removed = []
+    """Sockets of plugins whose server is gone (what a killed one leaves), and the files
+    beside sockets that are gone (the call log a stopped plugin left)."""
+    removed: list[str] = []
     if not os.path.isdir(CNMLAB_PLUGINS):
         return removed
     for f in sorted(os.listdir(CNMLAB_PLUGINS)):
-        if not f.endswith(".sock"):
-            continue
         path = os.path.join(CNMLAB_PLUGINS, f)
-        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            s.connect(path)
-        except OSError:
-            for p in (path, path + ".log"):
-                if os.path.exists(p):
-                    os.unlink(p)
-            removed.append(f"plugin socket {path}")
-        finally:
-            s.close()
+        if f.endswith(".sock"):
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                s.connect(path)
+            except OSError:
+                for p in (path, *(path + x for x in SIDE_FILES)):
+                    if os.path.exists(p):
+                        os.unlink(p)
+                removed.append(f"plugin socket {path}")
+            finally:
+                s.close()
+        elif f.endswith(SIDE_FILES) and not os.path.exists(path.rsplit(".", 1)[0]):
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
     return removed

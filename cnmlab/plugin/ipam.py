@@ -16,7 +16,7 @@ from cnmlab.plugin.client import PluginClient, PluginError
 
 
 class RemoteIpam:
-    def __init__(self, name: str, socket_path: str, timeout: float = 10.0) -> None:
+    def __init__(self, name: str, socket_path: str, timeout: float | None = None) -> None:
         self.name = name
         self.client = PluginClient(name, socket_path, timeout)
         implements = self.client.call(P.ACTIVATE, required=("Implements",))["Implements"]

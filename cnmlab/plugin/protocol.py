@@ -33,4 +33,8 @@ RELEASE_ADDRESS = "IpamDriver.ReleaseAddress"
 ERROR_FIELD = {NETWORK_DRIVER: "Err", IPAM_DRIVER: "Error"}
 
 GATEWAY_REQUEST = {"RequestAddressType": "com.docker.network.gateway"}
-GENERIC_OPTIONS = "com.docker.network.generic"
+GENERIC_OPTIONS = "com.docker.network.generic"  # the network's -o options
+INTERNAL = "com.docker.network.internal"  # --internal, in CreateNetwork's Options
+PORTMAP = "com.docker.network.portmap"  # -p, in the endpoint calls' Options
+EXPOSED_PORTS = "com.docker.network.endpoint.exposedports"
+PROTO_NUMBERS = {"tcp": 6, "udp": 17}  # types.PortBinding's Proto

@@ -25,6 +25,7 @@ import time
 from http.server import BaseHTTPRequestHandler
 from typing import Any
 
+from cnmlab.errors import CnmError
 from cnmlab.plugin import protocol as P
 
 
@@ -35,6 +36,16 @@ def _method_name(call: str) -> str:
 
 class NotImplementedCall(Exception):
     pass
+
+
+def error_text(e: BaseException) -> str:
+    """One line for the caller: a raised message as it is; a slip in the code with its class
+    name (``KeyError: 'Gateway'`` says more to a learner than ``'Gateway'``)."""
+    text = str(e).strip()
+    if not (isinstance(e, (CnmError, NotImplementedCall, RuntimeError, ValueError))
+            or type(e) is Exception):
+        text = f"{e.__class__.__name__}: {text}" if text else e.__class__.__name__
+    return text.splitlines()[0] if text else e.__class__.__name__
 
 
 class Plugin:
@@ -48,6 +59,13 @@ class Plugin:
         self._lock = threading.Lock()
 
     def dispatch(self, call: str, request: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        """Answer one call and log it."""
+        status, answer = self.answer(call, request)
+        self._record(call, request, answer)
+        return status, answer
+
+    def answer(self, call: str, request: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        """(HTTP status, answer) of one call, an exception becoming the protocol's error."""
         api = call.split(".", 1)[0]
         try:
             if call == P.ACTIVATE:
@@ -59,10 +77,11 @@ class Plugin:
                 if method is None:
                     raise NotImplementedCall(f"{call} is not implemented")
                 answer = method(request) or {}
+                if not isinstance(answer, dict):
+                    raise TypeError(f"{call} must answer a dict, not {type(answer).__name__}")
             status = 200
         except Exception as e:  # the caller gets the plugin's error, in the protocol's field
-            answer, status = {P.ERROR_FIELD.get(api, "Err"): str(e) or e.__class__.__name__}, 500
-        self._record(call, request, answer)
+            answer, status = {P.ERROR_FIELD.get(api, "Err"): error_text(e)}, 500
         return status, answer
 
     def _record(self, call: str, request: dict[str, Any], answer: dict[str, Any]) -> None:
@@ -71,7 +90,11 @@ class Plugin:
         with self._lock:
             self.calls.append(entry)
             if self.log_path:
-                with open(self.log_path, "a") as f:
+                try:  # no O_CREAT: a call finishing after the server closed leaves no file
+                    fd = os.open(self.log_path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+                except FileNotFoundError:
+                    return
+                with os.fdopen(fd, "a") as f:
                     f.write(json.dumps(entry) + "\n")
 
 
@@ -109,6 +132,24 @@ class IpamDriver(Plugin):
 
     def get_default_address_spaces(self, req: dict[str, Any]) -> dict[str, Any]:
         return {"LocalDefaultAddressSpace": "local", "GlobalDefaultAddressSpace": "global"}
+
+
+class PluginSet(Plugin):
+    """Several plugins behind one socket, as one Docker plugin may implement both
+    ``NetworkDriver`` and ``IpamDriver`` (their ``GetCapabilities`` would clash in one class).
+    Calls go to the part implementing their API; one call log keeps them all, in order."""
+
+    def __init__(self, *parts: Plugin) -> None:
+        super().__init__()
+        self.parts = parts
+        self.implements = [api for p in parts for api in p.implements]
+
+    def answer(self, call: str, request: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        api = call.split(".", 1)[0]
+        for part in self.parts:
+            if call != P.ACTIVATE and api in part.implements:
+                return part.answer(call, request)
+        return super().answer(call, request)
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -149,11 +190,11 @@ class PluginServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
             os.unlink(socket_path)
         self.plugin = plugin
         self.socket_path = socket_path
-        if log:
-            plugin.log_path = socket_path + ".log"
-            open(plugin.log_path, "w").close()
         super().__init__(socket_path, _Handler)
         os.chmod(socket_path, 0o600)
+        if log:  # after the socket: a log without one is an orphan clean_stale removes
+            plugin.log_path = socket_path + ".log"
+            open(plugin.log_path, "w").close()
 
     def start(self) -> "PluginServer":
         """Serve from a background thread (tests, the workshop app)."""
