@@ -1,7 +1,8 @@
 """The check kinds, all registered, and the one way to run a check.
 
 The built-in kinds live in ``library`` (state, reachability, DNS, firewall, VXLAN on the wire)
-and ``packets`` (Scapy, imported on first use); each registers itself with ``api.check_kind``
+and ``packets`` (Scapy, imported on first use) and ``plugincalls`` (what a served plugin was
+asked, lab 10); each registers itself with ``api.check_kind``
 when its module is imported, and this module imports them: it is the registration table, the
 way ``cnmlab.drivers`` is for drivers. Everything that runs or validates checks (labs,
 grading, conformance, targets) comes here, so no kind can be missing, and the contract in
@@ -11,11 +12,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from cnmlab.checks import library, packets
+from cnmlab.checks import library, packets, plugincalls
 from cnmlab.checks.api import CheckResult, Target, registered
 from cnmlab.errors import CnmError, InvalidInput
 
-BUILTIN_MODULES = (library, packets)
+BUILTIN_MODULES = (library, packets, plugincalls)
 
 
 def kinds() -> list[str]:

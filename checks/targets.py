@@ -259,6 +259,50 @@ class DockerHosts:
         return out
 
 
+class LabDockerTarget:
+    """A lab whose host runs real dockerd: the lab's hosts and upstream from the engine, the
+    containers, networks and published ports from Docker's API (containers entered by PID).
+
+    Lab 10 ("write your own driver") is checked this way: Docker calls the learner's plugin,
+    and the checks probe what Docker built with it.
+    """
+
+    def __init__(self, lab: Any, host: str, socket_path: str) -> None:
+        from cnmlab.checks.docker_target import DockerTarget
+
+        self.engine = EngineTarget(lab)
+        self.host = host
+        ns = self.engine.hosts()[host].ns
+        self.docker = DockerAdapter(DockerTarget(socket_path, host_netns_path=ns.fspath),
+                                    upstream=self.engine.upstream())
+        self.name = f"lab {self.engine.lab_name} (dockerd in host {host})"
+        self.profile: frozenset[str] = frozenset()
+
+    def sandboxes(self) -> dict[str, SandboxRef]:
+        out = self.engine.sandboxes()
+        for name, ref in self.docker.sandboxes().items():
+            out[name] = SandboxRef(name, ref.ns, ref.addresses, self.host)
+        return out
+
+    def hosts(self) -> dict[str, HostRef]:
+        return self.engine.hosts()
+
+    def upstream(self) -> SandboxRef | None:
+        return self.engine.upstream()
+
+    def underlays(self) -> dict[str, SandboxRef]:
+        return self.engine.underlays()
+
+    def published(self) -> list[Published]:
+        return [(c, self.host, hp, cp, proto) for c, _h, hp, cp, proto in self.docker.published()]
+
+    def networks(self) -> dict[str, dict[str, Any]]:
+        out = self.engine.networks()
+        for name, n in self.docker.networks().items():
+            out[name] = {**n, "host": self.host}
+        return out
+
+
 # ---------------------------------------------------------------------------------------------
 # the registry
 

@@ -126,8 +126,12 @@ def _history_file(lab_name: str, member: str) -> str | None:
 def cmd_clean(args: argparse.Namespace) -> int:
     from cnmlab.checks import dockerd
     from cnmlab.clean import clean
+    from cnmlab.workshop import labdocker
 
     _need_root()
+    for name in state.names():  # a lab run against real Docker: its dockerd goes first
+        if not args.lab or name in args.lab:
+            labdocker.stop(name)
     removed = clean(args.lab or None)
     if not args.lab:
         removed += dockerd.clean_all()  # the real Docker daemons 'cnmlab conform' left behind

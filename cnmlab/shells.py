@@ -33,6 +33,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from cnmlab import state
+from cnmlab.constants import DOCKERD_DIR
 from cnmlab.kernel import netns, rundir
 
 SHELL_EXIT_LAB_GONE = 111  # the exit code of a shell that left because its namespace vanished
@@ -160,6 +161,10 @@ def shell_env(lab: str, member: str, ns: str, history: str | None = None,
     here = os.path.dirname(sys.executable)
     if os.path.exists(os.path.join(here, "cnmlab")) and here not in env.get("PATH", ""):
         env["PATH"] = f"{here}:{env.get('PATH', '/usr/sbin:/usr/bin:/sbin:/bin')}"
+    # a lab run against real Docker (lab 10): plain `docker ...` talks to the lab's dockerd
+    docker_sock = os.path.join(DOCKERD_DIR, lab, "docker.sock")
+    if os.path.exists(docker_sock):
+        env["DOCKER_HOST"] = f"unix://{docker_sock}"
     guard = (f"[ -e {shlex.quote(netns.path_of(ns))} ] || {{ printf %b "
              f"{shlex.quote(gone_banner(lab, member, 'its namespace was deleted'))}; "
              f"exit {SHELL_EXIT_LAB_GONE}; }}")

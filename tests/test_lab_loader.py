@@ -77,7 +77,7 @@ def test_every_shipped_lab_loads_and_validates():
     assert [l.id for l in found] == ["01-sandboxes-by-hand", "02-default-bridge",
                                      "03-nat-and-ports", "04-user-defined-networks",
                                      "05-service-discovery", "06-macvlan", "07-ipvlan",
-                                     "08-overlay", "09-ipvs"]
+                                     "08-overlay", "09-ipvs", "10-write-your-own-driver"]
     for lab in found:
         assert lab.title and lab.steps and lab.needs
         assert os.path.exists(os.path.join(lab.path, "README.md"))
@@ -85,6 +85,36 @@ def test_every_shipped_lab_loads_and_validates():
         for step in lab.steps:
             assert step.text.strip() and step.task.strip() and step.checks and step.solution
             assert step.hints, f"{lab.id}/{step.id} has no hint"
+
+
+DOCKER_LAB = GOOD.replace("steps:\n", "docker: {host: host, containers: [w1]}\nsteps:\n", 1) \
+    .replace("- link: {ns: red, name: lo, up: true}", "- link: {ns: w1, name: eth0}", 1)
+
+
+def test_a_lab_run_against_real_docker_names_its_host_and_containers(tmp_path):
+    lab = labfile.load(write(tmp_path, DOCKER_LAB))
+    assert (lab.docker.host, lab.docker.containers) == ("host", ["w1"])
+    bad = error_of(tmp_path, DOCKER_LAB.replace("docker: {host: host,", "docker: {host: nope,"))
+    assert re.search(r"lab.yaml:\d+: docker.host: unknown host 'nope'; hosts: host", bad)
+    bad = error_of(tmp_path, DOCKER_LAB.replace("firewall: manual", "firewall: iptables"))
+    assert "docker.host: host host runs dockerd, which makes its own docker0 and rules: give " \
+           "it default_bridge: false and firewall: manual" in bad
+    bad = error_of(tmp_path, DOCKER_LAB.replace("{ns: w1, name: eth0}", "{ns: w9, name: eth0}"))
+    assert "unknown namespace 'w9'" in bad
+
+
+def test_the_lab_10_files_are_served_classes():
+    """The skeleton and every solution load as the SDK classes the lab serves."""
+    from cnmlab.plugin.cli import load_class
+    from cnmlab.plugin.sdk import IpamDriver, NetworkDriver
+
+    folder = labfile.get("10").path
+    for rel, cls, base in (("skeleton/mydriver.py", "MyDriver", NetworkDriver),
+                           ("skeleton/myipam.py", "MyIpam", IpamDriver),
+                           ("solution/interface.py", "MyDriver", NetworkDriver),
+                           ("solution/gateway.py", "MyDriver", NetworkDriver),
+                           ("solution/myipam.py", "MyIpam", IpamDriver)):
+        assert issubclass(load_class(os.path.join(folder, f"{rel}:{cls}")), base)
 
 
 def test_shipped_labs_validate_against_the_json_schema():

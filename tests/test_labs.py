@@ -8,13 +8,18 @@ from __future__ import annotations
 
 import itertools
 import os
+import signal
 import subprocess
+import sys
+import time
 
 import pytest
 
-from cnmlab import state
+from cnmlab import shells, state
+from cnmlab.checks import dockerd
 from cnmlab.kernel import rundir
-from cnmlab.workshop import labfile
+from cnmlab.plugin import discovery, process
+from cnmlab.workshop import labdocker, labfile
 from cnmlab.workshop.progress import Progress
 from cnmlab.workshop.runner import LabRun
 
@@ -150,3 +155,64 @@ def test_hints_one_at_a_time_and_remembered(tmp_path):
     again = LabRun(labdef, "unused", progress=Progress(str(tmp_path / "p.json")))
     assert again.hint(step).number == 2
     assert [h.number for h in again.hints_shown(step)] == [1, 2]
+
+
+def test_lab10_runs_real_docker_and_stop_leaves_nothing():
+    """Lab 10's dockerd: the lab's shells talk to it, its plugins are the learner's, and
+    stopping the lab removes the daemon, the scratch folder and the plugins' sockets."""
+    run = LabRun(labfile.get("10"), _instance("d"))
+    try:
+        run.start()
+        ns = run.lab.netns_of("host")
+        env = shells.shell_env(run.name, "host", ns)
+        assert env["DOCKER_HOST"] == labdocker.docker_host(run.name)
+        out = subprocess.run(["ip", "netns", "exec", ns, "docker", "version", "--format",
+                              "{{.Server.Version}}"], env=env, capture_output=True, text=True,
+                             timeout=60)
+        assert out.stdout.startswith("20.10"), out.stderr
+        run.solve("hello-docker")  # a plugin served from the lab's host
+        sock = discovery.socket_path(f"{run.name}-mydriver")
+        assert os.path.exists(sock)
+        assert os.path.isdir(labdocker.work_folder(run.name))
+    finally:
+        run.stop()
+    assert not os.path.exists(labdocker.workdir(run.name))
+    assert not os.path.exists(labdocker.work_folder(run.name))
+    assert not os.path.exists(sock) and not os.path.exists(sock + ".log")
+    with open("/proc/self/mountinfo") as f:
+        assert labdocker.workdir(run.name) not in f.read()
+    assert dockerd.DAEMONS_DIR == os.path.dirname(labdocker.workdir(run.name))
+
+
+def test_lab10_after_its_plugin_crashed_cnmlab_clean_leaves_nothing():
+    """The learner's plugin dies (kill -9) with a Docker network made through it; 'cnmlab
+    clean --lab' then removes the lab's dockerd, its namespaces, the plugin's socket and log."""
+    run = LabRun(labfile.get("10"), _instance("k"))
+    try:
+        run.start()
+        run.solve("hello-docker")  # a plugin served in the lab's host; network plug made by it
+        sock = discovery.socket_path(f"{run.name}-mydriver")
+        pid, start = process.recorded(sock)
+        os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while process.start_time(pid) == start and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert process.start_time(pid) != start
+        assert os.path.exists(sock)  # what the crash left
+        with open(os.path.join(labdocker.workdir(run.name), "docker.pid")) as f:
+            dockerd_pid = int(f.read())
+        ns = run.lab.netns_of("host")
+        run.lab.close()  # this process's netlink sockets would pin the namespaces
+        cp = subprocess.run([sys.executable, "-m", "cnmlab.cli", "clean", "--lab", run.name],
+                            capture_output=True, text=True, timeout=180)
+        assert cp.returncode == 0, cp.stdout + cp.stderr
+        # checked before run.stop() below, which would clean up after a clean that did not
+        assert not os.path.exists(f"/proc/{dockerd_pid}")
+        assert not os.path.exists(labdocker.workdir(run.name))
+        with open("/proc/self/mountinfo") as f:
+            assert labdocker.workdir(run.name) not in f.read()
+        assert not os.path.exists(sock) and not os.path.exists(sock + ".log")
+        assert not os.path.exists(f"/run/netns/{ns}")
+        assert not state.exists(run.name)
+    finally:
+        run.stop()

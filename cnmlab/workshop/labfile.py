@@ -23,6 +23,7 @@ from cnmlab.checks import kinds as check_kinds
 from cnmlab.checks.library import validate as validate_check
 from cnmlab.errors import CnmError, InvalidInput, ObjectNotFound, one_line
 from cnmlab.workshop.catalog import LAB_FILE, default_lab_name, lab_folders
+from cnmlab.workshop.labdocker import DockerSpec
 from cnmlab.yamlsrc import Source
 
 SCHEMA_PATH = os.path.join(os.path.dirname(__file__), "lab.schema.json")
@@ -90,6 +91,7 @@ class LabDef:
     path: str  # the lab folder
     default_name: str
     recap: str = ""  # shown when the last step passes: what was built, the Docker equivalent
+    docker: DockerSpec | None = None  # real dockerd runs in that host (lab 10)
 
     def step(self, ref: "str | int | Step | None") -> Step:
         """A step by id, by 1-based number (int or digits) or the Step itself."""
@@ -353,6 +355,23 @@ def _validate_check(src: Source, chk: dict[str, Any], where: tuple[Any, ...], na
         raise src.error(where + (kind,), str(e)) from None
 
 
+def _docker_spec(src: Source, raw: Any, topo: topofile.Topology,
+                 names: _Names) -> DockerSpec | None:
+    """``docker: {host: H, containers: [...]}``: real dockerd in host H, whose containers the
+    steps' checks may name."""
+    if raw is None:
+        return None
+    host = next((h for h in topo.hosts if h.name == raw["host"]), None)
+    if host is None:
+        raise src.error(("docker", "host"), f"unknown host {raw['host']!r}; hosts: "
+                        f"{', '.join(sorted(names.hosts))}")
+    if host.options.get("default_bridge", True) or host.options.get("firewall") != "manual":
+        raise src.error(("docker", "host"), f"host {host.name} runs dockerd, which makes its own "
+                        f"docker0 and rules: give it default_bridge: false and firewall: manual")
+    names.sandboxes |= set(raw.get("containers") or [])
+    return DockerSpec(host.name, list(raw.get("containers") or []))
+
+
 def parse_lab(src: Source, folder: str) -> LabDef:
     if not isinstance(src.data, dict):
         raise src.error((), "a lab file is a mapping (id, title, topology, steps)")
@@ -364,6 +383,7 @@ def parse_lab(src: Source, folder: str) -> LabDef:
                                {k[1:]: v for k, v in src.lines.items() if k[:1] == ("topology",)})
     topo = topofile.parse(topo_src, name=default_name)
     names = _Names(topo)
+    docker = _docker_spec(src, data.get("docker"), topo, names)
     kinds = check_kinds.kinds()
 
     def actions(raw: list[dict[str, Any]] | None, where: tuple[Any, ...]) -> list[Action]:
@@ -406,7 +426,7 @@ def parse_lab(src: Source, folder: str) -> LabDef:
     return LabDef(id=lab_id, title=data["title"], summary=data.get("summary", ""),
                   needs=list(data.get("needs") or []), topology=topo, steps=steps,
                   setup=lab_setup, path=folder, default_name=default_name,
-                  recap=data.get("recap", ""))
+                  recap=data.get("recap", ""), docker=docker)
 
 
 def _step_where(src: Source, s: dict[str, Any], where: tuple[Any, ...],

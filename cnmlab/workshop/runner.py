@@ -17,18 +17,20 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from typing import Any
 
 from cnmlab import state, topofile
 from cnmlab.checks import probes
-from cnmlab.checks.api import CheckResult
+from cnmlab.checks.api import CheckResult, Target
 from cnmlab.checks.kinds import run_check, run_checks
 from cnmlab.checks.targets import EngineTarget
 from cnmlab.errors import CnmError, InvalidInput, NotRootError, ObjectNotFound
 from cnmlab.kernel import features
 from cnmlab.lab import Lab, ns_name, teardown
+from cnmlab.workshop import labdocker
 from cnmlab.workshop.labfile import NS_TEMPLATE, Action, LabDef, Step
 from cnmlab.workshop.progress import Progress
 
@@ -95,6 +97,8 @@ class LabRun:
                 with lab.locked():
                     topofile.build(self.labdef.topology, lab)
                     self.lab = lab
+                    if self.labdef.docker is not None:
+                        labdocker.start(lab, self.labdef.docker.host, self.name)
                     self._save_run({"lab_id": self.labdef.id, "setup_done": []})
                     self._apply(self.labdef.setup)
                     passed = (set(self.progress.lab(self.labdef.id)["passed"]) if resume
@@ -108,21 +112,27 @@ class LabRun:
                         self.solve(upto)
                     self._enter(self.current_step or self.labdef.steps[0])
             except BaseException:
+                labdocker.stop(self.name)  # its dockerd, if it got that far
                 lab.down()
                 self.lab = None
+                if self.labdef.docker is not None:
+                    labdocker.forget_plugins()
                 raise
         return self
 
     def stop(self) -> None:
-        """Tear the lab down (every namespace it made, and its state file)."""
+        """Tear the lab down (every namespace it made, and its state file; its dockerd and
+        scratch folder, for a lab run against real Docker)."""
+        labdocker.stop(self.name)
         if self.lab is not None:
             self.lab.down()
             self.lab = None
-            return
-        if state.exists(self.name):
+        elif state.exists(self.name):
             Lab.open(self.name).down()
         else:
             teardown(self.name, None)
+        if self.labdef.docker is not None:
+            labdocker.forget_plugins()
 
     def reset(self) -> "LabRun":
         """Down and up again, from step 1: the lab's progress is cleared."""
@@ -149,9 +159,9 @@ class LabRun:
         s = self.labdef.step(step)
         if all(r.ok for r in results) or not s.diagnose:
             return None
-        target = EngineTarget(self._attach())
+        target = self.target()
         for item in s.diagnose:
-            r = run_check(target, item["check"])
+            r = run_check(target, self._render_params(item["check"]))
             if not r.ok:
                 return (self.render(item["say"]).strip().replace("{observed}", r.observed)
                         .replace("{reason}", r.reason))
@@ -213,7 +223,29 @@ class LabRun:
                     pass
             return ns_name(self.name, name)
 
-        return NS_TEMPLATE.sub(ns, text).replace("{lab}", self.name)
+        text = NS_TEMPLATE.sub(ns, text).replace("{lab}", self.name)
+        if "{docker_host}" in text or "{workdir}" in text or "{labdir}" in text:
+            text = (text.replace("{docker_host}", labdocker.docker_host(self.name))
+                    .replace("{workdir}", labdocker.work_folder(self.name))
+                    .replace("{labdir}", self.labdef.path))
+        return text
+
+    def _render_params(self, value: Any) -> Any:
+        """A check's parameters with the templates filled in (``{lab}``: a plugin's name)."""
+        if isinstance(value, str):
+            return self.render(value)
+        if isinstance(value, list):
+            return [self._render_params(v) for v in value]
+        if isinstance(value, dict):
+            return {k: self._render_params(v) for k, v in value.items()}
+        return value
+
+    def target(self) -> Target:
+        """What the checks probe: the engine's lab, plus Docker's containers if it runs one."""
+        lab = self._attach()
+        if self.labdef.docker is not None:
+            return labdocker.target(lab, self.labdef.docker, self.name)
+        return EngineTarget(lab)
 
     def show(self, step: "str | int | Step | None" = None) -> dict[str, Any]:
         s = self._step(step)
@@ -235,8 +267,7 @@ class LabRun:
         if s is None:
             s = self.labdef.steps[-1]
         self._enter(s)
-        lab = self._attach()
-        results = run_checks(EngineTarget(lab), s.checks)
+        results = run_checks(self.target(), self._render_params(s.checks))
         ok = all(r.ok for r in results)
         if ok or s.id in self.passed:
             self.progress.mark(self.labdef.id, s.id, ok)
@@ -300,7 +331,8 @@ class LabRun:
             script = self.render(raw["sh"])
             try:
                 proc = subprocess.run(["ip", "netns", "exec", ns, "bash", "-e", "-o", "pipefail",
-                                       "-c", script], capture_output=True, text=True, timeout=60)
+                                       "-c", script], capture_output=True, text=True, timeout=60,
+                                      env=_action_env())
             except subprocess.TimeoutExpired:
                 raise StepError(f"in {raw['in']}: no answer after 60 s: {script.strip()}") from None
             if proc.returncode != 0:
@@ -364,6 +396,15 @@ class LabRun:
                 return  # it answers
             except CnmError:
                 time.sleep(0.05)
+
+
+def _action_env() -> dict[str, str]:
+    """A shell action's environment: the ``cnmlab`` it calls is the one running this lab
+    (its interpreter's folder first on PATH), not whichever is installed elsewhere."""
+    env = dict(os.environ)
+    here = os.path.dirname(sys.executable)
+    env["PATH"] = f"{here}{os.pathsep}{env.get('PATH', '/usr/sbin:/usr/bin:/sbin:/bin')}"
+    return env
 
 
 def running_instances(labdef: LabDef) -> list[str]:
