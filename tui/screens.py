@@ -429,6 +429,7 @@ LIVE_VIEWS = {  # tab id -> (module, class, tab title)
     "tab-topology": ("topology", "TopologyView", "Topology"),
     "tab-packets": ("packets", "PacketPanel", "Packets"),
     "tab-peers": ("peers", "PeersView", "Peers"),  # labs with a control plane only
+    "tab-plugins": ("pluginlog", "PluginLog", "Plugins"),  # calls a served plugin received
 }
 
 
@@ -467,6 +468,8 @@ class StepScreen(WorkerErrors, Screen):
                 tooltip="the lab's topology"),
         Binding("4", "tab('tab-packets')", "Packets tab", show=False, priority=True,
                 tooltip="packets seen by the target"),
+        Binding("5", "tab('tab-plugins')", "Plugins tab", show=False, priority=True,
+                tooltip="every call a served plugin received, with its JSON, live"),
         Binding("question_mark", "help", "Keys", key_display="?", priority=True,
                 tooltip="this list of keys"),
         Binding("q", "back", "Back", priority=True, tooltip="back to the lab list (the lab "
