@@ -27,6 +27,7 @@ FULL = [
      ["bench_macvlan.py", "--sizes", "100,1000", "--iperf"]),
     ("overlay: 3 hosts x 30, truth table, convergence vs swarm, iperf3 (issue: overlay)",
      ["bench_overlay.py"]),
+    ("drivers as plugins: protocol, engine, shared firewall", ["bench_plugin.py"]),
     ("DNS codec next to a probe's round trip", ["bench_dns.py"]),
 ]
 QUICK = [
@@ -38,6 +39,8 @@ QUICK = [
     ("macvlan build/teardown", ["bench_macvlan.py", "--sizes", "20"]),
     ("overlay", ["bench_overlay.py", "--hosts", "2", "--per-host", "5", "--no-swarm",
                  "--no-iperf"]),
+    ("drivers as plugins", ["bench_plugin.py", "--sandboxes", "5", "--networks", "1,5",
+                            "--calls", "50"]),
     ("DNS codec", ["bench_dns.py", "--queries", "50"]),
 ]
 
