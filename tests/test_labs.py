@@ -216,3 +216,30 @@ def test_lab10_after_its_plugin_crashed_cnmlab_clean_leaves_nothing():
         assert not state.exists(run.name)
     finally:
         run.stop()
+
+
+def test_lab10_a_driver_whose_join_gives_no_gateway_is_caught_with_real_docker():
+    """The deliberately wrong plugin, against real dockerd 20.10: step 2's driver (Join answers
+    the interface, no Gateway) runs the gateway step's containers; Docker then routes them
+    through docker_gwbridge instead of the plugin's bridge, and the step's route check fails."""
+    labdef = labfile.get("10")
+    run = LabRun(labdef, _instance("g"))
+    try:
+        run.start()
+        run.solve("interface")  # the served driver is solution/interface.py: no Gateway
+        gateway = labdef.step("gateway")
+        run.apply_action(gateway.solution[1])  # plug2, g1 and g2: Docker calls that driver
+        results = run.check(gateway)
+        route = next(r for r in results if r.kind == "default-route")
+        # Docker's own way out: eth1 on docker_gwbridge (which Docker NATs itself, so the
+        # egress check alone would not notice); the route check does
+        assert not route.ok and "10.78.0.1" not in route.observed, _fmt(results)
+        assert "dev eth1" in route.observed, _fmt(results)
+        assert "gateway" not in run.passed
+        inspect = subprocess.run(["docker", "-H", labdocker.docker_host(run.name), "network",
+                                  "ls", "--format", "{{.Name}}"], capture_output=True,
+                                 text=True, timeout=60)
+        assert "docker_gwbridge" in inspect.stdout.split(), inspect.stdout + inspect.stderr
+    finally:
+        run.stop()
+    assert not state.exists(run.name)
