@@ -140,12 +140,14 @@ def _engine_apply(lab: Lab, step: Step) -> None:
     host = lab.host("host")
     a = step.args
     if step.op == "run":
-        host.run(a["name"], a.get("network", "bridge"), publish=a.get("publish", ()))
+        host.run(a["name"], a.get("network", "bridge"), publish=a.get("publish", ()),
+                 ip=a.get("ip"))
     elif step.op == "rm":
         host.rm(a["name"])
     elif step.op == "network_create":
-        host.network_create(a["name"], subnet=a.get("subnet"), internal=bool(a.get("internal")),
-                            options=a.get("options"))
+        host.network_create(a["name"], a.get("driver", "bridge"), subnet=a.get("subnet"),
+                            gateway=a.get("gateway"), ip_range=a.get("ip_range"),
+                            internal=bool(a.get("internal")), options=a.get("options"))
     elif step.op == "network_rm":
         host.network_rm(a["name"])
     elif step.op == "connect":
@@ -186,6 +188,8 @@ def _docker_apply(daemon: DockerDaemon, step: Step) -> None:
         args = ["run", "-d", "--name", a["name"]]
         if a.get("network"):
             args += ["--network", a["network"]]
+        if a.get("ip"):
+            args += ["--ip", a["ip"]]
         for p in a.get("publish", []):
             parse_port(p)  # the same validation as the engine's
             args += ["-p", p]
@@ -195,7 +199,8 @@ def _docker_apply(daemon: DockerDaemon, step: Step) -> None:
     elif step.op == "network_create":
         daemon.network_create(a["name"], subnet=a.get("subnet"), internal=bool(a.get("internal")),
                               options={str(k): str(v) for k, v in (a.get("options") or {}).items()}
-                              or None)
+                              or None, driver=a.get("driver", "bridge"),
+                              gateway=a.get("gateway"), ip_range=a.get("ip_range"))
     elif step.op == "network_rm":
         daemon.docker("network", "rm", a["name"])
     else:
