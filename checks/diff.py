@@ -289,13 +289,18 @@ def _apply(step: Step, action: Any) -> None:
 
 
 def diff(scenario: Scenario, known: list[Known] | None = None,
-         engine: dict[str, list[str]] | None = None) -> DiffResult:
-    """Run ``scenario`` on both sides (or reuse ``engine``'s state) and compare."""
+         engine: dict[str, list[str]] | None = None,
+         docker: dict[str, list[str]] | None = None) -> DiffResult:
+    """Run ``scenario`` on both sides (or reuse ``engine``'s or ``docker``'s state) and compare.
+
+    Docker's side costs a daemon start per scenario; a caller comparing several engines with
+    one scenario (the tests' planted differences) reads Docker's state once and passes it.
+    """
     tag = f"df{os.getpid()}"
     t0 = time.monotonic()
     engine_state = engine if engine is not None else run_engine(scenario, f"{tag}e")
     t1 = time.monotonic()
-    docker_state = run_docker(scenario, f"{tag}d")
+    docker_state = docker if docker is not None else run_docker(scenario, f"{tag}d")
     t2 = time.monotonic()
     result = DiffResult(scenario.name, compare(scenario.name, engine_state, docker_state,
                                                load_known() if known is None else known),

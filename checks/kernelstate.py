@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -123,9 +124,42 @@ def _sysctls(ns: str) -> list[str]:
     return out
 
 
+def _unsettled(links: list[dict]) -> list[str]:
+    """Links whose state the kernel has not finished reporting.
+
+    The kernel reports a bridge's carrier change through linkwatch, up to a second after its
+    last port went away (or its first came up). Read too early, one side shows ``UP`` where the
+    other, a few steps slower, already shows ``NO-CARRIER``: a difference of timing, not of
+    what was built. A link whose operstate disagrees with its carrier, or a bridge whose
+    carrier disagrees with its ports, is such a link.
+    """
+    up_ports = {l.get("master") for l in links if "LOWER_UP" in l.get("flags", [])
+                and l.get("operstate") == "UP"}
+    out = []
+    for l in links:
+        flags = l.get("flags", [])
+        if "UP" not in flags or l.get("operstate") == "UNKNOWN":
+            continue
+        carrier = "LOWER_UP" in flags
+        if (l.get("operstate") == "UP") != carrier:  # carrier changed, operstate not yet
+            out.append(l["ifname"])
+        elif (l.get("linkinfo") or {}).get("info_kind") == "bridge" and \
+                carrier != (l["ifname"] in up_ports):
+            out.append(l["ifname"])
+    return out
+
+
+def settle(ns: str, timeout: float = 5.0) -> None:
+    """Wait (at most ``timeout``) until no link of ``ns`` is in mid-change (``_unsettled``)."""
+    deadline = time.monotonic() + timeout
+    while _unsettled(_ip_json(ns, "-d", "link", "show")) and time.monotonic() < deadline:
+        time.sleep(0.1)
+
+
 def collect(view: HostView) -> dict[str, list[str]]:
     """Section title -> lines, in the order the kernel (or the file) gives them."""
     rn = Renamer()
+    settle(view.host_netns)
     host_links = {l["ifindex"]: l for l in _ip_json(view.host_netns, "-d", "addr", "show")}
     kinds = {l["ifname"]: (l.get("linkinfo") or {}).get("info_kind") for l in host_links.values()}
     for net, dev in view.bridges.items():
@@ -136,6 +170,7 @@ def collect(view: HostView) -> dict[str, list[str]]:
     ctr_links: dict[str, list[dict]] = {}
     for c in view.containers.values():
         rn.add(c.short_id, f"<id:{c.name}>")
+        settle(c.netns)
         ctr_links[c.name] = _ip_json(c.netns, "-d", "addr", "show")
         for link in ctr_links[c.name]:
             # only a veth's peer is generated; a macvlan's link is its parent (eth0), a real

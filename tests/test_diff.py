@@ -13,7 +13,7 @@ import sys
 
 import pytest
 
-from cnmlab.checks import diff, dockerd, scenario
+from cnmlab.checks import diff, dockerd, kernelstate, scenario
 from cnmlab.checks.dockerd import missing_tools
 from cnmlab.errors import InvalidInput
 from cnmlab.firewall import iptables
@@ -42,9 +42,14 @@ def test_scenario_errors_name_the_file_line_and_field():
 def test_every_shipped_scenario_loads_and_prints_its_docker_commands():
     names = scenario.available()
     assert {"default-bridge", "user-defined", "published-ports", "connect-disconnect",
-            "removal", "options"} <= set(names)
+            "removal", "options", "macvlan", "macvlan-modes"} <= set(names)
     sc = scenario.load("published-ports")
     assert str(sc.steps[1]) == "docker run -d --name t1 --network web -p 8080:80 -p 8443:443/tcp busybox"
+    mv = scenario.load("macvlan")
+    assert str(mv.steps[0]) == ("docker network create -d macvlan --subnet 192.168.50.0/24 "
+                                "--gateway 192.168.50.1 --ip-range 192.168.50.128/27 "
+                                "-o parent=eth0 lan")
+    assert str(mv.steps[2]) == "docker run -d --name m2 --network lan --ip 192.168.50.20 busybox"
 
 
 def test_compare_names_moved_and_missing_lines():
@@ -67,21 +72,50 @@ def test_a_known_difference_covers_only_its_own_scenario_section_and_line():
     assert all(d.known is None for d in diff.compare("removal", engine, docker, known))
 
 
+def test_a_link_in_mid_change_is_waited_for():
+    """A bridge whose last port just left: carrier off, operstate still UP (linkwatch lag)."""
+    def link(name, flags, state, kind=None, master=None):
+        return {"ifname": name, "flags": flags, "operstate": state, "master": master,
+                "linkinfo": {"info_kind": kind} if kind else None}
+    settled = [link("br0", ["BROADCAST", "UP"], "DOWN", "bridge"),
+               link("lo", ["LOOPBACK", "UP", "LOWER_UP"], "UNKNOWN")]
+    assert kernelstate._unsettled(settled) == []
+    assert kernelstate._unsettled([link("br0", ["BROADCAST", "UP"], "UP", "bridge")]) == ["br0"]
+    # carrier still on but no port left
+    assert kernelstate._unsettled([link("br0", ["UP", "LOWER_UP"], "UP", "bridge")]) == ["br0"]
+    assert kernelstate._unsettled([link("br0", ["UP", "LOWER_UP"], "UP", "bridge"),
+                                   link("v1", ["UP", "LOWER_UP"], "UP", "veth", "br0")]) == []
+
+
 # ---- real Docker ---------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def docker_default_bridge():
+def docker_states():
+    """Docker's state per scenario, read once per test run: a daemon start costs 5-8 s, and
+    the planted-difference tests compare a broken engine with the same Docker state."""
     if os.geteuid() != 0:
         pytest.skip("needs root")
-    return diff.run_docker(scenario.load("default-bridge"), f"dfb{PID}")
+    cache: dict[str, dict[str, list[str]]] = {}
+
+    def state(name: str) -> dict[str, list[str]]:
+        if name not in cache:
+            cache[name] = diff.run_docker(scenario.load(name), f"dfs{PID}")
+        return cache[name]
+    return state
+
+
+@pytest.fixture(scope="module")
+def docker_default_bridge(docker_states):
+    return docker_states("default-bridge")
 
 
 @pytest.mark.docker
 @needs_docker
 @pytest.mark.parametrize("name", scenario.available())
-def test_engine_matches_docker(name):
-    result = diff.diff(scenario.load(name))
+def test_engine_matches_docker(name, docker_states):
+    """Every shipped scenario (bridge and macvlan alike: the list is read from the folder)."""
+    result = diff.diff(scenario.load(name), docker=docker_states(name))
     assert result.ok, result.render()
-    assert not os.path.exists(os.path.join(dockerd.DAEMONS_DIR, f"df{PID}d"))
+    assert not os.path.exists(os.path.join(dockerd.DAEMONS_DIR, f"dfs{PID}"))
 
 
 @pytest.mark.docker
@@ -160,3 +194,39 @@ def test_a_hand_built_lab_against_docker(lab, docker_default_bridge, monkeypatch
     assert not [d for d in result.differences if d.section in ("c1 addresses", "c2 addresses")]
     assert not [d for d in result.differences
                 if d.section == "host links" and "<veth:c1.eth0>" in d.line]
+
+
+@pytest.mark.docker
+@needs_docker
+def test_a_wrong_macvlan_mode_fails_naming_the_line(docker_states, monkeypatch):
+    """The driver's children made in private mode where the network asks for bridge."""
+    real = netlink.Netlink.add_macvlan
+
+    def private(self, name, parent, mode, **kw):
+        return real(self, name, parent, "private" if mode == "bridge" else mode, **kw)
+
+    monkeypatch.setattr(netlink.Netlink, "add_macvlan", private)
+    result = diff.diff(scenario.load("macvlan"), docker=docker_states("macvlan"))
+    assert not result.ok
+    found = {(d.section, d.side, d.line) for d in result.unlisted}
+    line = "eth0 kind=macvlan mode={} master=- mtu=1500 state=UP flags=BROADCAST,MULTICAST,UP " \
+           "mac=02:42:c0:a8:32:80"
+    assert ("m1 links", "engine", line.format("private")) in found
+    assert ("m1 links", "docker", line.format("bridge")) in found
+    assert "- " + line.format("private") in result.render()
+
+
+@pytest.mark.docker
+@needs_docker
+def test_reused_interface_names_fail_naming_the_line(docker_states, monkeypatch):
+    """An engine that hands a freed eth0 to the next connect (libnetwork never does)."""
+    from cnmlab.model import Sandbox
+
+    monkeypatch.setattr(Sandbox, "next_ifindex", property(lambda self: {},
+                                                          lambda self, v: None), raising=False)
+    result = diff.diff(scenario.load("macvlan-modes"), docker=docker_states("macvlan-modes"))
+    links = {(d.side, d.line.split(" mtu=")[0]) for d in result.unlisted
+             if d.section == "a1 links"}
+    assert links == {("engine", "eth0 kind=macvlan mode=private master=-"),
+                     ("docker", "eth2 kind=macvlan mode=private master=-")}, result.render()
+    assert "  [a1 links]" in result.render()
