@@ -272,9 +272,15 @@ def run_against(scenario: Scenario, lab_name: str, host: str | None = None,
     """
     lab = Lab.open(lab_name)
     try:
-        mine = collect(_engine_view(lab, host, only=containers_of(scenario)))
+        return run_against_lab(scenario, lab, host, known)
     finally:
         lab.close()
+
+
+def run_against_lab(scenario: Scenario, lab: Lab, host: str | None = None,
+                    known: list[Known] | None = None) -> DiffResult:
+    """``run_against`` for a lab already open (the workshop's own, on its engine thread)."""
+    mine = collect(_engine_view(lab, host, only=containers_of(scenario)))
     docker_state = run_docker(scenario, f"df{os.getpid()}d")
     return DiffResult(scenario.name, compare(scenario.name, mine, docker_state,
                                              load_known() if known is None else known),
