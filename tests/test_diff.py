@@ -72,6 +72,24 @@ def test_a_known_difference_covers_only_its_own_scenario_section_and_line():
     assert all(d.known is None for d in diff.compare("removal", engine, docker, known))
 
 
+def test_a_labs_docker_diff_names_a_shipped_scenario_and_a_host(tmp_path):
+    from cnmlab.workshop import labfile
+
+    src = open(os.path.join(labfile.discover()[1].path, "lab.yaml")).read()
+    assert "docker_diff: {scenario: default-bridge, host: host}" in src
+    for i, (bad, message) in enumerate((("{scenario: nope, host: host}", "docker_diff.scenario: no shipped "
+                                                         "scenario 'nope'"),
+                         ("{scenario: default-bridge, host: h9}", "docker_diff.host: unknown "
+                                                                  "host 'h9'"),
+                         ("{scenario: default-bridge}", "docker_diff"))):
+        folder = tmp_path / f"lab{i}"
+        folder.mkdir(parents=True)
+        (folder / "lab.yaml").write_text(src.replace(
+            "docker_diff: {scenario: default-bridge, host: host}", f"docker_diff: {bad}"))
+        with pytest.raises(InvalidInput, match=message.replace(".", r"\.")):
+            labfile.load(str(folder))
+
+
 def test_a_link_in_mid_change_is_waited_for():
     """A bridge whose last port just left: carrier off, operstate still UP (linkwatch lag)."""
     def link(name, flags, state, kind=None, master=None):
