@@ -140,12 +140,14 @@ def _engine_apply(lab: Lab, step: Step) -> None:
     host = lab.host("host")
     a = step.args
     if step.op == "run":
-        host.run(a["name"], a.get("network", "bridge"), publish=a.get("publish", ()))
+        host.run(a["name"], a.get("network", "bridge"), publish=a.get("publish", ()),
+                 ip=a.get("ip"))
     elif step.op == "rm":
         host.rm(a["name"])
     elif step.op == "network_create":
-        host.network_create(a["name"], subnet=a.get("subnet"), internal=bool(a.get("internal")),
-                            options=a.get("options"))
+        host.network_create(a["name"], a.get("driver", "bridge"), subnet=a.get("subnet"),
+                            gateway=a.get("gateway"), ip_range=a.get("ip_range"),
+                            internal=bool(a.get("internal")), options=a.get("options"))
     elif step.op == "network_rm":
         host.network_rm(a["name"])
     elif step.op == "connect":
@@ -186,6 +188,8 @@ def _docker_apply(daemon: DockerDaemon, step: Step) -> None:
         args = ["run", "-d", "--name", a["name"]]
         if a.get("network"):
             args += ["--network", a["network"]]
+        if a.get("ip"):
+            args += ["--ip", a["ip"]]
         for p in a.get("publish", []):
             parse_port(p)  # the same validation as the engine's
             args += ["-p", p]
@@ -195,7 +199,8 @@ def _docker_apply(daemon: DockerDaemon, step: Step) -> None:
     elif step.op == "network_create":
         daemon.network_create(a["name"], subnet=a.get("subnet"), internal=bool(a.get("internal")),
                               options={str(k): str(v) for k, v in (a.get("options") or {}).items()}
-                              or None)
+                              or None, driver=a.get("driver", "bridge"),
+                              gateway=a.get("gateway"), ip_range=a.get("ip_range"))
     elif step.op == "network_rm":
         daemon.docker("network", "rm", a["name"])
     else:
@@ -267,9 +272,15 @@ def run_against(scenario: Scenario, lab_name: str, host: str | None = None,
     """
     lab = Lab.open(lab_name)
     try:
-        mine = collect(_engine_view(lab, host, only=containers_of(scenario)))
+        return run_against_lab(scenario, lab, host, known)
     finally:
         lab.close()
+
+
+def run_against_lab(scenario: Scenario, lab: Lab, host: str | None = None,
+                    known: list[Known] | None = None) -> DiffResult:
+    """``run_against`` for a lab already open (the workshop's own, on its engine thread)."""
+    mine = collect(_engine_view(lab, host, only=containers_of(scenario)))
     docker_state = run_docker(scenario, f"df{os.getpid()}d")
     return DiffResult(scenario.name, compare(scenario.name, mine, docker_state,
                                              load_known() if known is None else known),
@@ -284,13 +295,18 @@ def _apply(step: Step, action: Any) -> None:
 
 
 def diff(scenario: Scenario, known: list[Known] | None = None,
-         engine: dict[str, list[str]] | None = None) -> DiffResult:
-    """Run ``scenario`` on both sides (or reuse ``engine``'s state) and compare."""
+         engine: dict[str, list[str]] | None = None,
+         docker: dict[str, list[str]] | None = None) -> DiffResult:
+    """Run ``scenario`` on both sides (or reuse ``engine``'s or ``docker``'s state) and compare.
+
+    Docker's side costs a daemon start per scenario; a caller comparing several engines with
+    one scenario (the tests' planted differences) reads Docker's state once and passes it.
+    """
     tag = f"df{os.getpid()}"
     t0 = time.monotonic()
     engine_state = engine if engine is not None else run_engine(scenario, f"{tag}e")
     t1 = time.monotonic()
-    docker_state = run_docker(scenario, f"{tag}d")
+    docker_state = docker if docker is not None else run_docker(scenario, f"{tag}d")
     t2 = time.monotonic()
     result = DiffResult(scenario.name, compare(scenario.name, engine_state, docker_state,
                                                load_known() if known is None else known),

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -70,9 +71,16 @@ def _derived_mac(mac: str, link: dict) -> bool:
                for a in link.get("addr_info", []) if a.get("family") == "inet")
 
 
+# the kind-specific attributes a driver chooses (``ip -d link``): a macvlan's mode, a VXLAN's
+# VNI and port; the rest of info_data is the kernel's defaults and compared through these
+KIND_DATA = {"macvlan": ("mode",), "ipvlan": ("mode",), "vxlan": ("id", "port")}
+
+
 def _link_line(link: dict, rn: Renamer) -> str:
     info = link.get("linkinfo") or {}
     kind = info.get("info_kind") or link.get("link_type", "")
+    data = info.get("info_data") or {}
+    kind += "".join(f" {k}={data[k]}" for k in KIND_DATA.get(kind, ()) if k in data)
     flags = ",".join(f for f in link.get("flags", []) if f != "LOWER_UP")
     master = rn(link.get("master", "")) or "-"
     return (f"{rn(link['ifname'])} kind={kind} master={master} mtu={link.get('mtu')} "
@@ -116,19 +124,60 @@ def _sysctls(ns: str) -> list[str]:
     return out
 
 
+def _unsettled(links: list[dict]) -> list[str]:
+    """Links whose state the kernel has not finished reporting.
+
+    The kernel reports a bridge's carrier change through linkwatch, up to a second after its
+    last port went away (or its first came up). Read too early, one side shows ``UP`` where the
+    other, a few steps slower, already shows ``NO-CARRIER``: a difference of timing, not of
+    what was built. A link whose operstate disagrees with its carrier, or a bridge whose
+    carrier disagrees with its ports, is such a link.
+    """
+    up_ports = {l.get("master") for l in links if "LOWER_UP" in l.get("flags", [])
+                and l.get("operstate") == "UP"}
+    out = []
+    for l in links:
+        flags = l.get("flags", [])
+        if "UP" not in flags or l.get("operstate") == "UNKNOWN":
+            continue
+        carrier = "LOWER_UP" in flags
+        if (l.get("operstate") == "UP") != carrier:  # carrier changed, operstate not yet
+            out.append(l["ifname"])
+        elif (l.get("linkinfo") or {}).get("info_kind") == "bridge" and \
+                carrier != (l["ifname"] in up_ports):
+            out.append(l["ifname"])
+    return out
+
+
+def settle(ns: str, timeout: float = 5.0) -> None:
+    """Wait (at most ``timeout``) until no link of ``ns`` is in mid-change (``_unsettled``)."""
+    deadline = time.monotonic() + timeout
+    while _unsettled(_ip_json(ns, "-d", "link", "show")) and time.monotonic() < deadline:
+        time.sleep(0.1)
+
+
 def collect(view: HostView) -> dict[str, list[str]]:
     """Section title -> lines, in the order the kernel (or the file) gives them."""
     rn = Renamer()
-    for net, dev in view.bridges.items():
-        rn.add(dev, f"<br:{net}>")
+    settle(view.host_netns)
     host_links = {l["ifindex"]: l for l in _ip_json(view.host_netns, "-d", "addr", "show")}
+    kinds = {l["ifname"]: (l.get("linkinfo") or {}).get("info_kind") for l in host_links.values()}
+    for net, dev in view.bridges.items():
+        # a bridge's name is generated (br-<id12>); a macvlan network's device is its parent,
+        # a link the user named (eth0), which is compared as it is
+        if kinds.get(dev) == "bridge":
+            rn.add(dev, f"<br:{net}>")
     ctr_links: dict[str, list[dict]] = {}
     for c in view.containers.values():
         rn.add(c.short_id, f"<id:{c.name}>")
+        settle(c.netns)
         ctr_links[c.name] = _ip_json(c.netns, "-d", "addr", "show")
         for link in ctr_links[c.name]:
+            # only a veth's peer is generated; a macvlan's link is its parent (eth0), a real
+            # name that must stay as it is
             peer = host_links.get(link.get("link_index"))
-            if peer and link.get("link_netnsid") is not None:
+            kind = (link.get("linkinfo") or {}).get("info_kind")
+            if peer and link.get("link_netnsid") is not None and kind == "veth":
                 rn.add(peer["ifname"], f"<veth:{c.name}.{link['ifname']}>")
     for links in (list(host_links.values()), *ctr_links.values()):
         for link in links:

@@ -10,8 +10,8 @@ with one key::
       - run: {name: w1, network: app, publish: ["8080:80"]}
       - connect: {network: priv, container: w1}
 
-Steps: ``run`` (name, network, publish), ``rm`` (name), ``network_create`` (name, subnet,
-internal, options), ``network_rm`` (name), ``connect``/``disconnect`` (network, container).
+Steps: ``run`` (name, network, publish, ip), ``rm`` (name), ``network_create`` (name, driver,
+subnet, gateway, ip_range, internal, options), ``network_rm`` (name), ``connect``/``disconnect`` (network, container).
 Every field is checked here, so a typo is a one-line ``FILE:LINE`` error before anything runs.
 """
 from __future__ import annotations
@@ -26,9 +26,10 @@ from cnmlab.errors import InvalidInput
 from cnmlab.yamlsrc import Source
 
 FIELDS: dict[str, dict[str, type | tuple[type, ...]]] = {
-    "run": {"name": str, "network": str, "publish": list},
+    "run": {"name": str, "network": str, "publish": list, "ip": str},
     "rm": {"name": str},
-    "network_create": {"name": str, "subnet": str, "internal": bool, "options": dict},
+    "network_create": {"name": str, "driver": str, "subnet": str, "gateway": str,
+                       "ip_range": str, "internal": bool, "options": dict},
     "network_rm": {"name": str},
     "connect": {"network": str, "container": str},
     "disconnect": {"network": str, "container": str},
@@ -48,10 +49,13 @@ class Step:
         a = self.args
         if self.op == "run":
             flags = [f"--network {a['network']}"] if a.get("network") else []
+            flags += [f"--ip {a['ip']}"] if a.get("ip") else []
             flags += [f"-p {p}" for p in a.get("publish", [])]
             return " ".join(["docker run -d --name", a["name"], *flags, "busybox"])
         if self.op == "network_create":
-            flags = [f"--subnet {a['subnet']}"] if a.get("subnet") else []
+            flags = [f"-d {a['driver']}"] if a.get("driver") else []
+            flags += [f"--{k.replace('_', '-')} {a[k]}" for k in ("subnet", "gateway", "ip_range")
+                      if a.get(k)]
             flags += ["--internal"] if a.get("internal") else []
             flags += [f"-o {k}={v}" for k, v in (a.get("options") or {}).items()]
             return " ".join(["docker network create", *flags, a["name"]])

@@ -445,9 +445,10 @@ class Controller:
             finally:
                 os.close(fd)
         used = {e.ifname for _, e in self.endpoints_of(sb)}
-        n = 0
-        while f"{info.dst_prefix}{n}" in used:
+        n = sb.next_ifindex.get(info.dst_prefix, 0)
+        while f"{info.dst_prefix}{n}" in used:  # a sandbox saved before the counter existed
             n += 1
+        sb.next_ifindex[info.dst_prefix] = n + 1
         ep.ifname = f"{info.dst_prefix}{n}"
         with Netlink(sb.netns) as snl:
             if len(sb.endpoints) == 1:

@@ -94,6 +94,9 @@ class Sandbox:
     endpoints: list[EndpointRef] = field(default_factory=list)  # in join order
     dns: bool = False  # embedded resolver wanted (a user-defined network is attached)
     hosts: list[str] = field(default_factory=list)  # addresses in /etc/hosts, as Docker keeps them
+    # the next interface number per prefix ("eth" -> 2): libnetwork's osl counts up and never
+    # reuses a number, so after a disconnect the next connect gets eth2, not the freed eth0
+    next_ifindex: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass

@@ -136,3 +136,32 @@ def test_side_by_side_terminal(snap_compare, progress, size):
     app = make_app(progress)
     assert snap_compare(app, terminal_size=size,
                         run_before=open_step(app, "01", transcript=TRANSCRIPT))
+
+
+def fake_diff():
+    from cnmlab.checks.diff import Difference, DiffResult
+
+    return DiffResult("default-bridge", [
+        Difference("host iptables", "docker",
+                   "-A POSTROUTING -s 172.17.0.0/16 ! -o <br:bridge> -j MASQUERADE"),
+        Difference("c1 addresses", "engine", "eth0 172.17.0.2/16 scope global"),
+        Difference("c1 addresses", "docker", "eth0 172.17.0.2/16 brd 172.17.255.255 scope "
+                                             "global"),
+        Difference("p1 routes", "docker", "default via 172.19.0.1 dev eth0",
+                   "internal networks: cnmlab follows Docker 23+")], sections=12)
+
+
+def test_docker_diff_dialog(snap_compare, progress):
+    """D's dialog: the commands Docker ran, then yours (-) and Docker's (+) lines, per section."""
+    from cnmlab.tui.dockerdiff import DockerDiffScreen
+
+    app = make_app(progress)
+
+    async def before(pilot) -> None:
+        await app.push_screen(DockerDiffScreen(
+            fake_diff(), ["docker run -d --name c1 busybox",
+                          "docker run -d --name c2 -p 8080:80 busybox"], "host"))
+        await pilot.pause()
+        await pilot.pause()
+
+    assert snap_compare(app, terminal_size=(120, 40), run_before=before)

@@ -460,6 +460,10 @@ class StepScreen(WorkerErrors, Screen):
                 "in the selected lab member ('exit' comes back here)"),
         Binding("r", "reset", "Reset", priority=True, tooltip="reset this step (rebuild the "
                 "lab up to the step before) or the whole lab (asks first)"),
+        Binding("D", "docker_diff", "Docker?", key_display="D", priority=True,
+                tooltip="what would real Docker have built here? runs the lab's commands on "
+                "Docker 20.10 (5-10 s) and shows what differs from your host (labs that name "
+                "a scenario)"),
         Binding("1", "tab('tab-step')", "Step tab", show=False, priority=True,
                 tooltip="show the step"),
         Binding("2", "tab('tab-live')", "Live tab", show=False, priority=True,
@@ -565,6 +569,8 @@ class StepScreen(WorkerErrors, Screen):
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         """Letters while reading, function keys while typing (F6 in both)."""
+        if action == "docker_diff" and self.labdef.docker_diff is None:
+            return False
         in_term = self.terminal_focused()
         if action == "fkey":
             return in_term or parameters[:1] == ("toggle_terminal",)
@@ -894,8 +900,30 @@ class StepScreen(WorkerErrors, Screen):
     def _stop(self) -> None:
         engine_call(self.run.name, self.run.stop)
 
+    # ---- what would Docker have built here? (worker) --------------------------------------------
+    def action_docker_diff(self) -> None:
+        if self.busy and self.busy != "checking":
+            self.notify(f"wait: {self.busy}")
+            return
+        self.busy = "asking Docker"
+        self._docker_diff()
+
+    @work(thread=True, exclusive=True, group="docker-diff", name="docker-diff",
+          exit_on_error=False)
+    def _docker_diff(self) -> tuple[Any, list[str], str]:
+        from cnmlab.checks import scenario
+
+        name, host = self.labdef.docker_diff
+        commands = [str(s) for s in scenario.load(name).steps]
+        return engine_call(self.run.name, self.run.docker_diff), commands, host
+
     def worker_done(self, name: str, result: Any) -> None:
-        if name == "check":
+        if name == "docker-diff":
+            from cnmlab.tui.dockerdiff import DockerDiffScreen
+
+            self.busy = ""
+            self.app.push_screen(DockerDiffScreen(*result))
+        elif name == "check":
             self._checked(*result)
         elif name == "solve":
             step, results = result
@@ -925,7 +953,8 @@ class StepScreen(WorkerErrors, Screen):
         self.busy = ""
         self._checking = False
         what = {"check": "check failed", "solve": "could not apply the solution",
-                "reset": "reset failed", "stop": "could not stop the lab"}.get(name, "")
+                "reset": "reset failed", "stop": "could not stop the lab",
+                "docker-diff": "could not compare with Docker"}.get(name, "")
         if name == "check" and self.watching:
             self.watching = False
             what += " (watch mode off)"

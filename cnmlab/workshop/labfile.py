@@ -20,6 +20,7 @@ from typing import Any
 
 from cnmlab import topofile, yamlsrc
 from cnmlab.checks import kinds as check_kinds
+from cnmlab.checks import scenario
 from cnmlab.checks.library import validate as validate_check
 from cnmlab.errors import CnmError, InvalidInput, ObjectNotFound, one_line
 from cnmlab.workshop.catalog import LAB_FILE, default_lab_name, lab_folders
@@ -92,6 +93,9 @@ class LabDef:
     default_name: str
     recap: str = ""  # shown when the last step passes: what was built, the Docker equivalent
     docker: DockerSpec | None = None  # real dockerd runs in that host (lab 10)
+    # (scenario, host): "what would Docker have built here?" compares HOST with a shipped
+    # ``cnmlab diff`` scenario run on real Docker
+    docker_diff: tuple[str, str] | None = None
 
     def step(self, ref: "str | int | Step | None") -> Step:
         """A step by id, by 1-based number (int or digits) or the Step itself."""
@@ -426,7 +430,22 @@ def parse_lab(src: Source, folder: str) -> LabDef:
     return LabDef(id=lab_id, title=data["title"], summary=data.get("summary", ""),
                   needs=list(data.get("needs") or []), topology=topo, steps=steps,
                   setup=lab_setup, path=folder, default_name=default_name,
-                  recap=data.get("recap", ""), docker=docker)
+                  recap=data.get("recap", ""), docker=docker,
+                  docker_diff=_docker_diff(src, data, names))
+
+
+def _docker_diff(src: Source, data: dict[str, Any], names: "_Names") -> tuple[str, str] | None:
+    """The lab's ``docker_diff``: a shipped scenario and one of the lab's hosts."""
+    raw = data.get("docker_diff")
+    if raw is None:
+        return None
+    if raw["scenario"] not in scenario.available():
+        raise src.error(("docker_diff", "scenario"), f"no shipped scenario "
+                        f"{raw['scenario']!r}; use one of {', '.join(scenario.available())}")
+    if raw["host"] not in names.hosts:
+        raise src.error(("docker_diff", "host"), f"unknown host {raw['host']!r}; hosts: "
+                        f"{', '.join(sorted(names.hosts))}")
+    return raw["scenario"], raw["host"]
 
 
 def _step_where(src: Source, s: dict[str, Any], where: tuple[Any, ...],

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from cnmlab import state, topofile
-from cnmlab.checks import probes
+from cnmlab.checks import diff, probes, scenario
 from cnmlab.checks.api import CheckResult, Target
 from cnmlab.checks.kinds import run_check, run_checks
 from cnmlab.checks.targets import EngineTarget
@@ -273,6 +273,20 @@ class LabRun:
             self.progress.mark(self.labdef.id, s.id, ok)
         self.why[s.id] = None if ok else self.explain(s, results)
         return results
+
+    def docker_diff(self) -> diff.DiffResult:
+        """What would Docker have built here? The lab's host next to real Docker 20.10.
+
+        The lab names a shipped scenario (``docker_diff``) whose containers are its sandboxes;
+        the scenario runs on a throwaway dockerd (5-10 s) and the two kernel states are
+        compared as ``cnmlab diff --against`` does. Nothing of the learner's lab is changed.
+        """
+        if self.labdef.docker_diff is None:
+            raise InvalidInput(f"lab {self.labdef.id} names no Docker scenario to compare with "
+                               f"(docker_diff in its lab.yaml); 'cnmlab diff --list' shows "
+                               f"the shipped ones")
+        name, host = self.labdef.docker_diff
+        return diff.run_against_lab(scenario.load(name), self._attach(), host)
 
     def hint(self, step: "str | int | Step | None" = None) -> Hint | None:
         """The next hint of a step (default: the current one), one per call; None: no more."""
