@@ -19,9 +19,10 @@ APT_PACKAGES=(
   ipvsadm                                    # IPVS labs (inspect a service's table)
   qemu-system-x86 busybox-static kmod        # cnmlab vm: qemu, the initramfs, modprobe/depmod
   etcd-server etcd-client iperf3             # overlay control plane (etcd, etcdctl); lab 06/08 throughput
+  docker.io                                  # real Docker: lab 10, conform/diff against Docker
 )
 if [ "$want_tests" = 1 ]; then
-  APT_PACKAGES+=(docker.io mininet)          # conformance against real Docker; benchmarks
+  APT_PACKAGES+=(mininet)                    # benchmarks (Mininet's build as a yardstick)
   APT_PACKAGES+=(vagrant debootstrap)        # vagrant/: `vagrant validate`; provisioning a clean Debian
 fi
 installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }

@@ -193,8 +193,9 @@ def test_provisioning_installs_a_working_cnmlab(
     assert set(report) == set(features.DESCRIPTIONS), report
     assert report == {k: here_report.get(k) for k in report}, (report, here_report)
     # the apt packages the labs drive are there, from install.sh's one list
-    tools = in_root(root, "command -v ip iptables-restore nft nsenter tcpdump ipvsadm tmux")
-    assert tools.returncode == 0 and len(tools.stdout.split()) == 7, tools.stdout + tools.stderr
+    tools = in_root(root, "command -v ip iptables-restore nft nsenter tcpdump ipvsadm tmux "
+                          "dockerd containerd")  # real Docker for lab 10 and conform/diff
+    assert tools.returncode == 0 and len(tools.stdout.split()) == 9, tools.stdout + tools.stderr
 
 
 def test_provisioned_root_reports_ipvlan_and_ipvs_under_debians_kernel(
