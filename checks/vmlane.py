@@ -28,7 +28,7 @@ and a test whose feature is broken fails.
 
 Options: ``--cnmlab-vm=auto`` (default: the VM for what this kernel lacks), ``always`` (every
 ``needs`` test in the VM), ``off`` (skip what this kernel lacks, as before);
-``--cnmlab-vm-timeout=SECONDS`` (600); ``--cnmlab-vm-append=ARGS`` (extra guest kernel
+``--cnmlab-vm-timeout=SECONDS`` (1800: the guest CPU is emulated, ~10x slower, and a busy machine slows it further); ``--cnmlab-vm-append=ARGS`` (extra guest kernel
 command line: ``module_blacklist=ip_vs`` breaks IPVS on purpose, which is how the lane's own
 tests show a broken feature failing).
 """
@@ -66,8 +66,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                 help="tests marked needs(FEATURE): auto runs those whose feature this kernel "
                      "lacks in the full-kernel VM (one boot for all); always runs every one "
                      "there; off skips them instead (default: auto)")
-    g.addoption("--cnmlab-vm-timeout", type=float, default=600.0, metavar="SECONDS",
-                help="stop the VM lane after this long (default 600)")
+    g.addoption("--cnmlab-vm-timeout", type=float, default=1800.0, metavar="SECONDS",
+                help="stop the VM lane after this long (default 1800)")
     g.addoption("--cnmlab-vm-append", default="", metavar="ARGS",
                 help="extra kernel command line for the lane's VM (e.g. module_blacklist=ip_vs)")
     g.addoption("--cnmlab-vm-guest", default=None, metavar="PATH",
