@@ -143,6 +143,13 @@ class Peer:
     mac: str
     vtep: str  # the publishing host's underlay address
     host: str  # the publishing host's name
+    # what the other hosts' embedded DNS answers for it (libnetwork's EndpointRecord: the
+    # container's name and its aliases, the short container ID among them)
+    name: str = ""
+    aliases: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "aliases", tuple(self.aliases))  # a JSON list read back
 
 
 @dataclass(frozen=True)

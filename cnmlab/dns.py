@@ -51,17 +51,19 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from cnmlab import state
+from cnmlab import controlplane, state
+from cnmlab.cluster import Peer
 from cnmlab.constants import EMBEDDED_DNS, UPSTREAM_DNS, UPSTREAM_WEB
 from cnmlab.dnswire import (AAAA, FORMERR, IN, NOTIMP, NXDOMAIN, PTR, SERVFAIL, A, Query,
                             build_response, error_reply, message_id, parse_query, tcp_frame,
                             tcp_messages, with_id)
 from cnmlab.kernel import netns, procs
 from cnmlab.model import LabState
+from cnmlab.remotenames import RemoteNames
 
 TTL = 600
 POLL = 0.2
@@ -103,26 +105,44 @@ def discoverable(net: Any) -> bool:
     return bool(net.embedded_dns)
 
 
-def build_names(lab: LabState) -> tuple[dict[str, DnsSandbox], Names]:
+def table_key(host: Any, net: Any) -> str:
+    """Which name table a sandbox on ``host`` reads for ``net``: a global-scope network's
+    table is per host (its own endpoints from the local state, every other host's from the
+    control plane), a local network's is the network's own."""
+    return f"{host.name}/{net.id}" if net.scope == "global" else net.id
+
+
+def build_names(lab: LabState,
+                remote: Iterable[Peer] = ()) -> tuple[dict[str, DnsSandbox], Names]:
+    """The resolver's tables from this machine's state and, for global-scope networks, the
+    endpoints other hosts published in the control plane (``remote``).
+
+    A global network's table for host H takes H's own endpoints from the state and nothing
+    else from it: another host's endpoints come only from the store, even when that host's
+    state happens to sit in the same file (hosts that are namespaces of one machine), so
+    what resolves is what would resolve with that host on another machine.
+    """
     sandboxes: dict[str, DnsSandbox] = {}
     names = Names()
+    by_net: dict[str, list[Peer]] = {}
+    for peer in remote:
+        by_net.setdefault(peer.network_id, []).append(peer)
     for host in lab.hosts.values():
         for net in host.networks.values():
             if not discoverable(net):
                 continue
-            table = names.a.setdefault(net.id, {})
-            ptrs = names.ptr.setdefault(net.id, {})
+            key = table_key(host, net)
+            table = names.a.setdefault(key, {})
+            ptrs = names.ptr.setdefault(key, {})
             for ep in net.endpoints.values():
                 sb = host.sandboxes.get(ep.sandbox or "")
                 if not sb or not ep.ip:
                     continue
-                ip = ep.ip.split("/")[0]
-                keys = [sb.name, sb.id[:12], f"{sb.name}.{net.name}", *ep.aliases]
-                for k in dict.fromkeys(k.lower() for k in keys):
-                    table.setdefault(k, [])
-                    if ip not in table[k]:
-                        table[k].append(ip)
-                ptrs[ip] = f"{sb.name}.{net.name}"
+                _add_name(table, ptrs, net.name, ep.ip, sb.name, [sb.id[:12], *ep.aliases])
+            if net.scope == "global":
+                for peer in by_net.get(net.id, ()):
+                    if peer.host != host.name and peer.name and peer.ip:
+                        _add_name(table, ptrs, net.name, peer.ip, peer.name, peer.aliases)
         for svc in getattr(host, "services", {}).values():
             _service_names(host, svc, names)
         for sb in host.sandboxes.values():
@@ -132,9 +152,21 @@ def build_names(lab: LabState) -> tuple[dict[str, DnsSandbox], Names]:
             for ref in sb.endpoints:
                 net = host.networks.get(ref.network)
                 if net and discoverable(net):
-                    nets.append(net.id)
+                    nets.append(table_key(host, net))
             sandboxes[sb.id] = DnsSandbox(sb.id, sb.name, sb.netns, nets)
     return sandboxes, names
+
+
+def _add_name(table: dict[str, list[str]], ptrs: dict[str, str], net_name: str, ip: str,
+              name: str, aliases: Iterable[str]) -> None:
+    """A container's records: its name, ``name.network`` and its aliases (the short ID among
+    them) -> its address; the address -> ``name.network``."""
+    ip = ip.split("/")[0]
+    for k in dict.fromkeys(k.lower() for k in (name, f"{name}.{net_name}", *aliases)):
+        table.setdefault(k, [])
+        if ip not in table[k]:
+            table[k].append(ip)
+    ptrs[ip] = f"{name}.{net_name}"
 
 
 def _service_names(host: Any, svc: Any, names: Names) -> None:
@@ -150,7 +182,7 @@ def _service_names(host: Any, svc: Any, names: Names) -> None:
             ep = net.endpoints.get(ref.endpoint)
             if ref.network == net.name and ep and ep.ip:
                 tasks.append(ep.ip.split("/")[0])
-    table = names.a.setdefault(net.id, {})
+    table = names.a.setdefault(table_key(host, net), {})
     table[svc.name.lower()] = [svc.vip] if svc.vip else list(tasks)
     table[f"tasks.{svc.name}".lower()] = tasks
 
@@ -246,9 +278,19 @@ class Served:
     conns: set[socket.socket] = field(default_factory=set)
 
 
+REMOTE_WAKE = b"r"  # the watcher's byte on the wake socket (signals write their number)
+
+
 class Resolver:
-    def __init__(self, lab_name: str, embedded: bool = True, upstream: bool = True) -> None:
+    def __init__(self, lab_name: str, embedded: bool = True, upstream: bool = True,
+                 store_netns: str | None = None) -> None:
+        """``store_netns``: where to open sockets to an external control plane (the
+        namespace the process started in; a lab's own etcd names its namespace itself)."""
         self.lab_name = lab_name
+        self.store_netns = store_netns
+        self.remote: RemoteNames | None = None
+        self.remote_dirty = False
+        self.lab: LabState | None = None
         self.embedded = embedded
         self.sel = selectors.DefaultSelector()
         self.served: dict[str, Served] = {}
@@ -296,7 +338,10 @@ class Resolver:
             pass
         if not self.embedded:
             return True
-        wanted, self.names = build_names(lab)
+        self.lab = lab
+        self._follow_store(lab)
+        wanted, self.names = build_names(lab, self._remote_peers())
+        self._write_remote_seen()
         for key in [k for k, s in self.served.items() if k not in wanted
                     or s.info.netns != wanted[k].netns]:
             self._close(self.served.pop(key))
@@ -395,12 +440,59 @@ class Resolver:
 
     # ---- I/O -----------------------------------------------------------------------------
     def _on_wake(self) -> None:
+        got = b""
         try:
-            while self.wake_r.recv(64):
-                pass
+            while chunk := self.wake_r.recv(64):
+                got += chunk
         except BlockingIOError:
             pass
-        self.poke = True
+        if REMOTE_WAKE in got:
+            self.remote_dirty = True
+        if got.replace(REMOTE_WAKE, b""):
+            self.poke = True
+
+    def _remote_changed(self) -> None:
+        """From the watcher thread: the store's records changed (the main loop rebuilds)."""
+        try:
+            self.wake_w.send(REMOTE_WAKE)
+        except OSError:
+            pass  # the socket buffer is full: a wake-up is pending anyway
+
+    def _follow_store(self, lab: LabState) -> None:
+        """Start watching the control plane's endpoint records once the lab has one."""
+        info = lab.extra.get(controlplane.KEY)
+        if self.remote is not None or not info or not self.embedded:
+            return
+        ns = info.get("netns") or self.store_netns
+        cluster = controlplane.cluster_of({**info, "netns": ns})
+        self.remote = RemoteNames(cluster, self._remote_changed)
+        self.remote.start()
+
+    def _rebuild_names(self) -> None:
+        """Remote records changed, the state did not: new tables, same sandboxes."""
+        if self.lab is None:
+            return
+        _, self.names = build_names(self.lab, self._remote_peers())
+        self._write_remote_seen()
+
+    def _remote_peers(self) -> list[Peer]:
+        return list(self.remote.snapshot()[0].values()) if self.remote else []
+
+    def _write_remote_seen(self) -> None:
+        """Tell the engine on this machine which store records the tables hold (Lab.converge
+        waits for them: a name resolves once its host's kernels and this resolver know it)."""
+        if self.remote is None:
+            return
+        table, loaded = self.remote.snapshot()
+        if not loaded:
+            return
+        tmp = f"{remote_seen_path(self.lab_name)}.tmp"
+        try:
+            with open(tmp, "w") as f:
+                f.write("\n".join(sorted(table)))
+            os.replace(tmp, remote_seen_path(self.lab_name))
+        except OSError:
+            pass
 
     def _on_udp(self, sock: socket.socket, answer: Callable[..., bytes | None]) -> None:
         for _ in range(64):
@@ -561,8 +653,12 @@ class Resolver:
             now = time.monotonic()
             if self.poke or now - last >= POLL:
                 forced, self.poke, last = self.poke, False, now
-                if not self.refresh(force=forced):
+                dirty, self.remote_dirty = self.remote_dirty, False
+                if not self.refresh(force=forced or dirty):
                     return
+            elif self.remote_dirty:
+                self.remote_dirty = False
+                self._rebuild_names()
 
 
 # ---- process management (the engine's API) --------------------------------------------------
@@ -629,6 +725,22 @@ _confirmed: dict[tuple[str, int], set[str]] = {}
 
 def _seen_path(lab_name: str) -> str:
     return state.aux_path(lab_name, "dns-seen")
+
+
+def remote_seen_path(lab_name: str) -> str:
+    return state.aux_path(lab_name, "dns-remote")
+
+
+def remote_names_seen(lab_name: str, lab: LabState) -> set[str] | None:
+    """The control plane's endpoint records (``network_id/endpoint_id``) the running resolver
+    has in its tables; None when no resolver of this lab runs (nothing to wait for)."""
+    if not _is_resolver(lab.extra.get("dns_pid"), lab_name, lab.extra.get("dns_pid_start")):
+        return None
+    try:
+        with open(remote_seen_path(lab_name)) as f:
+            return set(f.read().split())
+    except OSError:
+        return set()
 
 
 def _wait_seen(lab_name: str, inode: int | None, timeout: float) -> None:
@@ -750,11 +862,14 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     # the main thread (the one /proc/PID/ns/net shows) moves into a namespace of the lab, so
     # teardown's kill_processes finds and stops this process
+    # the namespace it started in stays at hand: an external control plane is reached from it
+    start_ns = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
     fd = netns.open_fd(home)
     netns.setns(fd)
     os.close(fd)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    res = Resolver(args.lab, embedded=not args.upstream, upstream=True)
+    res = Resolver(args.lab, embedded=not args.upstream, upstream=True,
+                   store_netns=f"/proc/self/fd/{start_ns}")
     signal.set_wakeup_fd(res.wake_w.fileno(), warn_on_full_buffer=False)
     if not res.refresh(force=True):
         return 0
