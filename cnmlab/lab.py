@@ -1029,6 +1029,7 @@ def teardown(name: str, lab_state: LabState | None) -> list[str]:
         namespaces = list(reversed(known))
         if lab_state is not None:
             controlplane.stop_all(lab_state)  # agents by their recorded pids, wherever they are
+            controlplane.withdraw_hosts(lab_state)  # an external store outlives the lab
         netns.kill_processes(*namespaces)  # port proxies and resolvers live in them
         for ns in namespaces:
             if netns.delete(ns):
