@@ -52,6 +52,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -62,11 +63,13 @@ from cnmlab.dnswire import (AAAA, FORMERR, IN, NOTIMP, NXDOMAIN, PTR, SERVFAIL, 
                             build_response, error_reply, message_id, parse_query, tcp_frame,
                             tcp_messages, with_id)
 from cnmlab.kernel import netns, procs
+from cnmlab.errors import CnmError
 from cnmlab.model import LabState
 from cnmlab.remotenames import RemoteNames
 
 TTL = 600
 POLL = 0.2
+PREPARE_WORKERS = 4  # sandboxes whose sockets and nat rules are made at once
 FORWARD_TIMEOUT = 1.5  # below glibc's and dig's 5 s, so a dead upstream reads SERVFAIL
 UPSTREAM_RECORDS = {"example.com": UPSTREAM_WEB, "www.example.com": UPSTREAM_WEB,
                     "web.example": UPSTREAM_WEB, "dns.example": UPSTREAM_DNS}
@@ -234,22 +237,27 @@ def nat_rules(udp_port: int, tcp_port: int, with_jumps: bool) -> str:
 
 
 def install_nat(ns: str, udp_port: int, tcp_port: int, fresh: bool = False) -> bool:
-    """Docker's DOCKER_OUTPUT/DOCKER_POSTROUTING rules in ``ns``; False when impossible.
+    """Docker's DOCKER_OUTPUT/DOCKER_POSTROUTING rules in ``ns``; False when impossible."""
+    return bool(in_netns(ns, lambda: install_nat_here(udp_port, tcp_port, fresh)))
+
+
+def install_nat_here(udp_port: int, tcp_port: int, fresh: bool = False) -> bool:
+    """The same, in the namespace the calling thread is in: iptables runs as a child of this
+    thread, which carries the thread's namespace, so no nsenter is exec'd in between.
 
     ``fresh``: the namespace appeared while this resolver ran, so nobody installed the jumps
     yet and reading the table first (a second fork per sandbox, most of the resolver's cost in
     a large build) is not needed.
     """
-    path = netns.path_of(ns)
     try:
         jumps = True
         if not fresh:
-            have = subprocess.run(["nsenter", f"--net={path}", "--", "iptables-save", "-t",
-                                   "nat"], capture_output=True, text=True, timeout=10)
+            have = subprocess.run(["iptables-save", "-t", "nat"], capture_output=True,
+                                  text=True, timeout=10)
             if have.returncode != 0:
                 return False
             jumps = f"-A OUTPUT -d {EMBEDDED_DNS}/32 -j DOCKER_OUTPUT" not in have.stdout
-        done = subprocess.run(["nsenter", f"--net={path}", "--", "iptables-restore", "--noflush"],
+        done = subprocess.run(["iptables-restore", "--noflush"],
                               input=nat_rules(udp_port, tcp_port, jumps), capture_output=True,
                               text=True, timeout=10)
         return done.returncode == 0
@@ -345,15 +353,25 @@ class Resolver:
         for key in [k for k, s in self.served.items() if k not in wanted
                     or s.info.netns != wanted[k].netns]:
             self._close(self.served.pop(key))
+        new = []
         for key, info in wanted.items():
             if key in self.served:
                 self.served[key].info = info
             elif netns.exists(info.netns):
-                try:
-                    fresh = not first and info.netns not in self.nat_done
-                    self.served[key] = self._open(info, fresh)
-                except OSError as e:
-                    print(f"cnmlab-dns: cannot serve {info.name}: {e}", file=sys.stderr)
+                new.append((info, not first and info.netns not in self.nat_done))
+        # sandboxes prepared side by side (each waits on its iptables children), then
+        # registered here, in the one thread that owns the selector
+        with ThreadPoolExecutor(max_workers=PREPARE_WORKERS) as pool:
+            futures = [(info, pool.submit(self._prepare, info, fresh)) for info, fresh in new]
+        for info, fut in futures:
+            try:
+                made = fut.result()
+                self.served[info.key] = self._register(info, made)
+            except (OSError, CnmError) as e:
+                print(f"cnmlab-dns: cannot serve {info.name}: {e}", file=sys.stderr)
+                continue
+            if not made[3]:  # served through the nat rules: they are in place now
+                self.nat_done.add(info.netns)
         return True
 
     def _serve_upstream(self, lab: LabState) -> None:
@@ -388,34 +406,41 @@ class Resolver:
                           lambda: self._on_accept(t, self._answer_upstream, None))
 
     def _open(self, info: DnsSandbox, fresh: bool = False) -> Served:
-        def make() -> tuple[socket.socket, socket.socket, socket.socket]:
+        return self._register(info, self._prepare(info, fresh))
+
+    @staticmethod
+    def _prepare(info: DnsSandbox,
+                 fresh: bool = False) -> tuple[socket.socket, socket.socket, socket.socket, bool]:
+        """The sandbox's sockets and nat rules, made by one thread inside its namespace.
+        Touches nothing of the resolver's, so several sandboxes are prepared at once."""
+        def make() -> tuple[socket.socket, socket.socket, socket.socket, bool]:
             u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
             t = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             f = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-            u.bind((EMBEDDED_DNS, 0))
-            t.bind((EMBEDDED_DNS, 0))  # listen() comes last: it tells ensure_running we serve
-            return u, t, f
-
-        udp, tcp, fwd = in_netns(info.netns, make)
-        direct = False
-        if install_nat(info.netns, udp.getsockname()[1], tcp.getsockname()[1], fresh):
-            self.nat_done.add(info.netns)
-        else:
-            # no nat rules: listen on :53 itself, like a resolver without iptables would
-            udp.close()
-            tcp.close()
-
-            def make53() -> tuple[socket.socket, socket.socket]:
+            try:
+                u.bind((EMBEDDED_DNS, 0))
+                t.bind((EMBEDDED_DNS, 0))  # listen() comes last: it tells ensure_running
+                if install_nat_here(u.getsockname()[1], t.getsockname()[1], fresh):
+                    return u, t, f, False
+                # no nat rules: listen on :53 itself, like a resolver without iptables would
+                u.close()
+                t.close()
                 u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
                 t = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
                 t.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                 u.bind((EMBEDDED_DNS, 53))
                 t.bind((EMBEDDED_DNS, 53))
-                t.listen(16)
-                return u, t
+                return u, t, f, True
+            except BaseException:
+                for sock in (u, t, f):
+                    sock.close()
+                raise
 
-            udp, tcp = in_netns(info.netns, make53)
-            direct = True
+        return in_netns(info.netns, make)
+
+    def _register(self, info: DnsSandbox,
+                  made: tuple[socket.socket, socket.socket, socket.socket, bool]) -> Served:
+        udp, tcp, fwd, direct = made
         tcp.listen(16)
         sv = Served(info, udp, tcp, fwd, direct)
         for s in (udp, tcp, fwd):
