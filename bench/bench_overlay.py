@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -46,8 +47,48 @@ def _ns_ping_until(src_ns: list[str], ip: str, timeout: float = 5.0) -> float:
     return time.perf_counter() - t0
 
 
+def _cpu(pid: int | None) -> float:
+    """CPU seconds (user + system, with its reaped children) a process has used so far."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except (OSError, TypeError):
+        return 0.0
+    return sum(int(x) for x in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+
+
+def _self_cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def _load() -> float:
+    with open("/proc/loadavg") as f:
+        return float(f.read().split()[0])
+
+
+def _resolves_until(src_ns: list[str], name: str, ip: str, timeout: float = 5.0) -> float:
+    """Seconds until the embedded DNS of every namespace in ``src_ns`` answers ``name``."""
+    t0 = time.perf_counter()
+    pending = list(src_ns)
+    while pending:
+        left = []
+        for ns in pending:
+            try:
+                if probes.dns_query(ns, name, "127.0.0.11", timeout=0.2, retries=0) != [ip]:
+                    left.append(ns)
+            except probes.DnsError:
+                left.append(ns)
+        pending = left
+        if pending and time.perf_counter() - t0 > timeout:
+            raise RuntimeError(f"{name} not resolved from {pending} within {timeout} s")
+        if pending:
+            time.sleep(0.005)
+    return time.perf_counter() - t0
+
+
 def bench_engine(hosts: int, per_host: int, iperf: bool) -> dict[str, float]:
-    out: dict[str, float] = {}
+    out: dict[str, float] = {"load_before": _load()}
     # the machine's speed now: the bare kernel work for as many sandboxes on one bridge
     out["bare_reference_s"] = bare_pyroute2(hosts * per_host)[0]
     with Lab(f"bov{os.getpid()}") as lab:
@@ -57,6 +98,11 @@ def bench_engine(hosts: int, per_host: int, iperf: bool) -> dict[str, float]:
         lab.start_control_plane()
         out["lab_and_control_plane_s"] = time.perf_counter() - t0
 
+        info = lab.control_plane or {}
+        helpers = {"etcd": info.get("pid"), **{f"agent {h}": p
+                                                for h, p in (info.get("agents") or {}).items()}}
+        cpu0 = {k: _cpu(p) for k, p in helpers.items()}
+        self0, req0 = _self_cpu(), lab.cluster.store.requests
         t0 = time.perf_counter()
         lab.network_create("ov", "overlay", subnet="10.0.0.0/16")
         with lab.batch():
@@ -66,6 +112,12 @@ def bench_engine(hosts: int, per_host: int, iperf: bool) -> dict[str, float]:
         lab.converge(timeout=30)
         out["build_s"] = time.perf_counter() - t0
         n = hosts * per_host
+        # CPU seconds, which a loaded machine stretches far less than wall time
+        out["build_cpu_lab_s"] = _self_cpu() - self0
+        for k, p in helpers.items():
+            out[f"build_cpu_{k.replace(' ', '_')}_s"] = _cpu(p) - cpu0[k]
+        out["build_cpu_resolver_s"] = _cpu(lab.state.extra.get("dns_pid"))
+        out["etcd_requests_per_container"] = (lab.cluster.store.requests - req0) / n
 
         sbs = {sb.name: sb for sb in lab.sandboxes()}
         sources = {name: sb.netns for name, sb in sbs.items()}
@@ -90,6 +142,14 @@ def bench_engine(hosts: int, per_host: int, iperf: bool) -> dict[str, float]:
             samples.append(time.perf_counter() - t_ret)
         out["convergence_ms_median"] = statistics.median(samples) * 1000
         out["convergence_ms_max"] = max(samples) * 1000
+        names = []  # the same, for its name: other hosts' resolvers learn it from etcd
+        for i in range(7):
+            new = hs[0].run(f"dnsnew{i}", "ov")
+            t_ret = time.perf_counter()
+            _resolves_until(observers, f"dnsnew{i}", new.ip("ov"))
+            names.append(time.perf_counter() - t_ret)
+        out["dns_convergence_ms_median"] = statistics.median(names) * 1000
+        out["dns_convergence_ms_max"] = max(names) * 1000
 
         if iperf and shutil.which("iperf3"):
             a, b = sbs["h1c0"], sbs["h2c0"]
@@ -98,6 +158,7 @@ def bench_engine(hosts: int, per_host: int, iperf: bool) -> dict[str, float]:
             hs[0].run("brb", "bridge")
             bra, brb = lab.sandbox("bra"), lab.sandbox("brb")
             out["iperf_bridge_gbit"] = _iperf(bra.netns, brb.netns, brb.ip("bridge"))
+    out["load_after"] = _load()
     return out
 
 
@@ -189,6 +250,15 @@ def main() -> int:
           f"{int(figs['truth_table_pairs'])} reached; warm {figs['truth_table_warm_s']:.2f} s)")
     print(f"  convergence after run (median/max)  {figs['convergence_ms_median']:.0f} / "
           f"{figs['convergence_ms_max']:.0f} ms   (target < 200 ms)")
+    print(f"  its name resolves on other hosts    {figs['dns_convergence_ms_median']:.0f} / "
+          f"{figs['dns_convergence_ms_max']:.0f} ms   (median/max, learnt from etcd)")
+    helpers = ", ".join(f"{k[len('build_cpu_'):-2].replace('_', ' ')} {v:.2f}"
+                        for k, v in figs.items() if k.startswith("build_cpu_") and
+                        k != "build_cpu_lab_s")
+    print(f"  build CPU seconds: lab process {figs['build_cpu_lab_s']:.2f}; {helpers}")
+    print(f"  etcd requests per container         {figs['etcd_requests_per_container']:.1f}")
+    print(f"  load average (1 min) before/after   {figs['load_before']:.1f} / "
+          f"{figs['load_after']:.1f} on {os.cpu_count()} CPUs")
     if "iperf_overlay_gbit" in figs:
         print(f"  iperf3 overlay across hosts          {figs['iperf_overlay_gbit']:.1f} Gbit/s")
         print(f"  iperf3 veth+bridge on one host       {figs['iperf_bridge_gbit']:.1f} Gbit/s")

@@ -21,7 +21,7 @@ import stat
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -985,13 +985,14 @@ def esp_on_wire(target: Target, params: dict[str, Any]) -> CheckResult:
     vni = int(vni)
     timeout = float(p.get("timeout", 2.0))
     thread = None
+    capturing = threading.Event()
     if p.get("traffic"):
         src = _end(target, p["traffic"]["from"], "traffic.from")
         dst = _end(target, p["traffic"]["to"], "traffic.to", allow_ip=True)
         ip = _dest_ip(src, dst, None)
 
         def send() -> None:
-            time.sleep(0.05)
+            capturing.wait(timeout)  # traffic sent before the capture opens is not seen
             with contextlib.suppress(CnmError):
                 probes.ping(src.ref, ip, timeout=max(0.2, timeout - 0.2), count=3)
 
@@ -999,8 +1000,11 @@ def esp_on_wire(target: Target, params: dict[str, Any]) -> CheckResult:
         thread.start()
     esp = [0]
     try:
-        seen = capture_vnis(e.ref, p["interface"], frames.VXLAN_PORT, timeout, esp=esp)
+        seen = capture_vnis(e.ref, p["interface"], frames.VXLAN_PORT, timeout, esp=esp,
+                            ready=capturing,
+                            busy=thread.is_alive if thread is not None else None)
     finally:
+        capturing.set()
         if thread is not None:
             thread.join(timeout + 1)
     ok = esp[0] > 0 and vni not in seen
@@ -1344,9 +1348,14 @@ def sysctl_check(target: Target, params: dict[str, Any]) -> CheckResult:
 
 
 def capture_vnis(ns: NsRef, ifname: str, port: int, duration: float,
-                 stop_at: int | None = None, esp: list[int] | None = None) -> set[int]:
+                 stop_at: int | None = None, esp: list[int] | None = None,
+                 ready: threading.Event | None = None,
+                 busy: Callable[[], bool] | None = None) -> set[int]:
     """VNIs seen on ``ifname`` in ``ns`` during ``duration`` s (both directions); ESP
-    frames are counted into ``esp[0]`` when a list is given."""
+    frames are counted into ``esp[0]`` when a list is given. ``ready`` is set once the
+    capture socket is open (traffic sent before that would not be seen); while ``busy()``
+    holds (the traffic is still being sent) the capture goes on past ``duration``, up to
+    ``duration`` + 30 s."""
     with ns.opened() as fd:
         cap = Capture(None, ifname, fd=fd)
         try:
@@ -1354,11 +1363,15 @@ def capture_vnis(ns: NsRef, ifname: str, port: int, duration: float,
         except OSError as e:
             cap.close()
             raise CnmError(f"cannot capture on {ifname} in {ns}: {e.strerror}") from None
+    if ready is not None:
+        ready.set()
     seen: set[int] = set()
     try:
-        deadline = time.monotonic() + duration
-        while (left := deadline - time.monotonic()) > 0:
-            for pkt in cap.read(left):
+        start = time.monotonic()
+        deadline = start + duration
+        while (left := deadline - time.monotonic()) > 0 or (
+                busy is not None and busy() and time.monotonic() < start + duration + 30):
+            for pkt in cap.read(max(left, 0.05)):
                 vni = frames.vxlan_vni(pkt.data, port)
                 if vni is not None:
                     seen.add(vni)
@@ -1388,13 +1401,16 @@ def vxlan_on_wire(target: Target, params: dict[str, Any]) -> CheckResult:
     traffic = p.get("traffic")
     ping: dict[str, Any] = {}
     thread = None
+    capturing = threading.Event()
     if traffic:
         src = _end(target, traffic["from"], "traffic.from")
         dst = _end(target, traffic["to"], "traffic.to", allow_ip=True)
         ip = _dest_ip(src, dst, None)
 
         def send() -> None:
-            time.sleep(0.05)  # let the capture socket open first
+            # only once the capture socket is open: on a loaded machine a fixed pause was
+            # sometimes shorter than opening it, and the check saw no VXLAN at all
+            capturing.wait(timeout)
             try:
                 ping["res"] = probes.ping(src.ref, ip, timeout=max(0.2, timeout - 0.2),
                                           count=3)
@@ -1404,8 +1420,10 @@ def vxlan_on_wire(target: Target, params: dict[str, Any]) -> CheckResult:
         thread = threading.Thread(target=send, daemon=True)
         thread.start()
     try:
-        seen = capture_vnis(e.ref, ifname, port, timeout, stop_at=vni)
+        seen = capture_vnis(e.ref, ifname, port, timeout, stop_at=vni, ready=capturing,
+                            busy=thread.is_alive if thread is not None else None)
     finally:
+        capturing.set()  # a capture that failed to open releases the sender
         if thread is not None:
             thread.join(timeout + 1)
     label = f"vxlan-on-wire {e.label} {ifname} vni {vni} udp/{port}"

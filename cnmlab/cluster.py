@@ -143,6 +143,13 @@ class Peer:
     mac: str
     vtep: str  # the publishing host's underlay address
     host: str  # the publishing host's name
+    # what the other hosts' embedded DNS answers for it (libnetwork's EndpointRecord: the
+    # container's name and its aliases, the short container ID among them)
+    name: str = ""
+    aliases: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "aliases", tuple(self.aliases))  # a JSON list read back
 
 
 @dataclass(frozen=True)
@@ -262,6 +269,7 @@ class GlobalIpam:
         # what this client last saw taken, per network: a hint to try first (one request),
         # never trusted (the create still decides; a lost race re-reads the store)
         self._seen: dict[str, set[str]] = {}
+        self._pool_of: dict[str, ipaddress.IPv4Network] = {}
 
     def _pools(self) -> dict[str, ipaddress.IPv4Network]:
         return {k.split("/")[-2]: ipaddress.IPv4Network(v)
@@ -292,14 +300,24 @@ class GlobalIpam:
 
     def release_pool(self, network_id: str) -> None:
         self._seen.pop(network_id, None)
+        self._pool_of.pop(network_id, None)
         for key in self.store.range(f"{self.prefix}{network_id}/"):
             self.store.delete(key)
 
+    def _pool(self, network_id: str) -> ipaddress.IPv4Network:
+        """A network's pool, read once: it is set when the network is made and never changes
+        while the network exists (an id is never reused), so asking the store again for every
+        address would be a round trip for nothing."""
+        pool = self._pool_of.get(network_id)
+        if pool is None:
+            raw = self.store.get(f"{self.prefix}{network_id}/pool")
+            if raw is None:
+                raise InvalidInput(f"network {network_id[:12]} has no address pool")
+            pool = self._pool_of[network_id] = ipaddress.IPv4Network(raw)
+        return pool
+
     def request_address(self, network_id: str, ip: str | None = None) -> str:
-        raw = self.store.get(f"{self.prefix}{network_id}/pool")
-        if raw is None:
-            raise InvalidInput(f"network {network_id[:12]} has no address pool")
-        pool = ipaddress.IPv4Network(raw)
+        pool = self._pool(network_id)
         if ip:
             addr = ipaddress.IPv4Address(ip)
             if addr not in pool:

@@ -424,15 +424,18 @@ class Controller:
                 drv.program_external_connectivity(ctx, net, ep)
                 self._program_firewall()
             if net.scope == "global" and ep.ip:
-                self._publish_peer(ctx, net, ep)
+                self._publish_peer(ctx, net, ep, sb)
             if net.name != GWBRIDGE:
                 self._reconcile_gateway_bridge(sb)
 
-    def _publish_peer(self, ctx: HostContext, net: Network, ep: Endpoint) -> None:
+    def _publish_peer(self, ctx: HostContext, net: Network, ep: Endpoint, sb: Sandbox) -> None:
+        """The endpoint as every other host needs it: its kernel entries (IP, MAC, VTEP) and
+        its names, which their embedded DNS learns from the store and nowhere else."""
         cluster = self._global(net)
         vtep = self.host.underlay_ip or self.host.public_ip or ""
         cluster.publish_peer(Peer(network_id=net.id, endpoint_id=ep.id, ip=ep.ip or "",
-                                  mac=ep.mac or "", vtep=vtep, host=self.host.name))
+                                  mac=ep.mac or "", vtep=vtep, host=self.host.name,
+                                  name=sb.name, aliases=(sb.id[:12], *ep.aliases)))
         ctx.undo(lambda: cluster.withdraw_peer(net.id, ep.id))
 
     def _plumb(self, sb: Sandbox, ep: Endpoint, info: JoinInfo) -> None:

@@ -145,6 +145,30 @@ def stop_agent(pid: int | None, lab: str, host: str) -> None:
     procs.wait_gone([pid], 3.0, poll=0.01)
 
 
+def withdraw_hosts(lab_state: Any) -> None:
+    """Take back from an external store what this lab's hosts published there.
+
+    An embedded store goes with the lab; an external one outlives it and is shared with the
+    lab's hosts on other machines, so only this machine's endpoints (peer records and their
+    addresses) are withdrawn: the network declarations stay for the others. A store that
+    cannot be reached keeps them ('cnmlab peers' shows them as another host's).
+    """
+    info = lab_state.extra.get(KEY) or {}
+    if not info or info.get("embedded"):
+        return
+    store = EtcdStore(info["url"], netns_name=info.get("netns"), timeout=2.0)
+    cluster = Cluster(store, info["prefix"])
+    try:
+        for p in cluster.peers():
+            if p.host in lab_state.hosts:
+                cluster.withdraw_peer(p.network_id, p.endpoint_id)
+                cluster.ipam.release_address(p.network_id, p.ip)
+    except CnmError:
+        pass
+    finally:
+        store.close()
+
+
 def stop_all(lab_state: Any) -> None:
     """Stop agents recorded for a lab (an external store's agents live outside its
     namespaces only if someone moved them; teardown's namespace sweep gets the rest)."""

@@ -51,20 +51,25 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from cnmlab import state
+from cnmlab import controlplane, state
+from cnmlab.cluster import Peer
 from cnmlab.constants import EMBEDDED_DNS, UPSTREAM_DNS, UPSTREAM_WEB
 from cnmlab.dnswire import (AAAA, FORMERR, IN, NOTIMP, NXDOMAIN, PTR, SERVFAIL, A, Query,
                             build_response, error_reply, message_id, parse_query, tcp_frame,
                             tcp_messages, with_id)
 from cnmlab.kernel import netns, procs
+from cnmlab.errors import CnmError
 from cnmlab.model import LabState
+from cnmlab.remotenames import RemoteNames
 
 TTL = 600
 POLL = 0.2
+PREPARE_WORKERS = 4  # sandboxes whose sockets and nat rules are made at once
 FORWARD_TIMEOUT = 1.5  # below glibc's and dig's 5 s, so a dead upstream reads SERVFAIL
 UPSTREAM_RECORDS = {"example.com": UPSTREAM_WEB, "www.example.com": UPSTREAM_WEB,
                     "web.example": UPSTREAM_WEB, "dns.example": UPSTREAM_DNS}
@@ -103,26 +108,44 @@ def discoverable(net: Any) -> bool:
     return bool(net.embedded_dns)
 
 
-def build_names(lab: LabState) -> tuple[dict[str, DnsSandbox], Names]:
+def table_key(host: Any, net: Any) -> str:
+    """Which name table a sandbox on ``host`` reads for ``net``: a global-scope network's
+    table is per host (its own endpoints from the local state, every other host's from the
+    control plane), a local network's is the network's own."""
+    return f"{host.name}/{net.id}" if net.scope == "global" else net.id
+
+
+def build_names(lab: LabState,
+                remote: Iterable[Peer] = ()) -> tuple[dict[str, DnsSandbox], Names]:
+    """The resolver's tables from this machine's state and, for global-scope networks, the
+    endpoints other hosts published in the control plane (``remote``).
+
+    A global network's table for host H takes H's own endpoints from the state and nothing
+    else from it: another host's endpoints come only from the store, even when that host's
+    state happens to sit in the same file (hosts that are namespaces of one machine), so
+    what resolves is what would resolve with that host on another machine.
+    """
     sandboxes: dict[str, DnsSandbox] = {}
     names = Names()
+    by_net: dict[str, list[Peer]] = {}
+    for peer in remote:
+        by_net.setdefault(peer.network_id, []).append(peer)
     for host in lab.hosts.values():
         for net in host.networks.values():
             if not discoverable(net):
                 continue
-            table = names.a.setdefault(net.id, {})
-            ptrs = names.ptr.setdefault(net.id, {})
+            key = table_key(host, net)
+            table = names.a.setdefault(key, {})
+            ptrs = names.ptr.setdefault(key, {})
             for ep in net.endpoints.values():
                 sb = host.sandboxes.get(ep.sandbox or "")
                 if not sb or not ep.ip:
                     continue
-                ip = ep.ip.split("/")[0]
-                keys = [sb.name, sb.id[:12], f"{sb.name}.{net.name}", *ep.aliases]
-                for k in dict.fromkeys(k.lower() for k in keys):
-                    table.setdefault(k, [])
-                    if ip not in table[k]:
-                        table[k].append(ip)
-                ptrs[ip] = f"{sb.name}.{net.name}"
+                _add_name(table, ptrs, net.name, ep.ip, sb.name, [sb.id[:12], *ep.aliases])
+            if net.scope == "global":
+                for peer in by_net.get(net.id, ()):
+                    if peer.host != host.name and peer.name and peer.ip:
+                        _add_name(table, ptrs, net.name, peer.ip, peer.name, peer.aliases)
         for svc in getattr(host, "services", {}).values():
             _service_names(host, svc, names)
         for sb in host.sandboxes.values():
@@ -132,9 +155,21 @@ def build_names(lab: LabState) -> tuple[dict[str, DnsSandbox], Names]:
             for ref in sb.endpoints:
                 net = host.networks.get(ref.network)
                 if net and discoverable(net):
-                    nets.append(net.id)
+                    nets.append(table_key(host, net))
             sandboxes[sb.id] = DnsSandbox(sb.id, sb.name, sb.netns, nets)
     return sandboxes, names
+
+
+def _add_name(table: dict[str, list[str]], ptrs: dict[str, str], net_name: str, ip: str,
+              name: str, aliases: Iterable[str]) -> None:
+    """A container's records: its name, ``name.network`` and its aliases (the short ID among
+    them) -> its address; the address -> ``name.network``."""
+    ip = ip.split("/")[0]
+    for k in dict.fromkeys(k.lower() for k in (name, f"{name}.{net_name}", *aliases)):
+        table.setdefault(k, [])
+        if ip not in table[k]:
+            table[k].append(ip)
+    ptrs[ip] = f"{name}.{net_name}"
 
 
 def _service_names(host: Any, svc: Any, names: Names) -> None:
@@ -150,7 +185,7 @@ def _service_names(host: Any, svc: Any, names: Names) -> None:
             ep = net.endpoints.get(ref.endpoint)
             if ref.network == net.name and ep and ep.ip:
                 tasks.append(ep.ip.split("/")[0])
-    table = names.a.setdefault(net.id, {})
+    table = names.a.setdefault(table_key(host, net), {})
     table[svc.name.lower()] = [svc.vip] if svc.vip else list(tasks)
     table[f"tasks.{svc.name}".lower()] = tasks
 
@@ -202,22 +237,27 @@ def nat_rules(udp_port: int, tcp_port: int, with_jumps: bool) -> str:
 
 
 def install_nat(ns: str, udp_port: int, tcp_port: int, fresh: bool = False) -> bool:
-    """Docker's DOCKER_OUTPUT/DOCKER_POSTROUTING rules in ``ns``; False when impossible.
+    """Docker's DOCKER_OUTPUT/DOCKER_POSTROUTING rules in ``ns``; False when impossible."""
+    return bool(in_netns(ns, lambda: install_nat_here(udp_port, tcp_port, fresh)))
+
+
+def install_nat_here(udp_port: int, tcp_port: int, fresh: bool = False) -> bool:
+    """The same, in the namespace the calling thread is in: iptables runs as a child of this
+    thread, which carries the thread's namespace, so no nsenter is exec'd in between.
 
     ``fresh``: the namespace appeared while this resolver ran, so nobody installed the jumps
     yet and reading the table first (a second fork per sandbox, most of the resolver's cost in
     a large build) is not needed.
     """
-    path = netns.path_of(ns)
     try:
         jumps = True
         if not fresh:
-            have = subprocess.run(["nsenter", f"--net={path}", "--", "iptables-save", "-t",
-                                   "nat"], capture_output=True, text=True, timeout=10)
+            have = subprocess.run(["iptables-save", "-t", "nat"], capture_output=True,
+                                  text=True, timeout=10)
             if have.returncode != 0:
                 return False
             jumps = f"-A OUTPUT -d {EMBEDDED_DNS}/32 -j DOCKER_OUTPUT" not in have.stdout
-        done = subprocess.run(["nsenter", f"--net={path}", "--", "iptables-restore", "--noflush"],
+        done = subprocess.run(["iptables-restore", "--noflush"],
                               input=nat_rules(udp_port, tcp_port, jumps), capture_output=True,
                               text=True, timeout=10)
         return done.returncode == 0
@@ -246,9 +286,19 @@ class Served:
     conns: set[socket.socket] = field(default_factory=set)
 
 
+REMOTE_WAKE = b"r"  # the watcher's byte on the wake socket (signals write their number)
+
+
 class Resolver:
-    def __init__(self, lab_name: str, embedded: bool = True, upstream: bool = True) -> None:
+    def __init__(self, lab_name: str, embedded: bool = True, upstream: bool = True,
+                 store_netns: str | None = None) -> None:
+        """``store_netns``: where to open sockets to an external control plane (the
+        namespace the process started in; a lab's own etcd names its namespace itself)."""
         self.lab_name = lab_name
+        self.store_netns = store_netns
+        self.remote: RemoteNames | None = None
+        self.remote_dirty = False
+        self.lab: LabState | None = None
         self.embedded = embedded
         self.sel = selectors.DefaultSelector()
         self.served: dict[str, Served] = {}
@@ -296,19 +346,32 @@ class Resolver:
             pass
         if not self.embedded:
             return True
-        wanted, self.names = build_names(lab)
+        self.lab = lab
+        self._follow_store(lab)
+        wanted, self.names = build_names(lab, self._remote_peers())
+        self._write_remote_seen()
         for key in [k for k, s in self.served.items() if k not in wanted
                     or s.info.netns != wanted[k].netns]:
             self._close(self.served.pop(key))
+        new = []
         for key, info in wanted.items():
             if key in self.served:
                 self.served[key].info = info
             elif netns.exists(info.netns):
-                try:
-                    fresh = not first and info.netns not in self.nat_done
-                    self.served[key] = self._open(info, fresh)
-                except OSError as e:
-                    print(f"cnmlab-dns: cannot serve {info.name}: {e}", file=sys.stderr)
+                new.append((info, not first and info.netns not in self.nat_done))
+        # sandboxes prepared side by side (each waits on its iptables children), then
+        # registered here, in the one thread that owns the selector
+        with ThreadPoolExecutor(max_workers=PREPARE_WORKERS) as pool:
+            futures = [(info, pool.submit(self._prepare, info, fresh)) for info, fresh in new]
+        for info, fut in futures:
+            try:
+                made = fut.result()
+                self.served[info.key] = self._register(info, made)
+            except (OSError, CnmError) as e:
+                print(f"cnmlab-dns: cannot serve {info.name}: {e}", file=sys.stderr)
+                continue
+            if not made[3]:  # served through the nat rules: they are in place now
+                self.nat_done.add(info.netns)
         return True
 
     def _serve_upstream(self, lab: LabState) -> None:
@@ -343,34 +406,41 @@ class Resolver:
                           lambda: self._on_accept(t, self._answer_upstream, None))
 
     def _open(self, info: DnsSandbox, fresh: bool = False) -> Served:
-        def make() -> tuple[socket.socket, socket.socket, socket.socket]:
+        return self._register(info, self._prepare(info, fresh))
+
+    @staticmethod
+    def _prepare(info: DnsSandbox,
+                 fresh: bool = False) -> tuple[socket.socket, socket.socket, socket.socket, bool]:
+        """The sandbox's sockets and nat rules, made by one thread inside its namespace.
+        Touches nothing of the resolver's, so several sandboxes are prepared at once."""
+        def make() -> tuple[socket.socket, socket.socket, socket.socket, bool]:
             u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
             t = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             f = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-            u.bind((EMBEDDED_DNS, 0))
-            t.bind((EMBEDDED_DNS, 0))  # listen() comes last: it tells ensure_running we serve
-            return u, t, f
-
-        udp, tcp, fwd = in_netns(info.netns, make)
-        direct = False
-        if install_nat(info.netns, udp.getsockname()[1], tcp.getsockname()[1], fresh):
-            self.nat_done.add(info.netns)
-        else:
-            # no nat rules: listen on :53 itself, like a resolver without iptables would
-            udp.close()
-            tcp.close()
-
-            def make53() -> tuple[socket.socket, socket.socket]:
+            try:
+                u.bind((EMBEDDED_DNS, 0))
+                t.bind((EMBEDDED_DNS, 0))  # listen() comes last: it tells ensure_running
+                if install_nat_here(u.getsockname()[1], t.getsockname()[1], fresh):
+                    return u, t, f, False
+                # no nat rules: listen on :53 itself, like a resolver without iptables would
+                u.close()
+                t.close()
                 u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
                 t = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
                 t.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                 u.bind((EMBEDDED_DNS, 53))
                 t.bind((EMBEDDED_DNS, 53))
-                t.listen(16)
-                return u, t
+                return u, t, f, True
+            except BaseException:
+                for sock in (u, t, f):
+                    sock.close()
+                raise
 
-            udp, tcp = in_netns(info.netns, make53)
-            direct = True
+        return in_netns(info.netns, make)
+
+    def _register(self, info: DnsSandbox,
+                  made: tuple[socket.socket, socket.socket, socket.socket, bool]) -> Served:
+        udp, tcp, fwd, direct = made
         tcp.listen(16)
         sv = Served(info, udp, tcp, fwd, direct)
         for s in (udp, tcp, fwd):
@@ -395,12 +465,59 @@ class Resolver:
 
     # ---- I/O -----------------------------------------------------------------------------
     def _on_wake(self) -> None:
+        got = b""
         try:
-            while self.wake_r.recv(64):
-                pass
+            while chunk := self.wake_r.recv(64):
+                got += chunk
         except BlockingIOError:
             pass
-        self.poke = True
+        if REMOTE_WAKE in got:
+            self.remote_dirty = True
+        if got.replace(REMOTE_WAKE, b""):
+            self.poke = True
+
+    def _remote_changed(self) -> None:
+        """From the watcher thread: the store's records changed (the main loop rebuilds)."""
+        try:
+            self.wake_w.send(REMOTE_WAKE)
+        except OSError:
+            pass  # the socket buffer is full: a wake-up is pending anyway
+
+    def _follow_store(self, lab: LabState) -> None:
+        """Start watching the control plane's endpoint records once the lab has one."""
+        info = lab.extra.get(controlplane.KEY)
+        if self.remote is not None or not info or not self.embedded:
+            return
+        ns = info.get("netns") or self.store_netns
+        cluster = controlplane.cluster_of({**info, "netns": ns})
+        self.remote = RemoteNames(cluster, self._remote_changed)
+        self.remote.start()
+
+    def _rebuild_names(self) -> None:
+        """Remote records changed, the state did not: new tables, same sandboxes."""
+        if self.lab is None:
+            return
+        _, self.names = build_names(self.lab, self._remote_peers())
+        self._write_remote_seen()
+
+    def _remote_peers(self) -> list[Peer]:
+        return list(self.remote.snapshot()[0].values()) if self.remote else []
+
+    def _write_remote_seen(self) -> None:
+        """Tell the engine on this machine which store records the tables hold (Lab.converge
+        waits for them: a name resolves once its host's kernels and this resolver know it)."""
+        if self.remote is None:
+            return
+        table, loaded = self.remote.snapshot()
+        if not loaded:
+            return
+        tmp = f"{remote_seen_path(self.lab_name)}.tmp"
+        try:
+            with open(tmp, "w") as f:
+                f.write("\n".join(sorted(table)))
+            os.replace(tmp, remote_seen_path(self.lab_name))
+        except OSError:
+            pass
 
     def _on_udp(self, sock: socket.socket, answer: Callable[..., bytes | None]) -> None:
         for _ in range(64):
@@ -561,8 +678,12 @@ class Resolver:
             now = time.monotonic()
             if self.poke or now - last >= POLL:
                 forced, self.poke, last = self.poke, False, now
-                if not self.refresh(force=forced):
+                dirty, self.remote_dirty = self.remote_dirty, False
+                if not self.refresh(force=forced or dirty):
                     return
+            elif self.remote_dirty:
+                self.remote_dirty = False
+                self._rebuild_names()
 
 
 # ---- process management (the engine's API) --------------------------------------------------
@@ -629,6 +750,22 @@ _confirmed: dict[tuple[str, int], set[str]] = {}
 
 def _seen_path(lab_name: str) -> str:
     return state.aux_path(lab_name, "dns-seen")
+
+
+def remote_seen_path(lab_name: str) -> str:
+    return state.aux_path(lab_name, "dns-remote")
+
+
+def remote_names_seen(lab_name: str, lab: LabState) -> set[str] | None:
+    """The control plane's endpoint records (``network_id/endpoint_id``) the running resolver
+    has in its tables; None when no resolver of this lab runs (nothing to wait for)."""
+    if not _is_resolver(lab.extra.get("dns_pid"), lab_name, lab.extra.get("dns_pid_start")):
+        return None
+    try:
+        with open(remote_seen_path(lab_name)) as f:
+            return set(f.read().split())
+    except OSError:
+        return set()
 
 
 def _wait_seen(lab_name: str, inode: int | None, timeout: float) -> None:
@@ -750,11 +887,14 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     # the main thread (the one /proc/PID/ns/net shows) moves into a namespace of the lab, so
     # teardown's kill_processes finds and stops this process
+    # the namespace it started in stays at hand: an external control plane is reached from it
+    start_ns = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
     fd = netns.open_fd(home)
     netns.setns(fd)
     os.close(fd)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    res = Resolver(args.lab, embedded=not args.upstream, upstream=True)
+    res = Resolver(args.lab, embedded=not args.upstream, upstream=True,
+                   store_netns=f"/proc/self/fd/{start_ns}")
     signal.set_wakeup_fd(res.wake_w.fileno(), warn_on_full_buffer=False)
     if not res.refresh(force=True):
         return 0

@@ -73,6 +73,7 @@ class EtcdStore:
         self.netns = netns_name
         self.timeout = timeout
         self._local = threading.local()
+        self.requests = 0  # round trips made (benchmarks count them: each is a raft wait)
 
     # ---- transport ---------------------------------------------------------------------
     def _connect(self, timeout: float | None) -> http.client.HTTPConnection:
@@ -96,6 +97,7 @@ class EtcdStore:
 
     def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         data = json.dumps(body)
+        self.requests += 1
         for attempt in (0, 1):  # a kept-alive connection the server closed: reconnect once
             conn = getattr(self._local, "conn", None)
             if conn is None:

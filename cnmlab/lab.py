@@ -539,7 +539,9 @@ class Lab:
         controlplane.stop_agent((info.get("agents") or {}).get(host), self.name, host)
 
     def converge(self, timeout: float = 5.0) -> None:
-        """Wait until every host's kernel holds what the store says (agents at work)."""
+        """Wait until every host's kernel holds what the store says (agents at work), and
+        the embedded DNS knows every endpoint the store holds (names of other hosts'
+        containers come from the store, through the resolver's watch)."""
         if self.cluster is None:
             return
         deadline = time.monotonic() + timeout
@@ -547,10 +549,20 @@ class Lab:
             lagging = peers.out_of_sync(peers.report(self.cluster, [h.controller for h in
                                                                     self.hosts()]))
             if not lagging:
-                return
+                break
             if time.monotonic() > deadline:
                 raise CnmError(f"lab {self.name}: hosts {', '.join(lagging)} did not converge "
                                f"within {timeout:g} s (see 'cnmlab peers {self.name}')")
+            time.sleep(0.005)
+        while True:
+            want = {f"{p.network_id}/{p.endpoint_id}" for p in self.cluster.peers()}
+            seen = dns.remote_names_seen(self.name, self.state)
+            if seen is None or want <= seen:
+                return
+            if time.monotonic() > deadline:
+                raise CnmError(f"lab {self.name}: the embedded DNS did not learn "
+                               f"{len(want - seen)} endpoint(s) from the control plane within "
+                               f"{timeout:g} s (see {dns.remote_seen_path(self.name)})")
             time.sleep(0.005)
 
     @property
@@ -1017,6 +1029,7 @@ def teardown(name: str, lab_state: LabState | None) -> list[str]:
         namespaces = list(reversed(known))
         if lab_state is not None:
             controlplane.stop_all(lab_state)  # agents by their recorded pids, wherever they are
+            controlplane.withdraw_hosts(lab_state)  # an external store outlives the lab
         netns.kill_processes(*namespaces)  # port proxies and resolvers live in them
         for ns in namespaces:
             if netns.delete(ns):

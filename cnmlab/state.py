@@ -132,7 +132,9 @@ def save(state: LabState) -> Stamp | None:
     data.pop("namespaces", None)  # those live in the write-ahead log
     with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600),
               "w") as f:
-        json.dump(data, f, separators=(",", ":"), default=vars)
+        # dumps, not dump: json.dump streams through the pure-Python encoder, dumps uses the
+        # C one (several times faster on a big lab, and every change saves the model)
+        f.write(json.dumps(data, separators=(",", ":"), default=vars))
     os.replace(tmp, path)
     return stamp(state.name)
 

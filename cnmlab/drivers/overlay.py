@@ -237,6 +237,6 @@ class OverlayDriver:
         if not netns.exists(ns):
             return {}
         onl = ctx.netlink(ns)
-        vteps = {f.mac: f.dst for f in onl.fdb() if f.dev == VXLAN and f.dst and f.permanent}
+        vteps = {f.mac: f.dst for f in onl.fdb(VXLAN) if f.dst and f.permanent}
         return {n.ip: (n.mac or "", vteps.get(n.mac or ""))
-                for n in onl.neighbours() if n.dev == VXLAN and n.state == "PERMANENT"}
+                for n in onl.neighbours(VXLAN) if n.state == "PERMANENT"}

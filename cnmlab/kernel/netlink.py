@@ -404,13 +404,23 @@ class Netlink:
                              state="", mac="", mtu=0) for m in self._ip.get_links()]
 
     # ---- neighbours and FDB ------------------------------------------------------------
-    def neighbours(self) -> list[NeighInfo]:
-        names = {l.index: l.name for l in self._links_min()}
+    def neighbours(self, link: str | None = None) -> list[NeighInfo]:
+        """The IPv4 neighbour table; with ``link``, only that link's entries (no dump of the
+        links to name them: an overlay's peer check reads vxlan0's alone, often)."""
+        names = self._names_for(link)
         with self._call("list neighbours"):
             raw = list(self._ip.get_neighbours(family=2))
         return [NeighInfo(ip=m.get_attr("NDA_DST"), mac=m.get_attr("NDA_LLADDR"),
                           dev=names.get(m["ifindex"], "?"),
-                          state=_NUD.get(m["state"], hex(m["state"]))) for m in raw]
+                          state=_NUD.get(m["state"], hex(m["state"]))) for m in raw
+                if link is None or m["ifindex"] in names]
+
+    def _names_for(self, link: str | None) -> dict[int, str]:
+        """ifindex -> name: of every link, or of ``link`` only (none if it is gone)."""
+        if link is None:
+            return {l.index: l.name for l in self._links_min()}
+        idx = self._lookup(link, fresh=True)
+        return {idx: link} if idx is not None else {}
 
     def add_neighbour(self, link: str, ip: str, mac: str) -> None:
         """A PERMANENT entry (``ip neigh replace IP lladdr MAC dev LINK nud permanent``).
@@ -469,12 +479,16 @@ class Netlink:
                 "l3miss": bool(data.get_attr("IFLA_VXLAN_L3MISS")),
                 "mtu": msg.get_attr("IFLA_MTU")}
 
-    def fdb(self) -> list[FdbInfo]:
-        names = {l.index: l.name for l in self._links_min()}
+    def fdb(self, link: str | None = None) -> list[FdbInfo]:
+        """The bridge FDB; with ``link``, only the entries on that link (``master`` is then
+        not named: the links are not dumped)."""
+        names = self._names_for(link)
         out = []
         with self._call("list bridge fdb"):
             raw = list(self._ip.fdb("dump"))
         for m in raw:
+            if link is not None and m["ifindex"] not in names:
+                continue
             master = m.get_attr("NDA_MASTER")
             out.append(FdbInfo(mac=m.get_attr("NDA_LLADDR"), dev=names.get(m["ifindex"], "?"),
                                master=names.get(master) if master else None,
