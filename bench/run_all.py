@@ -22,7 +22,10 @@ FULL = [
     ("grading a class (issue 9: 30 submissions < 60 s)", ["bench_grade.py", "--learners", "30",
                                                           "--broken", "10"]),
     ("full-kernel VM: boot, guest/host slowdown, CI share", ["bench_vm.py", "--ci-share"]),
-    ("terminal echo while watch mode checks (issue 17)", ["bench_terminal_echo.py"]),
+    ("terminal echo while watch mode checks (issue 17)", ["bench_terminal_echo.py",
+                                                          "--keys", "200"]),
+    ("terminal echo, watch mode on, machine loaded (issue 17)",
+     ["bench_terminal_echo.py", "--keys", "200", "--load", "2"]),
     ("macvlan build/teardown and per-driver throughput (issue: macvlan)",
      ["bench_macvlan.py", "--sizes", "100,1000", "--iperf"]),
     ("overlay: 3 hosts x 30, truth table, convergence vs swarm, iperf3 (issue: overlay)",
@@ -42,6 +45,7 @@ QUICK = [
     ("drivers as plugins", ["bench_plugin.py", "--sandboxes", "5", "--networks", "1,5",
                             "--calls", "50"]),
     ("DNS codec", ["bench_dns.py", "--queries", "50"]),
+    ("terminal echo", ["bench_terminal_echo.py", "--keys", "20", "--load", "1"]),
 ]
 
 

@@ -123,7 +123,7 @@ def test_lab_flow_check_solve_truth_table_next_reset():
             await check(pilot, screen)
             classes = result_classes(screen)
             assert classes and any("-fail" in c for c in classes), classes
-            assert screen.has_class("-failed") and not screen.passed
+            assert screen.query_one("#status").has_class("-failed") and not screen.passed
             assert "checks fail" in screen_text(screen)
 
             await pilot.press("s")  # show me: the commands first...
@@ -135,7 +135,7 @@ def test_lab_flow_check_solve_truth_table_next_reset():
                            "solve")
             assert not app.errors(), app.errors()
             assert all("-ok" in c for c in result_classes(screen)), screen_text(screen)
-            assert screen.passed and screen.has_class("-passed")
+            assert screen.passed and screen.query_one("#status").has_class("-passed")
             results = screen.results[screen.step.id]
             tables = [r.table for r in results if r.table is not None]
             assert tables, "the matrix check should come with a truth table"
@@ -194,7 +194,7 @@ def test_watch_mode_turns_green_and_stop_quit():
                 subprocess.run(["ip", "netns", "exec", f"cnm-lab01-{PID}.{sb}", "ip", "link",
                                 "set", "lo", "up"], check=True)
             await wait_for(pilot, lambda: screen.passed, 30, "watch mode to see the fix")
-            assert screen.has_class("-passed") and screen.has_class("-watching")
+            assert screen.query_one("#status").has_class("-passed") and screen.query_one("#status").has_class("-watching")
             await pilot.press("w")
             assert not screen.watching
             await pilot.press("Q")  # stop the lab and quit

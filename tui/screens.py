@@ -682,7 +682,7 @@ class StepScreen(WorkerErrors, Screen):
         # classes on the screen restyle every widget (and re-highlight the step's code
         # blocks): flip them only when the state really changes, never off-then-on
         if results is None:
-            self.set_class(False, "-failed")
+            self._mark(False, "-failed")
             verdict.update("")
             verdict.set_class(True, "-empty")
             self.query_one("#why", Static).set_class(True, "-empty")
@@ -708,7 +708,7 @@ class StepScreen(WorkerErrors, Screen):
         verdict.set_class(False, "-empty")
         verdict.set_class(bool(failing), "-fail")
         verdict.set_class(not failing, "-ok")
-        self.set_class(bool(failing), "-failed")
+        self._mark(bool(failing), "-failed")
 
     def update_status(self) -> None:
         s = self.step
@@ -730,12 +730,22 @@ class StepScreen(WorkerErrors, Screen):
         grid.add_row(left, right)
         self.query_one("#status", Static).update(grid)
 
+    def _mark(self, on: bool, cls: str) -> None:
+        """Flip a step-state class on the widgets it styles (``#status``, ``#task``).
+
+        Why not on the screen: a class on the screen re-matches the CSS of all of its ~400
+        widgets and repaints them all (100-300 ms of UI thread on a loaded 2-core machine),
+        and watch mode flips these classes while the learner types in the terminal.
+        """
+        for w in self.query("#status, #task"):
+            w.set_class(on, cls)
+
     def watch_passed(self, passed: bool) -> None:
-        self.set_class(passed, "-passed")
+        self._mark(passed, "-passed")
         self.update_status()
 
     def watch_busy(self, busy: str) -> None:
-        self.set_class(bool(busy), "-busy")
+        self._mark(bool(busy), "-busy")
         self.update_status()
 
     def watch_target(self, target: str) -> None:
@@ -1058,7 +1068,7 @@ class StepScreen(WorkerErrors, Screen):
         self.watching = not self.watching
 
     def watch_watching(self, on: bool) -> None:
-        self.set_class(on, "-watching")
+        self._mark(on, "-watching")
         self.update_status()
         if on:
             self._start_watch()
