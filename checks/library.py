@@ -395,19 +395,29 @@ def _around_listener(src: End, ip: str, proto: str, port: int, timeout: float,
     """The learner's own server holds the port the check wanted: let it answer instead.
 
     TCP: a completed handshake with the learner's listener proves the path as well as ours
-    would (only the server's identity is not checked). UDP gives no answer to count on, so the
-    check says who is in the way.
+    would (only the server's identity is not checked). UDP: the learner's socket would take the
+    check's datagrams (and ``nc -u -l`` then talks only to that sender, so the learner's own
+    test breaks), no answer comes back to count on, and Linux lets no second socket take the
+    port beside it. So nothing is sent: the result is ``busy`` (never a pass, not even for an
+    isolation check) and says who holds the port.
     """
-    if proto != "tcp":
-        raise busy
-    res = probes.tcp_connect(src.ref, ip, port, timeout=timeout, echo=False)
     who = busy.owner or "another process"
+    if proto != "tcp":
+        return probes.ProbeResult(False, f"not probed: {port}/{proto} in {where} is held by "
+                                  f"{who}", "busy")
+    res = probes.tcp_connect(src.ref, ip, port, timeout=timeout, echo=False)
     if res.ok:
         return probes.ProbeResult(True, f"connected; answered by your own listener in {where} "
                                   f"on {port}/tcp: {who}", res.reason, res.rtt_ms,
                                   server=where)
     res.observed = f"{res.observed} (the port in {where} is held by {who})"
     return res
+
+
+def _busy_hint(proto: str, port: int | None, where: str) -> str:
+    """What to do when the learner's own listener holds the port a UDP check needs."""
+    return (f"your own listener holds {port}/{proto} in {where}: the check's datagrams would "
+            f"land in it, so it sends none; stop it (Ctrl-C in its shell) and check again")
 
 
 def _reach_hint(target: Target, src: End, dst: End, ip: str, network: str | None,
@@ -533,7 +543,7 @@ def _reach(target: Target, params: dict[str, Any], want: bool, kind: str) -> Che
     res = _probe(src, dst, ip, proto, port, float(p.get("timeout", DEFAULT_TIMEOUT)),
                  p.get("server", True))
     # a packet that arrived is a breach of isolation, even if its reply was dropped
-    ok = bool(res.ok) if want else not res.ok and not res.arrived
+    ok = bool(res.ok) if want else not res.ok and not res.arrived and res.reason != "busy"
     tgt = ip if dst.label == ip else f"{dst.label} at {ip}"
     expected = f"{src.label} {'reaches' if want else 'cannot reach'} {tgt} ({what})"
     observed = res.observed or res.reason
@@ -541,6 +551,8 @@ def _reach(target: Target, params: dict[str, Any], want: bool, kind: str) -> Che
         observed += f"; {_arrived_text(src, dst, res)}"
     if ok:
         reason = ""
+    elif res.reason == "busy":
+        reason = _busy_hint(proto, port, dst.label)
     elif not want and not res.ok:
         reason = _leak_hint(target, src, dst, res)
     elif want and one_way(res):
@@ -745,6 +757,8 @@ def _published(target: Target, params: dict[str, Any], kind: str) -> CheckResult
     hl = host.name
     if ok:
         reason = ""
+    elif res.reason == "busy":
+        reason = _busy_hint(proto, cport, to.label)
     elif res.ok:
         reason = (f"{res.server} answered instead of {to.label}: look at the DNAT destination "
                   f"in nat DOCKER on {hl} (--to-destination <{to.label}'s ip>:{cport})")

@@ -57,6 +57,7 @@ class ProbeResult:
     ok: bool
     observed: str
     reason: str = ""            # reply | connected | refused | timeout | unreachable | error
+                                # | busy (not sent: the learner's own socket holds the port)
     rtt_ms: float | None = None  # in a big batch: an upper bound (replies are read after sends)
     server: str | None = None   # the EchoServer that answered (from its marker line)
     seen_as: str | None = None  # "ip:port" the server saw this probe come from
@@ -1005,6 +1006,14 @@ class EchoServer:
         def setup(s: socket.socket) -> None:
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 
+        if self.proto == "udp" and self.port and _socket_inodes(self.ref, "udp", self.port):
+            # SO_REUSEADDR on both sides (ours, and e.g. ``nc -u -l``'s) lets the bind below
+            # succeed beside the learner's socket, and then the kernel hands the probes'
+            # datagrams to either one: look first, and never share a UDP port
+            owner = port_owner(self.ref, "udp", self.port)
+            raise PortInUse(f"port {self.port}/udp in {self.name} is taken by "
+                            f"{owner or 'another process'}: the check needs to listen there; "
+                            f"stop it (Ctrl-C in its shell) and check again", owner)
         sock = _make_sockets(self.ref, 1, socket.AF_INET, kind, 0, setup)[0]
         try:
             sock.bind((self.bind, self.port))
@@ -1016,8 +1025,8 @@ class EchoServer:
                 owner = port_owner(self.ref, self.proto, self.port)
                 raise PortInUse(f"port {self.port}/{self.proto} in {self.name} is taken by "
                                 f"{owner or 'another process'}: the check needs to listen "
-                                f"there; stop it (Ctrl-C in its shell) or leave it running "
-                                f"to answer the check", owner) from None
+                                f"there; stop it (Ctrl-C in its shell) and check again",
+                                owner) from None
             raise ProbeError(f"echo server {self.name}: cannot listen on {self.bind}:"
                              f"{self.port}/{self.proto} in {self.ref}: {e.strerror}") from None
         self.port = sock.getsockname()[1]

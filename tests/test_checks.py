@@ -116,6 +116,43 @@ def test_same_network_reachable_not_isolated(target):
     assert "front" in r.reason and "icc" in r.reason
 
 
+def test_udp_check_steps_around_the_learners_own_listener(lab, target):
+    """``nc -u -l`` in web holds the port a UDP check wants. nc sets SO_REUSEADDR, so the
+    check's echo server could bind beside it and the kernel would hand datagrams to either:
+    the check must not send into the learner's listener, must never pass (not even as
+    ``isolated``), and must say which process holds the port; once it is gone, it passes."""
+    web = lab.sandbox("web").netns
+    out = open(os.devnull, "wb")
+    got = subprocess.Popen(["ip", "netns", "exec", web, "nc", "-u", "-l", "-p", "5003"],
+                           stdout=subprocess.PIPE, stderr=out)
+    try:
+        deadline = time.monotonic() + 20
+        while probes.port_owner(web, "udp", 5003) is None:
+            assert time.monotonic() < deadline, "nc -u -l did not start"
+            time.sleep(0.05)
+        spec = {"from": "api", "to": "web", "proto": "udp", "port": 5003}
+        r = fails(target, "reachable", **spec)
+        assert r.observed.startswith("not probed: 5003/udp in web is held by nc -u -l -p 5003 "
+                                     f"(pid "), r.observed
+        assert "Ctrl-C" in r.reason and "{" not in r.observed + r.reason + r.expected
+        r = fails(target, "isolated", **spec)  # not probed is never "isolated"
+        assert "held by nc" in r.observed
+        # the learner's nc got none of the check's datagrams
+        os.set_blocking(got.stdout.fileno(), False)
+        assert got.stdout.read() in (None, b"")
+    finally:
+        got.kill()
+        got.wait()
+        got.stdout.close()
+        out.close()
+    deadline = time.monotonic() + 20
+    while probes.port_owner(web, "udp", 5003) is not None:
+        assert time.monotonic() < deadline, "nc -u -l did not go away"
+        time.sleep(0.05)
+    r = passes(target, "reachable", **spec)
+    assert "echo from web" in r.observed
+
+
 def test_across_networks_isolated(target):
     passes(target, "isolated", **{"from": "api", "to": "db"})
     r = fails(target, "reachable", **{"from": "api", "to": "db"})
