@@ -13,6 +13,11 @@ only moves bytes and paints lines.
 * ``paste(text)`` types a block into the shell as a *bracketed* paste when the shell asked for
   it (bash 5.1+ does): the lines land in the edit buffer and run only when Enter is pressed.
 * When the shell ends, ``Exited`` is posted; ``feed()`` shows any message in the screen.
+* Scrollback: lines scrolled off the top are kept (``ScrollbackScreen``, the last
+  ``SCROLLBACK`` lines); shift+PgUp/shift+PgDn and the mouse wheel move the view through them,
+  any key typed into the shell comes back to the bottom. pyte's own ``HistoryScreen`` was not
+  used: it wraps every screen method call (``__getattribute__``), which costs on every byte,
+  and pages by moving lines in and out of the live buffer.
 
 The process is a child of the app; ``close()`` (also on unmount) hangs it up.
 """
@@ -20,6 +25,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+from collections import deque
 import signal
 import struct
 import subprocess
@@ -44,6 +50,8 @@ _KEYS = {
     "end": "\x1b[F", "shift+tab": "\x1b[Z", "ctrl+space": "\x00", "ctrl+@": "\x00",
 }
 _ARROWS = {"up": "A", "down": "B", "right": "C", "left": "D"}
+SCROLLBACK = 2000  # lines kept above the screen
+WHEEL_LINES = 3
 _COLOURS = {"brown": "yellow", "default": None}
 
 
@@ -77,6 +85,38 @@ def key_bytes(event: events.Key, app_cursor: bool = False) -> bytes | None:
     if key.startswith("ctrl+") and len(key) == 6 and key[5].isalpha():
         return bytes([ord(key[5].lower()) & 0x1F])
     return None
+
+
+class ScrollbackScreen(pyte.Screen):
+    """A pyte screen that keeps the lines scrolled off its top (like xterm's saveLines).
+
+    Only a scroll of the whole screen saves a line: a full-screen program (less, vim) that
+    scrolls a region of its own does not fill the scrollback with its redraws. ``ESC [ 3 J``
+    (what ``clear`` sends) empties it. ``added`` counts every saved line, so a view scrolled
+    back can stay on the same text while new output arrives.
+    """
+
+    def __init__(self, columns: int, lines: int, keep: int = SCROLLBACK) -> None:
+        self.scrollback: deque[Any] = deque(maxlen=keep)
+        self.added = 0
+        super().__init__(columns, lines)
+
+    def index(self) -> None:
+        top, bottom = self.margins or (0, self.lines - 1)
+        if self.cursor.y == bottom and top == 0:
+            # index() drops row ``top``'s object from the buffer: keep it (no copy needed)
+            self.scrollback.append(self.buffer.pop(top, None))
+            self.added += 1
+        super().index()
+
+    def erase_in_display(self, how: int = 0, *args: Any, **kwargs: Any) -> None:
+        super().erase_in_display(how, *args, **kwargs)
+        if how == 3:
+            self.scrollback.clear()
+
+    def reset(self) -> None:
+        super().reset()
+        self.scrollback.clear()
 
 
 class TerminalView(Widget, can_focus=True):
@@ -114,7 +154,8 @@ class TerminalView(Widget, can_focus=True):
     def __init__(self, *, name: str | None = None, id: str | None = None,
                  classes: str | None = None, columns: int = 80, rows: int = 24) -> None:
         super().__init__(name=name, id=id, classes=classes)
-        self.screen_model = pyte.Screen(columns, rows)
+        self.screen_model = ScrollbackScreen(columns, rows)
+        self.scroll = 0  # lines the view is scrolled back into the scrollback (0: live)
         self.stream = pyte.ByteStream(self.screen_model)
         self.proc: subprocess.Popen[bytes] | None = None
         self.fd: int | None = None
@@ -225,10 +266,15 @@ class TerminalView(Widget, can_focus=True):
     # ---- bytes in and out ----------------------------------------------------------------
     def feed(self, data: bytes) -> None:
         """Show output (from the shell, or a message of the app's own)."""
+        before = self.screen_model.added
         self.stream.feed(data)
         self.bytes_in += len(data)
         dirty = self.screen_model.dirty
-        if len(dirty) > self.screen_model.lines // 2:
+        if self.scroll:  # scrolled back: stay on the same lines while new ones arrive
+            self.scroll = min(self.scroll + self.screen_model.added - before,
+                              len(self.screen_model.scrollback))
+            self.refresh()
+        elif len(dirty) > self.screen_model.lines // 2:
             self.refresh()
         else:
             width = self.size.width
@@ -269,8 +315,43 @@ class TerminalView(Widget, can_focus=True):
         """The screen as plain text (tests)."""
         return "\n".join(line.rstrip() for line in self.screen_model.display)
 
+    # ---- scrollback ----------------------------------------------------------------------
+    def scroll_back(self, lines: int) -> bool:
+        """Move the view ``lines`` up (negative: down) in the scrollback; False if it could not."""
+        new = max(0, min(self.scroll + lines, len(self.screen_model.scrollback)))
+        if new == self.scroll:
+            return False
+        self.scroll = new
+        self.refresh()
+        return True
+
+    def _row(self, y: int) -> Any:
+        """The row object shown at line ``y`` of the view (None: an empty line)."""
+        screen = self.screen_model
+        if not self.scroll:
+            return screen.buffer[y]
+        back = screen.scrollback
+        i = len(back) - self.scroll + y
+        return back[i] if i < len(back) else screen.buffer[i - len(back)]
+
+    def visible_text(self) -> str:
+        """The lines as the view shows them, scrollback included (tests)."""
+        screen = self.screen_model
+        out = []
+        for y in range(screen.lines):
+            row = self._row(y)
+            out.append("" if row is None else
+                       "".join(row[x].data for x in range(screen.columns)).rstrip())
+        return "\n".join(out)
+
     # ---- Textual -------------------------------------------------------------------------
     def on_key(self, event: events.Key) -> None:
+        if event.key in ("shift+pageup", "shift+pagedown"):
+            event.stop()
+            event.prevent_default()
+            half = max(1, self.screen_model.lines // 2)
+            self.scroll_back(half if event.key == "shift+pageup" else -half)
+            return
         data = key_bytes(event, app_cursor=DECCKM in self.screen_model.mode)
         if data is None:
             return  # F-keys: the app's
@@ -281,7 +362,18 @@ class TerminalView(Widget, can_focus=True):
                 self.post_message(self.RestartWanted(self))
             return
         self.keys_sent += 1
+        if self.scroll:  # typing goes back to the live screen, as in xterm
+            self.scroll = 0
+            self.refresh()
         self.send(data)
+
+    def on_mouse_scroll_up(self, event: events.MouseScrollUp) -> None:
+        if self.scroll_back(WHEEL_LINES):
+            event.stop()
+
+    def on_mouse_scroll_down(self, event: events.MouseScrollDown) -> None:
+        if self.scroll_back(-WHEEL_LINES):
+            event.stop()
 
     def on_paste(self, event: events.Paste) -> None:
         event.stop()
@@ -336,9 +428,11 @@ class TerminalView(Widget, can_focus=True):
         width = self.size.width
         if y >= screen.lines:
             return Strip.blank(width, self.rich_style)
-        row = screen.buffer[y]
+        row = self._row(y)
+        if row is None:
+            return Strip.blank(width, self.rich_style)
         cur = screen.cursor
-        show_cursor = self.has_focus and not cur.hidden and cur.y == y
+        show_cursor = self.has_focus and not cur.hidden and cur.y == y and not self.scroll
         segments: list[Segment] = []
         text = []
         last: Style | None = None
