@@ -1241,7 +1241,8 @@ class HelpScreen(ModalScreen[None]):
                           "starts/stops the capture, Ctrl-L clears it and f hides the checks' "
                           "own packets (marked [check]). While you type in the terminal, "
                           "letters go to the shell and F1-F9 carry the commands; Ctrl-C "
-                          "interrupts the command in the shell, Ctrl-Q quits the app.",
+                          "interrupts the command in the shell, Ctrl-Q quits the app; "
+                          "Shift+PgUp/PgDn or the mouse wheel scroll back through its output.",
                           style="dim"))
         return Group(*parts)
 
