@@ -5,7 +5,9 @@
 * ``s`` means "show me" in every tab, and never starts a capture;
 * ``Q`` with a lab shell open in another terminal asks first;
 * the terminal follows the step's ``in:``; a step reset rebuilds up to the step before;
-* the learner's own listener on the checked port does not fail the check.
+* the learner's own listener on the checked port does not fail the check;
+* a step's command block pasted into the terminal runs only on Enter; Ctrl-C is the shell's
+  while typing there, and asks before quitting elsewhere.
 """
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ import pytest
 
 from cnmlab.lab import ns_name
 from cnmlab import shells, state
-from cnmlab.tui.screens import ChoiceScreen, ConfirmScreen, StepScreen
+from cnmlab.tui.screens import ChoiceScreen, ConfirmScreen, SnippetScreen, StepScreen
 from cnmlab.tui.terminal import TerminalView
 from tests.test_tui_app import (FEATURES, PID, SIZE, RecordingApp, check, open_lab, plain,
                                 screen_text, stop_lab, wait_for)
@@ -137,6 +139,54 @@ def test_s_means_show_me_in_every_tab_and_terminal_keys():
             await pilot.pause(0.1)
             assert not isinstance(app.screen.focused, TerminalView)
             await check(pilot, screen)
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        stop_lab("01")
+
+
+def test_paste_waits_for_enter_and_ctrl_c_is_the_shells_while_typing():
+    """A step's command block pasted into the terminal (F8) lands in the edit line and runs
+    only on Enter; Ctrl-C while typing interrupts the shell's command (no quit question);
+    out of the terminal, Ctrl-C asks before quitting because that terminal was used."""
+    app = RecordingApp(features=FEATURES)
+
+    async def scenario() -> None:
+        async with app.run_test(size=(120, 40)) as pilot:
+            screen = await open_lab(pilot, app, 1)
+            await pilot.press("i")
+            await wait_for(pilot, lambda: isinstance(app.screen.focused, TerminalView), 5,
+                           "terminal focus")
+            view = app.screen.focused
+            await wait_for(pilot, lambda: f"lab01-{PID}/red" in view.text(), 15, "the prompt")
+            await pilot.press("f8")
+            await wait_for(pilot, lambda: isinstance(app.screen, SnippetScreen), 5, "snippets")
+            await pilot.press("enter")
+            await wait_for(pilot, lambda: "ip addr" in view.text(), 10, "the pasted block")
+            await pilot.pause(0.5)
+            assert "LOOPBACK" not in view.text()  # pasted, not run
+            await pilot.press("enter")
+            await wait_for(pilot, lambda: "LOOPBACK" in view.text(), 10, "ip link's output")
+
+            for ch in "sleep 300":
+                await pilot.press(ch if ch != " " else "space")
+            await pilot.press("enter")
+            await pilot.pause(0.3)
+            await pilot.press("ctrl+c")
+            await wait_for(pilot, lambda: "^C" in view.text(), 10, "the interrupt")
+            assert app.screen is screen  # no quit question while typing
+
+            await pilot.press("f6")
+            await pilot.pause(0.1)
+            assert not isinstance(app.screen.focused, TerminalView)
+            await pilot.press("ctrl+c")
+            await wait_for(pilot, lambda: isinstance(app.screen, ConfirmScreen), 5, "question")
+            body = plain(app.screen.query_one("#confirm-body Static"), width=300)
+            assert f"lab01-{PID}/red (the terminal here)" in body, body
+            await pilot.press("n")
+            await wait_for(pilot, lambda: app.screen is screen, 5, "back")
+            assert app.return_code is None  # still running
 
     try:
         asyncio.run(scenario())
