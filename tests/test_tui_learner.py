@@ -21,6 +21,8 @@ import pytest
 
 from cnmlab.lab import ns_name
 from cnmlab import shells, state
+from cnmlab.workshop import labfile
+from cnmlab.workshop.runner import LabRun
 from cnmlab.tui.screens import ChoiceScreen, ConfirmScreen, SnippetScreen, StepScreen
 from cnmlab.tui.terminal import TerminalView
 from tests.test_tui_app import (FEATURES, PID, SIZE, RecordingApp, check, open_lab, plain,
@@ -187,6 +189,34 @@ def test_paste_waits_for_enter_and_ctrl_c_is_the_shells_while_typing():
             await pilot.press("n")
             await wait_for(pilot, lambda: app.screen is screen, 5, "back")
             assert app.return_code is None  # still running
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        stop_lab("01")
+
+
+def test_embedded_terminal_says_loudly_when_its_lab_goes_away():
+    """The lab is stopped from another terminal while the embedded shell is open: the shell
+    is gone, the terminal says so in the banner's words and offers a new shell on Enter."""
+    app = RecordingApp(features=FEATURES)
+
+    async def scenario() -> None:
+        async with app.run_test(size=(120, 40)) as pilot:
+            screen = await open_lab(pilot, app, 1)
+            await pilot.press("i")
+            await wait_for(pilot, lambda: isinstance(app.screen.focused, TerminalView), 5,
+                           "terminal focus")
+            view = app.screen.focused
+            await wait_for(pilot, lambda: f"lab01-{PID}/red" in view.text(), 15, "the prompt")
+            name = f"lab01-{PID}"
+            await asyncio.to_thread(lambda: LabRun(labfile.get("01"), name).stop())
+            await wait_for(pilot, lambda: "IS GONE" in view.text(), 20, "the banner")
+            text = " ".join(view.text().split())
+            assert f"THE LAB SHELL IN {name}/red IS GONE" in text, text
+            assert "You are NOT in the lab any more" in text
+            assert "Press Enter for a new shell in red" in text
+            assert not view.running and screen is app.screen
 
     try:
         asyncio.run(scenario())
