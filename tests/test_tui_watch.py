@@ -380,32 +380,44 @@ def test_packets_label_the_checks_probes_hide_them_and_separate_captures(small_l
         app = _app(lab.name)
         async with app.run_test(size=(160, 48)) as pilot:
             pk = app.query_one(PacketPanel)
-            await _until(pilot, lambda: pk.running, 10, "capture start")
+            await _until(pilot, lambda: pk.running, 30, "capture start")
+            # the capture socket opens in the panel's worker thread: capturing once a packet shows
+            deadline = time.monotonic() + 30
+            while not pk.lines:
+                assert time.monotonic() < deadline, "the capture saw nothing"
+                await asyncio.to_thread(c1.exec, ["ping", "-c", "1", "-W", "1", c2.ip()])
+                await pilot.pause(0.3)
+            pk.clear()
             # a check's probe (DSCP lower effort) and the learner's own ping, c1 -> c2
             res = await asyncio.to_thread(probes.ping, c1.netns, c2.ip(), 2.0)
             assert res.ok, res.observed
             await asyncio.to_thread(c1.exec, ["ping", "-c", "1", c2.ip()])
-            await _until(pilot, lambda: sum("ICMP echo reply" in l for l in pk.lines) >= 2, 5,
-                         "both replies")
+            def replies(check: bool) -> int:
+                return sum("ICMP echo reply" in l and l.startswith("[check] ") == check
+                           for l in pk.lines)
+
+            await _until(pilot, lambda: replies(True) and replies(False), 30, "both replies")
             echo = [l for l in pk.lines if "ICMP echo" in l]
             checks = [l for l in echo if l.startswith("[check] ")]
             learners = [l for l in echo if not l.startswith("[check] ")]
-            assert len(checks) == 2 and len(learners) == 2, echo  # request + reply each
-            assert pk.from_checks == 2
+            # request and reply each (a retried probe may add a request)
+            assert any("reply" in l for l in checks) and any("request" in l for l in checks), echo
+            assert any("reply" in l for l in learners) and any("request" in l for l in learners)
+            assert pk.from_checks >= 2
             # f hides the checks' packets; the learner's still show
             pk.action_toggle_checks()
             pk.clear()
+            seen = pk.from_checks
             await asyncio.to_thread(probes.ping, c1.netns, c2.ip(), 2.0)
             await asyncio.to_thread(c1.exec, ["ping", "-c", "1", c2.ip()])
-            await _until(pilot, lambda: pk.from_checks >= 4, 5, "the hidden check packets")
-            await _until(pilot, lambda: sum("ICMP echo reply" in l for l in pk.lines) >= 1, 5,
-                         "the learner's reply")
+            await _until(pilot, lambda: pk.from_checks >= seen + 2, 30, "the hidden ones")
+            await _until(pilot, lambda: replies(False), 30, "the learner's reply")
             assert not any(l.startswith("[check]") for l in pk.lines), pk.lines
             # another interface: a separator line before the new capture's packets
             pk.choose("c1", "lo")
-            await _until(pilot, lambda: pk.running and pk.interface == "lo", 10, "restart")
+            await _until(pilot, lambda: pk.running and pk.interface == "lo", 30, "restart")
             sep = [i for i, l in enumerate(pk.lines) if l.startswith("──── now capturing on")]
             assert sep and pk.lines[sep[-1]] == "──── now capturing on c1 lo ────", pk.lines
             pk.stop()
 
-    asyncio.run(asyncio.wait_for(main(), 90))
+    asyncio.run(asyncio.wait_for(main(), 150))
