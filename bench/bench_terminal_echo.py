@@ -74,7 +74,8 @@ def _flipper(ns: str, every: float, stop: threading.Event) -> threading.Thread:
     return t
 
 
-async def run(n_keys: int, flip: float) -> tuple[list[float], list[float], list[float], int]:
+async def run(n_keys: int, flip: float,
+              watch: bool = True) -> tuple[list[float], list[float], list[float], int]:
     from cnmlab.tui.app import CnmlabApp
     from cnmlab.tui.screens import LabListScreen, StepScreen, target_cycle
     from cnmlab.tui.terminal import TerminalView
@@ -95,7 +96,8 @@ async def run(n_keys: int, flip: float) -> tuple[list[float], list[float], list[
             await pilot.pause(0.05)
         screen = app.screen
         await pilot.pause(0.5)
-        await pilot.press("w")  # watch mode: checks keep running
+        if watch:
+            await pilot.press("w")  # watch mode: checks keep running
         await pilot.press("i")
         view = screen.pane.current
         assert isinstance(view, TerminalView)
@@ -105,7 +107,7 @@ async def run(n_keys: int, flip: float) -> tuple[list[float], list[float], list[
             await pilot.pause(0.05)
         print("terminal ready", flush=True)
         deadline = time.monotonic() + 30
-        while screen.checks_done < 1:
+        while watch and screen.checks_done < 1:
             assert time.monotonic() < deadline, "watch mode ran no check"
             await pilot.pause(0.05)
         print("watching", flush=True)
@@ -165,6 +167,8 @@ def main() -> int:
     ap.add_argument("--keys", type=int, default=60)
     ap.add_argument("--load", type=int, default=0, metavar="N",
                     help="N CPU-bound processes running meanwhile (a loaded machine)")
+    ap.add_argument("--no-watch", action="store_true",
+                    help="watch mode off: the baseline to compare the checks' cost against")
     ap.add_argument("--flip", type=float, default=0.5, metavar="S",
                     help="toggle lo in blue every S s so the results keep changing (0: never)")
     args = ap.parse_args()
@@ -179,7 +183,8 @@ def main() -> int:
     name = f"lab01-b{os.getpid()}"
     burners = _burners(args.load)
     try:
-        echo, painted, waited, checks = asyncio.run(run(args.keys, args.flip))
+        echo, painted, waited, checks = asyncio.run(run(args.keys, args.flip,
+                                                        not args.no_watch))
         load = os.getloadavg()[0]
     finally:
         for p in burners:
@@ -192,7 +197,8 @@ def main() -> int:
         except OSError:
             pass
     own = [max(0.0, p - w) for p, w in zip(painted, waited)]
-    print(f"keystroke -> echo in the embedded terminal, watch mode on ({checks} check runs "
+    print(f"keystroke -> echo in the embedded terminal, watch mode "
+          f"{'off' if args.no_watch else 'on'} ({checks} check runs "
           f"during {len(echo)} keys; {args.load} extra CPU-bound processes; "
           f"load average {load:.1f} on {os.cpu_count()} CPUs):")
     print(_stats("echo", echo))
