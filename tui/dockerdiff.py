@@ -61,7 +61,10 @@ class DockerDiffScreen(ModalScreen[None]):
         self.host = host
 
     def compose(self) -> ComposeResult:
-        with Vertical(id="diff-box"):
+        # title and class are set before the box is mounted: never a frame without its title
+        same = self.result.ok and not self.result.differences
+        with Vertical(id="diff-box", classes="-same" if same else "") as box:
+            box.border_title = f"What would Docker have built on {self.host}?"
             yield Static(summary(self.result), id="diff-summary")
             with VerticalScroll(id="diff-body"):
                 yield Static(body(self.result, self.commands), id="diff-lines")
@@ -70,9 +73,6 @@ class DockerDiffScreen(ModalScreen[None]):
                          id="diff-foot")
 
     def on_mount(self) -> None:
-        box = self.query_one("#diff-box")
-        box.border_title = f"What would Docker have built on {self.host}?"
-        box.set_class(self.result.ok and not self.result.differences, "-same")
         self.query_one("#diff-body").focus()
 
     def action_close(self) -> None:
