@@ -151,7 +151,7 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> 
     lane = item.config.stash.get(LANE, None)
     if lane is None or item.nodeid not in lane.nodeids:
         return None
-    lane.report(item)
+    lane.report(item, nextitem)
     return True
 
 
@@ -340,26 +340,46 @@ class Lane:
                 f"(kernel {self.label()}): first guest output after {m['first_output']:.1f} s, "
                 f"whole VM run {m['seconds']:.1f} s")
 
-    def report(self, item: pytest.Item) -> None:
+    def report(self, item: pytest.Item, nextitem: pytest.Item | None) -> None:
+        """Log a lane test's guest outcome as its outcome here.
+
+        The test is not set up here, but the tests before it were: their fixtures (module,
+        class, session scope) are torn down to what ``nextitem`` needs, as pytest's own
+        protocol does after every test. Skipping that left pytest's setup state holding the
+        previous module, and the next file's first test errored with "previous item was not
+        torn down properly"."""
         self.wait()
         hook = item.ihook
         hook.pytest_runtest_logstart(nodeid=item.nodeid, location=item.location)
         found = self.reports.get(item.nodeid)
         if found:
-            for data in found:
-                rep = item.config.hook.pytest_report_from_serializable(config=item.config,
-                                                                      data=data)
-                rep.user_properties.append((PROPERTY, self.label()))
-                hook.pytest_runtest_logreport(report=rep)
+            reports = [item.config.hook.pytest_report_from_serializable(config=item.config,
+                                                                        data=data)
+                       for data in found]
         else:
-            for when in ("setup", "teardown"):
-                outcome = "failed" if when == "setup" else "passed"
-                rep = pytest.TestReport(
-                    item.nodeid, item.location, {}, outcome,
-                    self._missing(item) if when == "setup" else None, when,
-                    user_properties=[(PROPERTY, self.label())])
-                hook.pytest_runtest_logreport(report=rep)
+            reports = [pytest.TestReport(item.nodeid, item.location, {}, "failed",
+                                         self._missing(item), "setup")]
+        for rep in reports:
+            rep.user_properties.append((PROPERTY, self.label()))
+        here = self._teardown_here(item, nextitem)
+        torn = [r for r in reports if r.when == "teardown"]
+        if here.failed or not torn:  # one teardown report, unless both sides failed
+            torn = [r for r in torn if r.failed] + [here]
+        for rep in [r for r in reports if r.when != "teardown"] + torn:
+            hook.pytest_runtest_logreport(report=rep)
         hook.pytest_runtest_logfinish(nodeid=item.nodeid, location=item.location)
+
+    def _teardown_here(self, item: pytest.Item, nextitem: pytest.Item | None) -> pytest.TestReport:
+        """Tear this host's fixtures down to ``nextitem``'s, as ``pytest_runtest_teardown``
+        does (its plugins' wrappers are not called: they expect a setup that never ran here),
+        with a failure reported as a teardown error like any test's."""
+        setupstate = item.session._setupstate  # pytest's one SetupState: no public accessor
+        call = pytest.CallInfo.from_call(
+            lambda: setupstate.teardown_exact(nextitem),
+            when="teardown", reraise=(pytest.exit.Exception, KeyboardInterrupt))
+        rep = item.ihook.pytest_runtest_makereport(item=item, call=call)
+        rep.user_properties.append((PROPERTY, self.label()))
+        return rep
 
     def _missing(self, item: pytest.Item) -> str:
         """Why a lane test has no outcome from the guest, with what the guest said last."""

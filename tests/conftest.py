@@ -129,9 +129,6 @@ QUARANTINE = {
         "emulated CPU (see the ipvs notes)",
     "tests/test_tui_e2e.py::test_lab01_typed_into_the_embedded_terminal":
         "the recap screen did not show within the e2e deadline under load",
-    "tests/test_overlay.py::test_the_data_plane_reads_like_dockers":
-        "'previous item was not torn down properly' at setup after VM-lane items reported: an "
-        "interaction between the VM lane plugin and pytest's setup state",
 }
 
 

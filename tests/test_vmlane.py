@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
@@ -160,3 +161,54 @@ def test_the_sweep_removes_only_folders_of_runs_that_are_gone(tmp_path, monkeypa
     vmlane._sweep()
     left = {p.name for p in tmp_path.iterdir()}
     assert left == {names["live"], names["odd"], names["other"]}
+
+
+def test_a_lane_test_after_a_host_test_tears_the_host_fixtures_down(pytester):
+    """A lane test is reported, not run, here: the host's setup state must still be torn down
+    to the next test's needs, or the next file's first test errors with "previous item was not
+    torn down properly" (seen in CI on test_overlay.py after test_labs.py's last lane test).
+    A one-second lane timeout keeps this cheap: the lane tests error, the rest must not."""
+    pytester.makepyfile(test_a="""
+        import pytest
+        from cnmlab.checks.vmlane import needs
+
+        @pytest.fixture(scope="module")
+        def mod_a():
+            print("SETUP mod_a")
+            yield
+            print("TEARDOWN mod_a")
+
+        def test_host_first(mod_a):
+            pass
+
+        @needs("ipvs")
+        def test_lane_between(mod_a):
+            pass
+
+        def test_host_again(mod_a):
+            pass
+
+        @needs("ipvlan")
+        def test_lane_last():
+            pass
+    """, test_b="""
+        import pytest
+
+        @pytest.fixture(scope="module")
+        def mod_b():
+            print("SETUP mod_b")
+            yield
+            print("TEARDOWN mod_b")
+
+        def test_next_file(mod_b):
+            pass
+    """)
+    res = pytester.runpytest_subprocess("-p", "no:randomly", "-p", "no:cacheprovider", "-s",
+                                        "--cnmlab-vm=always", "--cnmlab-vm-timeout=1",
+                                        "test_a.py", "test_b.py", timeout=300)
+    out = res.stdout.str()
+    assert "previous item was not torn down properly" not in out, out
+    res.assert_outcomes(passed=3, errors=2)
+    # the module fixture lives across the lane test between its users, and goes before test_b's
+    events = re.findall(r"(?:SETUP|TEARDOWN) mod_[ab]", out)
+    assert events == ["SETUP mod_a", "TEARDOWN mod_a", "SETUP mod_b", "TEARDOWN mod_b"], out
