@@ -127,8 +127,6 @@ QUARANTINE = {
     "tests/test_labs.py::test_step_fails_before_and_passes_after_solution[09-dns-vip-vs-tasks]":
         "VM lane: the embedded resolver sometimes never serves the first sandbox under the "
         "emulated CPU (see the ipvs notes)",
-    "tests/test_tui_e2e.py::test_lab01_typed_into_the_embedded_terminal":
-        "the recap screen did not show within the e2e deadline under load",
 }
 
 

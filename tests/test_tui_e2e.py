@@ -59,6 +59,20 @@ def wait_screen(text: str, timeout: float = 60.0) -> str:
     raise AssertionError(f"{text!r} never showed up; the screen was:\n{seen}")
 
 
+def wait_footer(text: str, timeout: float = 90.0) -> str:
+    """Wait for the key bar (the screen's last line) to show ``text``: which keys it lists
+    says where the keys go (the step or the terminal beside it)."""
+    deadline = time.monotonic() + timeout
+    seen = ""
+    while time.monotonic() < deadline:
+        lines = screen().rstrip().splitlines()
+        seen = lines[-1] if lines else ""
+        if text in seen:
+            return seen
+        time.sleep(0.1)
+    raise AssertionError(f"the key bar never showed {text!r}; it was:\n{seen}")
+
+
 def keys(*k: str) -> None:
     tmux("send-keys", "-t", SESSION, *k)
 
@@ -125,62 +139,76 @@ def test_lab01_typed_into_the_embedded_terminal(tmp_path):
     name = f"lab01-{PID}"
     blue_ns = ns_name(name, "blue")
 
+    marks = iter(range(1000, 2000))
+
     def typed(*lines: str) -> None:
+        """Type the lines, then wait until the shell has run them all: a last ``echo`` whose
+        output (``typed-N``) differs from what is typed (``typed-$((N-1+1))``) shows on screen
+        only once the shell got to it. (A check pressed before a slow shell ran the command
+        sees the step undone.)"""
         for line in lines:
             literal(line)
             keys("Enter")
-            time.sleep(0.3)
+        n = next(marks)
+        literal(f"echo typed-$(({n - 1}+1))")
+        keys("Enter")
+        wait_screen(f"typed-{n}", 90)
+
+    def enter_terminal() -> None:
+        keys("i")
+        wait_footer("F2 Check")  # the footer lists the function keys only while typing
 
     def leave_terminal() -> None:
         keys("F6")
-        time.sleep(0.3)
+        wait_footer("c Check")  # letters again: n, End... go to the step, not the shell
 
     def check_passes(n_checks: int) -> None:
         keys("F2")
-        wait_screen(f"all {n_checks} checks pass", 60)
+        wait_screen(f"all {n_checks} checks pass", 120)
 
     try:
         tmux("new-session", "-d", "-s", SESSION, "-x", "160", "-y", "45", command)
-        wait_screen("Sandboxes and endpoints by hand", 20)
+        wait_screen("Sandboxes and endpoints by hand", 90)
         keys("Enter")
         wait_screen("Step 1/4", 120)
-        keys("i")  # into the terminal: a shell in red, the step's first 'in:'
-        wait_screen(f"cnmlab {name}/red", 20)
+        enter_terminal()  # a shell in red, the step's first 'in:'
+        wait_screen(f"cnmlab {name}/red", 90)
         typed("ip link set lo up")
         keys("F4")  # the next member: blue
-        wait_screen(f"cnmlab {name}/blue", 20)
+        wait_screen(f"cnmlab {name}/blue", 90)
         typed("ip link set lo up", "ping -c1 -W1 127.0.0.1")
         check_passes(3)
 
         leave_terminal()
         keys("n")  # next step: it is done in red
-        wait_screen("Step 2/4", 20)
-        wait_screen("Terminal: red", 10)
-        keys("i")
+        wait_screen("Step 2/4", 90)
+        wait_screen("Terminal: red", 90)
+        enter_terminal()
         typed(f"ip link add veth-red type veth peer name veth-blue netns {blue_ns}")
         check_passes(2)
 
         leave_terminal()
         keys("n")
-        wait_screen("Step 3/4", 20)
-        keys("i")
+        wait_screen("Step 3/4", 90)
+        enter_terminal()
         typed("ip addr add 10.0.0.1/24 dev veth-red", "ip link set veth-red up")
         keys("F4")
-        wait_screen("Terminal: blue", 10)
+        wait_screen("Terminal: blue", 90)
         typed("ip addr add 10.0.0.2/24 dev veth-blue", "ip link set veth-blue up",
               "ping -c1 -W1 10.0.0.1")
         check_passes(4)
 
         leave_terminal()
         keys("n")
-        wait_screen("Step 4/4", 20)
-        wait_screen("Terminal: red", 10)
-        keys("i")
+        wait_screen("Step 4/4", 90)
+        wait_screen("Terminal: red", 90)
+        enter_terminal()
         typed("ip route add default via 10.0.0.2")
-        check_passes(1)
+        keys("F2")  # the last step passes: the app scrolls its recap into view
+        wait_screen("Recap: Sandboxes and endpoints", 120)
         leave_terminal()
-        keys("End")  # the recap closes the last step
-        wait_screen("Recap", 20)
+        keys("End")  # the recap closes the last step: it stays in view at the end
+        wait_screen("Recap: Sandboxes and endpoints", 120)
 
         import json
 

@@ -24,6 +24,7 @@ from rich.table import Table
 from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult
+from textual.await_complete import AwaitComplete
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.reactive import reactive
@@ -647,14 +648,17 @@ class StepScreen(WorkerErrors, Screen):
                     "y/F8 pastes a command; x: full-screen shell)", style="dim")
         self.query_one("#where", Static).update(text)
 
-    def show_recap(self) -> None:
-        """At the end of the lab: what was built, the Docker equivalent, the commands typed."""
+    def show_recap(self) -> AwaitComplete | None:
+        """At the end of the lab: what was built, the Docker equivalent, the commands typed.
+
+        Returns the Markdown's update (``None`` when there is no recap): it parses in a thread
+        and mounts its blocks later, so whoever scrolls to the recap must wait for it."""
         w = self.query_one("#recap", Markdown)
         last = self.step_index == len(self.labdef.steps) - 1
         done = self.run.current_step is None
         if not (last and done and self.labdef.recap):
             w.set_class(True, "-empty")
-            return
+            return None
         body = f"## Recap: {self.labdef.title}\n\n{self.run.render(self.labdef.recap)}"
         try:
             typed = self.run.progress.history(self.labdef.id)
@@ -665,8 +669,8 @@ class StepScreen(WorkerErrors, Screen):
             for member, lines in typed.items():
                 body += f"\nin **{member}**:\n\n" + "".join(
                     f"    {l}\n" for l in lines[-15:])
-        w.update(body)
         w.set_class(False, "-empty")
+        return w.update(body)
 
     def show_hints(self) -> None:
         hints = self.run.hints_shown(self.step)
@@ -795,7 +799,7 @@ class StepScreen(WorkerErrors, Screen):
             return
         self.show_results(results)
         self.passed = step.id in self.run.passed
-        self.show_recap()
+        recap = self.show_recap()
         if ok and (not quiet or not was_ok):
             self.notify(f"step {step.index + 1} passed!", title=step.title)
         elif not quiet:
@@ -803,8 +807,10 @@ class StepScreen(WorkerErrors, Screen):
             self.notify(f"{failing} of {len(results)} checks fail", severity="warning")
         if not quiet:
             self.query_one(TabbedContent).active = "tab-step"
-            self.call_after_refresh(self._scroll_to, "#recap" if ok and self.run.current_step
-                                    is None and self.labdef.recap else "#verdict")
+            if ok and recap is not None:
+                self._scroll_when_shown(recap, "#recap")
+            else:
+                self.call_after_refresh(self._scroll_to, "#verdict")
         if self._pending and self.watching:
             self.start_check(quiet=True)
 
@@ -985,6 +991,16 @@ class StepScreen(WorkerErrors, Screen):
             self.notify("that was the last hint: s shows the solution")
         self.show_hints()
         self.call_after_refresh(self._scroll_to, "#hints")
+
+    def _scroll_when_shown(self, update: AwaitComplete, selector: str) -> None:
+        """Scroll to a Markdown panel once its update has mounted its blocks. Scrolled to
+        before (a loaded machine parses slowly), the empty panel sits at the bottom and its
+        text then grows below the view, out of sight."""
+        async def reveal() -> None:
+            await update
+            self.call_after_refresh(self._scroll_to, selector)
+
+        self.run_worker(reveal(), name="reveal", group="reveal", exit_on_error=False)
 
     def _scroll_to(self, selector: str, again: bool = True) -> None:
         """Bring a panel to the top of the step (after the layout has caught up)."""
