@@ -228,3 +228,42 @@ def test_lab01_typed_into_the_embedded_terminal(tmp_path):
         tmux("kill-server", check=False)
         if state.exists(name):
             LabRun(labfile.get("01"), name).stop()
+
+
+def _running(pid: int) -> bool:
+    """Whether a process still runs (a zombie waiting for its reaper has exited)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_the_app_exits_when_its_terminal_goes_away(tmp_path):
+    """Its terminal closed (the tmux server killed), the app exits instead of spinning on a
+    hung-up tty. Started as in the tests above, as a child of the pane's shell: the kernel
+    hangs up the session leader, not the app, so the app must notice the terminal itself."""
+    pidfile = tmp_path / "pid"
+    env = f"CNMLAB_PROGRESS={shlex.quote(str(tmp_path / 'progress.json'))} " \
+          f"CNMLAB_INSTANCE_SUFFIX={PID}"
+    app = (f"trap '' HUP; echo $$ > {shlex.quote(str(pidfile))}; "
+           f"{env} exec {shlex.join(cnmlab_argv())}")
+    command = f"sh -c {shlex.quote(app)}; sleep 60"
+    pid = 0
+    try:
+        tmux("new-session", "-d", "-s", SESSION, "-x", "100", "-y", "30", command)
+        wait_screen("Sandboxes and endpoints by hand", 90)  # the app runs
+        # its features probed (the worker that probes them would hold its exit back)
+        wait_screen("needs: veth ✔", 120)
+        pid = int(pidfile.read_text())
+        assert _running(pid)
+        tmux("kill-server", check=False)
+        deadline = time.monotonic() + 60  # generous: a loaded machine; a spinning app never exits
+        while _running(pid) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not _running(pid), ("the app kept running after its terminal went away: "
+                                   + open(f"/proc/{pid}/stat").read())
+    finally:
+        tmux("kill-server", check=False)
+        if pid and _running(pid):
+            os.kill(pid, 9)

@@ -21,13 +21,34 @@ starting a lab says the same in a notification. ``run()`` returns the exit code 
 """
 from __future__ import annotations
 
+import asyncio
 import os
+import select
+import signal
+import sys
 from typing import Any
 
 from textual.app import App
 from textual.binding import Binding
 
 from cnmlab.errors import CnmError
+
+#: the exit code when the terminal went away (the shell's convention for death by SIGHUP)
+HANGUP_EXIT = 128 + signal.SIGHUP
+
+
+def terminal_hung_up(fd: int) -> bool:
+    """Whether the terminal on ``fd`` is gone (its pty master closed, the fd invalid).
+
+    Polled for errors only (an empty event mask), so it never takes keys from the input
+    thread: a hung-up tty reports ``POLLHUP`` whatever the mask."""
+    p = select.poll()
+    p.register(fd, 0)
+    try:
+        events = p.poll(0)
+    except OSError:
+        return True
+    return any(ev & (select.POLLHUP | select.POLLERR | select.POLLNVAL) for _, ev in events)
 
 
 def friendly(error: BaseException | None) -> str:
@@ -166,6 +187,29 @@ class CnmlabApp(App[int]):
         from cnmlab.tui.screens import LabListScreen
 
         self.push_screen(LabListScreen())
+        self._watch_terminal()
+
+    # ---- the terminal going away ------------------------------------------------------------
+    def _watch_terminal(self) -> None:
+        """Exit when the terminal goes away. Textual's input thread reads end-of-file from a
+        hung-up tty forever (an orphaned app spun at 30% CPU), and SIGHUP alone is not enough:
+        the kernel sends it to the session leader (the shell that started the app), and a
+        ``nohup`` or ``trap '' HUP`` before the app ignores it. So: SIGHUP quits, and so does
+        the terminal reporting a hang-up, checked twice a second."""
+        stdin = sys.__stdin__
+        if self.is_headless or stdin is None or not stdin.isatty():
+            return  # tests' headless apps: no terminal of their own to lose
+        fd = stdin.fileno()
+        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self._hung_up)
+
+        def check() -> None:
+            if terminal_hung_up(fd):
+                self._hung_up()
+
+        self.set_interval(0.5, check, name="terminal-watch")
+
+    def _hung_up(self) -> None:
+        self.exit(HANGUP_EXIT)
 
 
 def run(argv: list[str] | None = None) -> int:
@@ -181,11 +225,13 @@ def run(argv: list[str] | None = None) -> int:
     except CnmError as e:  # raised before the app could show it
         print(f"cnmlab: {e}")
         return 1
+    code = app.return_code
+    if code == HANGUP_EXIT:
+        return code  # no terminal left to print to
     for lab_run in app.runs.values():
         if state.exists(lab_run.name):
             print(f"cnmlab: lab {lab_run.labdef.id} keeps running as {lab_run.name} "
                   f"('cnmlab lab stop {lab_run.labdef.id} --name {lab_run.name}' tears it down)")
-    code = app.return_code
     return 0 if code is None else code
 
 
