@@ -70,6 +70,9 @@ from cnmlab.remotenames import RemoteNames
 TTL = 600
 POLL = 0.2
 PREPARE_WORKERS = 4  # sandboxes whose sockets and nat rules are made at once
+#: how long a new resolver may take to serve before the join returns anyway (it returns as
+#: soon as it serves: a second here, tens of seconds on the VM lane's emulated CPU)
+START_TIMEOUT = 120.0
 FORWARD_TIMEOUT = 1.5  # below glibc's and dig's 5 s, so a dead upstream reads SERVFAIL
 UPSTREAM_RECORDS = {"example.com": UPSTREAM_WEB, "www.example.com": UPSTREAM_WEB,
                     "web.example": UPSTREAM_WEB, "dns.example": UPSTREAM_DNS}
@@ -739,7 +742,7 @@ def ensure_running(lab_name: str, lab: LabState, timeout: float = 5.0) -> None:
             _wait_served(lab_name, pid, lab, min(timeout, 2.0))
             _wait_seen(lab_name, inode, min(timeout, 2.0))
             return
-    pid, lab.extra["dns_pid_start"] = _spawn(lab_name, [], timeout)
+    pid, lab.extra["dns_pid_start"] = _spawn(lab_name, [], max(timeout, START_TIMEOUT))
     lab.extra["dns_pid"] = pid
     _confirmed[(lab_name, pid)] = {sb.id for sb in _dns_sandboxes(lab)}
 
@@ -833,12 +836,20 @@ def _spawn(lab_name: str, extra: list[str], timeout: float) -> tuple[int, int | 
     import select
 
     r, w = os.pipe()
-    proc = subprocess.Popen([sys.executable, "-m", "cnmlab.dns", "--lab", lab_name, *extra,
-                             "--ready-fd", str(w)], pass_fds=(w,), start_new_session=True,
-                            # no inherited pipes: a caller's capture_output must not wait on us
-                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    os.close(w)
+    # The child starts with SIGUSR1 blocked (a signal mask survives fork and exec): until its
+    # main() installs a handler, SIGUSR1's default action is to kill it, and the next join's
+    # nudge (ensure_running) can come that early when its start outlasts ``timeout`` (the VM
+    # lane's emulated CPU: tens of seconds). Blocked, the nudge waits for the handler.
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
+    try:
+        proc = subprocess.Popen([sys.executable, "-m", "cnmlab.dns", "--lab", lab_name, *extra,
+                                 "--ready-fd", str(w)], pass_fds=(w,), start_new_session=True,
+                                # no inherited pipes: a caller's capture_output must not wait
+                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+        os.close(w)
     try:
         deadline = time.monotonic() + timeout
         while (left := deadline - time.monotonic()) > 0:
@@ -868,7 +879,10 @@ def stop(lab_name: str, lab: LabState) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    signal.signal(signal.SIGUSR1, lambda *_: None)  # first: ensure_running may nudge us early
+    # first: ensure_running may nudge us early (_spawn started us with SIGUSR1 blocked, so a
+    # nudge sent before this line waits, pending, instead of killing us)
+    signal.signal(signal.SIGUSR1, lambda *_: None)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGUSR1})
     ap = argparse.ArgumentParser(prog="python -m cnmlab.dns",
                                  description="Docker's embedded DNS for a cnmlab lab")
     ap.add_argument("--lab", required=True)
@@ -901,7 +915,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.upstream and not res.upstream_socks:
         return 1  # somebody else answers on 198.51.100.53 already
     if args.ready_fd is not None:
-        os.write(args.ready_fd, b"1")
+        try:
+            os.write(args.ready_fd, b"1")
+        except BrokenPipeError:
+            pass  # the starter stopped waiting (a slow start): serve all the same
         os.close(args.ready_fd)
     res.run()
     return 0

@@ -124,9 +124,6 @@ QUARANTINE = {
     "tests/test_labs.py::test_step_fails_before_and_passes_after_solution[08-peer-by-hand]":
         "lab 08 step 'peer-by-hand' failed after its solution once under load: timing of the "
         "hand-programmed neighbour/FDB entries vs the agents",
-    "tests/test_labs.py::test_step_fails_before_and_passes_after_solution[09-dns-vip-vs-tasks]":
-        "VM lane: the embedded resolver sometimes never serves the first sandbox under the "
-        "emulated CPU (see the ipvs notes)",
 }
 
 

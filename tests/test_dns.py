@@ -296,3 +296,30 @@ def test_nat_jumps_stay_single_across_reconnects_and_a_resolver_restart(lab):
     finally:
         if connected:
             h.disconnect("backend", "legacy")
+
+
+def test_a_nudge_while_the_resolver_starts_does_not_kill_it():
+    """The next join nudges the resolver (SIGUSR1) as soon as ``ensure_running`` stopped
+    waiting for it to be ready; where its start takes longer than that wait (the VM lane's
+    emulated CPU), the nudge came before its handler existed and SIGUSR1's default action
+    killed it: no sandbox was served. Here the wait is zero and the nudge immediate: the
+    resolver must live and serve."""
+    from cnmlab.kernel import procs
+
+    name = f"dnsn{os.getpid()}"
+    lab = Lab(name)
+    try:
+        h = lab.add_host("h1")
+        h.network_create("net1", subnet="10.231.50.0/24")
+        a = h.run("a", network="net1")
+        with lab.locked():
+            dns.stop(lab.name, lab.state)
+            pid, start = dns._spawn(lab.name, [], timeout=0)  # not waited for
+            lab.state.extra["dns_pid"], lab.state.extra["dns_pid_start"] = pid, start
+            lab._save()
+        assert procs.signal_if_same(pid, start, signal.SIGUSR1)  # at once, as a join would
+        assert resolve(a, "a", timeout=60) == [a.ip()]
+        assert dns._is_resolver(pid, name, start)
+    finally:
+        lab.down()
+    assert resolver_pids(name) == []
