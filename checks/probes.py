@@ -310,6 +310,9 @@ def udp_payload_to(packet: bytes, port: int) -> bytes | None:
 # ICMP echo
 
 ICMP_ECHOREPLY, ICMP_DEST_UNREACH, ICMP_ECHO, ICMP_TIME_EXCEEDED = 0, 3, 8, 11
+ICMP_HOST_UNREACH = 1  # the code of ICMP_DEST_UNREACH a kernel sends when ARP fails
+#: re-sends after the source's own failed ARP (each failure takes the kernel ~3 s of probes)
+LOCAL_UNREACH_RESENDS = 3
 SOL_RAW, ICMP_FILTER = 255, 1
 _UNREACH = {0: "network unreachable", 1: "destination host unreachable",
             2: "protocol unreachable", 3: "port unreachable", 4: "fragmentation needed",
@@ -352,6 +355,7 @@ class _PingState:
     rtts: list[float] = field(default_factory=list)
     error: str | None = None
     done: bool = False
+    resent: int = 0  # re-sends after the source's own failed ARP
 
 
 def ping_results(sources: Mapping[str, NsLike], targets: Mapping[str, str], count: int = 1,
@@ -500,6 +504,18 @@ def ping_results(sources: Mapping[str, NsLike], targets: Mapping[str, str], coun
                 what = (_UNREACH.get(code, f"destination unreachable (code {code})")
                         if typ == ICMP_DEST_UNREACH else "time to live exceeded")
                 st.error = f"{what} (ICMP from {peer})"
+                if typ == ICMP_DEST_UNREACH and code == ICMP_HOST_UNREACH and \
+                        peer == socket.inet_ntoa(inner[12:16]) and \
+                        st.resent < LOCAL_UNREACH_RESENDS:
+                    # The source's own kernel gave up resolving the next hop: an ARP entry that
+                    # went FAILED, perhaps for attempts made before the path existed (a peer
+                    # programmed a moment ago). Not an answer: a new packet starts a fresh
+                    # resolution, so send again while time is left (the error stays if the
+                    # time runs out).
+                    seqmap[src].pop(iseq, None)
+                    st.resent += 1
+                    queue.append((src, st))
+                    return
                 st.done = True
 
         def drain(wait: float) -> None:

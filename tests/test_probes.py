@@ -318,3 +318,37 @@ def test_ping_matrix_bigger_mesh_restores_limits(lab_factory):
     m = probes.ping_matrix(lab.refs(), lab.ips)
     assert len(m) == 24 * 23 and all(m.values())
     assert neigh.limits() == before
+
+
+def test_ping_sends_again_after_the_sources_own_arp_gave_up(lab_factory):
+    """ARP attempts made before the path existed must not fail a probe made after: a check
+    right after a peer was programmed (lab 08's peer-by-hand) met the source's neighbour
+    entry still INCOMPLETE from the previous check, with its last ARP probe spent; it went
+    FAILED a moment later and the kernel answered the new echo with its own "host
+    unreachable", which ended the probe as unreachable. Made exact here: s1 ignores ARP until
+    s0 has sent its last probe, then answers."""
+    lab = lab_factory(2)
+    s0, s1 = lab.ns["s0"], lab.ns["s1"]
+    ip = lab.ips["s1"]
+
+    def ip_in(ns: str, *args: str) -> str:
+        return subprocess.run(["ip", "netns", "exec", ns, "ip", *args], capture_output=True,
+                              text=True, check=True, timeout=30).stdout
+
+    # the probes an INCOMPLETE entry sends before it goes FAILED (one a second)
+    last = sum(int(sysctl.read(f"net.ipv4.neigh.eth0.{k}", s0))
+               for k in ("ucast_solicit", "app_solicit", "mcast_solicit"))
+    ip_in(s1, "link", "set", "eth0", "arp", "off")  # no ARP answers from s1
+    subprocess.run(["ip", "netns", "exec", s0, "ping", "-c1", "-W1", ip],
+                   capture_output=True, timeout=30)
+    deadline = time.monotonic() + 60
+    entry = ""
+    while time.monotonic() < deadline:  # s0 spent its probes; the entry is not FAILED yet
+        entry = ip_in(s0, "-s", "neigh", "show", ip, "dev", "eth0")
+        if "INCOMPLETE" in entry and f"probes {last} " in entry:
+            break
+        time.sleep(0.02)
+    assert "INCOMPLETE" in entry and f"probes {last} " in entry, entry
+    ip_in(s1, "link", "set", "eth0", "arp", "on")  # the path exists now
+    res = probes.ping(NsRef(name=s0), ip, timeout=5)
+    assert res.ok, res.observed
