@@ -142,7 +142,7 @@ def stop_agent(pid: int | None, lab: str, host: str) -> None:
         os.kill(pid, signal.SIGKILL)
     except ProcessLookupError:
         return
-    procs.wait_gone([pid], 3.0, poll=0.01)
+    procs.wait_gone([pid], 20.0, poll=0.01)  # returns as soon as it is gone
 
 
 def withdraw_hosts(lab_state: Any) -> None:

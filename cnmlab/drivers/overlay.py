@@ -136,7 +136,7 @@ class OverlayDriver:
         """The VXLAN device, in the host's namespace. A namespace just deleted (a half-made
         one rebuilt) is freed by the kernel asynchronously, and until then its old vxlan0
         still holds the VNI on this host's UDP port: wait for it, briefly."""
-        deadline = time.monotonic() + 5
+        deadline = time.monotonic() + 30  # seconds on a loaded machine, normally ms
         while True:
             try:
                 ctx.nl.add_link(name, "vxlan", vxlan_id=vni, vxlan_port=VXLAN_PORT,
