@@ -166,11 +166,7 @@ class Controller:
         try:
             yield ctx
         except BaseException:
-            for action in reversed(ctx._undo):
-                try:
-                    action()
-                except CnmError:
-                    pass
+            ctx.rollback()
             if self._fw_touched:  # the rules follow the model back: reconcile deletes what
                 try:              # this operation added (host.firewall_rules knows it)
                     self.fw.program(self.host)

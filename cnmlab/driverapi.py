@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
+from cnmlab.errors import CnmError
 from cnmlab.kernel import netns
 from cnmlab.kernel.netlink import Netlink
 
@@ -99,6 +100,15 @@ class HostContext:
 
     def undo(self, action: Callable[[], object]) -> None:
         self._undo.append(action)
+
+    def rollback(self) -> None:
+        """Run the undo log newest first; one failed undo does not stop the others (the caller
+        re-raises the error that made it roll back, which is the one worth reporting)."""
+        for action in reversed(self._undo):
+            try:
+                action()
+            except CnmError:
+                pass
 
     def new_namespace(self, name: str) -> None:
         """A namespace of the driver's own (overlay's per-network one), recorded and undone."""

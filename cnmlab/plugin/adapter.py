@@ -111,11 +111,7 @@ class DriverPlugin(NetworkDriver):
         try:
             yield ctx
         except BaseException:
-            for action in reversed(ctx._undo):
-                try:
-                    action()
-                except CnmError:
-                    pass
+            ctx.rollback()
             if self._fw_touched:  # the rules follow the model back
                 try:
                     self.fw.program(self.host)
