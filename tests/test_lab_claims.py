@@ -200,6 +200,34 @@ def silent(ns: str, ip: str) -> bool:
     return sh(ns, f"ping -c1 -W1 {ip}", check=False).returncode != 0
 
 
+@pytest.fixture
+def lab06(tmp_path):
+    run = LabRun(labfile.get("06"), f"lab06-{PID}", Progress(str(tmp_path / "p.json")))
+    run.start()
+    try:
+        yield run
+    finally:
+        run.stop()
+
+
+def test_lab06_the_router_knows_a_container_only_once_it_talked_to_it(lab06):
+    """06/2 (corrected): after steps 1-2 the router's `ip neigh` and the switch's FDB hold no
+    container yet (nothing talked to the router); once m1, m2 and m3 ping it, it lists one
+    MAC per address, each Docker's 02:42 + the address, and the switch has learned them."""
+    lab06.solve(lab06.labdef.step("on-the-wire"))
+    lan = lab06.lab.netns_of("lan")
+    assert "lladdr 02:42" not in sh(lan, "ip neigh").stdout
+    assert "02:42" not in sh(lan, "bridge fdb show br sw0").stdout
+    for m in ("m1", "m2", "m3"):
+        assert reaches(lab06.lab.netns_of(m), "192.168.50.1"), m
+    neigh = sh(lan, "ip neigh").stdout
+    for ip, mac in (("192.168.50.128", "02:42:c0:a8:32:80"),
+                    ("192.168.50.129", "02:42:c0:a8:32:81"),
+                    ("192.168.50.160", "02:42:c0:a8:32:a0")):
+        assert f"{ip} dev sw0 lladdr {mac}" in neigh, neigh
+        assert mac in sh(lan, "bridge fdb show br sw0").stdout
+
+
 def test_lab06_private_children_stay_apart_even_through_a_hairpinning_switch(spaces):
     """06/4: private children 'never [talk], not even through the LAN'. The switch port
     reflects frames (hairpin on, what vepa needs), yet private siblings stay apart: the kernel
