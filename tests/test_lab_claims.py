@@ -11,6 +11,7 @@ import subprocess
 
 import pytest
 
+from cnmlab import shells
 from cnmlab.workshop import labfile
 
 from cnmlab.workshop.progress import Progress
@@ -381,3 +382,29 @@ def test_lab07_ipvlan_children_wear_the_parents_mac_and_l3_children_do_no_arp(sp
     assert "NOARP" not in sh(c, "ip link show i3").stdout
     assert sh(c, "cat /sys/class/net/i3/address").stdout.strip() == \
         sh(h, "cat /sys/class/net/eth1/address").stdout.strip()
+
+
+# ---- lab 10 (a real dockerd 20.10 in the lab's host) ----------------------------------------
+def test_lab10_docker_keeps_a_network_the_driver_never_made_and_quotes_its_error(tmp_path):
+    """10/1: 'Docker does not check': after CreateNetwork answered {} with nothing made (no
+    pl- bridge in the host), `docker network ls` lists plug. 10/2: `docker run` on it fails
+    and Docker's error carries the skeleton's own message from CreateEndpoint."""
+    run = LabRun(labfile.get("10"), f"lab10-{PID}", Progress(str(tmp_path / "p.json")))
+    try:
+        run.start()
+        run.solve("hello-docker")
+        ns = run.lab.netns_of("host")
+        env = shells.shell_env(run.name, "host", ns)
+
+        def docker(*args: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run(["ip", "netns", "exec", ns, "docker", *args], env=env,
+                                  capture_output=True, text=True, timeout=120)
+
+        assert "pl-" not in sh(ns, "ip -br link").stdout
+        assert "plug" in docker("network", "ls", "--format", "{{.Name}}").stdout.split()
+        out = docker("run", "-d", "--name", "c1", "--network", "plug", "cnmlab/busybox",
+                     "sleep", "86400")
+        assert out.returncode != 0
+        assert "CreateEndpoint: make a veth pair (lab 10, step 2)" in out.stderr, out.stderr
+    finally:
+        run.stop()
