@@ -1517,13 +1517,20 @@ def _spread_requests(src: NsRef, vip: str, port: int, n: int, timeout: float) ->
                     name = words[1].decode(errors="replace")
             out.append(name)
 
+    failure: list[BaseException] = []
+
     def run() -> None:
-        with src.opened() as fd, netns.entered(fd=fd):
-            body()
+        try:
+            with src.opened() as fd, netns.entered(fd=fd):
+                body()
+        except BaseException as e:  # raised in the caller: not a silent "nobody answered"
+            failure.append(e)
 
     t = threading.Thread(target=run)
     t.start()
     t.join()
+    if failure:
+        raise failure[0]
     return out
 
 
