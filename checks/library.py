@@ -76,6 +76,8 @@ PARAMS: dict[str, dict[str, list[str]]] = {
                       "optional": ["port", "traffic", "timeout"]},
     "lb-spread": {"required": ["from", "vip", "port", "backends"],
                   "optional": ["requests", "backend_port", "timeout", "tolerance", "absent"]},
+    "routing-mesh": {"required": ["from", "hosts", "port", "backends"],
+                     "optional": ["backend_port", "requests", "timeout"]},
     "ipvs": {"required": ["ns", "vip", "port"],
              "optional": ["proto", "scheduler", "forward", "servers", "server_port"]},
     "python": {"required": ["call"], "optional": ["*"]},  # anything else goes to the function
@@ -1613,6 +1615,67 @@ def lb_spread(target: Target, params: dict[str, Any]) -> CheckResult:
         reason = (f"{failed} of {n} requests got no answer: look at the real servers behind "
                   f"{vip}:{port} (ipvsadm -Ln) and the balancer's SNAT rule")
     return CheckResult(label, "lb-spread", ok, expected, obs, reason, table=table)
+
+
+@check_kind("routing-mesh")
+def routing_mesh(target: Target, params: dict[str, Any]) -> CheckResult:
+    """The ingress routing mesh: ``requests`` connections to the published ``port`` of EVERY
+    listed host all get an answer, and from each host every declared backend (task) answers,
+    whichever host it runs on. A host whose DNAT, mark or IPVS service is missing is named."""
+    p = _checked("routing-mesh", params)
+    src = _end(target, p["from"], "from")
+    hosts = [_host_of(target, h, "hosts") for h in dict.fromkeys(p["hosts"])]
+    backends = [_ns_end(target, b, "backends") for b in dict.fromkeys(p["backends"])]
+    port = p["port"]
+    bport = p.get("backend_port", port)
+    n = p.get("requests", 2 * len(backends))
+    timeout = float(p.get("timeout", DEFAULT_TIMEOUT))
+    servers = [probes.EchoServer(b.ref, "tcp", bport, name=b.label) for b in backends]
+    started = []
+    seen: dict[str, dict[str, int]] = {}
+    try:
+        for srv in servers:
+            started.append(srv.start())
+        for h in hosts:
+            if not h.public_ip:
+                raise CnmError(f"hosts: {h.name} has no address to reach its published port at")
+            counts: dict[str, int] = {}
+            for a in _spread_requests(src.ref, h.public_ip, port, n, timeout):
+                key = a if a is not None else "(no answer)"
+                counts[key] = counts.get(key, 0) + 1
+            seen[h.name] = counts
+    finally:
+        for srv in started:
+            srv.stop()
+    names = [b.label for b in backends]
+    label = f"routing-mesh {src.label} -> port {port} on {', '.join(h.name for h in hosts)}"
+    expected = (f"each host's port {port} answers all {n} requests, from every one of "
+                f"{', '.join(names)}")
+    obs = "; ".join(f"{h}: " + (", ".join(f"{k} {v}" for k, v in sorted(c.items())) or "-")
+                    for h, c in seen.items())
+    reason = ""
+    for h in hosts:
+        counts = seen[h.name]
+        silent = counts.get("(no answer)", 0)
+        missing = [b for b in names if not counts.get(b)]
+        others = sorted(k for k in counts if k not in names and k != "(no answer)")
+        sbox = f"ingress_sbox.{h.name}"
+        if silent == n:
+            reason = (f"nothing answered {h.name}'s port {port} ({h.public_ip}): look at nat "
+                      f"DOCKER-INGRESS on {h.name} (the DNAT to its ingress sandbox) and, in "
+                      f"{sbox}, mangle PREROUTING (--set-mark) and the fwmark service "
+                      f"(ipvsadm -Ln)")
+        elif silent:
+            reason = (f"{silent} of {n} requests to {h.name}'s port {port} got no answer: look "
+                      f"at the real servers in {sbox} (ipvsadm -Ln) and its SNAT rule")
+        elif others:
+            reason = f"{h.name}: answers from undeclared {', '.join(others)}"
+        elif missing:
+            reason = (f"through {h.name}, {', '.join(missing)} never answered: look at the "
+                      f"real servers of the fwmark service in {sbox} (ipvsadm -Ln)")
+        if reason:
+            break
+    return CheckResult(label, "routing-mesh", not reason, expected, obs, reason)
 
 
 @check_kind("ipvs")

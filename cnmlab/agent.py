@@ -7,7 +7,10 @@ What swarm's per-node networking does from gossip, an agent does from etcd:
 * every network the store declares with a global-scope driver gets its part on this host
   (overlay: the namespace with br0 and vxlan0), and loses it when the declaration goes;
 * every endpoint another host publishes becomes a peer entry here (neighbour + FDB), and goes
-  when it is withdrawn.
+  when it is withdrawn;
+* every service with a published port (``mesh/``) gets this host's part of the ingress routing
+  mesh: the DNAT in nat DOCKER-INGRESS, the mark and the IPVS fwmark service with every task of
+  the service as a real server, wherever it runs (``cnmlab.ingress``).
 
 It reads nothing but the store and its own host's kernel: no lab state file, no memory shared
 with the process that runs containers, so the same agent works with hosts on one machine or on
@@ -26,7 +29,7 @@ import sys
 import threading
 import time
 
-from cnmlab import drivers, state
+from cnmlab import drivers, ingress, state
 from cnmlab.cluster import Cluster, NetworkRecord, Peer, WatchEvent
 from cnmlab.constants import NS_PREFIX, NS_SEP
 from cnmlab.controller import Controller, setup_namespace
@@ -100,7 +103,12 @@ class Agent:
             added, removed = added + a, removed + r
         self.log(f"in sync at revision {rev}: {len(declared)} network(s), "
                  f"{added} peer(s) added, {removed} removed")
+        self.sync_mesh()
         return rev
+
+    def sync_mesh(self) -> None:
+        """This host's part of the routing mesh, from the store (all of it: idempotent)."""
+        self.log(ingress.program_host(self.lab, self.host.name, self.host.netns, self.cluster))
 
     def handle(self, ev: WatchEvent) -> None:
         rel = ev.key[len(self.cluster.prefix):]
@@ -118,6 +126,7 @@ class Agent:
             raw = ev.value if ev.type == "PUT" else ev.prev_value
             if raw:
                 self.ctl.apply_peer(Peer(**json.loads(raw)), present=ev.type == "PUT")
+        # mesh/ events: run() reprograms the mesh once per batch of events
 
     def run(self) -> None:
         threading.Thread(target=self.keepalive, daemon=True).start()
@@ -128,6 +137,7 @@ class Agent:
                 self.announce()
                 down_since = None
                 first, end = self.cluster.watched_range
+                mesh = f"{self.cluster.prefix}mesh/"
                 for batch in self.store.watch(first, self.revision + 1, end):
                     for ev in batch:
                         try:
@@ -135,6 +145,11 @@ class Agent:
                         except CnmError as e:  # one bad event must not stop the host
                             self.log(f"{ev.type} {ev.key}: {e}")
                         self.revision = ev.revision
+                    if any(ev.key.startswith(mesh) for ev in batch):
+                        try:
+                            self.sync_mesh()
+                        except CnmError as e:
+                            self.log(f"routing mesh: {e}")
             except StoreUnreachable as e:
                 if down_since is None:
                     down_since = time.monotonic()

@@ -247,9 +247,10 @@ class Cluster:
 
     @property
     def watched_range(self) -> tuple[str, str]:
-        """What agents watch: the declarations and the peers, ``networks/`` up to and with
-        ``peers/`` (keys sort so), not the IPAM's or the agents' own keys."""
-        return f"{self.prefix}networks/", f"{self.prefix}peers0"
+        """What agents watch: the routing mesh's services and tasks, the declarations and the
+        peers, ``mesh/`` up to and with ``peers/`` (keys sort so: mesh/ < networks/ <
+        peers/), not the IPAM's, the id allocator's or the agents' own keys."""
+        return f"{self.prefix}mesh/", f"{self.prefix}peers0"
 
 
 class GlobalIpam:

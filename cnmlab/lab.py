@@ -35,7 +35,7 @@ import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from cnmlab import controlplane, dns, drivers, peers, proxy, state
+from cnmlab import controlplane, dns, drivers, ingress, peers, proxy, state
 from cnmlab.cluster import Cluster
 from cnmlab.constants import (DEFAULT_BRIDGE_OPTIONS, NS_PREFIX, NS_SEP, OPT_BRIDGE_NAME,
                               OPT_ICC, OPT_MASQUERADE, OPT_MTU, UNDERLAY_BRIDGE,
@@ -564,6 +564,68 @@ class Lab:
                                f"{len(want - seen)} endpoint(s) from the control plane within "
                                f"{timeout:g} s (see {dns.remote_seen_path(self.name)})")
             time.sleep(0.005)
+
+    # ---- services across hosts: the ingress routing mesh (through the control plane) -----
+    def _mesh(self) -> ingress.Mesh:
+        if self.cluster is None:
+            raise InvalidInput(f"lab {self.name}: a service with a published port spans every "
+                               f"host through the control plane; give the lab one (topology: "
+                               f"control_plane: embedded)")
+        return ingress.Mesh(self.cluster, {h.name: h.controller for h in self.hosts()},
+                            self._check_free)
+
+    def mesh_services(self) -> dict[str, ingress.MeshService]:
+        """The services the control plane holds (none without one)."""
+        return ingress.MeshStore(self.cluster).services() if self.cluster else {}
+
+    def service_create(self, name: str, *, replicas: int = 1, publish: str | int,
+                       timeout: float = 120.0) -> ingress.MeshService:
+        """``docker service create --publish P:T --replicas N NAME`` on a swarm: the service
+        and its tasks go into the control plane, tasks spread over the hosts; every host's
+        agent then programs its part of the routing mesh (waited for, up to ``timeout``)."""
+        check_name("service", name)
+        with self.locked():
+            mesh = self._mesh()
+            assert self.cluster is not None
+            if self.cluster.network(ingress.INGRESS) is None:  # swarm init makes it
+                self.network_create(ingress.INGRESS, "overlay")
+            mesh.ensure_sandboxes()
+            svc = mesh.create(name, replicas, publish)
+            self._sandbox_added()
+        self.converge_mesh(timeout)
+        return svc
+
+    def service_scale(self, name: str, replicas: int, timeout: float = 120.0) -> None:
+        """``docker service scale NAME=N``: placed by spread; a removed task leaves every
+        host's IPVS (through the store) before its sandbox goes."""
+        with self.locked():
+            self._mesh().scale(name, replicas)
+        self.converge_mesh(timeout)
+
+    def service_rm(self, name: str, timeout: float = 120.0) -> None:
+        with self.locked():
+            self._mesh().remove(name)
+        self.converge_mesh(timeout)
+
+    def service_tasks(self, name: str) -> list[ingress.MeshTask]:
+        return ingress.MeshStore(self._mesh().cluster).tasks(name)
+
+    def converge_mesh(self, timeout: float = 120.0) -> None:
+        """Until every host's kernel holds the routing mesh the store describes (its agent
+        programs it; this only reads). Generous: the VM's agents are slow."""
+        if self.cluster is None:
+            return
+        deadline = time.monotonic() + timeout
+        while True:
+            lag = [why for h in self.hosts() if (why := ingress.host_out_of_sync(
+                self.name, h.name, h.netns, self.cluster))]
+            if not lag:
+                return
+            if time.monotonic() > deadline:
+                raise CnmError(f"lab {self.name}: the routing mesh did not converge within "
+                               f"{timeout:g} s: {lag[0]} (see the agents' logs, "
+                               f"{state.aux_path(self.name, 'agent-HOST.log')})")
+            time.sleep(0.05)
 
     @property
     def name(self) -> str:
