@@ -32,6 +32,7 @@ FULL = [
      ["bench_overlay.py"]),
     ("drivers as plugins: protocol, engine, shared firewall", ["bench_plugin.py"]),
     ("DNS codec next to a probe's round trip", ["bench_dns.py"]),
+    ("IPVS: 1000 requests through a service VIP, in the VM (issue 13)", ["bench_ipvs.py"]),
 ]
 QUICK = [
     ("engine build/teardown", ["bench_build.py", "--sizes", "10,50", "--no-mininet"]),
@@ -46,6 +47,7 @@ QUICK = [
                             "--calls", "50"]),
     ("DNS codec", ["bench_dns.py", "--queries", "50"]),
     ("terminal echo", ["bench_terminal_echo.py", "--keys", "20", "--load", "1"]),
+    ("IPVS VIP (in the VM)", ["bench_ipvs.py", "--requests", "100"]),
 ]
 
 

@@ -1629,7 +1629,9 @@ def routing_mesh(target: Target, params: dict[str, Any]) -> CheckResult:
     port = p["port"]
     bport = p.get("backend_port", port)
     n = p.get("requests", 2 * len(backends))
-    timeout = float(p.get("timeout", DEFAULT_TIMEOUT))
+    # generous: a first connection through another host's VXLAN under a loaded (or emulated)
+    # CPU may take seconds; a broken mesh is refused at once (RST), so this costs it nothing
+    timeout = float(p.get("timeout", 5.0))
     servers = [probes.EchoServer(b.ref, "tcp", bport, name=b.label) for b in backends]
     started = []
     seen: dict[str, dict[str, int]] = {}

@@ -275,7 +275,8 @@ def cmd_docker(args: argparse.Namespace) -> int:
     svc_p = sub.add_parser("service")
     ssub = svc_p.add_subparsers(dest="op", required=True)
     sc = ssub.add_parser("create")
-    sc.add_argument("--network", "--net", required=True)
+    sc.add_argument("--network", "--net")
+    sc.add_argument("--publish", "-p", help="PUBLISHED:TARGET: the routing mesh on every host")
     sc.add_argument("--replicas", type=int, default=1)
     sc.add_argument("--endpoint-mode", choices=("vip", "dnsrr"), default="vip")
     sc.add_argument("--port", type=int, default=80)
@@ -296,7 +297,13 @@ def cmd_docker(args: argparse.Namespace) -> int:
     elif ns.what == "rm":
         act.update(engine="rm", sandbox=ns.sandbox)
     elif ns.what == "service":
-        if ns.op == "create":
+        if ns.op == "create" and ns.publish:
+            act.update(engine="service_create", name=ns.name, replicas=ns.replicas,
+                       publish=[ns.publish])
+        elif ns.op == "create":
+            if not ns.network:
+                raise InvalidInput("lab docker service create: give --network NET (a VIP "
+                                   "service) or --publish PUBLISHED:TARGET (the routing mesh)")
             act.update(engine="service_create", name=ns.name, network=ns.network,
                        replicas=ns.replicas, endpoint_mode=ns.endpoint_mode, port=ns.port)
         elif ns.op == "scale":

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cnmlab import topofile, yamlsrc
+from cnmlab.ingress import parse_publish, sbox_name
 from cnmlab.checks import kinds as check_kinds
 from cnmlab.checks import scenario
 from cnmlab.checks.library import validate as validate_check
@@ -155,6 +156,9 @@ def engine_command(raw: dict[str, Any]) -> str:
         words += [raw["network"], raw["sandbox"]]
     elif op in ("agent_stop", "agent_start"):
         return f"cnmlab agent {op.split('_')[1]} {{lab}} {raw['host']}"
+    elif op == "service_create" and raw.get("publish"):
+        words = ["service", "create", f"--publish {raw['publish'][0]}",
+                 f"--replicas {raw.get('replicas', 1)}"]
     elif op == "service_create":
         words = ["service", "create", f"--network {raw['network']}",
                  f"--replicas {raw.get('replicas', 1)}", f"--port {raw.get('port', 80)}"]
@@ -309,8 +313,8 @@ def _validate_action(src: Source, act: dict[str, Any], where: tuple[Any, ...],
     need = {"network_create": ["name"], "network_rm": ["name"], "run": ["name"],
             "rm": [], "connect": ["network", "sandbox"], "disconnect": ["network", "sandbox"],
             "agent_stop": [], "agent_start": [],
-            "service_create": ["name", "network"], "service_scale": ["name", "replicas"],
-            "service_rm": ["name"]}[op]
+            "service_create": ["name"] if act.get("publish") else ["name", "network"],
+            "service_scale": ["name", "replicas"], "service_rm": ["name"]}[op]
     for key in need:
         if key not in act:
             raise src.error(where, f"engine action {op} needs {key!r}")
@@ -324,9 +328,19 @@ def _validate_action(src: Source, act: dict[str, Any], where: tuple[Any, ...],
             _ipv4(src, where + (key,), act[key])
     if op == "run":
         names.sandboxes.add(act["name"])
-    if op == "service_create":  # its tasks (NAME.SLOT) and the network's load balancer
-        names.sandboxes |= {f"{act['name']}.{i}" for i in range(1, int(act.get("replicas", 1)) + 1)}
+    if op == "service_create" and act.get("publish"):  # the routing mesh: ingress_sbox.HOST
+        if len(act["publish"]) != 1:
+            raise src.error(where + ("publish",), "a service publishes one port here "
+                            "(publish: [PUBLISHED:TARGET])")
+        try:
+            parse_publish(act["publish"][0])
+        except InvalidInput as e:
+            raise src.error(where + ("publish",), str(e)) from None
+        names.sandboxes |= {sbox_name(h) for h in names.hosts}
+    elif op == "service_create":  # the network's load balancer
         names.sandboxes.add(f"lb-{act['network']}")
+    if op == "service_create":  # its tasks (NAME.SLOT)
+        names.sandboxes |= {f"{act['name']}.{i}" for i in range(1, int(act.get("replicas", 1)) + 1)}
     if op in ("connect", "disconnect") and act["sandbox"] not in names.sandboxes:
         raise src.error(where + ("sandbox",), f"unknown sandbox {act['sandbox']!r}; known: "
                         f"{', '.join(sorted(names.sandboxes))}")

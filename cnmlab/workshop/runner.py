@@ -378,6 +378,14 @@ class LabRun:
         elif op == "agent_start":  # ... and follows it again: reconcile, then watch
             lab.restart_agent(host.name)
             lab.converge()
+        elif op == "service_create" and kw.get("publish"):  # swarm-wide: the routing mesh
+            (spec,) = kw["publish"]  # the lab file's check allows one
+            lab.service_create(kw["name"], replicas=int(kw.get("replicas", 1)), publish=spec)
+        elif op in ("service_scale", "service_rm") and kw["name"] in lab.mesh_services():
+            if op == "service_scale":
+                lab.service_scale(kw["name"], int(kw["replicas"]))
+            else:
+                lab.service_rm(kw["name"])
         elif op == "service_create":
             svc = host.service_create(kw.pop("name"), kw.pop("network"), **kw)
             # the resolver follows the new names in every sandbox of the network (a slow
