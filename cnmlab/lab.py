@@ -595,12 +595,14 @@ class Lab:
         self.converge_mesh(timeout)
         return svc
 
-    def service_scale(self, name: str, replicas: int, timeout: float = 120.0) -> None:
+    def service_scale(self, name: str, replicas: int, timeout: float | None = 120.0) -> None:
         """``docker service scale NAME=N``: placed by spread; a removed task leaves every
-        host's IPVS (through the store) before its sandbox goes."""
+        host's IPVS (through the store) before its sandbox goes. ``timeout=None``: do not
+        wait for the agents."""
         with self.locked():
             self._mesh().scale(name, replicas)
-        self.converge_mesh(timeout)
+        if timeout is not None:
+            self.converge_mesh(timeout)
 
     def service_rm(self, name: str, timeout: float = 120.0) -> None:
         with self.locked():
@@ -610,15 +612,23 @@ class Lab:
     def service_tasks(self, name: str) -> list[ingress.MeshTask]:
         return ingress.MeshStore(self._mesh().cluster).tasks(name)
 
-    def converge_mesh(self, timeout: float = 120.0) -> None:
-        """Until every host's kernel holds the routing mesh the store describes (its agent
-        programs it; this only reads). Generous: the VM's agents are slow."""
+    def mesh_out_of_sync(self, host: str) -> str | None:
+        """Why ``host``'s kernel does not hold the routing mesh the store describes, or None."""
+        if self.cluster is None:
+            return None
+        h = self.host(host)
+        return ingress.host_out_of_sync(self.name, h.name, h.netns, self.cluster)
+
+    def converge_mesh(self, timeout: float = 120.0, hosts: Sequence[str] | None = None) -> None:
+        """Until every host's (or each of ``hosts``') kernel holds the routing mesh the store
+        describes (its agent programs it; this only reads). Generous: the VM's agents are
+        slow."""
         if self.cluster is None:
             return
         deadline = time.monotonic() + timeout
+        names = list(hosts) if hosts is not None else [h.name for h in self.hosts()]
         while True:
-            lag = [why for h in self.hosts() if (why := ingress.host_out_of_sync(
-                self.name, h.name, h.netns, self.cluster))]
+            lag = [why for h in names if (why := self.mesh_out_of_sync(h))]
             if not lag:
                 return
             if time.monotonic() > deadline:

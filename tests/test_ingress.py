@@ -89,9 +89,12 @@ def test_any_hosts_published_port_reaches_every_task_through_the_store(lab_name)
 
         # the agents program the hosts from the store: h3's agent stopped, h3 stays stale
         lab.stop_agent("h3")
-        with pytest.raises(CnmError, match="h3: FWM"):
-            lab.service_scale("web", 3, timeout=3)
+        lab.service_scale("web", 3, timeout=None)
         assert lab.service_tasks("web")[-1].host == "h3"  # spread: the empty host
+        lab.converge_mesh(hosts=["h1", "h2"])
+        assert "h3: FWM" in (lab.mesh_out_of_sync("h3") or "")
+        with pytest.raises(CnmError, match="did not converge within 0.5 s: h3: FWM"):
+            lab.converge_mesh(0.5)
         lab.restart_agent("h3")
         lab.converge_mesh()
         r = _mesh(t, ["web.1", "web.2", "web.3"], requests=3)
