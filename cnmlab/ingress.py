@@ -346,30 +346,35 @@ def program_host(lab: str, host: str, host_ns: str, cluster: Cluster) -> str:
 
 
 def host_out_of_sync(lab: str, host: str, host_ns: str, cluster: Cluster) -> str | None:
-    """Why this host's kernel does not (yet) hold what the store says, or None: every
-    service's fwmark service with exactly its tasks, and a DNAT for each published port."""
+    """Why this host's kernel does not (yet) hold what the store says, or None: exactly one
+    fwmark service per service, with exactly its tasks, and exactly one DNAT per published
+    port (a removed service's leftovers count as out of sync too)."""
     ms = MeshStore(cluster)
     services = ms.services()
-    if not services:
-        return None
     ns = sbox_netns(lab, host)
     if not netns.exists(ns):
-        return f"{host} has no ingress sandbox"
+        return f"{host} has no ingress sandbox" if services else None
     try:
-        have = {s.service.fwmark: {r.ip for r in s.servers} for s in Ipvs(ns).services()}
+        have = {s.service.fwmark: {r.ip for r in s.servers} for s in Ipvs(ns).services()
+                if s.service.fwmark}
     except CnmError as e:
         return f"{host}: {e}"
     tasks = ms.tasks()
     for svc in services.values():
         want = {t.ip for t in tasks if t.service == svc.name}
         if have.get(svc.fwmark) != want:
-            return f"{host}: FWM {svc.fwmark} has {sorted(have.get(svc.fwmark, set()))}, " \
-                   f"the store {sorted(want)}"
+            return (f"{host}: FWM {svc.fwmark} has {sorted(have.get(svc.fwmark, set()))}, "
+                    f"the store {sorted(want)}")
+    extra = sorted(set(have) - {s.fwmark for s in services.values()})
+    if extra:
+        return f"{host}: FWM {extra[0]} belongs to no service in the store"
     rules = nsexec.run(host_ns, ["iptables", "-w", "-t", "nat", "-S", CHAIN],
                        check=False).stdout
-    for svc in services.values():
-        if f"--dport {svc.published} -j DNAT" not in rules:
-            return f"{host}: no DNAT for port {svc.published} in nat {CHAIN}"
+    dnat = {int(w[w.index("--dport") + 1]) for w in (l.split() for l in rules.splitlines())
+            if "DNAT" in w and "--dport" in w}
+    want_ports = {s.published for s in services.values()}
+    if dnat != want_ports:
+        return f"{host}: nat {CHAIN} DNATs ports {sorted(dnat)}, the store {sorted(want_ports)}"
     return None
 
 
