@@ -7,6 +7,7 @@ text, the firewall rewrite keeping the agent's chains, refusals) run on the host
 from __future__ import annotations
 
 import shutil
+import textwrap
 
 import pytest
 
@@ -167,3 +168,41 @@ def test_the_hosts_firewall_rewrite_keeps_the_agents_ingress_chains(lab_name):
         assert IptablesFirewall().ingress_rules(h2.netns) is None
     finally:
         lab.down()
+
+
+def test_lab_files_publish_one_port_and_say_where_it_is_wrong(tmp_path):
+    """A lab file's ``service_create`` with ``publish`` (the routing mesh) needs no network,
+    names the ingress sandboxes for later steps, and refuses a bad or second port in one line
+    pointing at the file's line."""
+    from cnmlab.workshop import labfile
+
+    base = textwrap.dedent("""\
+        id: 99-mesh
+        title: Mesh
+        needs: [veth]
+        topology:
+          hosts:
+            h1: {}
+            h2: {}
+        steps:
+          - id: one
+            title: One
+            text: t
+            task: t
+            checks:
+              - link: {ns: ingress_sbox.h2, name: eth0}
+            solution:
+              - {engine: service_create, host: h1, name: web, publish: [PUBLISH]}
+        """)
+    d = tmp_path / "99-mesh"
+    d.mkdir()
+    (d / "lab.yaml").write_text(base.replace("PUBLISH", '"8080:80"'))
+    lab = labfile.load(str(d))
+    assert labfile.engine_command(lab.steps[0].solution[0].raw) == \
+        "cnmlab lab docker {lab} --host h1 service create --publish 8080:80 --replicas 1 web"
+    for bad, says in (('"8080:x"', "publish"), ('"8080:80", "9090:90"', "one port")):
+        (d / "lab.yaml").write_text(base.replace("PUBLISH", bad))
+        with pytest.raises(InvalidInput) as e:
+            labfile.load(str(d))
+        msg = str(e.value)
+        assert "\n" not in msg and says in msg and "lab.yaml:16" in msg, msg

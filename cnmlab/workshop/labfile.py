@@ -158,7 +158,7 @@ def engine_command(raw: dict[str, Any]) -> str:
         return f"cnmlab agent {op.split('_')[1]} {{lab}} {raw['host']}"
     elif op == "service_create" and raw.get("publish"):
         words = ["service", "create", f"--publish {raw['publish'][0]}",
-                 f"--replicas {raw.get('replicas', 1)}"]
+                 f"--replicas {raw.get('replicas', 1)}", raw["name"]]
     elif op == "service_create":
         words = ["service", "create", f"--network {raw['network']}",
                  f"--replicas {raw.get('replicas', 1)}", f"--port {raw.get('port', 80)}"]
