@@ -108,7 +108,9 @@ class Agent:
 
     def sync_mesh(self) -> None:
         """This host's part of the routing mesh, from the store (all of it: idempotent)."""
-        self.log(ingress.program_host(self.lab, self.host.name, self.host.netns, self.cluster))
+        summary = ingress.program_host(self.lab, self.host.name, self.host.netns, self.cluster)
+        if summary:  # nothing to say on a host of a lab without published services
+            self.log(summary)
 
     def handle(self, ev: WatchEvent) -> None:
         rel = ev.key[len(self.cluster.prefix):]

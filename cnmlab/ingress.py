@@ -299,7 +299,7 @@ def program_host(lab: str, host: str, host_ns: str, cluster: Cluster) -> str:
     record = cluster.network(INGRESS)
     ns = sbox_netns(lab, host)
     if record is None or not netns.exists(ns):
-        return "no ingress sandbox on this host yet"
+        return "no ingress sandbox on this host yet" if services else ""
     ing_ip, gw_ip = _sbox_addresses(ns, record.subnet or INGRESS_SUBNET)
     if not ing_ip or not gw_ip:
         return "the ingress sandbox is not joined to ingress and docker_gwbridge yet"
