@@ -401,6 +401,9 @@ def _parse_net(text: str, what: str) -> ipaddress.IPv4Network:
         raise InvalidInput(f"{what}: {text!r} is not a valid IPv4 subnet ({e})") from None
 
 
+ON_DEMAND_KEY = "control_plane_on_demand"
+
+
 class Lab:
     """A running lab. ``Lab(name)`` creates it; ``Lab.open(name)`` attaches to a running one."""
 
@@ -566,7 +569,16 @@ class Lab:
             time.sleep(0.005)
 
     # ---- services across hosts: the ingress routing mesh (through the control plane) -----
+    def control_plane_on_demand(self) -> None:
+        """Start the embedded control plane only when a step first needs it (what
+        ``docker swarm init`` and a ``join`` per node would do at that moment)."""
+        with self.locked():
+            self.state.extra[ON_DEMAND_KEY] = True
+            self._save()
+
     def _mesh(self) -> ingress.Mesh:
+        if self.cluster is None and self.state.extra.get(ON_DEMAND_KEY):
+            self._start_control_plane(None)
         if self.cluster is None:
             raise InvalidInput(f"lab {self.name}: a service with a published port spans every "
                                f"host through the control plane; give the lab one (topology: "

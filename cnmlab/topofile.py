@@ -256,10 +256,15 @@ def _parse_underlays(src: Source, raw: Any, host_names: set[str]) -> list[Underl
     return out
 
 
+#: ``control_plane: on-demand``: the embedded one, started when a step first needs it (a
+#: service publishing a port), so steps that never do pay nothing for etcd and the agents
+ON_DEMAND = "on-demand"
+
+
 def parse_store(value: str) -> str:
-    """``embedded`` or ``etcd://HOST:PORT``, else a one-line InvalidInput."""
-    if value != "embedded" and not value.startswith("etcd://"):
-        raise InvalidInput(f"store {value!r}: use 'embedded' or etcd://HOST:PORT")
+    """``embedded``, ``on-demand`` or ``etcd://HOST:PORT``, else a one-line InvalidInput."""
+    if value not in ("embedded", ON_DEMAND) and not value.startswith("etcd://"):
+        raise InvalidInput(f"store {value!r}: use 'embedded', 'on-demand' or etcd://HOST:PORT")
     return value
 
 
@@ -294,8 +299,8 @@ def parse(src: Source, name: str | None = None) -> Topology:
             parse_store(str(control_plane))
         except InvalidInput as e:
             raise src.error(("control_plane",), str(e)) from None
-    if global_nets and control_plane is None:
-        control_plane = "embedded"
+    if global_nets and control_plane in (None, ON_DEMAND):
+        control_plane = "embedded"  # the lab-wide networks need it from the start
     hosts = []
     seen: set[str] = set()
     for hname, hval in hosts_raw.items():
@@ -411,7 +416,9 @@ def _build_host_list(topo: Topology, lab: Lab, src: Source) -> None:
                 host.network_create(nname, **nspec)
             except CnmError as e:
                 raise src.error(where + ("networks", nname), str(e)) from None
-    if topo.control_plane and not lab.control_plane:
+    if topo.control_plane == ON_DEMAND:
+        lab.control_plane_on_demand()
+    elif topo.control_plane and not lab.control_plane:
         try:
             lab.start_control_plane(None if topo.control_plane == "embedded"
                                     else topo.control_plane)

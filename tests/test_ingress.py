@@ -206,3 +206,36 @@ def test_lab_files_publish_one_port_and_say_where_it_is_wrong(tmp_path):
             labfile.load(str(d))
         msg = str(e.value)
         assert "\n" not in msg and says in msg and "lab.yaml:16" in msg, msg
+
+
+@pytest.mark.skipif(not shutil.which("etcd"), reason="needs etcd-server")
+def test_an_on_demand_control_plane_starts_with_the_first_published_service(tmp_path, lab_name):
+    """``control_plane: on-demand`` (lab 09): no etcd and no agent until a service publishes
+    a port; then the embedded one starts, with an agent on every host."""
+    from cnmlab import topofile
+
+    f = tmp_path / "topo.yaml"
+    f.write_text(textwrap.dedent(f"""\
+        name: {lab_name}
+        underlays:
+          lan: {{subnet: 192.168.50.0/24}}
+        control_plane: on-demand
+        hosts:
+          h1: {{underlay: lan}}
+          h2: {{underlay: lan}}
+        """))
+    lab = topofile.build(topofile.load(str(f)))
+    try:
+        assert lab.control_plane is None and lab.cluster is None
+        assert lab.mesh_services() == {}
+        try:  # this kernel may lack IPVS: the agents then cannot program it (not tested here)
+            lab.service_create("web", replicas=0, publish="8080:80", timeout=1)
+        except CnmError:
+            pass
+        info = lab.control_plane
+        assert info and info["embedded"] and sorted(info["agents"]) == ["h1", "h2"]
+        assert lab.cluster is not None and set(lab.cluster.agents()) == {"h1", "h2"}
+        assert list(lab.mesh_services()) == ["web"]
+        assert {"ingress_sbox.h1", "ingress_sbox.h2"} <= {s.name for s in lab.sandboxes()}
+    finally:
+        lab.down()

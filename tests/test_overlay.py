@@ -441,5 +441,5 @@ hosts:
     with pytest.raises(InvalidInput, match=r"ov.yaml:3: networks.loc.driver: lab-wide networks "
                                            r"are global-scope"):
         topofile.load(str(path))
-    with pytest.raises(InvalidInput, match="use 'embedded' or etcd://HOST:PORT"):
+    with pytest.raises(InvalidInput, match="use 'embedded', 'on-demand' or etcd://HOST:PORT"):
         topofile.parse_store("consul://x")
