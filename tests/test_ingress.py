@@ -16,7 +16,6 @@ from cnmlab.checks.kinds import run_check
 from cnmlab.checks.targets import EngineTarget
 from cnmlab.checks.vmlane import needs
 from cnmlab.errors import CnmError, InvalidInput
-from cnmlab.firewall.iptables import IptablesFirewall
 from cnmlab.kernel import nsexec
 from cnmlab.kernel.ipvs import Ipvs
 from cnmlab.lab import Lab
@@ -141,8 +140,8 @@ def test_rule_text_and_refusals(lab_name):
 
 
 def test_the_hosts_firewall_rewrite_keeps_the_agents_ingress_chains(lab_name):
-    """The lab process rewrites a host's whole firewall (iptables-restore) when its bridges
-    change; the DOCKER-INGRESS chains an agent wrote there must survive, jumps included."""
+    """The lab process reconciles a host's firewall when its bridges change; the
+    DOCKER-INGRESS chains an agent wrote there (another writer) must survive, jumps included."""
     lab = Lab(lab_name, upstream=False)
     try:
         h = lab.add_host("h1")
@@ -165,7 +164,6 @@ def test_the_hosts_firewall_rewrite_keeps_the_agents_ingress_chains(lab_name):
         h2 = lab.add_host("h2")
         h2.network_create("app", subnet="10.75.0.0/24")
         assert "DOCKER-INGRESS" not in h2.iptables()
-        assert IptablesFirewall().ingress_rules(h2.netns) is None
     finally:
         lab.down()
 
