@@ -76,7 +76,13 @@ def inside(n: int) -> int:
               f"({sum(a is not None for a in direct)} answered)")
         print(f"   IPVS adds {loop - plain:+.2f} s over {n} connections "
               f"({1000 * (loop - plain) / n:+.2f} ms each)")
-        print(f"4. the check's own overhead (1 - 2): {check - loop:.2f} s")
+        over = check - loop
+        print(f"4. the check's own overhead (1 - 2): {over:+.2f} s"
+              + (" (below zero: the phases' noise on a loaded machine is larger than the "
+                 "check's bookkeeping)" if over < 0 else ""))
+        load = os.getloadavg()[0]
+        print(f"   load average during the run: {load:.1f} (the VM has 1 emulated CPU; other "
+              f"work on the host slows every phase)")
         return 0 if r.ok else 1
     finally:
         lab.down()
