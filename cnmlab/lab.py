@@ -622,7 +622,8 @@ class Lab:
         self.converge_mesh(timeout)
 
     def service_tasks(self, name: str) -> list[ingress.MeshTask]:
-        return ingress.MeshStore(self._mesh().cluster).tasks(name)
+        """A published service's tasks as the control plane holds them (host, address)."""
+        return ingress.MeshStore(self.cluster).tasks(name) if self.cluster else []
 
     def mesh_out_of_sync(self, host: str) -> str | None:
         """Why ``host``'s kernel does not hold the routing mesh the store describes, or None."""
