@@ -349,14 +349,14 @@ def no_embedded_dns(target: Target, params: dict[str, Any]) -> CheckResult:
 # building the topology
 
 
-def _settle_dns(target: Target, profile: Profile, timeout: float = 5.0) -> None:
-    """Wait (bounded) until the embedded DNS answers the first dns-resolves check of the profile.
+def _settle(target: Target, profile: Profile, kind: str, timeout: float) -> None:
+    """Wait (bounded) until the profile's first required check of ``kind`` passes.
 
-    The engine's resolver learns new sandboxes asynchronously; a check that runs before it has
-    caught up would judge a race, not the implementation.
+    What spreads in its own time (the engine's resolver learning new sandboxes, swarm's gossip
+    spreading peers) must have arrived first: a check that runs before it would judge a race,
+    not the implementation. Nothing is concluded here: the profile's run does that.
     """
-    first = next((c for c in profile.checks if c.kind == "dns-resolves" and not c.optional),
-                 None)
+    first = next((c for c in profile.checks if c.kind == kind and not c.optional), None)
     if first is None:
         return
     deadline = time.monotonic() + timeout
@@ -364,6 +364,10 @@ def _settle_dns(target: Target, profile: Profile, timeout: float = 5.0) -> None:
         if run_check(target, first.spec).ok:
             return
         time.sleep(0.2)
+
+
+def _settle_dns(target: Target, profile: Profile, timeout: float = 5.0) -> None:
+    _settle(target, profile, "dns-resolves", timeout)
 
 
 def build_hosts(lab: Any, profile: Profile, host: str = "host", **host_kw: Any) -> list[Any]:
@@ -532,16 +536,7 @@ def build_swarm(lab: Any, profile: Profile | str = "overlay", quiet: bool = True
 
 
 def _settle_reach(target: Target, profile: Profile, timeout: float = 15.0) -> None:
-    """Wait (bounded) until the first reachable check passes: swarm's gossip spreads peers
-    in its own time, and a check that runs before it would judge a race."""
-    first = next((c for c in profile.checks if c.kind == "reachable" and not c.optional), None)
-    if first is None:
-        return
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if run_check(target, first.spec).ok:
-            return
-        time.sleep(0.2)
+    _settle(target, profile, "reachable", timeout)
 
 
 def upstream_ref(upstream: str | SandboxRef | None) -> SandboxRef | None:

@@ -41,6 +41,7 @@ from cnmlab.errors import CnmError, InvalidInput, ObjectExists, ObjectNotFound
 from cnmlab.kernel import netns, nsexec, sysctl
 from cnmlab.kernel.ipvs import PROTOS, Ipvs, VirtualService
 from cnmlab.kernel.netlink import Netlink
+from cnmlab.services import LB_SYSCTLS, SCHEDULER  # the ingress sandbox balances as an lb does
 
 INGRESS = "ingress"
 INGRESS_SUBNET = "10.0.0.0/24"  # swarm's default pool 10.0.0.0/8 in /24s: ingress takes the first
@@ -48,10 +49,6 @@ CHAIN = INGRESS_CHAIN
 SBOX = "ingress_sbox"
 FWMARK_FIRST = 256  # libnetwork's fwMarkCtr starts here (below: marks other tools use)
 FWMARK_LAST = 0xFFFFFF
-SCHEDULER = "rr"
-#: as libnetwork sets them in the ingress sandbox (forwarding, IPVS conntrack for the SNAT)
-SBOX_SYSCTLS = {"net.ipv4.ip_forward": 1, "net.ipv4.vs.conntrack": 1,
-                "net.ipv4.vs.expire_nodest_conn": 1, "net.ipv4.vs.expire_quiescent_template": 1}
 
 
 def sbox_name(host: str) -> str:
@@ -306,7 +303,7 @@ def program_host(lab: str, host: str, host_ns: str, cluster: Cluster) -> str:
     # the sandbox: IPVS first (a marked packet with no service is simply delivered locally)
     lb = Ipvs(ns)
     have = {s.service.fwmark: s for s in lb.services() if s.service.fwmark}
-    sysctl.write_many(SBOX_SYSCTLS, ns)  # after the first IPVS call loaded ip_vs
+    sysctl.write_many(LB_SYSCTLS, ns)  # after the first IPVS call loaded ip_vs
     want = {s.fwmark: s for s in services}
     for mark, state in have.items():
         if mark not in want:

@@ -34,6 +34,7 @@ from typing import Any
 
 from cnmlab.errors import CnmError, KernelError
 from cnmlab.kernel import rundir
+from cnmlab.kernel.procs import live_start_time as start_time
 
 SOCKET_PATH_MAX = 107  # sun_path is 108 bytes with its NUL
 START_TIMEOUT = 10.0
@@ -91,17 +92,7 @@ def _locked(lock_path: str) -> Iterator[None]:
         os.close(fd)
 
 
-# ---- is the recorded process still ours? -----------------------------------------------------
-def start_time(pid: int) -> int | None:
-    """Field 22 of ``/proc/PID/stat`` (clock ticks after boot); None if gone or a zombie."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return None
-    if fields[0] in ("Z", "X"):
-        return None
-    return int(fields[19])  # fields after "comm)": state is field 3, starttime field 22
+# ---- is the recorded process still ours? (PID + start time: cnmlab.kernel.procs) ---------------
 
 
 def _recorded(pid_path: str) -> tuple[int, int] | None:

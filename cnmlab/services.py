@@ -30,7 +30,8 @@ from cnmlab.kernel.netlink import Netlink
 
 MODES = ("vip", "dnsrr")
 SCHEDULER = "rr"  # what Docker programs for every service
-#: the load balancer's sysctls, as libnetwork sets them in its sandboxes
+#: the load balancer's sysctls, as libnetwork sets them in its sandboxes (the service lbs and
+#: the ingress sandbox alike: forwarding, IPVS conntrack for the SNAT)
 LB_SYSCTLS = {"net.ipv4.ip_forward": 1, "net.ipv4.vs.conntrack": 1,
               "net.ipv4.vs.expire_nodest_conn": 1, "net.ipv4.vs.expire_quiescent_template": 1}
 

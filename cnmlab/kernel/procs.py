@@ -22,6 +22,19 @@ def start_time(pid: int) -> int | None:
         return None
 
 
+def live_start_time(pid: int) -> int | None:
+    """The start time of a running process; None when it is gone, a zombie or dying.
+
+    The form a PID + start-time record is checked against: a zombie no longer serves.
+    """
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return None if fields[0] in ("Z", "X") else int(fields[19])
+
+
 def started_at(ticks: int) -> float:
     """The wall-clock time (seconds since the epoch) of a start time in ticks since boot."""
     with open("/proc/stat") as f:

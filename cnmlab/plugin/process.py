@@ -18,18 +18,9 @@ import time
 from collections.abc import Sequence
 
 from cnmlab.errors import CnmError, ObjectNotFound
+from cnmlab.kernel.procs import live_start_time as start_time
 
 START_TIMEOUT = 30.0  # a fresh interpreter on a loaded machine
-
-
-def start_time(pid: int) -> int | None:
-    """Field 22 of ``/proc/PID/stat``; None when the process is gone or a zombie."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return None
-    return None if fields[0] in ("Z", "X") else int(fields[19])
 
 
 def pid_path(sock: str) -> str:
