@@ -7,8 +7,10 @@ model has ``dns=True`` (it is attached to a user-defined network), the way docke
 * it opens a UDP socket and a TCP listener *inside the sandbox's namespace* (a helper thread
   setns()es there, creates the sockets and ends; a socket stays in the namespace it was made in),
   bound to 127.0.0.11 on random ports;
-* it installs Docker's nat rules in that namespace with ``iptables-restore --noflush``, so
-  ``iptables -t nat -S`` in the sandbox reads like in a Docker container::
+* it installs Docker's nat rules in that namespace with ``iptables-restore --noflush`` (the
+  first time; later namespaces get a byte-for-byte copy of those rules over nfnetlink,
+  ``kernel.nftcopy``, without a fork), so ``iptables -t nat -S`` in the sandbox reads like in
+  a Docker container::
 
       -A OUTPUT -d 127.0.0.11/32 -j DOCKER_OUTPUT
       -A POSTROUTING -d 127.0.0.11/32 -j DOCKER_POSTROUTING
@@ -41,18 +43,21 @@ in the lab's namespaces, stops it too.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import errno
 import ipaddress
 import os
 import random
 import selectors
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -62,7 +67,7 @@ from cnmlab.constants import EMBEDDED_DNS, UPSTREAM_DNS, UPSTREAM_WEB
 from cnmlab.dnswire import (AAAA, FORMERR, IN, NOTIMP, NXDOMAIN, PTR, SERVFAIL, A, Query,
                             build_response, error_reply, message_id, parse_query, tcp_frame,
                             tcp_messages, with_id)
-from cnmlab.kernel import netns, procs
+from cnmlab.kernel import netns, nftcopy, procs
 from cnmlab.errors import CnmError
 from cnmlab.model import LabState
 from cnmlab.remotenames import RemoteNames
@@ -245,13 +250,22 @@ def install_nat(ns: str, udp_port: int, tcp_port: int, fresh: bool = False) -> b
 
 
 def install_nat_here(udp_port: int, tcp_port: int, fresh: bool = False) -> bool:
-    """The same, in the namespace the calling thread is in: iptables runs as a child of this
-    thread, which carries the thread's namespace, so no nsenter is exec'd in between.
+    """The same, in the namespace the calling thread is in.
 
-    ``fresh``: the namespace appeared while this resolver ran, so nobody installed the jumps
-    yet and reading the table first (a second fork per sandbox, most of the resolver's cost in
-    a large build) is not needed.
+    The first namespace gets its rules from ``iptables-restore`` (a child of this thread,
+    which carries the thread's namespace, so no nsenter is exec'd in between); the rules it
+    made are then read back and copied, ports rewritten, into every further namespace that
+    holds none yet (``_NAT_COPY``): the same bytes at a fortieth of the cost of a fork and an
+    exec per container. ``fresh``: the namespace appeared while this resolver ran, so nobody
+    installed the jumps yet and the table need not be read first.
     """
+    try:
+        if _NAT_COPY.write(udp_port, tcp_port):
+            return True  # the namespace held none of the rules: copied
+    except OSError as e:
+        # EEXIST: a previous resolver's rules are there (iptables replaces their ports
+        # below); anything else: no nf_tables here, or the kernel refused, iptables decides
+        fresh = fresh and e.errno != errno.EEXIST
     try:
         jumps = True
         if not fresh:
@@ -263,9 +277,80 @@ def install_nat_here(udp_port: int, tcp_port: int, fresh: bool = False) -> bool:
         done = subprocess.run(["iptables-restore", "--noflush"],
                               input=nat_rules(udp_port, tcp_port, jumps), capture_output=True,
                               text=True, timeout=10)
-        return done.returncode == 0
+        if done.returncode != 0:
+            return False
     except (OSError, subprocess.TimeoutExpired):
         return False
+    _NAT_COPY.learn(udp_port, tcp_port)  # the first time only; checks what it learns from
+    return True
+
+
+class NatCopy:
+    """Docker's DNS rules as ``iptables-restore`` made them in one namespace, for copying.
+
+    Learnt only from a namespace whose nat table holds exactly those rules (the four chains,
+    six rules, each port where ``nat_rules`` puts it: twice in its DNAT, once in its SNAT
+    match), so nothing else of that namespace is ever copied to another one."""
+
+    CHAINS = {"OUTPUT", "POSTROUTING", "DOCKER_OUTPUT", "DOCKER_POSTROUTING"}
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.table: nftcopy.TableCopy | None = None
+        self.batch: nftcopy.Batch | None = None
+        self.ports = (b"", b"")
+
+    def learn(self, udp_port: int, tcp_port: int) -> None:
+        if self.table is not None or udp_port == tcp_port:
+            return
+        ports = (struct.pack("!H", udp_port), struct.pack("!H", tcp_port))
+        try:
+            table = nftcopy.read(socket.AF_INET, "nat")
+        except OSError:
+            return
+        if (table is None or table.rule_count != 6 or set(table.chains()) != self.CHAINS
+                or table.count(ports[0]) != 3 or table.count(ports[1]) != 3):
+            return
+        template = nftcopy.batch(table, ports, exclusive=frozenset({"DOCKER_OUTPUT"}))
+        if len(template.spots) != 6:
+            return
+        with self.lock:
+            if self.table is None:
+                self.table, self.ports, self.batch = table, ports, template
+
+    def write(self, udp_port: int, tcp_port: int) -> bool:
+        """Copy the rules here with these ports; False until a namespace taught them.
+        Raises OSError (EEXIST) where DOCKER_OUTPUT exists already: nothing is written."""
+        template = self.batch
+        if template is None:
+            return False
+        nftcopy.write(template, {self.ports[0]: struct.pack("!H", udp_port),
+                                 self.ports[1]: struct.pack("!H", tcp_port)})
+        return True
+
+
+_NAT_COPY = NatCopy()
+
+
+#: what a sandbox's preparation makes: its UDP and TCP sockets on 127.0.0.11, the socket it
+#: forwards from, and whether it serves on :53 itself (no nat rules could be installed)
+Made = tuple[socket.socket, socket.socket, socket.socket, bool]
+
+
+def _inode(ns: str) -> int | None:
+    try:
+        return os.stat(netns.path_of(ns)).st_ino
+    except OSError:
+        return None
+
+
+def _discard(fut: "Future[Made]") -> None:
+    """Close the sockets of a preparation nobody will register."""
+    def close(done: "Future[Made]") -> None:
+        if done.exception() is None:
+            for sock in done.result()[:3]:
+                sock.close()
+    fut.add_done_callback(close)
 
 
 @dataclass
@@ -317,6 +402,13 @@ class Resolver:
         self.wake_r.setblocking(False)
         self.wake_w.setblocking(False)
         self.sel.register(self.wake_r, selectors.EVENT_READ, self._on_wake)
+        self.pool = ThreadPoolExecutor(max_workers=PREPARE_WORKERS)
+        #: namespaces announced during a batch (``announce``), prepared before the state says
+        #: they want this resolver: namespace -> (its inode then, the sockets being made)
+        self.ahead: dict[str, tuple[int, Future[Made]]] = {}
+        self.ahead_sock: socket.socket | None = None
+        if embedded:
+            self._listen_ahead()
 
     # ---- state -------------------------------------------------------------------------
     def _stat(self) -> tuple[int, int, int] | None:
@@ -342,12 +434,8 @@ class Resolver:
         first = self.stamp is None  # what exists now may hold a previous resolver's rules
         self.stamp = stamp
         self._serve_upstream(lab)
-        try:  # tell ensure_running which saved state we now follow
-            with open(_seen_path(self.lab_name), "w") as f:
-                f.write(str(stamp[0]))
-        except OSError:
-            pass
         if not self.embedded:
+            self._write_seen(stamp[0])
             return True
         self.lab = lab
         self._follow_store(lab)
@@ -362,10 +450,11 @@ class Resolver:
                 self.served[key].info = info
             elif netns.exists(info.netns):
                 new.append((info, not first and info.netns not in self.nat_done))
-        # sandboxes prepared side by side (each waits on its iptables children), then
-        # registered here, in the one thread that owns the selector
-        with ThreadPoolExecutor(max_workers=PREPARE_WORKERS) as pool:
-            futures = [(info, pool.submit(self._prepare, info, fresh)) for info, fresh in new]
+        # sandboxes prepared side by side (each thread waits on the kernel), some of them
+        # already while the batch that made them ran; then registered here, in the one thread
+        # that owns the selector
+        futures = [(info, self._take_ahead(info.netns)
+                    or self.pool.submit(self._prepare, info.netns, fresh)) for info, fresh in new]
         for info, fut in futures:
             try:
                 made = fut.result()
@@ -375,7 +464,65 @@ class Resolver:
                 continue
             if not made[3]:  # served through the nat rules: they are in place now
                 self.nat_done.add(info.netns)
+        self._drop_stale_ahead()
+        self._write_seen(stamp[0])
         return True
+
+    def _write_seen(self, inode: int) -> None:
+        """Tell ensure_running which saved state is now served: every dns sandbox in it has
+        its sockets and rules (or its error printed), so one file replaces a check of each."""
+        try:
+            with open(_seen_path(self.lab_name), "w") as f:
+                f.write(str(inode))
+        except OSError:
+            pass
+
+    # ---- namespaces announced ahead of the state ---------------------------------------
+    def _listen_ahead(self) -> None:
+        path = ahead_path(self.lab_name)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        try:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)  # a dead resolver's
+            sock.bind(path)
+        except OSError:  # e.g. a path too long for a unix socket: announcements are a bonus
+            sock.close()
+            return
+        sock.setblocking(False)
+        self.ahead_sock = sock
+        self.sel.register(sock, selectors.EVENT_READ, self._on_ahead)
+
+    def _on_ahead(self) -> None:
+        assert self.ahead_sock is not None
+        while True:
+            try:
+                data = self.ahead_sock.recv(65536)
+            except BlockingIOError:
+                return
+            for raw in data.split(b"\n"):
+                ns = raw.decode(errors="replace")
+                if not ns or ns in self.ahead or ns in self.nat_done:
+                    continue
+                inode = _inode(ns)
+                if inode is not None:
+                    self.ahead[ns] = (inode, self.pool.submit(self._prepare, ns, True))
+
+    def _take_ahead(self, ns: str) -> "Future[Made] | None":
+        """What was prepared for ``ns``, if it is still that namespace (a name can be reused
+        by a new namespace within a batch: the old one's sockets are dropped)."""
+        entry = self.ahead.pop(ns, None)
+        if entry is None:
+            return None
+        if _inode(ns) == entry[0]:
+            return entry[1]
+        _discard(entry[1])
+        return None
+
+    def _drop_stale_ahead(self) -> None:
+        """Close what was prepared for namespaces that are gone (removed inside the batch):
+        the sockets would keep a deleted namespace alive."""
+        for ns in [n for n, (ino, f) in self.ahead.items() if f.done() and _inode(n) != ino]:
+            _discard(self.ahead.pop(ns)[1])
 
     def _serve_upstream(self, lab: LabState) -> None:
         if self.upstream_done or not self.upstream_wanted or not lab.upstream:
@@ -409,11 +556,10 @@ class Resolver:
                           lambda: self._on_accept(t, self._answer_upstream, None))
 
     def _open(self, info: DnsSandbox, fresh: bool = False) -> Served:
-        return self._register(info, self._prepare(info, fresh))
+        return self._register(info, self._prepare(info.netns, fresh))
 
     @staticmethod
-    def _prepare(info: DnsSandbox,
-                 fresh: bool = False) -> tuple[socket.socket, socket.socket, socket.socket, bool]:
+    def _prepare(ns: str, fresh: bool = False) -> "Made":
         """The sandbox's sockets and nat rules, made by one thread inside its namespace.
         Touches nothing of the resolver's, so several sandboxes are prepared at once."""
         def make() -> tuple[socket.socket, socket.socket, socket.socket, bool]:
@@ -439,7 +585,7 @@ class Resolver:
                     sock.close()
                 raise
 
-        return in_netns(info.netns, make)
+        return in_netns(ns, make)
 
     def _register(self, info: DnsSandbox,
                   made: tuple[socket.socket, socket.socket, socket.socket, bool]) -> Served:
@@ -739,16 +885,89 @@ def ensure_running(lab_name: str, lab: LabState, timeout: float = 5.0) -> None:
             inode = None
         # re-read the state now, not at the next poll
         if procs.signal_if_same(pid, lab.extra.get("dns_pid_start"), signal.SIGUSR1):
-            _wait_served(lab_name, pid, lab, min(timeout, 2.0))
-            _wait_seen(lab_name, inode, min(timeout, 2.0))
+            # a resolver started during a batch (Announcer) may still be starting up
+            wait = max(timeout, START_TIMEOUT) if (lab_name, pid) in _early else min(timeout, 2.0)
+            if _wait_seen(lab_name, inode, wait, pid):
+                _confirmed[(lab_name, pid)] = {sb.id for sb in _dns_sandboxes(lab)}
+            else:  # it died, or followed another save: look at each new sandbox
+                _wait_served(lab_name, pid, lab, min(wait, 2.0))
+            _early.discard((lab_name, pid))
             return
     pid, lab.extra["dns_pid_start"] = _spawn(lab_name, [], max(timeout, START_TIMEOUT))
     lab.extra["dns_pid"] = pid
     _confirmed[(lab_name, pid)] = {sb.id for sb in _dns_sandboxes(lab)}
 
 
+class Announcer:
+    """Tells the lab's resolver, during a batch, each new namespace that will want it.
+
+    Inside a batch the state is saved once, at the end, and the resolver would then prepare
+    every sandbox at once while the build waits. Announced, it prepares each one (sockets and
+    nat rules) as the batch goes on, on the other CPU; the end of the batch then only
+    registers them. The resolver is started at the first announcement if none runs (not
+    waited for). Best effort: a namespace whose announcement is lost is prepared when the
+    saved state shows it, as without announcements.
+    """
+
+    CHUNK = 64  # names per datagram when a backlog is flushed
+
+    def __init__(self, lab_name: str) -> None:
+        self.lab_name = lab_name
+        self.sock: socket.socket | None = None
+        self.backlog: list[str] = []
+        self.started = False
+
+    def announce(self, lab: LabState, ns: str) -> None:
+        if not self.started:
+            self.started = True
+            self._start(lab)
+        self.backlog.append(ns)
+        self.flush()
+
+    def _start(self, lab: LabState) -> None:
+        pid = lab.extra.get("dns_pid")
+        if not _is_resolver(pid, self.lab_name, lab.extra.get("dns_pid_start")):
+            try:
+                saved = state.load(self.lab_name)
+            except Exception:  # noqa: BLE001 - not saved yet: the batch's end starts it
+                return
+            if _home_netns(saved) is None:
+                return  # it would have no namespace to live in yet
+            pid, lab.extra["dns_pid_start"] = _spawn(self.lab_name, [], 0.0)
+            lab.extra["dns_pid"] = pid
+            _early.add((self.lab_name, pid))
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.setblocking(False)
+
+    def flush(self) -> None:
+        if self.sock is None:
+            self.backlog.clear()
+            return
+        while self.backlog:
+            try:
+                self.sock.sendto("\n".join(self.backlog[:self.CHUNK]).encode(),
+                                 ahead_path(self.lab_name))
+            except OSError:  # not listening yet, or its queue is full: later, or never
+                return
+            del self.backlog[:self.CHUNK]
+
+    def close(self) -> None:
+        self.flush()
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+
+
+# resolvers started during a batch, not yet waited for: (lab, pid)
+_early: set[tuple[str, int]] = set()
+
 # sandboxes this process has seen served, per (lab, resolver pid): checked once each
 _confirmed: dict[tuple[str, int], set[str]] = {}
+
+
+def ahead_path(lab_name: str) -> str:
+    """The resolver's datagram socket for namespaces announced during a batch."""
+    return state.aux_path(lab_name, "dns-ahead")
 
 
 def _seen_path(lab_name: str) -> str:
@@ -771,19 +990,27 @@ def remote_names_seen(lab_name: str, lab: LabState) -> set[str] | None:
         return set()
 
 
-def _wait_seen(lab_name: str, inode: int | None, timeout: float) -> None:
-    """Wait until the resolver has loaded the saved state (names added by a connect)."""
+def _wait_seen(lab_name: str, inode: int | None, timeout: float, pid: int) -> bool:
+    """Wait until the resolver serves the saved state (``inode``) or the one saved after it
+    (the newest state is what must be served); False if it does not in time, or died."""
     if inode is None:
-        return
+        return False
     deadline = time.monotonic() + timeout
+    alive_checked = time.monotonic()
     while time.monotonic() < deadline:
         try:
             with open(_seen_path(lab_name)) as f:
-                if f.read().strip() == str(inode):
-                    return
+                seen = f.read().strip()
+            if seen == str(inode) or seen == str(os.stat(state._path(lab_name)).st_ino):
+                return True
         except OSError:
             pass
         time.sleep(0.002)
+        if time.monotonic() - alive_checked > 0.5:
+            alive_checked = time.monotonic()
+            if not _is_resolver(pid, lab_name):
+                return False
+    return False
 
 
 def _dns_sandboxes(lab: LabState) -> list[Any]:
@@ -803,14 +1030,20 @@ def _listening(ns: str) -> bool:
 
 
 def _wait_served(lab_name: str, pid: int, lab: LabState, timeout: float) -> None:
-    """After a nudge, wait until every new dns sandbox has its sockets and nat rules."""
+    """After a nudge, wait until every new dns sandbox has its sockets and nat rules
+    (or the resolver died: nothing will come then)."""
     done = _confirmed.setdefault((lab_name, pid), set())
     deadline = time.monotonic() + timeout
+    alive_checked = time.monotonic()
     for sb in _dns_sandboxes(lab):
         if sb.id in done:
             continue
         while not _listening(sb.netns) and time.monotonic() < deadline:
             time.sleep(0.002)
+            if time.monotonic() - alive_checked > 0.5:
+                alive_checked = time.monotonic()
+                if not _is_resolver(pid, lab_name):
+                    return
         done.add(sb.id)
 
 

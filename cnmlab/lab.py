@@ -221,6 +221,7 @@ class HostHandle:
                 self.controller.delete_sandbox(name)
                 raise
             self.lab._sandbox_added()
+            self.lab._announce_dns(sb)
             self.lab._serve_dns()
         return SandboxHandle(self, sb)
 
@@ -414,6 +415,7 @@ class Lab:
         self.cluster = cluster  # the control plane for global-scope networks, if any
         self._hosts: dict[str, HostHandle] = {}
         self._batch = 0
+        self._announcer: dns.Announcer | None = None
         self._dirty = False
         self._depth = 0  # nesting of locked() in this object
         self._stamp = _stamp  # the saved version self.state matches
@@ -759,10 +761,22 @@ class Lab:
                 yield self
             finally:
                 self._batch -= 1
-                if not self._batch and self._dirty:
-                    self._dirty = False
-                    self._write()
-                    self._serve_dns()
+                if not self._batch:
+                    if self._announcer is not None:
+                        self._announcer.close()
+                        self._announcer = None
+                    if self._dirty:
+                        self._dirty = False
+                        self._write()
+                        self._serve_dns()
+
+    def _announce_dns(self, sb: Any) -> None:
+        """Inside a batch, let the resolver prepare this sandbox while the batch goes on."""
+        if not (self._batch and sb.dns and sb.netns):
+            return
+        if self._announcer is None:
+            self._announcer = dns.Announcer(self.name)
+        self._announcer.announce(self.state, sb.netns)
 
     def _serve_dns(self) -> None:
         """Docker's embedded DNS (127.0.0.11) for sandboxes on user-defined networks.

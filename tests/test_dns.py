@@ -164,6 +164,28 @@ def test_nat_rules_like_docker(lab):
     assert f"127.0.0.11:{ports['udp']}" in ss
 
 
+def test_every_sandbox_has_its_own_ports_in_its_rules(lab):
+    """The first sandbox's rules come from iptables-restore, the others are copies with their
+    ports rewritten (kernel.nftcopy): each copy must name its own sandbox's sockets, and read
+    exactly as iptables-restore would have written it."""
+    for name in ("db", "cache", "web", "other", "vault"):
+        sb = lab.sandbox(name)
+        rules = sb.exec(["iptables", "-t", "nat", "-S"]).stdout
+        udp = re.search(r"-p udp -m udp --dport 53 -j DNAT --to-destination 127.0.0.11:(\d+)",
+                        rules)
+        tcp = re.search(r"-p tcp -m tcp --dport 53 -j DNAT --to-destination 127.0.0.11:(\d+)",
+                        rules)
+        assert udp and tcp, (name, rules)
+        expected = dns.nat_rules(int(udp.group(1)), int(tcp.group(1)), with_jumps=True)
+        wanted = [l for l in expected.splitlines() if l.startswith("-A ")]
+        assert [l for l in rules.splitlines() if l.startswith("-A ")] == wanted, name
+        assert f"127.0.0.11:{udp.group(1)}" in sb.exec(["ss", "-lnu"]).stdout, name
+        assert f"127.0.0.11:{tcp.group(1)}" in sb.exec(["ss", "-lnt"]).stdout, name
+    db = lab.sandbox("db").ip("backend")
+    for name in ("cache", "web"):  # names resolve through the copied rules too
+        assert resolve(lab.sandbox(name), "db") == [db], name
+
+
 def test_forwarding_to_upstream(lab):
     web = lab.sandbox("web")
     assert resolve(web, "example.com") == ["198.51.100.10"]
@@ -323,3 +345,86 @@ def test_a_nudge_while_the_resolver_starts_does_not_kill_it():
     finally:
         lab.down()
     assert resolver_pids(name) == []
+
+
+def _socket_namespaces(pid: int) -> set[int]:
+    """The network namespaces (inodes) of every socket ``pid`` holds: each socket is copied
+    here with pidfd_getfd(2) and asked for its namespace with SIOCGSKNS."""
+    import ctypes
+    import fcntl
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    pidfd = os.pidfd_open(pid)
+    found = set()
+    try:
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            try:
+                if not os.readlink(f"/proc/{pid}/fd/{fd}").startswith("socket:"):
+                    continue
+            except OSError:
+                continue
+            mine = libc.syscall(438, pidfd, int(fd), 0)  # SYS_pidfd_getfd
+            if mine < 0:
+                continue
+            try:
+                nsfd = fcntl.ioctl(mine, 0x894C)  # SIOCGSKNS
+                found.add(os.fstat(nsfd).st_ino)
+                os.close(nsfd)
+            finally:
+                os.close(mine)
+    finally:
+        os.close(pidfd)
+    return found
+
+
+def test_a_batch_announces_its_sandboxes_and_a_reused_name_gets_its_own_sockets():
+    """Inside a batch the resolver starts at the first dns sandbox and prepares each one as it
+    is announced; a sandbox removed and made again under the same name within the batch is
+    a new namespace and gets new sockets; what was prepared for removed ones is closed (no
+    socket of the resolver is left in another namespace than its own)."""
+    lab = Lab(f"dnsb{os.getpid()}")
+    try:
+        h = lab.add_host("h1")
+        h.network_create("app", subnet="10.231.40.0/24")
+        with lab.batch():
+            h.run("a0", network="app")
+            pid = lab.state.extra.get("dns_pid")
+            assert pid and dns._is_resolver(pid, lab.name)  # started inside the batch
+            deadline = time.monotonic() + 60  # announcements before it listens wait in a backlog
+            while not os.path.exists(dns.ahead_path(lab.name)):
+                assert time.monotonic() < deadline, "the resolver never listened"
+                time.sleep(0.05)
+            for i in range(1, 6):
+                h.run(f"a{i}", network="app")
+            old = os.stat(netns.path_of(lab.sandbox("a3").netns)).st_ino
+            # prepared ahead: the resolver's UDP socket is bound there before the batch ends
+            deadline = time.monotonic() + 30
+            for name in ("a2", "a3"):
+                while "127.0.0.11:" not in lab.sandbox(name).exec(["ss", "-lnu"]).stdout:
+                    assert time.monotonic() < deadline, f"{name} was never prepared ahead"
+                    time.sleep(0.05)
+            h.rm("a2")  # gone for good: what was prepared for it must be closed
+            h.rm("a3")  # and made again: a new namespace under the same name
+            h.run("a3", network="app")
+            assert os.stat(netns.path_of(lab.sandbox("a3").netns)).st_ino != old
+        assert lab.state.extra.get("dns_pid") == pid  # the same resolver served the batch
+        a3 = lab.sandbox("a3").ip("app")
+        for i in (0, 5):
+            assert resolve(lab.sandbox(f"a{i}"), "a3") == [a3]
+        assert resolve(lab.sandbox("a3"), "a0") == [lab.sandbox("a0").ip("app")]
+        rules = lab.sandbox("a3").exec(["iptables", "-t", "nat", "-S"]).stdout
+        port = re.search(r"-p udp -m udp --dport 53 -j DNAT --to-destination "
+                         r"127.0.0.11:(\d+)", rules).group(1)
+        assert f"127.0.0.11:{port}" in lab.sandbox("a3").exec(["ss", "-lnu"]).stdout
+        for name in ("a0", "a1", "a3", "a4", "a5"):
+            h.rm(name)
+        # with no dns sandbox left, every socket the resolver holds is its own, in its home
+        # (the upstream): one left in another namespace would be a leaked preparation
+        home = os.stat(netns.path_of(lab.upstream_netns)).st_ino
+        deadline = time.monotonic() + 10
+        while _socket_namespaces(pid) != {home} and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert _socket_namespaces(pid) == {home}
+        assert dns._is_resolver(pid, lab.name)
+    finally:
+        lab.down()
