@@ -35,7 +35,7 @@ import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from cnmlab import controlplane, dns, drivers, ingress, peers, proxy, state
+from cnmlab import adopted, controlplane, dns, drivers, ingress, peers, proxy, state
 from cnmlab.cluster import Cluster
 from cnmlab.constants import (DEFAULT_BRIDGE_OPTIONS, NS_PREFIX, NS_SEP, OPT_BRIDGE_NAME,
                               OPT_ICC, OPT_MASQUERADE, OPT_MTU, UNDERLAY_BRIDGE,
@@ -896,15 +896,33 @@ class Lab:
         with self.locked():
             return self._add_host(name, default_bridge, firewall, bip, underlay, underlay_ip)
 
+    def adopt_host(self, name: str, ns: str) -> HostHandle:
+        """A Docker host in a namespace someone else made (a third-party plugin's), wired to
+        the upstream as ``add_host`` wires its own.
+
+        The lab never deletes that namespace nor stops its processes: its state is recorded
+        first (``cnmlab.adopted``) and teardown puts it back as it was (the uplink, docker0,
+        the firewall rules and ``ip_forward`` go; the plugin and its namespace stay).
+        """
+        check_name("host", name)
+        with self.locked():
+            if ns in self.state.namespaces or any(
+                    h.netns == ns for h in self.state.hosts.values()):
+                raise InvalidInput(f"namespace {ns} already belongs to lab {self.name}")
+            adopted.check_usable(ns)
+            adopted.record(self.name, adopted.take(ns))
+            return self._add_host(name, True, "iptables", None, None, None, adopt=ns)
+
     def _add_host(self, name: str, default_bridge: bool, firewall: str, bip: str | None,
-                  underlay: str | None, underlay_ip: str | None) -> HostHandle:
+                  underlay: str | None, underlay_ip: str | None,
+                  adopt: str | None = None) -> HostHandle:
         self._check_free(name)
         if firewall not in ("iptables", "manual"):
             raise InvalidInput(f"host {name}: firewall must be 'iptables' or 'manual'")
         lan = self.underlay(underlay).model if underlay is not None else None
         if underlay_ip is not None and lan is None:
             raise InvalidInput(f"host {name}: underlay_ip needs underlay")
-        ns = self.ns_name(name)
+        ns = adopt or self.ns_name(name)
         index = len(self.state.hosts)
         public_ip = None
         if lan is not None:
@@ -915,7 +933,8 @@ class Lab:
         host = Host(name=name, netns=ns, public_ip=public_ip, firewall=firewall,
                     default_bridge=default_bridge, underlay=lan.name if lan else None,
                     underlay_ip=public_ip if lan else None)
-        self._make_ns(ns)
+        if adopt is None:
+            self._make_ns(ns)
         sysctl.write_many({"net.ipv4.ip_forward": 1}, ns)
         if lan is not None:
             self._plug_into_underlay(host, lan)
@@ -1121,6 +1140,9 @@ def teardown(name: str, lab_state: LabState | None) -> list[str]:
                 removed.append(ns)
             remove_etc(ns)
             proxy.forget(ns)
+        for snap in adopted.recorded(name):  # borrowed: put back as found, never deleted
+            adopted.restore(snap)
+            adopted.forget(name, snap.netns)
         neigh.release(f"lab:{name}")
         state.remove(name)
     return removed
