@@ -115,13 +115,20 @@ def normalized(iptables_save: str) -> dict[str, dict[str, tuple[str, tuple[str, 
     return out
 
 
-def _restore_script(snap: Snapshot, now: str) -> str:
-    """``iptables-restore`` input (flushing) that takes every table now present to the
-    snapshot's content: tables the snapshot lacks are emptied, built-in policies ACCEPT."""
+def _restore_script(snap: Snapshot, now: str) -> tuple[str, list[str]]:
+    """(``iptables-restore`` input, tables to drop): every table the snapshot has gets its
+    content back (a flushing restore); a table it lacks, which the lab created, is dropped
+    (iptables-nft keeps a table per namespace: ``nft delete table``), or emptied with ACCEPT
+    policies where the backend keeps no such tables."""
     before = reconcile.parse(snap.iptables)
     out: list[str] = []
+    drop: list[str] = []
+    nft = "nf_tables" in now.splitlines()[0] if now.strip() else False
     for tname in sorted(set(before) | set(reconcile.parse(now))):
         table = before.get(tname)
+        if table is None and nft:
+            drop.append(tname)
+            continue
         out.append(f"*{tname}")
         if table is None:
             out += [f":{c} ACCEPT [0:0]" for c in reconcile.BUILTIN.get(tname, ())]
@@ -129,7 +136,7 @@ def _restore_script(snap: Snapshot, now: str) -> str:
             out += [f":{c} {p} [0:0]" for c, p in table.policies.items()]
             out += [r for rules in table.rules.values() for r in rules]
         out.append("COMMIT")
-    return "\n".join(out) + "\n" if out else ""
+    return ("\n".join(out) + "\n" if out else ""), drop
 
 
 def restore(snap: Snapshot) -> list[str]:
@@ -152,11 +159,14 @@ def restore(snap: Snapshot) -> list[str]:
                         raise
     with namespace_lock(ns):
         now = nsexec.run(ns, ["iptables-save"]).stdout
-        if normalized(now) != normalized(snap.iptables):
-            script = _restore_script(snap, now)
+        if normalized(now) != normalized(snap.iptables) or \
+                set(reconcile.parse(now)) - set(reconcile.parse(snap.iptables)):
+            script, drop = _restore_script(snap, now)
             if script:
                 nsexec.run(ns, ["iptables-restore"], input=script)
-                undone.append(f"iptables rules in {ns}")
+            for tname in drop:
+                nsexec.run(ns, ["nft", "delete", "table", "ip", tname])
+            undone.append(f"iptables rules in {ns}")
     for key, value in snap.sysctls.items():
         try:
             if sysctl.read(key, ns) != value:

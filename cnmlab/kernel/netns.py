@@ -135,6 +135,46 @@ def inode(name: str) -> int:
     return os.stat(path_of(name)).st_ino
 
 
+def _ident(path: str) -> tuple[int, int]:
+    st = os.stat(path)
+    return st.st_dev, st.st_ino
+
+
+def of_pid(pid: int) -> tuple[int, int]:
+    """The identity (device, inode) of process ``pid``'s network namespace."""
+    try:
+        return _ident(f"/proc/{pid}/ns/net")
+    except FileNotFoundError:
+        raise ObjectNotFound(f"process {pid} is gone") from None
+
+
+def is_root_of(pid: int) -> bool:
+    """Whether ``pid`` lives in the machine's root network namespace, where cnmlab never
+    builds: init's, or, where init's cannot be read (a container's PID 1 under another user
+    namespace), the one this process runs in (cnmlab's commands run in the root namespace)."""
+    ident = of_pid(pid)
+    roots = [f"/proc/{os.getpid()}/ns/net", "/proc/1/ns/net"]
+    for path in roots:
+        try:
+            if _ident(path) == ident:
+                return True
+        except OSError:
+            continue
+    return False
+
+
+def name_of_pid(pid: int) -> str | None:
+    """The name under /run/netns of ``pid``'s network namespace, if it has one."""
+    ident = of_pid(pid)
+    for name in list_names():
+        try:
+            if _ident(path_of(name)) == ident:
+                return name
+        except OSError:
+            continue
+    return None
+
+
 @contextlib.contextmanager
 def entered(name: str | None = None, fd: int | None = None) -> Iterator[None]:
     """Run the body with this thread inside a namespace (by name or fd); always come back."""
