@@ -81,6 +81,9 @@ HOST_HINT = ("start it inside a namespace cnmlab made, e.g. 'cnmlab plugin host 
 def is_running_plugin(spec: str) -> bool:
     """Whether SPEC names an already running plugin (a socket path, or a name that is
     neither FILE.py:CLASS nor one of cnmlab's own drivers)."""
+    path, _, cls = spec.rpartition(":")
+    if path.endswith(".py") and cls.isidentifier():
+        return False
     if "/" in spec or spec.endswith(".sock"):
         return True
     return ":" not in spec and spec not in drivers.registered()
