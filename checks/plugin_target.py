@@ -102,9 +102,9 @@ def socket_of(spec: str) -> str:
     return path
 
 
-def plugin_namespace(path: str, what: str) -> str:
-    """The named network namespace the plugin on ``path`` builds in; one-line refusals."""
-    pid = discovery.serving_pid(path)
+def plugin_namespace(pid: int, what: str) -> str:
+    """The named network namespace the plugin (process ``pid``) builds in; one-line
+    refusals."""
     if netns.is_root_of(pid):
         raise InvalidInput(f"{what} (pid {pid}) runs in the machine's root network namespace, "
                            f"where cnmlab never builds: {HOST_HINT}")
@@ -161,9 +161,10 @@ def conform_running(profile: Any, spec: str) -> tuple[str, list[Any], dict[str, 
                            f"running plugin serves one host (its namespace)")
     path = socket_of(spec)
     what = f"plugin {spec}" if path == spec else f"plugin {spec} ({path})"
-    # activation first: a socket that is no plugin, or one that hangs, fails here in one line
-    RemoteDriver(spec, path)
-    ns = plugin_namespace(path, what)
+    # the socket, then the plugin behind it, then its namespace: each refusal is one line
+    pid = discovery.serving_pid(path)
+    RemoteDriver(spec, path)  # Activate and GetCapabilities: no plugin, or a hung one, fails
+    ns = plugin_namespace(pid, what)
     name, link = _alias(path)
     t0 = time.monotonic()
     lab = Lab(f"conform{os.getpid()}")
