@@ -1141,11 +1141,24 @@ def teardown(name: str, lab_state: LabState | None) -> list[str]:
             remove_etc(ns)
             proxy.forget(ns)
         for snap in adopted.recorded(name):  # borrowed: put back as found, never deleted
+            if lab_state is not None:
+                _unpublish_borrowed(lab_state, snap.netns)
             adopted.restore(snap)
             adopted.forget(name, snap.netns)
         neigh.release(f"lab:{name}")
         state.remove(name)
     return removed
+
+
+def _unpublish_borrowed(lab_state: LabState, ns: str) -> None:
+    """The ports the lab's hosts published through the port proxy of a namespace it borrowed
+    (the proxy is the namespace's, shared with whoever else publishes there: only ours go)."""
+    ours = {key for h in lab_state.hosts.values() if h.netns == ns for key in h.proxies}
+    if not ours:
+        return
+    for m in proxy.published(ns):
+        if f"{m.get('proto')}/{m.get('host_port')}" in ours:
+            proxy.unpublish(ns, str(m["proto"]), str(m["host_ip"]), int(m["host_port"]))
 
 
 def running() -> list[str]:

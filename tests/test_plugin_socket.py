@@ -309,10 +309,12 @@ def test_clean_after_a_crashed_run_restores_the_adopted_namespace_and_never_dele
         assert _ns_state(ns) != before  # eth0, docker0, a bridge, a veth, rules: all there
         assert nsexec.run(host.sandbox("c1").netns, ["ping", "-c1", "-W2",
                                                      borrower.upstream_ip]).returncode == 0
+        assert netns.pids_in(ns)  # the port proxy serving 8080 lives there
         borrower.close()  # "crash": the process forgets it, nothing is torn down
         removed = clean(only=[borrower.name])
         assert ns not in removed and netns.exists(ns)
         assert _ns_state(ns) == before
+        assert not netns.pids_in(ns)  # the lab's port proxy stopped with its last port
         assert not state.exists(borrower.name)
     finally:
         owner.down()
