@@ -171,12 +171,14 @@ def conform_running(profile: Any, spec: str) -> tuple[str, list[Any], dict[str, 
     undone: list[str] = []
     try:
         lab.adopt_host("host", ns)
-        target = conformance.build_engine(lab, profile, driver=name,
-                                          existing_hosts=True)
-        t1 = time.monotonic()
-        results = conformance.run_profile(target, profile)
-        t2 = time.monotonic()
-        undone = _unbuild(lab)
+        try:
+            target = conformance.build_engine(lab, profile, driver=name,
+                                              existing_hosts=True)
+            t1 = time.monotonic()
+            results = conformance.run_profile(target, profile)
+            t2 = time.monotonic()
+        finally:  # a failed build too: what the plugin made, it takes down itself
+            undone = _unbuild(lab)
     finally:
         try:
             lab.down()

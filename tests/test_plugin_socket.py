@@ -193,6 +193,45 @@ def test_a_running_plugin_whose_join_gives_no_gateway_is_caught(no_gateway_plugi
     _nothing_left(pid)
 
 
+HANGS = """
+import time
+from cnmlab.plugin.sdk import NetworkDriver
+
+
+class Hangs(NetworkDriver):
+    \"\"\"Activates, then takes longer than the caller waits to create a network.\"\"\"
+
+    def __init__(self, host_ns: str) -> None:
+        super().__init__()
+
+    def create_network(self, req: dict) -> dict:
+        time.sleep(4)
+        return {}
+"""
+
+
+def test_a_running_plugin_that_hangs_mid_build_fails_in_one_line_and_leaves_nothing(
+        tmp_path, monkeypatch):
+    """Adopted, wired, then CreateNetwork gets no answer in time: one line, no conformance
+    lab left, the plugin's namespace exactly as before and the plugin still serving."""
+    (tmp_path / "hangs.py").write_text(HANGS)
+    plugin = RunningPlugin([f"{tmp_path}/hangs.py:Hangs"])
+    try:
+        before = _ns_state(plugin.netns)
+        monkeypatch.setattr(client, "DEFAULT_TIMEOUT", 1.0)
+        with pytest.raises(CnmError) as e:
+            conform_plugin("bridge", plugin.name)
+        assert str(e.value).splitlines() == [
+            f"plugin {plugin.name}: NetworkDriver.CreateNetwork: no answer within 1 s"]
+        assert _ns_state(plugin.netns) == before
+        _nothing_left(os.getpid())
+        time.sleep(4)  # the hung call ends; the plugin serves on
+        assert plugin._answers()
+    finally:
+        plugin.stop()
+    assert not netns.exists(plugin.netns)
+
+
 # ---- refusals, one line each --------------------------------------------------------------
 
 def test_a_plugin_in_the_root_namespace_is_refused_in_one_line(tmp_path):
