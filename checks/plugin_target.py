@@ -102,17 +102,13 @@ def socket_of(spec: str) -> str:
     return path
 
 
-def plugin_namespace(pid: int, what: str) -> str:
-    """The named network namespace the plugin (process ``pid``) builds in; one-line
-    refusals."""
+def plugin_namespace(pid: int, what: str) -> str | None:
+    """The name under /run/netns of the namespace the plugin (process ``pid``) builds in, or
+    None when it has none (the lab names it for the run); the root namespace is refused."""
     if netns.is_root_of(pid):
         raise InvalidInput(f"{what} (pid {pid}) runs in the machine's root network namespace, "
                            f"where cnmlab never builds: {HOST_HINT}")
-    name = netns.name_of_pid(pid)
-    if name is None:
-        raise InvalidInput(f"{what} (pid {pid}) runs in a network namespace without a name "
-                           f"under /run/netns, which cnmlab cannot adopt: {HOST_HINT}")
-    return name
+    return netns.name_of_pid(pid)
 
 
 def _alias(path: str) -> tuple[str, str | None]:
@@ -165,12 +161,13 @@ def conform_running(profile: Any, spec: str) -> tuple[str, list[Any], dict[str, 
     pid = discovery.serving_pid(path)
     RemoteDriver(spec, path)  # Activate and GetCapabilities: no plugin, or a hung one, fails
     ns = plugin_namespace(pid, what)
+    where = f"namespace {ns}" if ns else f"the unnamed namespace of pid {pid}"
     name, link = _alias(path)
     t0 = time.monotonic()
     lab = Lab(f"conform{os.getpid()}")
     undone: list[str] = []
     try:
-        lab.adopt_host("host", ns)
+        lab.adopt_host("host", ns, pid=pid if ns is None else None)
         try:
             target = conformance.build_engine(lab, profile, driver=name,
                                               existing_hosts=True)
@@ -190,5 +187,5 @@ def conform_running(profile: Any, spec: str) -> tuple[str, list[Any], dict[str, 
             check="teardown through the plugin", kind="plugin", ok=False,
             expected="Leave, DeleteEndpoint and DeleteNetwork succeed",
             observed="; ".join(undone), reason="the plugin failed to take its objects down"))
-    return (f"{what} in namespace {ns}, driven by cnmlab's engine", results,
+    return (f"{what} in {where}, driven by cnmlab's engine", results,
             {"build": t1 - t0, "checks": t2 - t1, "total": time.monotonic() - t0})

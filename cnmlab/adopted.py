@@ -43,6 +43,10 @@ class Snapshot:
     links: list[str] = field(default_factory=list)
     iptables: str = ""  # iptables-save output
     sysctls: dict[str, str] = field(default_factory=dict)
+    # the name is the lab's own (``netns.attach`` of a process's unnamed namespace): teardown
+    # takes the name away, never the namespace
+    alias: bool = False
+    taken: bool = True  # False: recorded before the state was read (nothing to restore yet)
 
 
 def check_usable(ns: str) -> None:
@@ -145,7 +149,7 @@ def restore(snap: Snapshot) -> list[str]:
     A namespace that is gone (its plugin ended) has nothing left to restore.
     """
     ns = snap.netns
-    if not netns.exists(ns):
+    if not netns.exists(ns) or not snap.taken:
         return []
     undone: list[str] = []
     with Netlink(ns) as nl:
@@ -177,8 +181,11 @@ def restore(snap: Snapshot) -> list[str]:
     return undone
 
 
-def forget(lab: str, ns: str) -> None:
+def forget(lab: str, snap: Snapshot) -> None:
+    """Drop the record, and the lab's own name for the namespace if it gave it one."""
+    if snap.alias:
+        netns.delete(snap.netns)  # unmount the name only: the plugin's process holds the ns
     try:
-        os.unlink(_file(lab, ns))
+        os.unlink(_file(lab, snap.netns))
     except FileNotFoundError:
         pass

@@ -27,6 +27,7 @@ one (``Lab.locked``), so no change is lost and IPAM never hands out an address t
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import ipaddress
 import os
 import re
@@ -896,9 +897,11 @@ class Lab:
         with self.locked():
             return self._add_host(name, default_bridge, firewall, bip, underlay, underlay_ip)
 
-    def adopt_host(self, name: str, ns: str) -> HostHandle:
+    def adopt_host(self, name: str, ns: str | None = None, *,
+                   pid: int | None = None) -> HostHandle:
         """A Docker host in a namespace someone else made (a third-party plugin's), wired to
-        the upstream as ``add_host`` wires its own.
+        the upstream as ``add_host`` wires its own: the namespace named ``ns``, or, with
+        ``pid``, that process's (named ``cnm-LAB.NAME`` for the lab's lifetime if unnamed).
 
         The lab never deletes that namespace nor stops its processes: its state is recorded
         first (``cnmlab.adopted``) and teardown puts it back as it was (the uplink, docker0,
@@ -906,11 +909,19 @@ class Lab:
         """
         check_name("host", name)
         with self.locked():
-            if ns in self.state.namespaces or any(
+            alias = ns is None
+            if ns is None:
+                if pid is None:
+                    raise InvalidInput(f"host {name}: adopt a namespace by name or by pid")
+                ns = self.ns_name(name)
+                self._check_free(name)
+                adopted.record(self.name, adopted.Snapshot(ns, alias=True, taken=False))
+                netns.attach(ns, pid)
+            elif ns in self.state.namespaces or any(
                     h.netns == ns for h in self.state.hosts.values()):
                 raise InvalidInput(f"namespace {ns} already belongs to lab {self.name}")
             adopted.check_usable(ns)
-            adopted.record(self.name, adopted.take(ns))
+            adopted.record(self.name, dataclasses.replace(adopted.take(ns), alias=alias))
             return self._add_host(name, True, "iptables", None, None, None, adopt=ns)
 
     def _add_host(self, name: str, default_bridge: bool, firewall: str, bip: str | None,
@@ -1144,7 +1155,7 @@ def teardown(name: str, lab_state: LabState | None) -> list[str]:
             if lab_state is not None:
                 _unpublish_borrowed(lab_state, snap.netns)
             adopted.restore(snap)
-            adopted.forget(name, snap.netns)
+            adopted.forget(name, snap)
         neigh.release(f"lab:{name}")
         state.remove(name)
     return removed

@@ -232,6 +232,60 @@ def test_a_running_plugin_that_hangs_mid_build_fails_in_one_line_and_leaves_noth
     assert not netns.exists(plugin.netns)
 
 
+HERE = """
+import runpy
+import subprocess
+
+MyDriver = runpy.run_path({path!r})["MyDriver"]
+
+
+class Here(MyDriver):
+    \"\"\"Lab 10's step-2 driver building in the namespace its process runs in.\"\"\"
+
+    def __init__(self) -> None:
+        super().__init__("")
+
+    def ip(self, *args: str, check: bool = True) -> str:
+        proc = subprocess.run(["ip", *args], capture_output=True, text=True)
+        if check and proc.returncode != 0:
+            raise RuntimeError(f"ip {{' '.join(args)}}: {{proc.stderr.strip()}}")
+        return proc.stdout
+"""
+
+
+def test_a_plugin_in_an_unnamed_namespace_is_named_for_the_run_only(tmp_path):
+    """``unshare -n``: no name under /run/netns. The lab names it for the run, and afterwards
+    the name is gone, the namespace is as before and its plugin still serves."""
+    (tmp_path / "here.py").write_text(HERE.format(path=str(NO_GATEWAY)))
+    name = f"un{_uid()}"
+    sock = discovery.socket_path(name)
+    proc = subprocess.Popen(["unshare", "-n", sys.executable, "-m", "cnmlab.cli", "plugin",
+                             "serve", f"{tmp_path}/here.py:Here", "--name", name],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not os.path.exists(sock):
+            assert proc.poll() is None, proc.stderr.read()
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        ns_path = f"/proc/{proc.pid}/ns/net"
+        assert netns.name_of_pid(proc.pid) is None and not netns.is_root_of(proc.pid)
+        before = _ns_state(ns_path)
+        what, results, _t = conform_plugin("bridge", name)
+        assert what.startswith(f"plugin {name} ({sock}) in the unnamed namespace of pid "
+                               f"{proc.pid}"), what
+        failed = {r.check for r in results if not r.ok}
+        assert "egress-nat-seen c1 -> upstream (host)" in failed
+        assert _ns_state(ns_path) == before
+        assert netns.name_of_pid(proc.pid) is None
+        _nothing_left(os.getpid())
+        client.PluginClient(name, sock, timeout=5).call("Plugin.Activate")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    assert not os.path.exists(sock)
+
+
 # ---- refusals, one line each --------------------------------------------------------------
 
 def test_a_plugin_in_the_root_namespace_is_refused_in_one_line(tmp_path):

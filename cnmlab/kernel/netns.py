@@ -103,6 +103,22 @@ def create(name: str) -> None:
         os.close(home)
 
 
+def attach(name: str, pid: int) -> None:
+    """Name process ``pid``'s network namespace, like ``ip netns attach NAME PID``; ``delete``
+    takes the name away again and the namespace lives on as long as the process does."""
+    _prepare_run_dir()
+    path = path_of(name)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_EXCL, 0o444)
+    except FileExistsError:
+        raise ObjectExists(f"network namespace {name} already exists (run 'cnmlab clean')") from None
+    os.close(fd)
+    if _mount(f"/proc/{pid}/ns/net", path, MS_BIND) != 0:
+        err = ctypes.get_errno()
+        os.unlink(path)
+        raise KernelError(f"name the namespace of process {pid} {name}: {os.strerror(err)}")
+
+
 def delete(name: str) -> bool:
     """Unmount and unlink a named namespace; the kernel frees it once nothing holds it."""
     path = path_of(name)
