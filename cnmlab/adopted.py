@@ -25,10 +25,10 @@ import os
 from dataclasses import asdict, dataclass, field
 
 from cnmlab import state
-from cnmlab.errors import CnmError, InvalidInput, KernelError
+from cnmlab.errors import CnmError, InvalidInput, KernelError, ObjectExists
 from cnmlab.firewall import reconcile
 from cnmlab.firewall.iptables import namespace_lock
-from cnmlab.kernel import netns, nsexec, sysctl
+from cnmlab.kernel import netns, nsexec, rundir, sysctl
 from cnmlab.kernel.netlink import Netlink
 
 SYSCTLS = ("net.ipv4.ip_forward",)  # what the engine writes in a host namespace
@@ -62,6 +62,56 @@ def check_usable(ns: str) -> None:
             raise InvalidInput(f"namespace {ns} already has a default route: cnmlab routes "
                                f"its host to the lab's upstream; start the plugin in an empty "
                                f"namespace ('cnmlab plugin host LAB -- COMMAND...')")
+
+
+def _claim_file(ns: str) -> str:
+    """One claim per namespace (by its inode, whatever it is named), for every lab."""
+    st = os.stat(netns.path_of(ns))
+    return os.path.join(rundir.state_dir(), f"_adopted-{st.st_dev}-{st.st_ino}")
+
+
+def claim(lab: str, ns: str) -> None:
+    """Borrow ``ns`` for ``lab`` alone: two labs restoring one namespace from two snapshots
+    would undo each other's work. A claim whose lab is gone is stale and taken over."""
+    path = _claim_file(ns)
+    for _attempt in (1, 2):
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            try:
+                with open(path) as f:
+                    holder = f.read().strip()
+            except FileNotFoundError:
+                continue
+            if holder == lab:
+                return
+            if holder and state.exists(holder):
+                raise ObjectExists(f"namespace {ns} is already borrowed by lab {holder} "
+                                   f"('cnmlab down {holder}' gives it back)")
+            os.unlink(path)
+            continue
+        with os.fdopen(fd, "w") as f:
+            f.write(lab)
+        return
+    raise ObjectExists(f"namespace {ns} is being borrowed by another lab right now")
+
+
+def _release(lab: str, ns: str) -> None:
+    """Give up the lab's claim on ``ns``; on every namespace, when ``ns`` is gone (its inode,
+    the claim's key, is unknown then, and the lab is going away)."""
+    if netns.exists(ns):
+        paths = [_claim_file(ns)]
+    else:
+        folder = rundir.state_dir()
+        paths = [os.path.join(folder, f) for f in os.listdir(folder)
+                 if f.startswith("_adopted-")]
+    for path in paths:
+        try:
+            with open(path) as f:
+                if f.read().strip() == lab:
+                    os.unlink(path)
+        except OSError:
+            pass
 
 
 def take(ns: str) -> Snapshot:
@@ -183,6 +233,7 @@ def restore(snap: Snapshot) -> list[str]:
 
 def forget(lab: str, snap: Snapshot) -> None:
     """Drop the record, and the lab's own name for the namespace if it gave it one."""
+    _release(lab, snap.netns)
     if snap.alias:
         netns.delete(snap.netns)  # unmount the name only: the plugin's process holds the ns
     try:

@@ -920,6 +920,9 @@ class Lab:
             elif ns in self.state.namespaces or any(
                     h.netns == ns for h in self.state.hosts.values()):
                 raise InvalidInput(f"namespace {ns} already belongs to lab {self.name}")
+            if not alias:  # a name the lab gave is recorded already
+                adopted.record(self.name, adopted.Snapshot(ns, taken=False))
+            adopted.claim(self.name, ns)
             adopted.check_usable(ns)
             adopted.record(self.name, dataclasses.replace(adopted.take(ns), alias=alias))
             return self._add_host(name, True, "iptables", None, None, None, adopt=ns)

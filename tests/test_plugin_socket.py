@@ -431,6 +431,36 @@ def test_a_namespace_with_its_own_uplink_is_refused_and_left_alone(lab_name):
         owner.down()
 
 
+def test_one_namespace_is_borrowed_by_one_lab_at_a_time():
+    """Two labs restoring one namespace from two snapshots would undo each other's work."""
+    owner = Lab(f"own{_uid()}", upstream=False)
+    first = second = None
+    try:
+        ns = owner.add_host("host", default_bridge=False, firewall="manual").netns
+        before = _ns_state(ns)
+        first = Lab(f"one{_uid()}")
+        first.adopt_host("host", ns)
+        during = _ns_state(ns)
+        second = Lab(f"two{_uid()}")
+        with pytest.raises(CnmError, match=f"namespace {ns} is already borrowed by lab "
+                                           f"{first.name}"):
+            second.adopt_host("host", ns)
+        second.down()
+        second = None
+        assert _ns_state(ns) == during  # the refused lab's teardown undid nothing of first's
+        first.down()
+        first = None
+        assert _ns_state(ns) == before
+        second = Lab(f"two{_uid()}")  # given back: borrowable again
+        second.adopt_host("host", ns)
+    finally:
+        for lab in (second, first):
+            if lab is not None:
+                lab.down()
+        assert _ns_state(ns) == before
+        owner.down()
+
+
 def test_plugin_host_runs_a_command_in_an_empty_lab_host_and_removes_the_lab():
     name = f"ph{_uid()}"
     cp = subprocess.run([sys.executable, "-m", "cnmlab.cli", "plugin", "host", name, "--",
