@@ -15,6 +15,10 @@ engine writes get their old values. Teardown (``cnmlab down``, ``cnmlab clean``,
 build's rollback) restores every recorded namespace and never deletes one, nor stops its
 processes: the plugin keeps running.
 
+One lab borrows a namespace at a time (``claim``: two labs restoring from two snapshots would
+undo each other's work). A namespace without a name (a plugin started with ``unshare -n``) is
+named by the lab for the run (``netns.attach``) and the name, only the name, goes after.
+
 cnmlab simplifies here: the namespace is expected to be quiet while borrowed (only the plugin
 and the lab write to it); a rule someone else adds meanwhile is removed by the restore.
 """
