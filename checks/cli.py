@@ -5,7 +5,7 @@
   ``NAME=PATH``) against the instructor's assignment (``checks/grading.py``: each learner in
   a worker process with a wall-clock budget, each check with a deadline), prints a per-learner
   table with points and exits 0 only if every learner passed every required check.
-* ``cnmlab conform --target engine|docker|docker:SOCKET|plugin:SPEC|docker-plugin:SPEC``
+* ``cnmlab conform --target engine|docker|docker:SOCKET|plugin:SPEC|plugin:SOCKET|docker-plugin:SPEC``
   ``[--profile bridge] [--json OUT]``
   builds the profile's topology with cnmlab's engine (in a fresh lab) or with real Docker
   (dockerd 20.10 started inside the manual host namespace of a fresh lab, whose upstream plays
@@ -59,7 +59,8 @@ def register(subparsers: Any) -> None:
                                description="Build a profile's topology with cnmlab's engine or "
                                            "real Docker and run its checks.")
     sp.add_argument("--target", required=True,
-                    metavar="engine|docker|docker:SOCKET|plugin:SPEC|docker-plugin:SPEC|swarm",
+                    metavar="engine|docker|docker:SOCKET|plugin:SPEC|plugin:SOCKET|"
+                            "docker-plugin:SPEC|swarm",
                     help="SPEC: one of cnmlab's drivers (bridge) or FILE.py:CLASS, served for "
                          "the run; plugin: the engine drives it, docker-plugin: real Docker "
                          "drives it. plugin:SOCKET (a socket path or a plugin name discovery "
