@@ -190,4 +190,4 @@ def cmd_host(args: argparse.Namespace) -> int:
         rc = proc.wait()
     finally:
         lab.down()
-    return rc
+    return rc if rc >= 0 else 128 - rc  # killed by a signal: the shell's convention
