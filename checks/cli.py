@@ -5,7 +5,7 @@
   ``NAME=PATH``) against the instructor's assignment (``checks/grading.py``: each learner in
   a worker process with a wall-clock budget, each check with a deadline), prints a per-learner
   table with points and exits 0 only if every learner passed every required check.
-* ``cnmlab conform --target engine|docker|docker:SOCKET|plugin:SPEC|docker-plugin:SPEC``
+* ``cnmlab conform --target engine|docker|docker:SOCKET|plugin:SPEC|plugin:SOCKET|docker-plugin:SPEC``
   ``[--profile bridge] [--json OUT]``
   builds the profile's topology with cnmlab's engine (in a fresh lab) or with real Docker
   (dockerd 20.10 started inside the manual host namespace of a fresh lab, whose upstream plays
@@ -16,7 +16,10 @@
   underlay, builds the profile there and tears it down.
   ``plugin:SPEC`` makes the profile's networks with a driver served as a plugin (SPEC: one of
   cnmlab's drivers, or ``FILE.py:CLASS`` written with the SDK) driven by cnmlab's engine;
-  ``docker-plugin:SPEC`` has real Docker drive it.
+  ``docker-plugin:SPEC`` has real Docker drive it. ``plugin:SOCKET`` (a socket path, or a
+  plugin name Docker's discovery finds) drives a plugin someone else already runs, in its own
+  network namespace, which the run adopts as the lab's host and gives back as found
+  (``checks/plugin_target.py``); one in the root namespace is refused.
 
 Errors are one line (``cnmlab: ...``), as everywhere in the CLI.
 """
@@ -56,9 +59,15 @@ def register(subparsers: Any) -> None:
                                description="Build a profile's topology with cnmlab's engine or "
                                            "real Docker and run its checks.")
     sp.add_argument("--target", required=True,
-                    metavar="engine|docker|docker:SOCKET|plugin:SPEC|docker-plugin:SPEC|swarm",
-                    help="SPEC: one of cnmlab's drivers (bridge) or FILE.py:CLASS; plugin: "
-                         "the engine drives it, docker-plugin: real Docker drives it")
+                    metavar="engine|docker|docker:SOCKET|plugin:SPEC|plugin:SOCKET|"
+                            "docker-plugin:SPEC|swarm",
+                    help="SPEC: one of cnmlab's drivers (bridge) or FILE.py:CLASS, served for "
+                         "the run; plugin: the engine drives it, docker-plugin: real Docker "
+                         "drives it. plugin:SOCKET (a socket path or a plugin name discovery "
+                         "finds): a plugin already running in a network namespace of its own "
+                         "(not the root one: start it with 'cnmlab plugin host LAB -- "
+                         "COMMAND...'), which becomes the lab's host for the run and is left "
+                         "as it was found")
     sp.add_argument("--profile", default="bridge", metavar="NAME")
     sp.add_argument("--json", metavar="OUT", help="write the results as a grade sheet")
     sp.add_argument("--junit", metavar="OUT", help="write JUnit XML (one testcase per check)")
@@ -328,8 +337,8 @@ def cmd_conform(args: argparse.Namespace) -> int:
         name, results, timings = conform_docker(profile, plugin=arg)
     else:
         raise InvalidInput(f"--target {args.target!r}: use engine, docker, docker:SOCKET, "
-                           f"plugin:DRIVER|FILE.py:CLASS, docker-plugin:DRIVER|FILE.py:CLASS "
-                           f"or swarm")
+                           f"plugin:DRIVER|FILE.py:CLASS|SOCKET, "
+                           f"docker-plugin:DRIVER|FILE.py:CLASS or swarm")
     color = sys.stdout.isatty() and not args.no_color
     print(report.render_results(results, color=color, verbose=True,
                                 title=f"profile {profile.name} against {name}:"))

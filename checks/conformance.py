@@ -395,12 +395,14 @@ def _network_kwargs(profile: Profile, name: str, host: str) -> dict[str, Any]:
 
 
 def build_engine(lab: Any, profile: Profile | str = "bridge", host: str = "host",
-                 driver: str | None = None, before: Any = None) -> Target:
+                 driver: str | None = None, before: Any = None,
+                 existing_hosts: bool = False) -> Target:
     """Build the profile's topology in ``lab`` (a ``cnmlab.lab.Lab``) with cnmlab's engine.
 
     ``driver`` makes the profile's networks with another driver (a plugin's name) instead of
     the ones the profile names; ``before(host)`` runs once each host exists (to start that
-    plugin inside it).
+    plugin inside it). ``existing_hosts`` builds on the hosts the lab has already (one that
+    adopted a running plugin's namespace) instead of adding the profile's.
     """
     from cnmlab.checks.targets import EngineTarget
 
@@ -409,7 +411,8 @@ def build_engine(lab: Any, profile: Profile | str = "bridge", host: str = "host"
     if any(drivers.capability(str(s.get("driver", "bridge"))).global_scope
            for s in profile.networks.values()):
         return _build_engine_multihost(lab, profile)
-    hosts = {h.name: h for h in build_hosts(lab, profile, host)}
+    hosts = {h.name: h for h in (lab.hosts() if existing_hosts
+                                 else build_hosts(lab, profile, host))}
     if before is not None:
         for h in hosts.values():
             before(h)

@@ -2,7 +2,10 @@
 
 It works from the state files alone (namespaces are recorded before they are created), so it
 also cleans up after a ``kill -9``. Everything a lab made lives inside its namespaces, so
-deleting them (after stopping their processes) removes links, routes and rules with them.
+deleting them (after stopping their processes) removes links, routes and rules with them. The
+one exception, a namespace a lab borrowed (``conform --target plugin:SOCKET`` adopts a running
+plugin's), is never deleted: it is put back as it was recorded before the lab touched it
+(``cnmlab.adopted``).
 (The Docker daemons ``cnmlab conform`` starts belong to the checks; the ``clean`` command
 sweeps them too, from the CLI, which sits above both.)
 """

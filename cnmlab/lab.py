@@ -27,6 +27,7 @@ one (``Lab.locked``), so no change is lost and IPAM never hands out an address t
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import ipaddress
 import os
 import re
@@ -35,7 +36,7 @@ import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from cnmlab import controlplane, dns, drivers, ingress, peers, proxy, state
+from cnmlab import adopted, controlplane, dns, drivers, ingress, peers, proxy, state
 from cnmlab.cluster import Cluster
 from cnmlab.constants import (DEFAULT_BRIDGE_OPTIONS, NS_PREFIX, NS_SEP, OPT_BRIDGE_NAME,
                               OPT_ICC, OPT_MASQUERADE, OPT_MTU, UNDERLAY_BRIDGE,
@@ -910,15 +911,46 @@ class Lab:
         with self.locked():
             return self._add_host(name, default_bridge, firewall, bip, underlay, underlay_ip)
 
+    def adopt_host(self, name: str, ns: str | None = None, *,
+                   pid: int | None = None) -> HostHandle:
+        """A Docker host in a namespace someone else made (a third-party plugin's), wired to
+        the upstream as ``add_host`` wires its own: the namespace named ``ns``, or, with
+        ``pid``, that process's (named ``cnm-LAB.NAME`` for the lab's lifetime if unnamed).
+
+        The lab never deletes that namespace nor stops its processes: its state is recorded
+        first (``cnmlab.adopted``) and teardown puts it back as it was (the uplink, docker0,
+        the firewall rules and ``ip_forward`` go; the plugin and its namespace stay).
+        """
+        check_name("host", name)
+        with self.locked():
+            alias = ns is None
+            if ns is None:
+                if pid is None:
+                    raise InvalidInput(f"host {name}: adopt a namespace by name or by pid")
+                ns = self.ns_name(name)
+                self._check_free(name)
+                adopted.record(self.name, adopted.Snapshot(ns, alias=True, taken=False))
+                netns.attach(ns, pid)
+            elif ns in self.state.namespaces or any(
+                    h.netns == ns for h in self.state.hosts.values()):
+                raise InvalidInput(f"namespace {ns} already belongs to lab {self.name}")
+            if not alias:  # a name the lab gave is recorded already
+                adopted.record(self.name, adopted.Snapshot(ns, taken=False))
+            adopted.claim(self.name, ns)
+            adopted.check_usable(ns)
+            adopted.record(self.name, dataclasses.replace(adopted.take(ns), alias=alias))
+            return self._add_host(name, True, "iptables", None, None, None, adopt=ns)
+
     def _add_host(self, name: str, default_bridge: bool, firewall: str, bip: str | None,
-                  underlay: str | None, underlay_ip: str | None) -> HostHandle:
+                  underlay: str | None, underlay_ip: str | None,
+                  adopt: str | None = None) -> HostHandle:
         self._check_free(name)
         if firewall not in ("iptables", "manual"):
             raise InvalidInput(f"host {name}: firewall must be 'iptables' or 'manual'")
         lan = self.underlay(underlay).model if underlay is not None else None
         if underlay_ip is not None and lan is None:
             raise InvalidInput(f"host {name}: underlay_ip needs underlay")
-        ns = self.ns_name(name)
+        ns = adopt or self.ns_name(name)
         index = len(self.state.hosts)
         public_ip = None
         if lan is not None:
@@ -929,7 +961,8 @@ class Lab:
         host = Host(name=name, netns=ns, public_ip=public_ip, firewall=firewall,
                     default_bridge=default_bridge, underlay=lan.name if lan else None,
                     underlay_ip=public_ip if lan else None)
-        self._make_ns(ns)
+        if adopt is None:
+            self._make_ns(ns)
         sysctl.write_many({"net.ipv4.ip_forward": 1}, ns)
         if lan is not None:
             self._plug_into_underlay(host, lan)
@@ -1135,9 +1168,25 @@ def teardown(name: str, lab_state: LabState | None) -> list[str]:
                 removed.append(ns)
             remove_etc(ns)
             proxy.forget(ns)
+        for snap in adopted.recorded(name):  # borrowed: put back as found, never deleted
+            if lab_state is not None:
+                _unpublish_borrowed(lab_state, snap.netns)
+            adopted.restore(snap)
+            adopted.forget(name, snap)
         neigh.release(f"lab:{name}")
         state.remove(name)
     return removed
+
+
+def _unpublish_borrowed(lab_state: LabState, ns: str) -> None:
+    """The ports the lab's hosts published through the port proxy of a namespace it borrowed
+    (the proxy is the namespace's, shared with whoever else publishes there: only ours go)."""
+    ours = {key for h in lab_state.hosts.values() if h.netns == ns for key in h.proxies}
+    if not ours:
+        return
+    for m in proxy.published(ns):
+        if f"{m.get('proto')}/{m.get('host_port')}" in ours:
+            proxy.unpublish(ns, str(m["proto"]), str(m["host_ip"]), int(m["host_port"]))
 
 
 def running() -> list[str]:

@@ -112,8 +112,8 @@ def test_conform_cli_engine(tmp_path):
     cp = subprocess.run([sys.executable, "-m", "cnmlab.cli", "conform", "--target", "cni"],
                         capture_output=True, text=True, timeout=60)
     assert cp.returncode == 1 and cp.stderr.strip().splitlines() == [
-        "cnmlab: --target 'cni': use engine, docker, docker:SOCKET, plugin:DRIVER|FILE.py:CLASS, "
-        "docker-plugin:DRIVER|FILE.py:CLASS or swarm"]
+        "cnmlab: --target 'cni': use engine, docker, docker:SOCKET, "
+        "plugin:DRIVER|FILE.py:CLASS|SOCKET, docker-plugin:DRIVER|FILE.py:CLASS or swarm"]
 
 
 # ---- real Docker ---------------------------------------------------------------------------

@@ -103,6 +103,22 @@ def create(name: str) -> None:
         os.close(home)
 
 
+def attach(name: str, pid: int) -> None:
+    """Name process ``pid``'s network namespace, like ``ip netns attach NAME PID``; ``delete``
+    takes the name away again and the namespace lives on as long as the process does."""
+    _prepare_run_dir()
+    path = path_of(name)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_EXCL, 0o444)
+    except FileExistsError:
+        raise ObjectExists(f"network namespace {name} already exists (run 'cnmlab clean')") from None
+    os.close(fd)
+    if _mount(f"/proc/{pid}/ns/net", path, MS_BIND) != 0:
+        err = ctypes.get_errno()
+        os.unlink(path)
+        raise KernelError(f"name the namespace of process {pid} {name}: {os.strerror(err)}")
+
+
 def delete(name: str) -> bool:
     """Unmount and unlink a named namespace; the kernel frees it once nothing holds it."""
     path = path_of(name)
@@ -133,6 +149,46 @@ def is_network_namespace(fd: int) -> bool:
 
 def inode(name: str) -> int:
     return os.stat(path_of(name)).st_ino
+
+
+def _ident(path: str) -> tuple[int, int]:
+    st = os.stat(path)
+    return st.st_dev, st.st_ino
+
+
+def of_pid(pid: int) -> tuple[int, int]:
+    """The identity (device, inode) of process ``pid``'s network namespace."""
+    try:
+        return _ident(f"/proc/{pid}/ns/net")
+    except FileNotFoundError:
+        raise ObjectNotFound(f"process {pid} is gone") from None
+
+
+def is_root_of(pid: int) -> bool:
+    """Whether ``pid`` lives in the machine's root network namespace, where cnmlab never
+    builds: init's, or, where init's cannot be read (a container's PID 1 under another user
+    namespace), the one this process runs in (cnmlab's commands run in the root namespace)."""
+    ident = of_pid(pid)
+    roots = [f"/proc/{os.getpid()}/ns/net", "/proc/1/ns/net"]
+    for path in roots:
+        try:
+            if _ident(path) == ident:
+                return True
+        except OSError:
+            continue
+    return False
+
+
+def name_of_pid(pid: int) -> str | None:
+    """The name under /run/netns of ``pid``'s network namespace, if it has one."""
+    ident = of_pid(pid)
+    for name in list_names():
+        try:
+            if _ident(path_of(name)) == ident:
+                return name
+        except OSError:
+            continue
+    return None
 
 
 @contextlib.contextmanager

@@ -10,6 +10,11 @@
   NAME`` ends it (``cnmlab.plugin.process``).
 * ``cnmlab plugin log NAME [--follow]`` prints every call and its JSON, in order.
 * ``cnmlab plugin ls`` lists the plugins that discovery finds.
+* ``cnmlab plugin host LAB -- COMMAND...`` makes lab LAB with one empty host namespace (no
+  upstream, no docker0, no firewall rules) and runs COMMAND there: how a plugin that builds
+  in its own network namespace (a third party's, or ``cnmlab plugin serve``) is started for
+  ``cnmlab conform --target plugin:SOCKET``, which refuses one in the root namespace. The lab
+  goes when COMMAND ends (or on Ctrl-C / SIGTERM, which COMMAND gets first).
 """
 from __future__ import annotations
 
@@ -17,10 +22,12 @@ import argparse
 import importlib.util
 import os
 import signal
+import subprocess
 import time
 from typing import Any
 
 from cnmlab.errors import InvalidInput, NotRootError, ObjectExists, ObjectNotFound
+from cnmlab.kernel.nsexec import shell_argv
 from cnmlab.plugin import calllog, discovery, process
 from cnmlab.plugin.adapter import builtin_plugin
 from cnmlab.plugin.sdk import Plugin, PluginServer
@@ -48,6 +55,16 @@ def register(subparsers: Any) -> None:
     s.add_argument("name")
     s.add_argument("-f", "--follow", action="store_true")
     s.set_defaults(func=cmd_log)
+    s = sub.add_parser("host", help="run a command (a plugin) in a new lab's empty host "
+                                    "namespace: host LAB -- COMMAND...",
+                       description="Make lab LAB with one empty host namespace (LAB/host: no "
+                                   "upstream, no docker0, no rules) and run COMMAND in it; the "
+                                   "lab is torn down when COMMAND ends. A plugin started this "
+                                   "way builds in LAB/host, and 'cnmlab conform --target "
+                                   "plugin:SOCKET' adopts that namespace as its Docker host.")
+    s.add_argument("lab", metavar="LAB")
+    s.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- COMMAND...")
+    s.set_defaults(func=cmd_host)
     s = sub.add_parser("ls", help="list the plugins discovery finds")
     s.set_defaults(func=lambda a: print("\n".join(discovery.installed()) or "no plugins") or 0)
 
@@ -145,3 +162,32 @@ def cmd_log(args: argparse.Namespace) -> int:
         time.sleep(0.2)
 
 
+
+
+def cmd_host(args: argparse.Namespace) -> int:
+    """A lab whose one host namespace is empty, and COMMAND running in it until it ends."""
+    if os.geteuid() != 0:
+        raise NotRootError("cnmlab needs root to create namespaces: run it with sudo")
+    from cnmlab.lab import Lab  # the engine, only for the command that needs it
+
+    argv = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
+    if not argv:
+        raise InvalidInput("plugin host needs a command: cnmlab plugin host LAB -- COMMAND...")
+    lab = Lab(args.lab, upstream=False)
+    try:
+        host = lab.add_host("host", default_bridge=False, firewall="manual")
+        print(f"cnmlab: lab {lab.name}: running {' '.join(argv)} in host namespace "
+              f"{host.netns} ('--netns {lab.name}/host' for 'cnmlab plugin serve'); the lab is "
+              f"torn down when it ends", flush=True)
+        proc = subprocess.Popen(shell_argv(host.netns, argv))
+
+        def forward(signum: int, frame: Any) -> None:
+            if proc.poll() is None:
+                proc.send_signal(signum)
+
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, forward)
+        rc = proc.wait()
+    finally:
+        lab.down()
+    return rc if rc >= 0 else 128 - rc  # killed by a signal: the shell's convention

@@ -13,8 +13,11 @@ import json
 import os
 import re
 import socket
+import stat
+import struct
 
 from cnmlab.errors import InvalidInput
+from cnmlab.plugin.client import PluginError
 
 CNMLAB_PLUGINS = "/run/cnmlab/plugins"
 SOCKET_DIRS = (CNMLAB_PLUGINS, "/run/docker/plugins")
@@ -61,6 +64,38 @@ def find(name: str) -> str | None:
             except (ValueError, AttributeError):
                 raise InvalidInput(f"{js}: not a plugin spec ({{\"Name\": ..., \"Addr\": ...}})") from None
     return None
+
+
+def serving_pid(path: str, timeout: float = 5.0) -> int:
+    """The PID of the process listening on the unix socket ``path`` (SO_PEERCRED of a
+    connection: the credentials the listener had when it called listen()).
+
+    One-line errors for a socket that is missing, not a socket, or that nobody listens on.
+    """
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise PluginError(f"plugin socket {path} does not exist (is the plugin running? "
+                          f"'cnmlab plugin ls' lists the plugins discovery finds)") from None
+    if not stat.S_ISSOCK(mode):
+        raise PluginError(f"{path} is not a unix socket: give a plugin's socket or its name")
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(timeout)
+    try:
+        s.connect(path)
+        raw = s.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    except (ConnectionRefusedError, FileNotFoundError):
+        raise PluginError(f"nothing listens on {path} (is the plugin running?)") from None
+    except (TimeoutError, socket.timeout):
+        raise PluginError(f"{path}: no connection within {timeout:g} s (the plugin is "
+                          f"stuck)") from None
+    finally:
+        s.close()
+    pid = struct.unpack("3i", raw)[0]
+    if pid <= 0:
+        raise PluginError(f"{path}: the process listening there is not visible from here "
+                          f"(another PID namespace)")
+    return pid
 
 
 def installed() -> list[str]:
