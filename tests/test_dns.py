@@ -389,7 +389,8 @@ def test_a_batch_announces_its_sandboxes_and_a_reused_name_gets_its_own_sockets(
         with lab.batch():
             h.run("a0", network="app")
             pid = lab.state.extra.get("dns_pid")
-            assert pid and dns._is_resolver(pid, lab.name)  # started inside the batch
+            start = lab.state.extra.get("dns_pid_start")
+            assert pid and dns._is_resolver(pid, lab.name, start)  # started inside the batch
             deadline = time.monotonic() + 60  # announcements before it listens wait in a backlog
             while not os.path.exists(dns.ahead_path(lab.name)):
                 assert time.monotonic() < deadline, "the resolver never listened"
