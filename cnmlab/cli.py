@@ -90,7 +90,7 @@ def _exec_in(target: str, argv: list[str]) -> int:
 
 
 def cmd_exec(args: argparse.Namespace) -> int:
-    argv = [a for a in args.argv if a != "--"] if args.argv[:1] == ["--"] else args.argv
+    argv = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
     if not argv:
         raise InvalidInput("exec needs a command: cnmlab exec SANDBOX -- CMD ...")
     return _exec_in(args.target, argv)

@@ -68,6 +68,9 @@ def test_up_inspect_exec_down(tmp_path, lab_name):
         assert r.returncode == 0, r.stdout + r.stderr
         r = cnmlab("exec", f"{lab_name}/db", "--", "ip", "-o", "-4", "addr", "show", "eth0")
         assert "10.77.2.50/24" in r.stdout
+        # only the first "--" separates: the command's own "--" reaches it
+        r = cnmlab("exec", f"{lab_name}/db", "--", "sh", "-c", 'echo "$@"', "sh", "--", "x")
+        assert r.returncode == 0 and r.stdout.strip() == "-- x", r.stdout
         text = cnmlab("inspect", lab_name).stdout
         assert "sandbox web" in text and "10.77.1.2/24" in text
     finally:
