@@ -20,7 +20,8 @@ from cnmlab.plugin import discovery
 
 
 def clean(only: list[str] | None = None) -> list[str]:
-    """Tear down every recorded lab (or only the named ones); return the namespaces removed."""
+    """Tear down every recorded lab (or only the named ones); return the namespaces removed
+    (``clean_plugin_sockets`` sweeps the dead plugins' sockets, the CLI reports both)."""
     removed: list[str] = []
     for name in state.names():
         if only and name not in only:
@@ -30,11 +31,14 @@ def clean(only: list[str] | None = None) -> list[str]:
         except InvalidInput:  # damaged, or a model from another version: the log is enough
             lab_state = LabState(name=name, namespaces=state.recorded_namespaces(name))
         removed += teardown(name, lab_state)
-    # sockets of plugins killed before they removed them (a plugin served in a lab's host
-    # dies with its namespaces): nothing listens on them, so they are nobody's, whichever lab
-    removed += discovery.clean_stale()
     if only:
         return removed
     if not state.names():
         neigh.release_all()
     return removed
+
+
+def clean_plugin_sockets() -> list[str]:
+    """Sockets of plugins killed before they removed them (a plugin served in a lab's host
+    dies with its namespaces): nothing listens on them, so they are nobody's, whichever lab."""
+    return discovery.clean_stale()

@@ -125,7 +125,7 @@ def _history_file(lab_name: str, member: str) -> str | None:
 
 def cmd_clean(args: argparse.Namespace) -> int:
     from cnmlab.checks import dockerd
-    from cnmlab.clean import clean
+    from cnmlab.clean import clean, clean_plugin_sockets
     from cnmlab.workshop import labdocker
 
     _need_root()
@@ -133,9 +133,11 @@ def cmd_clean(args: argparse.Namespace) -> int:
         if not args.lab or name in args.lab:
             labdocker.stop(name)
     removed = clean(args.lab or None)
-    if not args.lab:
-        removed += dockerd.clean_all()  # the real Docker daemons 'cnmlab conform' left behind
+    sockets = clean_plugin_sockets()
+    daemons = [] if args.lab else dockerd.clean_all()  # the daemons 'conform' left behind
     print(f"removed {len(removed)} namespace(s)" + (f": {' '.join(removed)}" if removed else ""))
+    if sockets or daemons:  # each names itself ("plugin socket PATH", "dockerd NS")
+        print("also removed: " + ", ".join(sockets + daemons))
     return 0
 
 
