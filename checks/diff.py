@@ -141,7 +141,7 @@ def _engine_apply(lab: Lab, step: Step) -> None:
     a = step.args
     if step.op == "run":
         host.run(a["name"], a.get("network", "bridge"), publish=a.get("publish", ()),
-                 ip=a.get("ip"))
+                 ip=a.get("ip"), aliases=a.get("aliases", ()))
     elif step.op == "rm":
         host.rm(a["name"])
     elif step.op == "network_create":
@@ -190,6 +190,8 @@ def _docker_apply(daemon: DockerDaemon, step: Step) -> None:
             args += ["--network", a["network"]]
         if a.get("ip"):
             args += ["--ip", a["ip"]]
+        for alias in a.get("aliases", []):
+            args += ["--network-alias", alias]
         for p in a.get("publish", []):
             parse_port(p)  # the same validation as the engine's
             args += ["-p", p]
