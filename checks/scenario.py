@@ -10,8 +10,9 @@ with one key::
       - run: {name: w1, network: app, publish: ["8080:80"]}
       - connect: {network: priv, container: w1}
 
-Steps: ``run`` (name, network, publish, ip), ``rm`` (name), ``network_create`` (name, driver,
-subnet, gateway, ip_range, internal, options), ``network_rm`` (name), ``connect``/``disconnect`` (network, container).
+Steps: ``run`` (name, network, publish, ip, aliases), ``rm`` (name), ``network_create`` (name,
+driver, subnet, gateway, ip_range, internal, options), ``network_rm`` (name),
+``connect``/``disconnect`` (network, container).
 Every field is checked here, so a typo is a one-line ``FILE:LINE`` error before anything runs.
 """
 from __future__ import annotations
@@ -26,7 +27,7 @@ from cnmlab.errors import InvalidInput
 from cnmlab.yamlsrc import Source
 
 FIELDS: dict[str, dict[str, type | tuple[type, ...]]] = {
-    "run": {"name": str, "network": str, "publish": list, "ip": str},
+    "run": {"name": str, "network": str, "publish": list, "ip": str, "aliases": list},
     "rm": {"name": str},
     "network_create": {"name": str, "driver": str, "subnet": str, "gateway": str,
                        "ip_range": str, "internal": bool, "options": dict},
@@ -50,6 +51,7 @@ class Step:
         if self.op == "run":
             flags = [f"--network {a['network']}"] if a.get("network") else []
             flags += [f"--ip {a['ip']}"] if a.get("ip") else []
+            flags += [f"--network-alias {n}" for n in a.get("aliases", [])]
             flags += [f"-p {p}" for p in a.get("publish", [])]
             return " ".join(["docker run -d --name", a["name"], *flags, "busybox"])
         if self.op == "network_create":
@@ -132,4 +134,7 @@ def _step(src: Source, i: int, raw: Any) -> Step:
     for p in args.get("publish", []):
         if not isinstance(p, (str, int)):
             raise src.error(where + (op, "publish"), f"{p!r} is not a port mapping")
+    for n in args.get("aliases", []):
+        if not isinstance(n, str):
+            raise src.error(where + (op, "aliases"), f"{n!r} is not a name")
     return Step(op, {k: ([str(p) for p in v] if k == "publish" else v) for k, v in args.items()})

@@ -18,6 +18,8 @@ from cnmlab.checks.dockerd import missing_tools
 from cnmlab.errors import InvalidInput
 from cnmlab.firewall import iptables
 from cnmlab.kernel import netlink
+from cnmlab.workshop import labfile
+from cnmlab.workshop.runner import LabRun
 from cnmlab.yamlsrc import parse
 
 PID = str(os.getpid())
@@ -42,7 +44,8 @@ def test_scenario_errors_name_the_file_line_and_field():
 def test_every_shipped_scenario_loads_and_prints_its_docker_commands():
     names = scenario.available()
     assert {"default-bridge", "user-defined", "published-ports", "connect-disconnect",
-            "removal", "options", "macvlan", "macvlan-modes"} <= set(names)
+            "removal", "options", "macvlan", "macvlan-modes", "nat-and-ports",
+            "networks-and-isolation", "service-discovery"} <= set(names)
     sc = scenario.load("published-ports")
     assert str(sc.steps[1]) == "docker run -d --name t1 --network web -p 8080:80 -p 8443:443/tcp busybox"
     mv = scenario.load("macvlan")
@@ -50,6 +53,8 @@ def test_every_shipped_scenario_loads_and_prints_its_docker_commands():
                                 "--gateway 192.168.50.1 --ip-range 192.168.50.128/27 "
                                 "-o parent=eth0 lan")
     assert str(mv.steps[2]) == "docker run -d --name m2 --network lan --ip 192.168.50.20 busybox"
+    sd = scenario.load("service-discovery")
+    assert str(sd.steps[5]) == "docker run -d --name cache --network app --network-alias redis busybox"
 
 
 def test_compare_names_moved_and_missing_lines():
@@ -70,11 +75,17 @@ def test_a_known_difference_covers_only_its_own_scenario_section_and_line():
     found = diff.compare("user-defined", engine, docker, known)
     assert [d.known is not None for d in found] == [True, False]  # w1 lost its route: caught
     assert all(d.known is None for d in diff.compare("removal", engine, docker, known))
+    # what lab 03 leaves out on purpose is known for the lab (NAME@lab), never for the engine
+    lab_docker = {"host iptables": [":FORWARD DROP"], "host sysctls": []}
+    lab_mine = {"host iptables": [":FORWARD ACCEPT"],
+                "host sysctls": ["net.bridge.bridge-nf-call-iptables = 0"]}
+    as_lab = diff.compare(diff.against_lab("nat-and-ports"), lab_mine, lab_docker, known)
+    assert len(as_lab) == 3 and all(d.known for d in as_lab)
+    as_engine = diff.compare("nat-and-ports", lab_mine, lab_docker, known)
+    assert len(as_engine) == 3 and not any(d.known for d in as_engine)
 
 
 def test_a_labs_docker_diff_names_a_shipped_scenario_and_a_host(tmp_path):
-    from cnmlab.workshop import labfile
-
     src = open(os.path.join(labfile.discover()[1].path, "lab.yaml")).read()
     assert "docker_diff: {scenario: default-bridge, host: host}" in src
     for i, (bad, message) in enumerate((("{scenario: nope, host: host}", "docker_diff.scenario: no shipped "
@@ -218,3 +229,71 @@ def test_a_hand_built_lab_against_docker(lab, docker_default_bridge, monkeypatch
     assert not [d for d in result.differences if d.section in ("c1 addresses", "c2 addresses")]
     assert not [d for d in result.differences
                 if d.section == "host links" and "<veth:c1.eth0>" in d.line]
+
+
+# ---- a learner's solved lab against Docker (labs 03-05, the workshop's D key) ----------------
+def _solved(lab_id: str) -> LabRun:
+    labdef = labfile.get(lab_id)
+    run = LabRun(labdef, f"t{PID}-{lab_id[:2]}dd")
+    run.start()
+    try:
+        run.solve(labdef.steps[-1])
+        assert all(r.ok for r in run.check(labdef.steps[-1]))
+    except BaseException:
+        run.stop()
+        raise
+    return run
+
+
+@pytest.fixture
+def progress_file(tmp_path, monkeypatch):
+    monkeypatch.setenv("CNMLAB_PROGRESS", str(tmp_path / "progress.json"))
+
+
+@pytest.mark.docker
+@needs_docker
+@pytest.mark.parametrize("lab_id", ["03-nat-and-ports", "04-user-defined-networks",
+                                    "05-service-discovery"])
+def test_a_solved_lab_matches_docker(lab_id, docker_states, progress_file, monkeypatch):
+    """Every step solved: what is left against Docker is listed, each with its reason.
+
+    Docker's side is the scenario's own run (read once, shared with test_engine_matches_docker).
+    """
+    name, host = labfile.get(lab_id).docker_diff
+    monkeypatch.setattr(diff, "run_docker", lambda sc, _tag: docker_states(sc.name))
+    run = _solved(lab_id)
+    try:
+        result = run.docker_diff()
+    finally:
+        run.stop()
+    assert result.scenario == name and result.ok, result.render()
+    found = [(d.section, d.side, d.line) for d in result.differences]
+    if lab_id.startswith("03"):  # the lab's deliberate differences, each shown with its reason
+        assert ("host iptables", "docker", ":FORWARD DROP") in found
+    elif lab_id.startswith("04"):  # what the lab text says: one, secret's route (step 5)
+        assert found == [("secret routes", "docker", "default via 10.40.0.1 dev eth0")]
+    else:  # none; old1 joined app, so its resolv.conf names the embedded resolver
+        assert found == []
+        assert "nameserver 127.0.0.11" in docker_states(name)["old1 resolv.conf"]
+
+
+@pytest.mark.docker
+@needs_docker
+def test_a_solved_lab_missing_a_published_port_fails_naming_the_rule(docker_states, progress_file,
+                                                                      monkeypatch):
+    """Lab 03 solved, then the DNAT of -p 8080:80 deleted by hand: the one unlisted line."""
+    monkeypatch.setattr(diff, "run_docker", lambda sc, _tag: docker_states(sc.name))
+    run = _solved("03-nat-and-ports")
+    try:
+        host = run.lab.host("host")
+        assert host.exec(["iptables", "-t", "nat", "-D", "DOCKER", "!", "-i", "docker0", "-p",
+                          "tcp", "-m", "tcp", "--dport", "8080", "-j", "DNAT",
+                          "--to-destination", "172.17.0.2:80"]).returncode == 0
+        result = run.docker_diff()
+    finally:
+        run.stop()
+    assert not result.ok
+    assert [(d.section, d.side, d.line) for d in result.unlisted] == [
+        ("host iptables", "docker",
+         "-A DOCKER ! -i <br:bridge> -p tcp -m tcp --dport 8080 -j DNAT "
+         "--to-destination 172.17.0.2:80")], result.render()
