@@ -68,6 +68,7 @@ class DiffResult:
     differences: list[Difference] = field(default_factory=list)
     sections: int = 0
     timings: dict[str, float] = field(default_factory=dict)
+    mine: str = "engine"  # what the "-" side is: the engine, or a lab's hand-built state
 
     @property
     def unlisted(self) -> list[Difference]:
@@ -86,7 +87,7 @@ class DiffResult:
         lines = [f"scenario {self.scenario}: {self.sections} sections compared, "
                  f"{len(self.unlisted)} unlisted and "
                  f"{len(self.differences) - len(self.unlisted)} known differences "
-                 f"(- engine only, + docker only)"]
+                 f"(- {self.mine} only, + docker only)"]
         current = None
         for d in self.differences:
             if d.section != current:
@@ -291,7 +292,7 @@ def run_against_lab(scenario: Scenario, lab: Lab, host: str | None = None,
     docker_state = run_docker(scenario, f"df{os.getpid()}d")
     return DiffResult(scenario.name, compare(against_lab(scenario.name), mine, docker_state,
                                              load_known() if known is None else known),
-                      sections=len(set(mine) | set(docker_state)))
+                      sections=len(set(mine) | set(docker_state)), mine=f"lab {lab.name}")
 
 
 def against_lab(scenario: str) -> str:

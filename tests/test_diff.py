@@ -124,10 +124,11 @@ def docker_states():
     if os.geteuid() != 0:
         pytest.skip("needs root")
     cache: dict[str, dict[str, list[str]]] = {}
+    run_docker = diff.run_docker  # the real one: a test may stand this fixture in for it
 
     def state(name: str) -> dict[str, list[str]]:
         if name not in cache:
-            cache[name] = diff.run_docker(scenario.load(name), f"dfs{PID}")
+            cache[name] = run_docker(scenario.load(name), f"dfs{PID}")
         return cache[name]
     return state
 
@@ -267,6 +268,7 @@ def test_a_solved_lab_matches_docker(lab_id, docker_states, progress_file, monke
     finally:
         run.stop()
     assert result.scenario == name and result.ok, result.render()
+    assert "(- lab " in result.render().splitlines()[0]  # "-" is the learner's side here
     found = [(d.section, d.side, d.line) for d in result.differences]
     if lab_id.startswith("03"):  # the lab's deliberate differences, each shown with its reason
         assert ("host iptables", "docker", ":FORWARD DROP") in found
