@@ -253,8 +253,8 @@ def progress_file(tmp_path, monkeypatch):
 
 @pytest.mark.docker
 @needs_docker
-@pytest.mark.parametrize("lab_id", ["03-nat-and-ports", "04-user-defined-networks",
-                                    "05-service-discovery"])
+@pytest.mark.parametrize("lab_id", ["02-default-bridge", "03-nat-and-ports",
+                                    "04-user-defined-networks", "05-service-discovery"])
 def test_a_solved_lab_matches_docker(lab_id, docker_states, progress_file, monkeypatch):
     """Every step solved: what is left against Docker is listed, each with its reason.
 
@@ -270,7 +270,11 @@ def test_a_solved_lab_matches_docker(lab_id, docker_states, progress_file, monke
     assert result.scenario == name and result.ok, result.render()
     assert "(- lab " in result.render().splitlines()[0]  # "-" is the learner's side here
     found = [(d.section, d.side, d.line) for d in result.differences]
-    if lab_id.startswith("03"):  # the lab's deliberate differences, each shown with its reason
+    if lab_id.startswith("02"):  # no firewall at all yet (lab 03's), each line with its reason
+        assert ("host iptables", "docker", "-A POSTROUTING -s 172.17.0.0/16 ! -o <br:bridge> "
+                "-j MASQUERADE") in found
+        assert [f for f in found if f[1] == "engine" and f[0] != "host links"] == []
+    elif lab_id.startswith("03"):  # the lab's deliberate differences, each shown with its reason
         assert ("host iptables", "docker", ":FORWARD DROP") in found
     elif lab_id.startswith("04"):  # what the lab text says: one, secret's route (step 5)
         assert found == [("secret routes", "docker", "default via 10.40.0.1 dev eth0")]
