@@ -14,20 +14,22 @@ else is a difference that fails ``cnmlab diff`` (exit 1) and the CI test.
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import os
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from cnmlab import yamlsrc
-from cnmlab.checks import dockerd
+from cnmlab import ingress, yamlsrc
+from cnmlab.checks import dockerd, kernelstate
 from cnmlab.checks.docker_target import DockerTarget
 from cnmlab.checks.dockerd import DockerDaemon, missing_tools
 from cnmlab.checks.kernelstate import ContainerView, HostView, collect
-from cnmlab.checks.scenario import Scenario, Step, scenarios_dir
+from cnmlab.checks.scenario import Scenario, Step, global_scope, scenarios_dir
+from cnmlab.checks.swarm import Swarm
 from cnmlab.errors import CnmError, FeatureMissing, InvalidInput
 from cnmlab.kernel import sysctl
 from cnmlab.lab import Lab, parse_port
@@ -137,8 +139,8 @@ def compare(scenario: str, engine: dict[str, list[str]], docker: dict[str, list[
 
 
 # ---- the two sides -----------------------------------------------------------------------
-def _engine_apply(lab: Lab, step: Step) -> None:
-    host = lab.host("host")
+def _engine_apply(lab: Lab, step: Step, default_host: str = "host") -> None:
+    host = lab.host(step.args.get("host") or default_host)
     a = step.args
     if step.op == "run":
         host.run(a["name"], a.get("network", "bridge"), publish=a.get("publish", ()),
@@ -146,11 +148,18 @@ def _engine_apply(lab: Lab, step: Step) -> None:
     elif step.op == "rm":
         host.rm(a["name"])
     elif step.op == "network_create":
-        host.network_create(a["name"], a.get("driver", "bridge"), subnet=a.get("subnet"),
-                            gateway=a.get("gateway"), ip_range=a.get("ip_range"),
-                            internal=bool(a.get("internal")), options=a.get("options"))
+        kw = dict(subnet=a.get("subnet"), gateway=a.get("gateway"),
+                  internal=bool(a.get("internal")), options=a.get("options"))
+        if global_scope(a.get("driver", "bridge")):  # declared once, cluster-wide
+            lab.network_create(a["name"], a["driver"], **kw)
+        else:
+            host.network_create(a["name"], a.get("driver", "bridge"), ip_range=a.get("ip_range"),
+                                **kw)
     elif step.op == "network_rm":
-        host.network_rm(a["name"])
+        if lab.cluster is not None and lab.cluster.network(a["name"]) is not None:
+            lab.network_rm(a["name"])
+        else:
+            host.network_rm(a["name"])
     elif step.op == "connect":
         host.connect(a["network"], a["container"])
     else:
@@ -162,14 +171,23 @@ def _engine_view(lab: Lab, host_name: str | None = "host",
     """The engine's (or a learner's lab's) host as the collector reads it.
 
     A learner who built ``docker0`` by hand has no network in the model: the device Docker
-    would call ``docker0`` is then taken as the predefined network ``bridge``.
+    would call ``docker0`` is then taken as the predefined network ``bridge``. A network with
+    a namespace of its own (an overlay's ``br0`` + ``vxlan0``) is read there too, and the
+    host's ingress sandbox (``ingress_sbox.HOST`` here, one lab's hosts sharing /run/netns)
+    plays Docker's ``ingress_sbox``.
     """
     host = lab.host(host_name)
     view = HostView(host.netns, {n.name: n.device for n in host.networks().values() if n.device})
     if "bridge" not in view.bridges:
         view.bridges["bridge"] = "docker0"
+    for n in host.networks().values():
+        if n.netns and n.netns != host.netns:
+            view.namespaces[f"network {n.name}"] = n.netns
 
     for sb in host.sandboxes():
+        if sb.name == ingress.sbox_name(host.name):
+            view.containers[ingress.SBOX] = ContainerView(ingress.SBOX, sb.netns, "", _no_files)
+            continue
         if only is not None and sb.name not in only:
             continue
 
@@ -183,7 +201,14 @@ def _engine_view(lab: Lab, host_name: str | None = "host",
     return view
 
 
-def _docker_apply(daemon: DockerDaemon, step: Step) -> None:
+def _no_files(f: str) -> str:
+    """A sandbox that is no container (Docker's ingress_sbox, lb_<net>) has no /etc of its
+    own; both sides read it as empty."""
+    return ""
+
+
+def _docker_apply(daemon: DockerDaemon, step: Step, manager: DockerDaemon | None = None) -> None:
+    """One step on ``daemon``; a global-scope network goes to the swarm's ``manager``."""
     a = step.args
     if step.op == "run":
         args = ["run", "-d", "--name", a["name"]]
@@ -200,24 +225,46 @@ def _docker_apply(daemon: DockerDaemon, step: Step) -> None:
     elif step.op == "rm":
         daemon.docker("rm", "-f", a["name"])
     elif step.op == "network_create":
+        options = {str(k): str(v) for k, v in (a.get("options") or {}).items()} or None
+        if global_scope(a.get("driver", "bridge")) and manager is not None:
+            manager.docker("network", "create", "--driver", a["driver"], "--attachable",
+                           *(["--subnet", a["subnet"]] if a.get("subnet") else []),
+                           *(["--gateway", a["gateway"]] if a.get("gateway") else []),
+                           *(["--internal"] if a.get("internal") else []),
+                           *[x for k, v in (options or {}).items() for x in ("-o", f"{k}={v}")],
+                           a["name"], timeout=60)
+            return
         daemon.network_create(a["name"], subnet=a.get("subnet"), internal=bool(a.get("internal")),
-                              options={str(k): str(v) for k, v in (a.get("options") or {}).items()}
-                              or None, driver=a.get("driver", "bridge"),
+                              options=options, driver=a.get("driver", "bridge"),
                               gateway=a.get("gateway"), ip_range=a.get("ip_range"))
     elif step.op == "network_rm":
-        daemon.docker("network", "rm", a["name"])
+        (manager or daemon).docker("network", "rm", a["name"])
     else:
         daemon.docker("network", step.op, a["network"], a["container"])
 
 
 def _docker_view(daemon: DockerDaemon, host_netns: str) -> HostView:
+    """Docker's host as the collector reads it. Docker keeps each overlay network's namespace
+    (``1-<id10>``), its load balancer's (``lb_<id9>``) and ``ingress_sbox`` as files under
+    ``EXEC_ROOT/netns``, in dockerd's private mount namespace: read through its /proc root."""
     target = DockerTarget(daemon)
-    view = HostView(host_netns, {n.name: n.bridge for n in target.networks().values()
-                                 if n.bridge})
+    nets = target.networks()
+    view = HostView(host_netns, {n.name: n.bridge for n in nets.values() if n.bridge})
     for sb in target.sandboxes().values():
         def read(f: str, name: str = sb.name) -> str:
             return daemon.docker("exec", name, "cat", f"/etc/{f}", check=False).stdout
         view.containers[sb.name] = ContainerView(sb.name, sb.netns_path, sb.id[:12], read)
+    root = f"/proc/{daemon.pid}/root{daemon.exec_root}/netns"
+    for n in nets.values():
+        if n.scope != "swarm":
+            continue
+        if os.path.exists(path := os.path.join(root, f"1-{n.id[:10]}")):
+            view.namespaces[f"network {n.name}"] = path
+        if n.name != ingress.INGRESS and os.path.exists(path := os.path.join(root,
+                                                                             f"lb_{n.id[:9]}")):
+            view.containers[f"lb-{n.name}"] = ContainerView(f"lb-{n.name}", path, "", _no_files)
+    if os.path.exists(path := os.path.join(root, ingress.SBOX)):
+        view.containers[ingress.SBOX] = ContainerView(ingress.SBOX, path, "", _no_files)
     return view
 
 
@@ -246,20 +293,98 @@ def _docker_side(name: str, quiet: bool = True) -> Iterator[tuple[DockerDaemon, 
             lab.down()
 
 
-def run_engine(scenario: Scenario, name: str) -> dict[str, list[str]]:
+UNDERLAY = ("lan", "192.168.50.0/24")  # the multi-host scenarios' LAN, on both sides
+
+
+def run_engine(scenario: Scenario, name: str,
+               after: Callable[[Lab], None] | None = None) -> dict[str, list[str]]:
+    """The scenario on a fresh engine lab, its state read, the lab removed. ``after(lab)``
+    runs between the last step and the reading (the tests plant a broken engine there)."""
     with Lab(name) as lab:
-        lab.add_host("host")
+        if not scenario.hosts:
+            lab.add_host("host")
+            for step in scenario.steps:
+                _apply(step, lambda: _engine_apply(lab, step))
+            if after is not None:
+                after(lab)
+            return collect(_engine_view(lab))
+        lab.add_underlay(*UNDERLAY)
+        for h in scenario.hosts:
+            lab.add_host(h, underlay=UNDERLAY[0])
+        lab.start_control_plane()  # swarm init + join
+        lab.init_ingress()
         for step in scenario.steps:
-            _apply(step, lambda: _engine_apply(lab, step))
-        return collect(_engine_view(lab))
+            _apply(step, lambda: _engine_apply(lab, step, scenario.hosts[0]))
+        lab.converge(timeout=60)
+        if after is not None:
+            after(lab)
+        return _per_host({h: collect(_engine_view(lab, h)) for h in scenario.hosts})
 
 
 def run_docker(scenario: Scenario, name: str) -> dict[str, list[str]]:
+    if scenario.hosts:
+        return _run_swarm(scenario, name)
     with _docker_side(name) as (daemon, host_ns):
         for step in scenario.steps:
             _apply(step, lambda: _docker_apply(daemon, step))
         time.sleep(0.2)  # docker run returns before the last route/rule change lands
         return collect(_docker_view(daemon, host_ns))
+
+
+def _run_swarm(scenario: Scenario, name: str) -> dict[str, list[str]]:
+    missing = missing_tools()
+    if missing:
+        raise FeatureMissing(f"cannot run real Docker: missing {', '.join(missing)} "
+                             f"(apt-get install docker.io busybox-static)")
+    lab = Lab(name)
+    swarm = None
+    try:
+        swarm = Swarm(lab, scenario.hosts, underlay=UNDERLAY, fresh_machines=True)
+        swarm.start()
+        for step in scenario.steps:
+            daemon = swarm.daemons[step.args.get("host") or scenario.hosts[0]]
+            _apply(step, lambda: _docker_apply(daemon, step, swarm.manager))
+        views = {h: _docker_view(d, lab.host(h).netns) for h, d in swarm.daemons.items()}
+        _wait_peers(views)
+        return _per_host({h: collect(v) for h, v in views.items()})
+    finally:
+        try:
+            if swarm is not None:
+                swarm.stop()
+        finally:
+            lab.down()
+
+
+def _wait_peers(views: dict[str, HostView], timeout: float = 30.0) -> None:
+    """Until each host's overlay namespaces hold a permanent neighbour for every endpoint
+    the other hosts have on that network: swarm spreads them by gossip, a second or so after
+    ``docker run`` returned (the engine's ``converge`` waits for its agents the same way)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        local = {h: _endpoints(v) for h, v in views.items()}
+        missing = [(h, label) for h, v in views.items() for label, ns in v.namespaces.items()
+                   if not {ip for o in views if o != h for ip in local[o].get(label, set())}
+                   <= kernelstate.permanent_neighbours(ns)]
+        if not missing or time.monotonic() > deadline:
+            return  # what is still missing then is a difference the diff will name
+        time.sleep(0.2)
+
+
+def _endpoints(view: HostView) -> dict[str, set[str]]:
+    """Network namespace label -> the addresses this host's sandboxes have in its subnet."""
+    mine = [ipaddress.ip_interface(a) for c in view.containers.values()
+            for a in kernelstate.inet_addresses(c.netns)]
+    out = {}
+    for label, ns in view.namespaces.items():
+        subnets = {ipaddress.ip_interface(a).network for a in kernelstate.inet_addresses(ns)
+                   if not a.startswith("127.")}
+        out[label] = {str(a.ip) for a in mine if a.network in subnets}
+    return out
+
+
+def _per_host(states: dict[str, dict[str, list[str]]]) -> dict[str, list[str]]:
+    """One multi-host state: each host's sections, titled ``HOST: section``."""
+    return {f"{h}: {section}": lines for h, st in states.items() for section, lines in st.items()}
 
 
 def containers_of(scenario: Scenario) -> set[str]:

@@ -11,12 +11,14 @@ field is dropped: a value that is not generated is compared as it is.
 from __future__ import annotations
 
 import json
+import os
 import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from cnmlab.kernel import nsexec
+from cnmlab.kernel.netlink import Netlink
 
 SYSCTLS = ("net.ipv4.ip_forward", "net.bridge.bridge-nf-call-iptables",
            "net.bridge.bridge-nf-call-ip6tables", "net.ipv4.conf.all.route_localnet",
@@ -38,6 +40,8 @@ class HostView:
     host_netns: str
     bridges: dict[str, str]  # network name -> bridge device
     containers: dict[str, ContainerView] = field(default_factory=dict)
+    # a network's own namespace, by role ("network ov" -> an overlay's br0 + vxlan0)
+    namespaces: dict[str, str] = field(default_factory=dict)
 
 
 def _ip_json(ns: str, *args: str) -> list[dict]:
@@ -73,14 +77,16 @@ def _derived_mac(mac: str, link: dict) -> bool:
 
 # the kind-specific attributes a driver chooses (``ip -d link``): a macvlan's mode, a VXLAN's
 # VNI and port; the rest of info_data is the kernel's defaults and compared through these
-KIND_DATA = {"macvlan": ("mode",), "ipvlan": ("mode",), "vxlan": ("id", "port")}
+KIND_DATA = {"macvlan": ("mode",), "ipvlan": ("mode",),
+             "vxlan": ("id", "port", "learning", "proxy", "l2miss", "l3miss")}
 
 
 def _link_line(link: dict, rn: Renamer) -> str:
     info = link.get("linkinfo") or {}
     kind = info.get("info_kind") or link.get("link_type", "")
     data = info.get("info_data") or {}
-    kind += "".join(f" {k}={data[k]}" for k in KIND_DATA.get(kind, ()) if k in data)
+    kind += "".join(f" {k}={str(data[k]).lower()}" for k in KIND_DATA.get(kind, ())
+                    if k in data)
     flags = ",".join(f for f in link.get("flags", []) if f != "LOWER_UP")
     master = rn(link.get("master", "")) or "-"
     return (f"{rn(link['ifname'])} kind={kind} master={master} mtu={link.get('mtu')} "
@@ -102,6 +108,40 @@ def _addr_lines(ns: str, rn: Renamer) -> list[str]:
 def _routes(ns: str, rn: Renamer) -> list[str]:
     text = nsexec.run(ns, ["ip", "route", "show", "table", "main"], check=False).stdout
     return [rn(l.strip()) for l in text.splitlines() if l.strip()]
+
+
+def inet_addresses(ns: str) -> set[str]:
+    """Every IPv4 address of ``ns`` as ``ip/prefix``."""
+    return {f"{a['local']}/{a['prefixlen']}" for link in _ip_json(ns, "addr", "show")
+            for a in link.get("addr_info", []) if a.get("family") == "inet"}
+
+
+def permanent_neighbours(ns: str) -> set[str]:
+    return {n["dst"] for n in _ip_json(ns, "-4", "neigh", "show", "nud", "permanent")}
+
+
+def _neighbours(ns: str, rn: Renamer) -> list[str]:
+    """The static neighbour entries a driver programs (an overlay's remote endpoints on
+    vxlan0). Entries the kernel resolved itself come and go with traffic and are not state
+    anyone built, so only ``PERMANENT`` ones are read."""
+    return sorted(f"{n['dst']} dev {rn(n.get('dev', ''))} lladdr {rn(n.get('lladdr', '-'))} "
+                  f"{' '.join(n.get('state', []))}"
+                  for n in _ip_json(ns, "-4", "neigh", "show", "nud", "permanent"))
+
+
+def _fdb(ns: str, rn: Renamer) -> list[str]:
+    """Forwarding entries as ``bridge fdb show`` prints them, without ``link-netnsid`` (a
+    per-namespace number): an overlay's remote MAC -> VTEP entries, the ports' own MACs."""
+    out = []
+    text = nsexec.run(ns, ["bridge", "-j", "fdb", "show"], check=False).stdout
+    for e in json.loads(text) if text.strip() else []:
+        parts = [rn(e.get("mac", "")), "dev", rn(e.get("ifname", ""))]
+        for key in ("dst", "vlan", "master"):
+            if e.get(key) is not None:
+                parts += [key, rn(str(e[key]))]
+        parts += [*e.get("flags", []), e.get("state", "") or ""]
+        out.append(" ".join(p for p in parts if p))
+    return sorted(out)
 
 
 def _iptables(ns: str, rn: Renamer) -> list[str]:
@@ -156,6 +196,27 @@ def settle(ns: str, timeout: float = 5.0) -> None:
         time.sleep(0.1)
 
 
+def _nsids(ns: str, candidates: dict[str, str]) -> dict[int, str]:
+    """The ids namespace ``ns`` gives each candidate namespace (what a link's
+    ``link_netnsid`` there means) -> the candidate's label. Interface indexes are per
+    namespace, so a peer index alone would match a link in every namespace that has one."""
+    out = {}
+    fd = os.open(nsexec.netns_path(ns), os.O_RDONLY)
+    try:
+        with Netlink(fd=fd) as nl:
+            for label, other in candidates.items():
+                ofd = os.open(nsexec.netns_path(other), os.O_RDONLY)
+                try:
+                    nsid = nl.nsid_of(ofd)
+                finally:
+                    os.close(ofd)
+                if nsid is not None:
+                    out[nsid] = label
+    finally:
+        os.close(fd)
+    return out
+
+
 def collect(view: HostView) -> dict[str, list[str]]:
     """Section title -> lines, in the order the kernel (or the file) gives them."""
     rn = Renamer()
@@ -167,19 +228,32 @@ def collect(view: HostView) -> dict[str, list[str]]:
         # a link the user named (eth0), which is compared as it is
         if kinds.get(dev) == "bridge":
             rn.add(dev, f"<br:{net}>")
+    ns_links = {label: _ip_json(ns, "-d", "addr", "show") for label, ns in view.namespaces.items()}
     ctr_links: dict[str, list[dict]] = {}
     for c in view.containers.values():
         rn.add(c.short_id, f"<id:{c.name}>")
         settle(c.netns)
         ctr_links[c.name] = _ip_json(c.netns, "-d", "addr", "show")
+    # a veth's peer may sit in the host or in a network's namespace (an overlay's br0): the
+    # namespace the container knows by the link's netnsid, at the link's peer index
+    spaces = {"": (view.host_netns, host_links)}
+    spaces.update({label: (view.namespaces[label], {l["ifindex"]: l for l in links})
+                   for label, links in ns_links.items()})
+    local = {label: Renamer() for label in ns_links}  # names that only mean one namespace
+    for c in view.containers.values():
+        ids = _nsids(c.netns, {label: ns for label, (ns, _) in spaces.items()})
         for link in ctr_links[c.name]:
             # only a veth's peer is generated; a macvlan's link is its parent (eth0), a real
             # name that must stay as it is
-            peer = host_links.get(link.get("link_index"))
             kind = (link.get("linkinfo") or {}).get("info_kind")
-            if peer and link.get("link_netnsid") is not None and kind == "veth":
-                rn.add(peer["ifname"], f"<veth:{c.name}.{link['ifname']}>")
-    for links in (list(host_links.values()), *ctr_links.values()):
+            where = ids.get(link.get("link_netnsid", -1))
+            if kind != "veth" or where is None:
+                continue
+            peer = spaces[where][1].get(link.get("link_index"))
+            if peer:  # Docker names an overlay's ports veth0, veth1... in each namespace
+                (rn if where == "" else local[where]).add(peer["ifname"],
+                                                          f"<veth:{c.name}.{link['ifname']}>")
+    for links in (list(host_links.values()), *ns_links.values(), *ctr_links.values()):
         for link in links:
             mac = link.get("address", "")
             if mac and not _derived_mac(mac, link):  # random by nature: say only which kind
@@ -192,6 +266,15 @@ def collect(view: HostView) -> dict[str, list[str]]:
         "host routes": _routes(view.host_netns, rn),
         "host sysctls": _sysctls(view.host_netns),
     }
+    for label in sorted(view.namespaces):
+        ns = view.namespaces[label]
+        local[label].names = {**rn.names, **local[label].names}
+        rn_ns = local[label]
+        sections[f"{label} links"] = sorted(_link_line(l, rn_ns) for l in ns_links[label])
+        sections[f"{label} addresses"] = sorted(_addr_lines(ns, rn_ns))
+        sections[f"{label} routes"] = _routes(ns, rn_ns)
+        sections[f"{label} neighbours"] = _neighbours(ns, rn_ns)
+        sections[f"{label} fdb"] = _fdb(ns, rn_ns)
     for name in sorted(view.containers):
         c = view.containers[name]
         sections[f"{name} links"] = sorted(_link_line(l, rn) for l in ctr_links[name])

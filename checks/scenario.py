@@ -14,6 +14,12 @@ Steps: ``run`` (name, network, publish, ip, aliases), ``rm`` (name), ``network_c
 driver, subnet, gateway, ip_range, internal, options), ``network_rm`` (name),
 ``connect``/``disconnect`` (network, container).
 Every field is checked here, so a typo is a one-line ``FILE:LINE`` error before anything runs.
+
+Multi-host scenarios: any step may name the ``host`` it runs on (``run: {name: c1, network: ov,
+host: h1}``). A scenario that names hosts runs on a lab of those hosts on one underlay: the
+engine with its control plane, Docker as a swarm of one dockerd per host (the first named host
+is the manager, and takes every step that names no host). A network of a global-scope driver
+(overlay) is declared once, cluster-wide (``--attachable`` on the swarm).
 """
 from __future__ import annotations
 
@@ -22,18 +28,19 @@ from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
 
-from cnmlab import yamlsrc
-from cnmlab.errors import InvalidInput
+from cnmlab import drivers, yamlsrc
+from cnmlab.errors import CnmError, InvalidInput
 from cnmlab.yamlsrc import Source
 
 FIELDS: dict[str, dict[str, type | tuple[type, ...]]] = {
-    "run": {"name": str, "network": str, "publish": list, "ip": str, "aliases": list},
-    "rm": {"name": str},
+    "run": {"name": str, "network": str, "publish": list, "ip": str, "aliases": list,
+            "host": str},
+    "rm": {"name": str, "host": str},
     "network_create": {"name": str, "driver": str, "subnet": str, "gateway": str,
-                       "ip_range": str, "internal": bool, "options": dict},
-    "network_rm": {"name": str},
-    "connect": {"network": str, "container": str},
-    "disconnect": {"network": str, "container": str},
+                       "ip_range": str, "internal": bool, "options": dict, "host": str},
+    "network_rm": {"name": str, "host": str},
+    "connect": {"network": str, "container": str, "host": str},
+    "disconnect": {"network": str, "container": str, "host": str},
 }
 REQUIRED = {"run": ("name",), "rm": ("name",), "network_create": ("name",),
             "network_rm": ("name",), "connect": ("network", "container"),
@@ -46,7 +53,11 @@ class Step:
     args: dict[str, Any]
 
     def __str__(self) -> str:
-        """The Docker command this step stands for."""
+        """The Docker command this step stands for (``(on h1)`` first when it names a host)."""
+        where = f"(on {self.args['host']}) " if self.args.get("host") else ""
+        return where + self._command()
+
+    def _command(self) -> str:
         a = self.args
         if self.op == "run":
             flags = [f"--network {a['network']}"] if a.get("network") else []
@@ -56,6 +67,7 @@ class Step:
             return " ".join(["docker run -d --name", a["name"], *flags, "busybox"])
         if self.op == "network_create":
             flags = [f"-d {a['driver']}"] if a.get("driver") else []
+            flags += ["--attachable"] if a.get("driver") and global_scope(a["driver"]) else []
             flags += [f"--{k.replace('_', '-')} {a[k]}" for k in ("subnet", "gateway", "ip_range")
                       if a.get(k)]
             flags += ["--internal"] if a.get("internal") else []
@@ -74,6 +86,19 @@ class Scenario:
     description: str
     path: str
     steps: list[Step] = field(default_factory=list)
+
+    @property
+    def hosts(self) -> list[str]:
+        """The hosts the steps name, in order of first mention; none: a one-host scenario."""
+        return list(dict.fromkeys(s.args["host"] for s in self.steps if s.args.get("host")))
+
+
+def global_scope(driver: str) -> bool:
+    """A cluster-wide network (overlay): declared once, on the manager."""
+    try:
+        return drivers.capability(driver).global_scope
+    except CnmError:
+        return False  # an unknown driver (a plugin's) is local: the daemon will say so
 
 
 def scenarios_dir() -> str:

@@ -25,12 +25,18 @@ from cnmlab.checks.nsref import NsRef
 from cnmlab.checks.targets import UNDERLAY_NET, UPSTREAM, UPSTREAM_NET, _vni
 from cnmlab.constants import UPSTREAM_WEB
 from cnmlab.errors import CnmError
+from cnmlab.kernel import sysctl
 
 class Swarm:
     """Start a swarm of ``hosts`` (names) inside ``lab``; ``stop()`` removes the daemons."""
 
     def __init__(self, lab: Any, hosts: list[str], quiet: bool = True,
-                 underlay: tuple[str, str] = ("lan", "192.168.50.0/24")) -> None:
+                 underlay: tuple[str, str] = ("lan", "192.168.50.0/24"),
+                 fresh_machines: bool = False) -> None:
+        """``fresh_machines``: each host forwards nothing when its daemon starts, as a fresh
+        machine; Docker then turns forwarding on and, because it had to, sets the FORWARD
+        policy to DROP (``cnmlab diff`` compares that with the engine's hosts)."""
+        self.fresh_machines = fresh_machines
         self.lab = lab
         self.hosts = hosts
         self.underlay = underlay  # (name, subnet) of the LAN the nodes share
@@ -46,6 +52,8 @@ class Swarm:
         for h in self.hosts:
             host = self.lab.add_host(h, underlay=lan, default_bridge=False,
                                      firewall="manual")
+            if self.fresh_machines:
+                sysctl.write_many({"net.ipv4.ip_forward": 0}, host.netns)
             name = f"{self.lab.name}-{h}"[:40]
             self.daemons[h] = DockerDaemon(name, host.netns,
                                            os.path.join(dockerd.DAEMONS_DIR, name),

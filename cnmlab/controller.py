@@ -178,8 +178,10 @@ class Controller:
         self._save()
 
     def _make_namespace(self, name: str) -> None:
-        """For drivers (``ctx.make_namespace``): logged first, then made, as every namespace."""
-        self._make_ns(name, False)
+        """For drivers (``ctx.make_namespace``): logged first, then made, as every namespace.
+        Its ``lo`` comes up, as Docker's osl brings it up in every namespace it makes (an
+        overlay's ``1-<id>``: ``cnmlab diff overlay`` compares it)."""
+        self._make_ns(name, True)
 
     def _global(self, net: Network) -> Cluster:
         if self.cluster is None:
@@ -411,7 +413,9 @@ class Controller:
             elif sb.netns:  # no interface (null driver): the sandbox still has its lo
                 with Netlink(sb.netns) as snl:
                     snl.set_link("lo", up=True)
-            if ep.ip:  # Docker 20.10 adds a line per network joined...
+            if ep.ip and net.name != GWBRIDGE:  # Docker 20.10 adds a line per network
+                # joined, but none for the egress endpoint on docker_gwbridge (its address is
+                # no name of the container's: ``cnmlab diff overlay`` shows Docker's hosts)...
                 sb.hosts.append(bare_ip(ep.ip))
             if net.embedded_dns and not sb.dns:
                 sb.dns = True  # user-defined network: the embedded resolver serves this sandbox

@@ -593,6 +593,23 @@ class Lab:
         """The services the control plane holds (none without one)."""
         return ingress.MeshStore(self.cluster).services() if self.cluster else {}
 
+    def init_ingress(self) -> None:
+        """What ``docker swarm init`` and each node's ``join`` leave on every node before any
+        service exists: the overlay network ``ingress`` and each host's ingress sandbox (on
+        ``ingress`` and ``docker_gwbridge``). ``cnmlab diff`` builds it as a swarm does, so
+        the two sides' gwbridge and VNI allocations start from the same point."""
+        with self.locked():
+            self._init_ingress()
+            self._sandbox_added()
+
+    def _init_ingress(self) -> ingress.Mesh:
+        mesh = self._mesh()
+        assert self.cluster is not None
+        if self.cluster.network(ingress.INGRESS) is None:  # swarm init makes it
+            self.network_create(ingress.INGRESS, "overlay")
+        mesh.ensure_sandboxes()
+        return mesh
+
     def service_create(self, name: str, *, replicas: int = 1, publish: str | int,
                        timeout: float = 120.0) -> ingress.MeshService:
         """``docker service create --publish P:T --replicas N NAME`` on a swarm: the service
@@ -600,11 +617,7 @@ class Lab:
         agent then programs its part of the routing mesh (waited for, up to ``timeout``)."""
         check_name("service", name)
         with self.locked():
-            mesh = self._mesh()
-            assert self.cluster is not None
-            if self.cluster.network(ingress.INGRESS) is None:  # swarm init makes it
-                self.network_create(ingress.INGRESS, "overlay")
-            mesh.ensure_sandboxes()
+            mesh = self._init_ingress()
             svc = mesh.create(name, replicas, publish)
             self._sandbox_added()
         self.converge_mesh(timeout)

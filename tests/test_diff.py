@@ -45,7 +45,7 @@ def test_every_shipped_scenario_loads_and_prints_its_docker_commands():
     names = scenario.available()
     assert {"default-bridge", "user-defined", "published-ports", "connect-disconnect",
             "removal", "options", "macvlan", "macvlan-modes", "nat-and-ports",
-            "networks-and-isolation", "service-discovery"} <= set(names)
+            "networks-and-isolation", "service-discovery", "overlay"} <= set(names)
     sc = scenario.load("published-ports")
     assert str(sc.steps[1]) == "docker run -d --name t1 --network web -p 8080:80 -p 8443:443/tcp busybox"
     mv = scenario.load("macvlan")
@@ -139,15 +139,22 @@ def docker_default_bridge(docker_states):
 
 
 # Every shipped scenario runs in CI, read from the folder: the macvlan ones in
-# test_diff_macvlan.py (its list is the complement of this one, so none is left out), the rest
-# here; two files keep each well under two minutes on a loaded machine.
+# test_diff_macvlan.py, the multi-host ones (a swarm) in test_diff_overlay.py (their lists are
+# the complement of this one, so none is left out), the rest here; three files keep each well
+# under two minutes on a loaded machine.
 def is_macvlan(name: str) -> bool:
     return name.startswith("macvlan")
 
 
+def is_swarm(name: str) -> bool:
+    """A multi-host scenario (steps name hosts): test_diff_overlay.py runs it on a swarm."""
+    return bool(scenario.load(name).hosts)
+
+
 @pytest.mark.docker
 @needs_docker
-@pytest.mark.parametrize("name", [n for n in scenario.available() if not is_macvlan(n)])
+@pytest.mark.parametrize("name", [n for n in scenario.available()
+                                  if not is_macvlan(n) and not is_swarm(n)])
 def test_engine_matches_docker(name, docker_states):
     result = diff.diff(scenario.load(name), docker=docker_states(name))
     assert result.ok, result.render()
