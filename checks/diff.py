@@ -161,7 +161,7 @@ def _engine_apply(lab: Lab, step: Step, default_host: str = "host") -> None:
         else:
             host.network_rm(a["name"])
     elif step.op == "connect":
-        host.connect(a["network"], a["container"])
+        host.connect(a["network"], a["container"], ip=a.get("ip"))
     else:
         host.disconnect(a["network"], a["container"])
 
@@ -240,7 +240,8 @@ def _docker_apply(daemon: DockerDaemon, step: Step, manager: DockerDaemon | None
     elif step.op == "network_rm":
         (manager or daemon).docker("network", "rm", a["name"])
     else:
-        daemon.docker("network", step.op, a["network"], a["container"])
+        daemon.docker("network", step.op, *(["--ip", a["ip"]] if a.get("ip") else []),
+                      a["network"], a["container"])
 
 
 def _docker_view(daemon: DockerDaemon, host_netns: str) -> HostView:
@@ -411,9 +412,14 @@ def run_against_lab(scenario: Scenario, lab: Lab, host: str | None = None,
 
     Known differences are matched against ``against_lab(scenario)``, not the scenario's own
     name: what a lab leaves out on purpose (lab 03 builds no filter-table half) must never
-    hide the same line missing from the engine's run of that scenario.
+    hide the same line missing from the engine's run of that scenario. A multi-host scenario
+    reads each host it names (``host`` is then ignored).
     """
-    mine = collect(_engine_view(lab, host, only=containers_of(scenario)))
+    if scenario.hosts:
+        mine = _per_host({h: collect(_engine_view(lab, h, only=containers_of(scenario)))
+                          for h in scenario.hosts})
+    else:
+        mine = collect(_engine_view(lab, host, only=containers_of(scenario)))
     docker_state = run_docker(scenario, f"df{os.getpid()}d")
     return DiffResult(scenario.name, compare(against_lab(scenario.name), mine, docker_state,
                                              load_known() if known is None else known),

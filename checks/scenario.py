@@ -11,8 +11,8 @@ with one key::
       - connect: {network: priv, container: w1}
 
 Steps: ``run`` (name, network, publish, ip, aliases), ``rm`` (name), ``network_create`` (name,
-driver, subnet, gateway, ip_range, internal, options), ``network_rm`` (name),
-``connect``/``disconnect`` (network, container).
+driver, subnet, gateway, ip_range, internal, options), ``network_rm`` (name), ``connect``
+(network, container, ip), ``disconnect`` (network, container).
 Every field is checked here, so a typo is a one-line ``FILE:LINE`` error before anything runs.
 
 Multi-host scenarios: any step may name the ``host`` it runs on (``run: {name: c1, network: ov,
@@ -39,7 +39,7 @@ FIELDS: dict[str, dict[str, type | tuple[type, ...]]] = {
     "network_create": {"name": str, "driver": str, "subnet": str, "gateway": str,
                        "ip_range": str, "internal": bool, "options": dict, "host": str},
     "network_rm": {"name": str, "host": str},
-    "connect": {"network": str, "container": str, "host": str},
+    "connect": {"network": str, "container": str, "ip": str, "host": str},
     "disconnect": {"network": str, "container": str, "host": str},
 }
 REQUIRED = {"run": ("name",), "rm": ("name",), "network_create": ("name",),
@@ -74,7 +74,8 @@ class Step:
             flags += [f"-o {k}={v}" for k, v in (a.get("options") or {}).items()]
             return " ".join(["docker network create", *flags, a["name"]])
         if self.op in ("connect", "disconnect"):
-            return f"docker network {self.op} {a['network']} {a['container']}"
+            ip = f"--ip {a['ip']} " if a.get("ip") else ""
+            return f"docker network {self.op} {ip}{a['network']} {a['container']}"
         if self.op == "rm":
             return f"docker rm -f {a['name']}"
         return f"docker network rm {a['name']}"

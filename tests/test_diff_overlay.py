@@ -32,6 +32,7 @@ def test_the_swarm_scenarios_are_shipped_and_name_their_hosts():
     assert str(sc.steps[0]) == ("docker network create -d overlay --attachable "
                                 "--subnet 10.0.9.0/24 ov")
     assert str(sc.steps[2]) == "(on h2) docker run -d --name c2 --network ov --ip 10.0.9.20 busybox"
+    assert str(sc.steps[4]) == "(on h1) docker network connect --ip 10.0.9.30 ov c3"
 
 
 @pytest.fixture(scope="module")
@@ -66,6 +67,9 @@ def test_engine_matches_a_docker_swarm(name, swarm_states):
                    for l in docker_state[f"{h}: network ov links"])
         assert any(f"dev vxlan0 dst {other} self permanent" in l
                    for l in docker_state[f"{h}: network ov fdb"])
+    assert "eth1 10.0.9.30/24 brd 10.0.9.255 scope global" in docker_state["h1: c3 addresses"]
+    assert "10.0.9.30 dev vxlan0 lladdr 02:42:0a:00:09:1e PERMANENT" in \
+        docker_state["h2: network ov neighbours"]  # the connect reached the other host
     result = diff.diff(scenario.load(name), docker=docker_state)
     assert result.ok, result.render()
     assert result.differences  # the listed ones (learning, lb-ov) are printed, not dropped
