@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 
 import pytest
 
@@ -55,6 +57,21 @@ def _no_daemon_left() -> bool:
         if os.path.isdir(dockerd.DAEMONS_DIR) else True
 
 
+def _processes(*tags: str) -> list[str]:
+    """Command lines naming one of ``tags`` (a lab's etcd, agents and DNS; a swarm's
+    dockerd and its workdir)."""
+    out = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmd = f.read().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if any(t in cmd for t in tags):
+            out.append(cmd)
+    return out
+
+
 @pytest.mark.docker
 @needs_docker
 @needs_etcd
@@ -74,6 +91,19 @@ def test_engine_matches_a_docker_swarm(name, swarm_states):
     assert result.ok, result.render()
     assert result.differences  # the listed ones (learning, lb-ov) are printed, not dropped
     assert _no_daemon_left()
+    assert not _processes(f"df{PID}e", f"dfo{PID}")  # no etcd, agent, dockerd left
+
+
+@pytest.mark.docker
+@needs_docker
+@needs_etcd
+def test_cli_runs_the_overlay_scenario_and_exits_zero():
+    r = subprocess.run([sys.executable, "-m", "cnmlab.cli", "diff", "overlay"],
+                       capture_output=True, text=True, timeout=400)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "$ (on h1) docker network connect --ip 10.0.9.30 ov c3" in r.stdout
+    assert "0 unlisted" in r.stdout
+    assert "(known: Docker 19.03+ gives an attachable swarm overlay one load-balancer" in r.stdout
 
 
 def _break_fdb(lab) -> None:
