@@ -7,6 +7,12 @@ the same commands (bridge ``br-<id>``, veth suffixes, container IDs), so each is
 its role: ``<br:app>`` for network app's bridge, ``<veth:w1.eth0>`` for the host end of w1's
 eth0, ``<id:w1>`` for w1's short ID, ``<mac:...>`` for a MAC the kernel chose at random. No
 field is dropped: a value that is not generated is compared as it is.
+
+A network with a namespace of its own (an overlay's ``br0`` + ``vxlan0``, Docker's
+``1-<id>``) is read like a host, plus its permanent neighbour entries (``ip neigh``) and its
+forwarding entries (``bridge fdb``): what the driver programs for each remote endpoint. The
+veth ports there are named per namespace (Docker calls them ``veth0``, ``veth1`` in each), so
+their roles apply to that namespace's sections only.
 """
 from __future__ import annotations
 
@@ -76,7 +82,8 @@ def _derived_mac(mac: str, link: dict) -> bool:
 
 
 # the kind-specific attributes a driver chooses (``ip -d link``): a macvlan's mode, a VXLAN's
-# VNI and port; the rest of info_data is the kernel's defaults and compared through these
+# VNI, port and flags (learning, proxy ARP, l2/l3 miss notifications); the rest of info_data
+# is the kernel's defaults and compared through these
 KIND_DATA = {"macvlan": ("mode",), "ipvlan": ("mode",),
              "vxlan": ("id", "port", "learning", "proxy", "l2miss", "l3miss")}
 
