@@ -259,14 +259,23 @@ def _docker_view(daemon: DockerDaemon, host_netns: str) -> HostView:
     for n in nets.values():
         if n.scope != "swarm":
             continue
-        if os.path.exists(path := os.path.join(root, f"1-{n.id[:10]}")):
+        if _is_netns(path := os.path.join(root, f"1-{n.id[:10]}")):
             view.namespaces[f"network {n.name}"] = path
-        if n.name != ingress.INGRESS and os.path.exists(path := os.path.join(root,
-                                                                             f"lb_{n.id[:9]}")):
+        if n.name != ingress.INGRESS and _is_netns(path := os.path.join(root,
+                                                                        f"lb_{n.id[:9]}")):
             view.containers[f"lb-{n.name}"] = ContainerView(f"lb-{n.name}", path, "", _no_files)
-    if os.path.exists(path := os.path.join(root, ingress.SBOX)):
+    if _is_netns(path := os.path.join(root, ingress.SBOX)):
         view.containers[ingress.SBOX] = ContainerView(ingress.SBOX, path, "", _no_files)
     return view
+
+
+def _is_netns(path: str) -> bool:
+    """A namespace file still mounted there (nsfs), not the empty file Docker leaves for a
+    moment after it released the namespace (a network that left the node)."""
+    try:
+        return os.stat(path).st_dev == os.stat("/proc/self/ns/net").st_dev
+    except OSError:
+        return False
 
 
 @contextmanager
@@ -345,8 +354,8 @@ def _run_swarm(scenario: Scenario, name: str) -> dict[str, list[str]]:
         for step in scenario.steps:
             daemon = swarm.daemons[step.args.get("host") or scenario.hosts[0]]
             _apply(step, lambda: _docker_apply(daemon, step, swarm.manager))
-        views = {h: _docker_view(d, lab.host(h).netns) for h, d in swarm.daemons.items()}
-        _wait_peers(views)
+        views = _settled_views(lambda: {h: _docker_view(d, lab.host(h).netns)
+                                        for h, d in swarm.daemons.items()})
         return _per_host({h: collect(v) for h, v in views.items()})
     finally:
         try:
@@ -356,18 +365,34 @@ def _run_swarm(scenario: Scenario, name: str) -> dict[str, list[str]]:
             lab.down()
 
 
-def _wait_peers(views: dict[str, HostView], timeout: float = 30.0) -> None:
-    """Until each host's overlay namespaces hold a permanent neighbour for every endpoint
-    the other hosts have on that network: swarm spreads them by gossip, a second or so after
-    ``docker run`` returned (the engine's ``converge`` waits for its agents the same way)."""
+def _settled_views(read: Callable[[], dict[str, HostView]], timeout: float = 30.0,
+                   steady: float = 1.5) -> dict[str, HostView]:
+    """Each host's view once its overlay namespaces hold a permanent neighbour for exactly
+    the endpoints the other hosts have on that network, and nothing changed for ``steady``
+    seconds. Swarm spreads peers by gossip, a second or so after ``docker run`` returned, and
+    takes a network's namespace (and its load balancer) off a node some time after its last
+    container left: the views are read again until then (the engine's ``converge`` waits for
+    its agents the same way). At the deadline the last views are taken: what is still
+    missing is then a difference the diff names."""
     deadline = time.monotonic() + timeout
+    last: Any = None
+    since = time.monotonic()
     while True:
+        views = read()
         local = {h: _endpoints(v) for h, v in views.items()}
-        missing = [(h, label) for h, v in views.items() for label, ns in v.namespaces.items()
-                   if not {ip for o in views if o != h for ip in local[o].get(label, set())}
-                   <= kernelstate.permanent_neighbours(ns)]
-        if not missing or time.monotonic() > deadline:
-            return  # what is still missing then is a difference the diff will name
+        neigh = {h: {label: kernelstate.permanent_neighbours(ns)
+                     for label, ns in v.namespaces.items()} for h, v in views.items()}
+        consistent = all({ip for o in views if o != h for ip in local[o].get(label, set())}
+                         == found for h in views for label, found in neigh[h].items())
+        now = (consistent, {h: (sorted(v.namespaces), sorted(v.containers),
+                                {k: sorted(n) for k, n in neigh[h].items()})
+                            for h, v in views.items()})
+        if now != last:
+            last, since = now, time.monotonic()
+        elif consistent and time.monotonic() - since >= steady:
+            return views
+        if time.monotonic() > deadline:
+            return views
         time.sleep(0.2)
 
 

@@ -507,8 +507,12 @@ class Controller:
                     self._route_default(sb, snl)
             ep.sandbox, ep.ifname, ep.gateway = None, None, None
             # ...and on leave deletes every line of the container's hostname, all networks'
-            # (libnetwork's deleteHostsEntries matches by name): what 20.10 really leaves
-            sb.hosts.clear()
+            # (libnetwork's deleteHostsEntries matches by name): what 20.10 really leaves.
+            # Not on a swarm-scope network (the endpoint's names are withdrawn from the
+            # cluster before the leave, so none is left to match) nor on docker_gwbridge (its
+            # anonymous endpoints hold none): ``cnmlab diff overlay-removal`` shows it
+            if net.scope != "global" and net.name != GWBRIDGE:
+                sb.hosts.clear()
             self._write_sandbox_etc(sb)
             if ep.ports:
                 self._program_firewall()

@@ -28,7 +28,7 @@ needs_etcd = pytest.mark.skipif(not shutil.which("etcd"), reason="needs etcd-ser
 
 
 def test_the_swarm_scenarios_are_shipped_and_name_their_hosts():
-    assert SWARM == ["overlay"]
+    assert SWARM == ["overlay", "overlay-removal"]
     sc = scenario.load("overlay")
     assert sc.hosts == ["h1", "h2"]
     assert str(sc.steps[0]) == ("docker network create -d overlay --attachable "
@@ -72,21 +72,37 @@ def _processes(*tags: str) -> list[str]:
     return out
 
 
+def _covers_overlay(state: dict[str, list[str]]) -> None:
+    """Both hosts, the overlay's namespace, its remote peers, the late connect."""
+    for h, other in (("h1", "192.168.50.12"), ("h2", "192.168.50.11")):
+        assert any(l.startswith("vxlan0 kind=vxlan id=4097 port=4789 ")
+                   for l in state[f"{h}: network ov links"])
+        assert any(f"dev vxlan0 dst {other} self permanent" in l
+                   for l in state[f"{h}: network ov fdb"])
+    assert "eth1 10.0.9.30/24 brd 10.0.9.255 scope global" in state["h1: c3 addresses"]
+    assert "10.0.9.30 dev vxlan0 lladdr 02:42:0a:00:09:1e PERMANENT" in \
+        state["h2: network ov neighbours"]  # the connect reached the other host
+
+
+def _covers_removal(state: dict[str, list[str]]) -> None:
+    """The peers of a removed and of a disconnected container are gone from the other host,
+    and the node with no container left on the overlay has no part of it any more."""
+    assert state["h1: network ov neighbours"] == []
+    assert not [l for l in state["h1: network ov fdb"] if " dst " in l]
+    assert "h2: network ov links" not in state
+    assert [l.split(" ")[0] for l in state["h2: c3 links"]] == ["lo"]
+
+
+COVERS = {"overlay": _covers_overlay, "overlay-removal": _covers_removal}
+
+
 @pytest.mark.docker
 @needs_docker
 @needs_etcd
 @pytest.mark.parametrize("name", SWARM)
 def test_engine_matches_a_docker_swarm(name, swarm_states):
     docker_state = swarm_states(name)
-    # what the comparison covers: both hosts, the overlay's namespace, its remote peers
-    for h, other in (("h1", "192.168.50.12"), ("h2", "192.168.50.11")):
-        assert any(l.startswith("vxlan0 kind=vxlan id=4097 port=4789 ")
-                   for l in docker_state[f"{h}: network ov links"])
-        assert any(f"dev vxlan0 dst {other} self permanent" in l
-                   for l in docker_state[f"{h}: network ov fdb"])
-    assert "eth1 10.0.9.30/24 brd 10.0.9.255 scope global" in docker_state["h1: c3 addresses"]
-    assert "10.0.9.30 dev vxlan0 lladdr 02:42:0a:00:09:1e PERMANENT" in \
-        docker_state["h2: network ov neighbours"]  # the connect reached the other host
+    COVERS[name](docker_state)  # what the comparison is about is there to compare
     result = diff.diff(scenario.load(name), docker=docker_state)
     assert result.ok, result.render()
     assert result.differences  # the listed ones (learning, lb-ov) are printed, not dropped
