@@ -35,6 +35,7 @@ from cnmlab.kernel import sysctl
 from cnmlab.lab import Lab, parse_port
 
 SIDES = ("engine", "docker")
+LB_PREFIX = "lb-"  # Docker's load-balancer endpoint of a swarm network: lb-<network>
 
 
 @dataclass(frozen=True)
@@ -263,7 +264,8 @@ def _docker_view(daemon: DockerDaemon, host_netns: str) -> HostView:
             view.namespaces[f"network {n.name}"] = path
         if n.name != ingress.INGRESS and _is_netns(path := os.path.join(root,
                                                                         f"lb_{n.id[:9]}")):
-            view.containers[f"lb-{n.name}"] = ContainerView(f"lb-{n.name}", path, "", _no_files)
+            view.containers[LB_PREFIX + n.name] = ContainerView(LB_PREFIX + n.name, path, "",
+                                                                _no_files)
     if _is_netns(path := os.path.join(root, ingress.SBOX)):
         view.containers[ingress.SBOX] = ContainerView(ingress.SBOX, path, "", _no_files)
     return view
@@ -368,9 +370,10 @@ def _run_swarm(scenario: Scenario, name: str) -> dict[str, list[str]]:
 def _settled_views(read: Callable[[], dict[str, HostView]], timeout: float = 30.0,
                    steady: float = 1.5) -> dict[str, HostView]:
     """Each host's view once its overlay namespaces hold a permanent neighbour for exactly
-    the endpoints the other hosts have on that network, and nothing changed for ``steady``
-    seconds. Swarm spreads peers by gossip, a second or so after ``docker run`` returned, and
-    takes a network's namespace (and its load balancer) off a node some time after its last
+    the endpoints the other hosts have on that network, no node keeps a network's part with
+    no container (or ingress sandbox) on it, and nothing changed for ``steady`` seconds.
+    Swarm spreads peers by gossip, a second or so after ``docker run`` returned, and takes a
+    network's namespace (and its load balancer) off a node some time after its last
     container left: the views are read again until then (the engine's ``converge`` waits for
     its agents the same way). At the deadline the last views are taken: what is still
     missing is then a difference the diff names."""
@@ -382,8 +385,10 @@ def _settled_views(read: Callable[[], dict[str, HostView]], timeout: float = 30.
         local = {h: _endpoints(v) for h, v in views.items()}
         neigh = {h: {label: kernelstate.permanent_neighbours(ns)
                      for label, ns in v.namespaces.items()} for h, v in views.items()}
-        consistent = all({ip for o in views if o != h for ip in local[o].get(label, set())}
-                         == found for h in views for label, found in neigh[h].items())
+        consistent = all(
+            {ip for o in views if o != h for ip in local[o].get(label, {})} == found
+            and any(not name.startswith(LB_PREFIX) for name in local[h].get(label, {}).values())
+            for h in views for label, found in neigh[h].items())
         now = (consistent, {h: (sorted(v.namespaces), sorted(v.containers),
                                 {k: sorted(n) for k, n in neigh[h].items()})
                             for h, v in views.items()})
@@ -396,15 +401,16 @@ def _settled_views(read: Callable[[], dict[str, HostView]], timeout: float = 30.
         time.sleep(0.2)
 
 
-def _endpoints(view: HostView) -> dict[str, set[str]]:
-    """Network namespace label -> the addresses this host's sandboxes have in its subnet."""
-    mine = [ipaddress.ip_interface(a) for c in view.containers.values()
+def _endpoints(view: HostView) -> dict[str, dict[str, str]]:
+    """Network namespace label -> {address: sandbox} for this host's sandboxes in its
+    subnet."""
+    mine = [(ipaddress.ip_interface(a), c.name) for c in view.containers.values()
             for a in kernelstate.inet_addresses(c.netns)]
     out = {}
     for label, ns in view.namespaces.items():
         subnets = {ipaddress.ip_interface(a).network for a in kernelstate.inet_addresses(ns)
                    if not a.startswith("127.")}
-        out[label] = {str(a.ip) for a in mine if a.network in subnets}
+        out[label] = {str(a.ip): name for a, name in mine if a.network in subnets}
     return out
 
 

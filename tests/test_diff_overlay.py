@@ -19,8 +19,10 @@ import pytest
 
 from cnmlab.checks import diff, dockerd, scenario
 from cnmlab.drivers import overlay
+from cnmlab.errors import InvalidInput
 from cnmlab.kernel import nsexec
 from cnmlab.kernel.netlink import Netlink
+from cnmlab.yamlsrc import parse
 from tests.test_diff import PID, is_swarm, needs_docker
 
 SWARM = [n for n in scenario.available() if is_swarm(n)]
@@ -35,6 +37,17 @@ def test_the_swarm_scenarios_are_shipped_and_name_their_hosts():
                                 "--subnet 10.0.9.0/24 ov")
     assert str(sc.steps[2]) == "(on h2) docker run -d --name c2 --network ov --ip 10.0.9.20 busybox"
     assert str(sc.steps[4]) == "(on h1) docker network connect --ip 10.0.9.30 ov c3"
+
+
+def test_a_steps_host_is_checked_and_the_first_named_host_is_the_manager():
+    with pytest.raises(InvalidInput, match=r"x\.yaml:2: steps\.0\.run\.host: 5 has the wrong type"):
+        scenario.parse(parse("steps:\n  - run: {name: c1, host: 5}\n", "x.yaml"))
+    sc = scenario.parse(parse("steps:\n  - network_create: {name: n, driver: overlay}\n"
+                              "  - run: {name: c1, network: n, host: b}\n"
+                              "  - run: {name: c2, network: n, host: a}\n", "x.yaml"))
+    assert sc.hosts == ["b", "a"]
+    assert str(sc.steps[0]) == "docker network create -d overlay --attachable n"
+    assert scenario.parse(parse("steps:\n  - run: {name: c1}\n", "x.yaml")).hosts == []
 
 
 @pytest.fixture(scope="module")
