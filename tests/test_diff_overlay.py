@@ -169,7 +169,7 @@ def _wrong_port(lab) -> None:
     ns = net.netns
     nsexec.run(ns, ["ip", "link", "del", "vxlan0"])
     nsexec.run(host.netns, ["ip", "link", "add", "vxbad", "type", "vxlan", "id",
-                            overlay.vni_of(net).__str__(), "dstport", "4790", "nolearning",
+                            overlay.vni_of(net).__str__(), "dstport", "4790",
                             "proxy", "l2miss", "l3miss"])
     nsexec.run(host.netns, ["ip", "link", "set", "vxbad", "netns", nsexec.netns_path(ns)])
     nsexec.run(ns, ["ip", "link", "set", "vxbad", "name", "vxlan0", "mtu", "1450",
@@ -190,7 +190,10 @@ def test_a_wrong_vxlan_port_fails_naming_the_line(swarm_states):
     result = diff.diff(scenario.load("overlay"), engine=engine, docker=docker_state)
     lines = {(d.section, d.side, d.line.split(" master=")[0]) for d in result.unlisted}
     assert ("h1: network ov links", "engine",
-            "vxlan0 kind=vxlan id=4097 port=4790 learning=false proxy=true l2miss=true "
+            "vxlan0 kind=vxlan id=4097 port=4790 learning=true proxy=true l2miss=true "
+            "l3miss=true") in lines, result.render()
+    assert ("h1: network ov links", "docker",
+            "vxlan0 kind=vxlan id=4097 port=4789 learning=true proxy=true l2miss=true "
             "l3miss=true") in lines, result.render()
     # the port is all that is wrong: h2 and the other sections still match
     assert {d.section for d in result.unlisted} == {"h1: network ov links"}, result.render()

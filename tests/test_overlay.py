@@ -80,7 +80,7 @@ def test_the_data_plane_reads_like_dockers(ovlab):
         fdb = {(f.mac, f.dst) for f in nl.fdb() if f.dev == "vxlan0" and f.dst}
     assert links["br0"].kind == "bridge" and "10.0.0.1/24" in links["br0"].addresses
     assert links["vxlan0"].master == "br0" and links["vxlan0"].mtu == 1450
-    assert vx == {"id": 4096, "port": 4789, "learning": False, "proxy": True, "l2miss": True,
+    assert vx == {"id": 4096, "port": 4789, "learning": True, "proxy": True, "l2miss": True,
                   "l3miss": True, "mtu": 1450}
     veths = [l for l in links.values() if l.kind == "veth"]
     assert [l.master for l in veths] == ["br0"] and veths[0].name.startswith("veth")
@@ -104,7 +104,8 @@ def test_the_data_plane_reads_like_dockers(ovlab):
 
 
 def test_no_flooding_an_unannounced_address_stays_unreachable(ovlab):
-    """No multicast, no learning: a remote endpoint the store never announced gets no frame."""
+    """No multicast, no flooding: a remote endpoint the store never announced gets no frame
+    (learning is on, as in Docker, but nothing arrives to learn from)."""
     h1, h2 = ovlab.host("h1"), ovlab.host("h2")
     a = h1.run("a1", "ov")
     b = h2.run("b1", "ov")

@@ -6,13 +6,14 @@ Built as Docker 20.10's ``drivers/overlay`` builds it on each host (docker-fidel
   namespace, since every host of a lab shares one /run/netns) holding bridge ``br0`` with the
   gateway address, and ``vxlan0``: created in the *host* namespace as ``vx-<vni 6 hex>-<id5>``
   and then moved in, so its UDP socket stays on the host's underlay while the device sits on
-  ``br0``. UDP 4789, VNI from 4096 (allocated cluster-wide), learning off, proxy, l2miss and
-  l3miss on, MTU 1500 - 50 = 1450 (the VXLAN, UDP, IP and inner Ethernet headers).
+  ``br0``. UDP 4789, VNI from 4096 (allocated cluster-wide), learning, proxy, l2miss and
+  l3miss on (as ``createVxlan`` sets them), MTU 1500 - 50 = 1450 (the VXLAN, UDP, IP and inner Ethernet headers).
 * per endpoint a veth: the host end (``veth<7 hex>``) on ``br0``, the container end becomes
   ``eth<N>`` with MAC ``02:42:<IPv4>``.
 * per remote endpoint (``peer_add``) a PERMANENT neighbour entry (IP -> MAC on vxlan0) and a
   permanent FDB entry (MAC -> remote VTEP), as ``peerdb.go`` programs them, and nothing else: no
-  multicast group, no flooding, no learning. An address nobody announced stays unreachable.
+  multicast group, no flooding (learning is on, but it learns only from frames that arrive,
+  and nothing is sent to an unknown VTEP). An address nobody announced stays unreachable.
 * no gateway of its own: a container gets its default route from a second endpoint on
   ``docker_gwbridge`` (the controller does that for ``Capability.egress_bridge``).
 
@@ -140,7 +141,7 @@ class OverlayDriver:
         while True:
             try:
                 ctx.nl.add_link(name, "vxlan", vxlan_id=vni, vxlan_port=VXLAN_PORT,
-                                vxlan_learning=0, vxlan_proxy=1, vxlan_l2miss=1,
+                                vxlan_learning=1, vxlan_proxy=1, vxlan_l2miss=1,
                                 vxlan_l3miss=1, mtu=mtu)
                 return
             except ObjectExists:
