@@ -280,12 +280,16 @@ def _is_netns(path: str) -> bool:
         return False
 
 
-@contextmanager
-def _docker_side(name: str, quiet: bool = True) -> Iterator[tuple[DockerDaemon, str]]:
+def _need_docker() -> None:
     missing = missing_tools()
     if missing:
         raise FeatureMissing(f"cannot run real Docker: missing {', '.join(missing)} "
                              f"(apt-get install docker.io busybox-static)")
+
+
+@contextmanager
+def _docker_side(name: str, quiet: bool = True) -> Iterator[tuple[DockerDaemon, str]]:
+    _need_docker()
     lab = Lab(name)
     daemon = None
     try:
@@ -344,10 +348,7 @@ def run_docker(scenario: Scenario, name: str) -> dict[str, list[str]]:
 
 
 def _run_swarm(scenario: Scenario, name: str) -> dict[str, list[str]]:
-    missing = missing_tools()
-    if missing:
-        raise FeatureMissing(f"cannot run real Docker: missing {', '.join(missing)} "
-                             f"(apt-get install docker.io busybox-static)")
+    _need_docker()
     lab = Lab(name)
     swarm = None
     try:

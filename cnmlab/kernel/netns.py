@@ -77,8 +77,8 @@ def setns(fd: int) -> None:
     _check(_libc.setns(fd, CLONE_NEWNET), "setns")
 
 
-def create(name: str) -> None:
-    """Create a named namespace, like ``ip netns add NAME``, without leaving this thread in it."""
+def _claim_path(name: str) -> str:
+    """The empty file a namespace is bind-mounted on, made exclusively (the name is ours)."""
     _prepare_run_dir()
     path = path_of(name)
     try:
@@ -86,6 +86,12 @@ def create(name: str) -> None:
     except FileExistsError:
         raise ObjectExists(f"network namespace {name} already exists (run 'cnmlab clean')") from None
     os.close(fd)
+    return path
+
+
+def create(name: str) -> None:
+    """Create a named namespace, like ``ip netns add NAME``, without leaving this thread in it."""
+    path = _claim_path(name)
     home = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
     try:
         if _libc.unshare(CLONE_NEWNET) != 0:
@@ -106,13 +112,7 @@ def create(name: str) -> None:
 def attach(name: str, pid: int) -> None:
     """Name process ``pid``'s network namespace, like ``ip netns attach NAME PID``; ``delete``
     takes the name away again and the namespace lives on as long as the process does."""
-    _prepare_run_dir()
-    path = path_of(name)
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_EXCL, 0o444)
-    except FileExistsError:
-        raise ObjectExists(f"network namespace {name} already exists (run 'cnmlab clean')") from None
-    os.close(fd)
+    path = _claim_path(name)
     if _mount(f"/proc/{pid}/ns/net", path, MS_BIND) != 0:
         err = ctypes.get_errno()
         os.unlink(path)
