@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import difflib
 import ipaddress
+import json
 import os
 import re
 import time
@@ -23,19 +24,22 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from cnmlab import ingress, yamlsrc
+from cnmlab import ingress, services, yamlsrc
 from cnmlab.checks import dockerd, kernelstate
 from cnmlab.checks.docker_target import DockerTarget
 from cnmlab.checks.dockerd import DockerDaemon, missing_tools
-from cnmlab.checks.kernelstate import ContainerView, HostView, collect
+from cnmlab.checks.kernelstate import ContainerView, HostView, ServiceView, collect
 from cnmlab.checks.scenario import Scenario, Step, global_scope, scenarios_dir
 from cnmlab.checks.swarm import Swarm
 from cnmlab.errors import CnmError, FeatureMissing, InvalidInput
 from cnmlab.kernel import sysctl
+from cnmlab.kernel.ipvs import Ipvs
 from cnmlab.lab import Lab, parse_port
 
 SIDES = ("engine", "docker")
 LB_PREFIX = "lb-"  # Docker's load-balancer endpoint of a swarm network: lb-<network>
+SERVICE_TIMEOUT = 600.0  # tasks took 40-50 s to run in the VM (emulated CPU), idle machine
+TASK_NAME = re.compile(r"(.+)\.\d+\.[0-9a-z]{25}")  # swarm's <service>.<slot>.<task id>
 
 
 @dataclass(frozen=True)
@@ -163,8 +167,13 @@ def _engine_apply(lab: Lab, step: Step, default_host: str = "host") -> None:
             host.network_rm(a["name"])
     elif step.op == "connect":
         host.connect(a["network"], a["container"], ip=a.get("ip"))
-    else:
+    elif step.op == "disconnect":
         host.disconnect(a["network"], a["container"])
+    elif step.op == "service_network_create":  # cnmlab's services run on one host's bridge
+        host.network_create(a["name"], "bridge", subnet=a.get("subnet"))
+    else:
+        host.service_create(a["name"], a["network"], replicas=a.get("replicas", 1),
+                            port=a.get("port", 80))
 
 
 def _engine_view(lab: Lab, host_name: str | None = "host",
@@ -185,11 +194,14 @@ def _engine_view(lab: Lab, host_name: str | None = "host",
         if n.netns and n.netns != host.netns:
             view.namespaces[f"network {n.name}"] = n.netns
 
+    # a service's load balancer is no container (Docker lists none): its state is compared
+    # in the sections about services
+    lbs = {services.lb_name(s.network) for s in host.model.services.values() if s.vip}
     for sb in host.sandboxes():
         if sb.name == ingress.sbox_name(host.name):
             view.containers[ingress.SBOX] = ContainerView(ingress.SBOX, sb.netns, "", _no_files)
             continue
-        if only is not None and sb.name not in only:
+        if (only is not None and sb.name not in only) or sb.name in lbs:
             continue
 
         def read(f: str, ns: str = sb.netns) -> str:
@@ -199,6 +211,13 @@ def _engine_view(lab: Lab, host_name: str | None = "host",
             except OSError:
                 return ""
         view.containers[sb.name] = ContainerView(sb.name, sb.netns, sb.model.id[:12], read)
+    for svc in host.model.services.values():
+        lb = host.model.sandboxes.get(services.lb_name(svc.network))
+        if not svc.vip or lb is None or not lb.netns:
+            continue
+        ips = dict(zip(svc.tasks, host.service_tasks(svc.name)))
+        view.services.append(ServiceView(svc.name, svc.network, svc.vip, ips, lb.netns,
+                                         host.sandbox(lb.name).ip(svc.network)))
     return view
 
 
@@ -240,9 +259,93 @@ def _docker_apply(daemon: DockerDaemon, step: Step, manager: DockerDaemon | None
                               gateway=a.get("gateway"), ip_range=a.get("ip_range"))
     elif step.op == "network_rm":
         (manager or daemon).docker("network", "rm", a["name"])
+    elif step.op == "service_network_create":
+        _swarm(daemon)
+        daemon.docker("network", "create", "-d", "overlay", "--attachable",
+                      *(["--subnet", a["subnet"]] if a.get("subnet") else []), a["name"],
+                      timeout=120)
+    elif step.op == "service_create":
+        _swarm(daemon)
+        replicas = int(a.get("replicas", 1))
+        daemon.docker("service", "create", "--name", a["name"], "--network", a["network"],
+                      "--replicas", str(replicas), "--no-resolve-image", "--detach",
+                      dockerd.IMAGE, "sleep", "3600", timeout=300)
+        _wait_service(daemon, a["name"], replicas)
     else:
         daemon.docker("network", step.op, *(["--ip", a["ip"]] if a.get("ip") else []),
                       a["network"], a["container"])
+
+
+def _swarm(daemon: DockerDaemon) -> None:
+    """``docker swarm init`` once, before the first service step (a single-node swarm)."""
+    state = daemon.docker("info", "--format", "{{.Swarm.LocalNodeState}}").stdout.strip()
+    if state != "active":
+        daemon.docker("swarm", "init", timeout=120)
+
+
+def _lb_netns(daemon: DockerDaemon, network_id: str) -> str:
+    """Docker's load balancer namespace ``lb_<id9>``: a file under the daemon's exec-root,
+    bind-mounted in the daemon's private mount namespace, reached through its root."""
+    return f"/proc/{daemon.pid}/root{daemon.exec_root}/netns/lb_{network_id[:9]}"
+
+
+def _wait_service(daemon: DockerDaemon, name: str, replicas: int,
+                  timeout: float = SERVICE_TIMEOUT) -> None:
+    """Until ``replicas`` tasks run and the load balancer's IPVS lists each of them (the
+    daemon programs IPVS after the task starts). Generous: the VM's CPU is emulated."""
+    deadline = time.monotonic() + timeout
+    why = "no task yet"
+    while time.monotonic() < deadline:
+        svc = _docker_services(daemon, {name})
+        if svc and len(svc[0].tasks) == replicas:
+            try:
+                servers = sum(len(s.servers) for s in _ipvs_of(svc[0].lb_netns))
+            except (OSError, CnmError) as e:
+                servers, why = 0, f"its load balancer is not there yet ({e})"
+            if servers >= replicas:
+                return
+            why = why if not servers else f"IPVS lists {servers} of {replicas} tasks"
+        elif svc:
+            why = f"{len(svc[0].tasks)} of {replicas} tasks run"
+        time.sleep(0.5)
+    raise CnmError(f"docker service {name}: not ready within {timeout:g} s: {why}")
+
+
+def _ipvs_of(ns_path: str) -> list[Any]:
+    fd = os.open(ns_path, os.O_RDONLY)
+    try:
+        return Ipvs(fd=fd).services()
+    finally:
+        os.close(fd)
+
+
+def _docker_services(daemon: DockerDaemon, only: set[str] | None = None) -> list[ServiceView]:
+    """Each VIP service: its VIP, its running tasks (by slot name) and its network's lb."""
+    names = daemon.docker("service", "ls", "--format", "{{.Name}}",
+                          check=False).stdout.split()
+    out = []
+    for name in names:
+        if only is not None and name not in only:
+            continue
+        vips = json.loads(daemon.docker("service", "inspect", name, "--format",
+                                        "{{json .Endpoint.VirtualIPs}}").stdout or "null")
+        for vip in vips or []:
+            net = json.loads(daemon.docker("network", "inspect", vip["NetworkID"], "--format",
+                                           "{{json .}}").stdout)
+            if net["Name"] == "ingress":
+                continue
+            tasks = {}
+            lb_ip = ""
+            for ep in (net.get("Containers") or {}).values():
+                m = TASK_NAME.fullmatch(ep.get("Name", ""))
+                addr = ep.get("IPv4Address", "").split("/")[0]
+                if m and m.group(1) == name:
+                    tasks[m.group(0).rsplit(".", 1)[0]] = addr
+                elif ep.get("Name") == f"{net['Name']}-endpoint":
+                    lb_ip = addr
+            out.append(ServiceView(name, net["Name"], vip["Addr"].split("/")[0], tasks,
+                                   _lb_netns(daemon, net["Id"]), lb_ip))
+    return out
 
 
 def _docker_view(daemon: DockerDaemon, host_netns: str) -> HostView:
@@ -255,7 +358,10 @@ def _docker_view(daemon: DockerDaemon, host_netns: str) -> HostView:
     for sb in target.sandboxes().values():
         def read(f: str, name: str = sb.name) -> str:
             return daemon.docker("exec", name, "cat", f"/etc/{f}", check=False).stdout
-        view.containers[sb.name] = ContainerView(sb.name, sb.netns_path, sb.id[:12], read)
+        # a swarm task is <service>.<slot>.<task id>: by its slot, as cnmlab names its tasks
+        m = TASK_NAME.fullmatch(sb.name)
+        name = m.group(0).rsplit(".", 1)[0] if m else sb.name
+        view.containers[name] = ContainerView(name, sb.netns_path, sb.id[:12], read)
     root = f"/proc/{daemon.pid}/root{daemon.exec_root}/netns"
     for n in nets.values():
         if n.scope != "swarm":
@@ -268,6 +374,7 @@ def _docker_view(daemon: DockerDaemon, host_netns: str) -> HostView:
                                                                 _no_files)
     if _is_netns(path := os.path.join(root, ingress.SBOX)):
         view.containers[ingress.SBOX] = ContainerView(ingress.SBOX, path, "", _no_files)
+    view.services = _docker_services(daemon)
     return view
 
 
@@ -323,7 +430,7 @@ def run_engine(scenario: Scenario, name: str,
                 _apply(step, lambda: _engine_apply(lab, step))
             if after is not None:
                 after(lab)
-            return collect(_engine_view(lab))
+            return scenario.compared(collect(_engine_view(lab)))
         lab.add_underlay(*UNDERLAY)
         for h in scenario.hosts:
             lab.add_host(h, underlay=UNDERLAY[0])
@@ -334,7 +441,8 @@ def run_engine(scenario: Scenario, name: str,
         lab.converge(timeout=60)
         if after is not None:
             after(lab)
-        return _per_host({h: collect(_engine_view(lab, h)) for h in scenario.hosts})
+        return scenario.compared(_per_host({h: collect(_engine_view(lab, h))
+                                            for h in scenario.hosts}))
 
 
 def run_docker(scenario: Scenario, name: str) -> dict[str, list[str]]:
@@ -344,7 +452,7 @@ def run_docker(scenario: Scenario, name: str) -> dict[str, list[str]]:
         for step in scenario.steps:
             _apply(step, lambda: _docker_apply(daemon, step))
         time.sleep(0.2)  # docker run returns before the last route/rule change lands
-        return collect(_docker_view(daemon, host_ns))
+        return scenario.compared(collect(_docker_view(daemon, host_ns)))
 
 
 def _run_swarm(scenario: Scenario, name: str) -> dict[str, list[str]]:
@@ -359,7 +467,7 @@ def _run_swarm(scenario: Scenario, name: str) -> dict[str, list[str]]:
             _apply(step, lambda: _docker_apply(daemon, step, swarm.manager))
         views = _settled_views(lambda: {h: _docker_view(d, lab.host(h).netns)
                                         for h, d in swarm.daemons.items()})
-        return _per_host({h: collect(v) for h, v in views.items()})
+        return scenario.compared(_per_host({h: collect(v) for h, v in views.items()}))
     finally:
         try:
             if swarm is not None:
@@ -421,7 +529,10 @@ def _per_host(states: dict[str, dict[str, list[str]]]) -> dict[str, list[str]]:
 
 
 def containers_of(scenario: Scenario) -> set[str]:
-    return {s.args["name"] for s in scenario.steps if s.op == "run"}
+    names = {s.args["name"] for s in scenario.steps if s.op == "run"}
+    return names | {services.task_name(s.args["name"], slot) for s in scenario.steps
+                    if s.op == "service_create"
+                    for slot in range(1, int(s.args.get("replicas", 1)) + 1)}
 
 
 def run_against(scenario: Scenario, lab_name: str, host: str | None = None,
@@ -452,6 +563,7 @@ def run_against_lab(scenario: Scenario, lab: Lab, host: str | None = None,
                           for h in scenario.hosts})
     else:
         mine = collect(_engine_view(lab, host, only=containers_of(scenario)))
+    mine = scenario.compared(mine)
     docker_state = run_docker(scenario, f"df{os.getpid()}d")
     return DiffResult(scenario.name, compare(against_lab(scenario.name), mine, docker_state,
                                              load_known() if known is None else known),

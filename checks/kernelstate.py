@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 
 from cnmlab.kernel import nsexec
 from cnmlab.kernel.netlink import Netlink
+from cnmlab.kernel.ipvs import Ipvs, ServiceState
 
 SYSCTLS = ("net.ipv4.ip_forward", "net.bridge.bridge-nf-call-iptables",
            "net.bridge.bridge-nf-call-ip6tables", "net.ipv4.conf.all.route_localnet",
@@ -42,12 +43,26 @@ class ContainerView:
 
 
 @dataclass
+class ServiceView:
+    """A service with a VIP: its address, its tasks' addresses (slot name ``web.1`` -> IP) and
+    its network's load balancer (Docker's ``lb_<id>`` namespace, cnmlab's ``lb-<network>``)."""
+
+    name: str
+    network: str
+    vip: str
+    tasks: dict[str, str]
+    lb_netns: str  # a namespace name or path
+    lb_ip: str
+
+
+@dataclass
 class HostView:
     host_netns: str
     bridges: dict[str, str]  # network name -> bridge device
     containers: dict[str, ContainerView] = field(default_factory=dict)
     # a network's own namespace, by role ("network ov" -> an overlay's br0 + vxlan0)
     namespaces: dict[str, str] = field(default_factory=dict)
+    services: list[ServiceView] = field(default_factory=list)
 
 
 def _ip_json(ns: str, *args: str) -> list[dict]:
@@ -163,9 +178,9 @@ def _iptables(ns: str, rn: Renamer) -> list[str]:
     return out
 
 
-def _sysctls(ns: str) -> list[str]:
+def _sysctls(ns: str, keys: tuple[str, ...] = SYSCTLS) -> list[str]:
     out = []
-    for key in SYSCTLS:
+    for key in keys:
         proc = nsexec.run(ns, ["cat", "/proc/sys/" + key.replace(".", "/")], check=False)
         out.append(f"{key} = {proc.stdout.strip() or '(absent)'}")
     return out
@@ -222,6 +237,83 @@ def _nsids(ns: str, candidates: dict[str, str]) -> dict[int, str]:
     finally:
         os.close(fd)
     return out
+
+
+# what libnetwork sets in a load balancer's namespace (and what cnmlab's lb sets)
+LB_SYSCTLS = ("net.ipv4.ip_forward", "net.ipv4.vs.conntrack", "net.ipv4.vs.expire_nodest_conn",
+              "net.ipv4.vs.expire_quiescent_template")
+#: the embedded DNS listens on random ports, redirected from 127.0.0.11:53
+_DNS_DNAT = re.compile(r"-p (tcp|udp) .*--to-destination 127\.0\.0\.11:(\d+)")
+
+
+def _dns_ports(lines: list[str]) -> list[str]:
+    """The embedded DNS's random ports (DNAT 127.0.0.11:53 -> :PORT, SNAT back) by role."""
+    ports = {m.group(2): f"<dns {m.group(1)} port>" for l in lines
+             if (m := _DNS_DNAT.search(l))}
+    if not ports:
+        return lines
+    pat = re.compile(r"(?<=127\.0\.0\.11:)(\d+)\b|(?<=--sport )(\d+)\b")
+    return [pat.sub(lambda m: ports.get(m.group(0), m.group(0)), l) for l in lines]
+
+
+def _ipvs_lines(ns: str, rn: Renamer) -> list[str]:
+    """``ipvsadm -Ln`` as lines, real servers sorted by role. A real server's port that is the
+    port the client asked for (0 behind a fwmark service, the service's own port behind a
+    VIP:port service) reads ``<client port>``: the same forwarding either way, while the
+    service line still shows which kind of service it is."""
+    fd = os.open(nsexec.netns_path(ns), os.O_RDONLY)
+    try:
+        states: list[ServiceState] = Ipvs(fd=fd).services()
+    finally:
+        os.close(fd)
+    out = []
+    for st in sorted(states, key=lambda s: str(s.service)):
+        svc = st.service
+        head = f"FWM {svc.fwmark}" if svc.fwmark else \
+            f"{svc.proto.upper()} {rn(svc.vip or '')}:{svc.port}"
+        out.append(f"{head} {st.scheduler}")
+        servers = []
+        for r in st.servers:
+            same = r.port == 0 if svc.fwmark else r.port == svc.port
+            port = "<client port>" if same else str(r.port)
+            servers.append(f"  -> {rn(r.ip)}:{port} {r.forward} weight {r.weight}")
+        out += sorted(servers)
+    return out
+
+
+def _service_sections(view: HostView, rn: Renamer) -> dict[str, list[str]]:
+    """The load balancers' state: IPVS, firewall, addresses, routes and sysctls of each
+    network's lb namespace, and IPVS and firewall in each task. Addresses the pool handed
+    out are shown by role there (``<vip:web>``, ``<task:web.1>``, ``<lb:app>``); the section
+    ``services`` lists each role's actual address, so the allocation order is compared too."""
+    srn = Renamer()
+    srn.names = dict(rn.names)
+    sections: dict[str, list[str]] = {"services": []}
+    lbs: dict[str, str] = {}
+    for svc in sorted(view.services, key=lambda s: s.name):
+        sections["services"].append(f"{svc.name} vip {svc.vip} on {svc.network}")
+        srn.add(svc.vip, f"<vip:{svc.name}>")
+        for task, ip in sorted(svc.tasks.items()):
+            sections["services"].append(f"{task} {ip}")
+            srn.add(ip, f"<task:{task}>")
+        if svc.network not in lbs:
+            lbs[svc.network] = svc.lb_netns
+            sections["services"].append(f"lb-{svc.network} {svc.lb_ip}")
+            srn.add(svc.lb_ip, f"<lb:{svc.network}>")
+    for net, ns in sorted(lbs.items()):
+        sections[f"lb-{net} ipvs"] = _ipvs_lines(ns, srn)
+        sections[f"lb-{net} iptables"] = _dns_ports(_iptables(ns, srn))
+        sections[f"lb-{net} addresses"] = sorted(srn(l) for l in _addr_lines(ns, srn))
+        sections[f"lb-{net} routes"] = _routes(ns, srn)
+        sections[f"lb-{net} sysctls"] = _sysctls(ns, LB_SYSCTLS)
+    for svc in sorted(view.services, key=lambda s: s.name):
+        for task in sorted(svc.tasks):
+            c = view.containers.get(task)
+            if c is None:
+                continue
+            sections[f"{task} ipvs"] = _ipvs_lines(c.netns, srn)
+            sections[f"{task} iptables"] = _dns_ports(_iptables(c.netns, srn))
+    return sections
 
 
 def collect(view: HostView) -> dict[str, list[str]]:
@@ -290,4 +382,6 @@ def collect(view: HostView) -> dict[str, list[str]]:
         for f in ("resolv.conf", "hosts"):
             sections[f"{name} {f}"] = [rn(l.rstrip()) for l in c.read_etc(f).splitlines()
                                        if l.strip()]
+    if view.services:
+        sections.update(_service_sections(view, rn))
     return sections

@@ -12,7 +12,8 @@ with one key::
 
 Steps: ``run`` (name, network, publish, ip, aliases), ``rm`` (name), ``network_create`` (name,
 driver, subnet, gateway, ip_range, internal, options), ``network_rm`` (name), ``connect``
-(network, container, ip), ``disconnect`` (network, container).
+(network, container, ip), ``disconnect`` (network, container),
+``service_network_create`` (name, subnet) and ``service_create`` (name, network, replicas, port).
 Every field is checked here, so a typo is a one-line ``FILE:LINE`` error before anything runs.
 
 Multi-host scenarios: any step may name the ``host`` it runs on (``run: {name: c1, network: ov,
@@ -20,10 +21,21 @@ host: h1}``). A scenario that names hosts runs on a lab of those hosts on one un
 engine with its control plane, Docker as a swarm of one dockerd per host (the first named host
 is the manager, and takes every step that names no host). A network of a global-scope driver
 (overlay) is declared once, cluster-wide (``--attachable`` on the swarm).
+
+Services: Docker runs them on a swarm, so its side is a single-node swarm (``swarm init`` at the
+first service step) and ``service_network_create`` is ``docker network create -d overlay
+--attachable``; cnmlab's single-host services (``cnmlab.services``, lab 09) run on a user-defined
+bridge network instead. ``port`` is the engine's ``VIP:port`` service; Docker's VIP forwards
+every port (a fwmark service), so its command has none.
+
+``compare`` (optional): regular expressions on section titles; only those sections are
+compared. A scenario about one part of the state (the load balancers) says so here, and the
+rest (a bridge against swarm's overlay) is left to the scenarios about it.
 """
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
@@ -41,10 +53,13 @@ FIELDS: dict[str, dict[str, type | tuple[type, ...]]] = {
     "network_rm": {"name": str, "host": str},
     "connect": {"network": str, "container": str, "ip": str, "host": str},
     "disconnect": {"network": str, "container": str, "host": str},
+    "service_network_create": {"name": str, "subnet": str},
+    "service_create": {"name": str, "network": str, "replicas": int, "port": int},
 }
 REQUIRED = {"run": ("name",), "rm": ("name",), "network_create": ("name",),
             "network_rm": ("name",), "connect": ("network", "container"),
-            "disconnect": ("network", "container")}
+            "disconnect": ("network", "container"), "service_network_create": ("name",),
+            "service_create": ("name", "network")}
 
 
 @dataclass(frozen=True)
@@ -78,6 +93,12 @@ class Step:
             return f"docker network {self.op} {ip}{a['network']} {a['container']}"
         if self.op == "rm":
             return f"docker rm -f {a['name']}"
+        if self.op == "service_network_create":
+            subnet = [f"--subnet {a['subnet']}"] if a.get("subnet") else []
+            return " ".join(["docker network create -d overlay --attachable", *subnet, a["name"]])
+        if self.op == "service_create":
+            return (f"docker service create --name {a['name']} --network {a['network']} "
+                    f"--replicas {a.get('replicas', 1)} busybox")
         return f"docker network rm {a['name']}"
 
 
@@ -87,6 +108,14 @@ class Scenario:
     description: str
     path: str
     steps: list[Step] = field(default_factory=list)
+    compare: list[str] = field(default_factory=list)  # section regexes; empty: every section
+
+    def compared(self, state: dict[str, list[str]]) -> dict[str, list[str]]:
+        """The sections of ``state`` this scenario compares."""
+        if not self.compare:
+            return state
+        return {k: v for k, v in state.items()
+                if any(re.fullmatch(p, k) for p in self.compare)}
 
     @property
     def hosts(self) -> list[str]:
@@ -125,14 +154,24 @@ def parse(src: Source) -> Scenario:
     data = src.data
     if not isinstance(data, dict):
         raise src.error((), "a scenario is a mapping with name, description and steps")
-    unknown = set(data) - {"name", "description", "steps"}
+    unknown = set(data) - {"name", "description", "steps", "compare"}
     if unknown:
-        raise src.error((sorted(unknown)[0],), "unknown field (use name, description, steps)")
+        raise src.error((sorted(unknown)[0],), "unknown field (use name, description, steps, "
+                                               "compare)")
+    compare = data.get("compare") or []
+    if not isinstance(compare, list) or not all(isinstance(p, str) for p in compare):
+        raise src.error(("compare",), "a list of regular expressions on section titles")
+    for i, p in enumerate(compare):
+        try:
+            re.compile(p)
+        except re.error as e:
+            raise src.error(("compare", i), f"not a regular expression: {e}") from None
     steps = data.get("steps")
     if not isinstance(steps, list) or not steps:
         raise src.error(("steps",), "a non-empty list of steps is required")
     out = Scenario(name=str(data.get("name") or os.path.basename(src.path)[:-5]),
-                   description=str(data.get("description") or ""), path=src.path)
+                   description=str(data.get("description") or ""), path=src.path,
+                   compare=list(compare))
     for i, raw in enumerate(steps):
         out.steps.append(_step(src, i, raw))
     return out

@@ -57,6 +57,31 @@ def test_every_shipped_scenario_loads_and_prints_its_docker_commands():
     assert str(sd.steps[5]) == "docker run -d --name cache --network app --network-alias redis busybox"
 
 
+def test_the_ipvs_scenario_prints_its_swarm_commands_and_compares_only_its_sections():
+    sc = scenario.load("ipvs")
+    assert [str(s) for s in sc.steps] == [
+        "docker network create -d overlay --attachable --subnet 10.90.0.0/24 app",
+        "docker service create --name web --network app --replicas 2 busybox"]
+    state = {"host iptables": ["x"], "services": ["web vip 10.90.0.2 on app"],
+             "lb-app ipvs": ["FWM 256 rr"], "web.1 ipvs": [], "web.1 links": ["eth0"]}
+    assert list(sc.compared(state)) == ["services", "lb-app ipvs", "web.1 ipvs"]
+    assert scenario.load("default-bridge").compared(state) == state
+    with pytest.raises(InvalidInput, match=r"x\.yaml:1: compare\.0: not a regular expression"):
+        scenario.parse(parse("compare: ['(']\nsteps:\n  - rm: {name: a}\n", "x.yaml"))
+
+
+def test_the_embedded_dns_ports_read_by_role():
+    lines = ["-A DOCKER_OUTPUT -d 127.0.0.11/32 -p udp -m udp --dport 53 -j DNAT "
+             "--to-destination 127.0.0.11:41251",
+             "-A DOCKER_POSTROUTING -s 127.0.0.11/32 -p udp -m udp --sport 41251 -j SNAT "
+             "--to-source :53",
+             "-A INPUT -p tcp --sport 41251 -j ACCEPT"]
+    out = kernelstate._dns_ports(lines)
+    assert out[0].endswith("--to-destination 127.0.0.11:<dns udp port>")
+    assert "--sport <dns udp port> -j SNAT" in out[1]
+    assert kernelstate._dns_ports(lines[2:]) == lines[2:]  # no DNAT: nothing to map
+
+
 def test_compare_names_moved_and_missing_lines():
     engine = {"host iptables": ["a", "b", "c"], "c1 routes": ["default via 1"]}
     docker = {"host iptables": ["b", "a", "c"], "c1 routes": ["default via 1"]}
@@ -139,9 +164,10 @@ def docker_default_bridge(docker_states):
 
 
 # Every shipped scenario runs in CI, read from the folder: the macvlan ones in
-# test_diff_macvlan.py, the multi-host ones (a swarm) in test_diff_overlay.py (their lists are
-# the complement of this one, so none is left out), the rest here; three files keep each well
-# under two minutes on a loaded machine.
+# test_diff_macvlan.py, the multi-host ones (a swarm) in test_diff_overlay.py, the IPVS ones
+# in test_diff_ipvs.py (the VM lane: this kernel has no IPVS); their lists are the complement
+# of this one, so none is left out, the rest here; separate files keep each well under two
+# minutes on a loaded machine.
 def is_macvlan(name: str) -> bool:
     return name.startswith("macvlan")
 
@@ -149,12 +175,15 @@ def is_macvlan(name: str) -> bool:
 def is_swarm(name: str) -> bool:
     """A multi-host scenario (steps name hosts): test_diff_overlay.py runs it on a swarm."""
     return bool(scenario.load(name).hosts)
+def is_ipvs(name: str) -> bool:
+    return name.startswith("ipvs")
 
 
 @pytest.mark.docker
 @needs_docker
 @pytest.mark.parametrize("name", [n for n in scenario.available()
-                                  if not is_macvlan(n) and not is_swarm(n)])
+                                  if not is_macvlan(n) and not is_swarm(n)
+                                  and not is_ipvs(n)])
 def test_engine_matches_docker(name, docker_states):
     result = diff.diff(scenario.load(name), docker=docker_states(name))
     assert result.ok, result.render()
