@@ -277,9 +277,15 @@ def _docker_apply(daemon: DockerDaemon, step: Step, manager: DockerDaemon | None
 
 
 def _swarm(daemon: DockerDaemon) -> None:
-    """``docker swarm init`` once, before the first service step (a single-node swarm)."""
+    """``docker swarm init`` once, before the first service step (a single-node swarm).
+
+    ip_vs is loaded first, as on any node that ran a service before: libnetwork writes the
+    load balancer's IPVS sysctls (expire_nodest_conn, conn_reuse_mode...) when it creates the
+    lb namespace, and they exist there only if the module is already loaded; otherwise they
+    silently keep the kernel's defaults and Docker's state would depend on what ran before."""
     state = daemon.docker("info", "--format", "{{.Swarm.LocalNodeState}}").stdout.strip()
     if state != "active":
+        Ipvs(daemon.netns_name).services()  # loads ip_vs
         daemon.docker("swarm", "init", timeout=120)
 
 
@@ -578,6 +584,8 @@ def against_lab(scenario: str) -> str:
 def _apply(step: Step, action: Any) -> None:
     try:
         action()
+    except FeatureMissing as e:  # not the scenario's fault: this kernel lacks what it needs
+        raise FeatureMissing(f"step '{step}' cannot run here: {e}") from None
     except CnmError as e:
         raise InvalidInput(f"step '{step}' failed: {e}") from None
 

@@ -12,7 +12,7 @@ import json
 import os
 from typing import Any
 
-from cnmlab.errors import NotRootError
+from cnmlab.errors import FeatureMissing, NotRootError
 
 
 def register(subparsers: Any) -> None:
@@ -42,18 +42,29 @@ def cmd_diff(args: argparse.Namespace) -> int:
         raise NotRootError("cnmlab needs root to create namespaces: run it with sudo")
     known = diff.load_known()
     results = []
+    missing: list[str] = []
     for name in args.scenario or scenario.available():
         sc = scenario.load(name)
         for step in sc.steps:
             print(f"  $ {step}")
-        if args.against:
-            lab_name, _, host = args.against.partition("/")
-            result = diff.run_against(sc, lab_name, host or None, known)
-        else:
-            result = diff.diff(sc, known)
+        try:
+            if args.against:
+                lab_name, _, host = args.against.partition("/")
+                result = diff.run_against(sc, lab_name, host or None, known)
+            else:
+                result = diff.diff(sc, known)
+        except FeatureMissing as e:
+            if args.scenario:
+                raise
+            # running every shipped scenario: one this kernel cannot run (ipvs) is reported,
+            # not compared, and the run fails; the others still run
+            print(f"scenario {name}: not run: {e} (run it in the full-kernel VM: "
+                  f"cnmlab vm run -- cnmlab diff {name})")
+            missing.append(name)
+            continue
         print(result.render())
         results.append(result)
     if args.json:
         with open(args.json, "w") as f:
             json.dump([r.to_json() for r in results], f, indent=2)
-    return 0 if all(r.ok for r in results) else 1
+    return 0 if all(r.ok for r in results) and not missing else 1

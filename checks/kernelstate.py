@@ -240,8 +240,8 @@ def _nsids(ns: str, candidates: dict[str, str]) -> dict[int, str]:
 
 
 # what libnetwork sets in a load balancer's namespace (and what cnmlab's lb sets)
-LB_SYSCTLS = ("net.ipv4.ip_forward", "net.ipv4.vs.conntrack", "net.ipv4.vs.expire_nodest_conn",
-              "net.ipv4.vs.expire_quiescent_template")
+LB_SYSCTLS = ("net.ipv4.ip_forward", "net.ipv4.vs.conntrack", "net.ipv4.vs.conn_reuse_mode",
+              "net.ipv4.vs.expire_nodest_conn", "net.ipv4.vs.expire_quiescent_template")
 #: the embedded DNS listens on random ports, redirected from 127.0.0.11:53
 _DNS_DNAT = re.compile(r"-p (tcp|udp) .*--to-destination 127\.0\.0\.11:(\d+)")
 
