@@ -7,6 +7,11 @@ and Docker's address pools are deterministic, so container addresses and MACs ma
 The kernel state is then read the same way on both (``checks.kernelstate``) and compared
 section by section, in order, so a rule that moved is a difference.
 
+Service steps (the ``ipvs`` scenario) make Docker's side a single-node swarm; its load
+balancer ``lb_<id>`` lives in the daemon's private mount namespace and is read through
+``/proc/<dockerd>/root``. Both sides' services are described by role (``ServiceView``) so the
+collector compares the load balancers, whatever network carries them.
+
 Differences that are deliberate are listed once, with their reason, in
 ``scenarios/known-differences.yaml``; they are printed as such and never fail a run. Anything
 else is a difference that fails ``cnmlab diff`` (exit 1) and the CI test.
