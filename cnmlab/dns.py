@@ -233,8 +233,10 @@ def in_netns(ns: str, fn: Callable[[], Any]) -> Any:
 def nat_rules(udp_port: int, tcp_port: int, with_jumps: bool) -> str:
     lines = ["*nat", ":DOCKER_OUTPUT - [0:0]", ":DOCKER_POSTROUTING - [0:0]"]
     if with_jumps:
-        lines += [f"-A OUTPUT -d {EMBEDDED_DNS}/32 -j DOCKER_OUTPUT",
-                  f"-A POSTROUTING -d {EMBEDDED_DNS}/32 -j DOCKER_POSTROUTING"]
+        # inserted first in their chains, as Docker's resolver does (``iptables -I``): in a
+        # load balancer the IPVS SNAT rule made before stays behind the jump
+        lines += [f"-I OUTPUT -d {EMBEDDED_DNS}/32 -j DOCKER_OUTPUT",
+                  f"-I POSTROUTING -d {EMBEDDED_DNS}/32 -j DOCKER_POSTROUTING"]
     for proto, port in (("tcp", tcp_port), ("udp", udp_port)):
         lines.append(f"-A DOCKER_OUTPUT -d {EMBEDDED_DNS}/32 -p {proto} -m {proto} --dport 53 "
                      f"-j DNAT --to-destination {EMBEDDED_DNS}:{port}")
@@ -311,7 +313,8 @@ class NatCopy:
         if (table is None or table.rule_count != 6 or set(table.chains()) != self.CHAINS
                 or table.count(ports[0]) != 3 or table.count(ports[1]) != 3):
             return
-        template = nftcopy.batch(table, ports, exclusive=frozenset({"DOCKER_OUTPUT"}))
+        template = nftcopy.batch(table, ports, exclusive=frozenset({"DOCKER_OUTPUT"}),
+                                 insert=frozenset({"OUTPUT", "POSTROUTING"}))
         if len(template.spots) != 6:
             return
         with self.lock:

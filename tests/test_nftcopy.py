@@ -130,3 +130,31 @@ def test_install_copies_once_learnt_and_keeps_jumps_single(three_ns, monkeypatch
     assert "-A DOCKER_OUTPUT -d 127.0.0.11/32 -p udp -m udp --dport 53 -j DNAT " \
            "--to-destination 127.0.0.11:43000" in seen
     assert not any("42000" in l for l in seen)
+
+
+def test_the_jumps_go_first_as_dockers_resolver_inserts_them(three_ns, monkeypatch):
+    """A load balancer's IPVS SNAT rule is there before the resolver: Docker's ``iptables -I``
+    puts the DNS jump in front of it; the first namespace (iptables) and a copy alike."""
+    a, b, _ = three_ns
+    snat = "-A POSTROUTING -d 10.90.0.0/24 -j SNAT --to-source 10.90.0.2"
+    for ns in (a, b):
+        restore(ns, f"*nat\n{snat}\nCOMMIT\n")
+    monkeypatch.setattr(dns, "_NAT_COPY", dns.NatCopy())
+    assert inside(a, lambda: dns.install_nat_here(40000, 40001))  # iptables: nothing learnt
+    assert dns._NAT_COPY.table is None  # (its table holds a rule that is not the resolver's)
+    clean = dns.NatCopy()
+    c = three_ns[2]
+    restore(c, dns.nat_rules(40000, 40001, with_jumps=True))
+    inside(c, lambda: clean.learn(40000, 40001))
+    monkeypatch.setattr(dns, "_NAT_COPY", clean)
+
+    def no_fork(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError(f"a copy should need no process: {args}")
+
+    real_run = subprocess.run
+    monkeypatch.setattr(dns.subprocess, "run", no_fork)
+    assert inside(b, lambda: dns.install_nat_here(41000, 41001))  # a copy
+    monkeypatch.setattr(dns.subprocess, "run", real_run)
+    for ns in (a, b):
+        post = [l for l in saved(ns) if l.startswith("-A POSTROUTING")]
+        assert post == ["-A POSTROUTING -d 127.0.0.11/32 -j DOCKER_POSTROUTING", snat], (ns, post)

@@ -36,7 +36,8 @@ NLA_TYPE_MASK = 0x3FFF  # without NLA_F_NESTED / NLA_F_NET_BYTEORDER
 
 #: attributes the kernel reports but a creating request must not carry (handles, use counts,
 #: counters of base chains, padding): per message kind, by attribute number
-_TABLE_NAME, _CHAIN_TABLE, _CHAIN_NAME, _RULE_TABLE, _RULE_EXPRESSIONS = 1, 1, 3, 1, 4
+_TABLE_NAME, _CHAIN_TABLE, _CHAIN_NAME = 1, 1, 3
+_RULE_TABLE, _RULE_CHAIN, _RULE_EXPRESSIONS = 1, 2, 4
 _KEEP = {
     NFT_MSG_NEWTABLE: {1, 2, 6},  # name, flags, userdata
     NFT_MSG_NEWCHAIN: {1, 3, 4, 5, 7, 12},  # table, name, hook, policy, type, userdata
@@ -143,17 +144,20 @@ class Batch:
 
 
 def batch(copy: TableCopy, keys: tuple[bytes, ...] = (),
-          exclusive: frozenset[str] = frozenset()) -> Batch:
+          exclusive: frozenset[str] = frozenset(),
+          insert: frozenset[str] = frozenset()) -> Batch:
     """``copy`` as one nfnetlink batch. ``keys``: byte strings to be replaced per namespace
     (``Batch.render``); ``exclusive``: chains that must not exist yet (the whole batch is
-    refused with EEXIST when one does, so a namespace is never written twice)."""
-    data, seqs = _serialise(copy, exclusive)
+    refused with EEXIST when one does, so a namespace is never written twice); ``insert``:
+    chains whose rules go before the rules already there (``iptables -I``), not after."""
+    copy = _inserting(copy, insert)
+    data, seqs = _serialise(copy, exclusive, insert)
     spots = []
     for key in keys:
         # rewrite only this key with bytes that differ from it everywhere: the offsets where
         # the two serialisations differ are exactly its occurrences (lengths never change)
         marker = bytes(b ^ 0xFF for b in key)
-        other, _ = _serialise(copy.patched({key: marker}), exclusive)
+        other, _ = _serialise(copy.patched({key: marker}), exclusive, insert)
         off = 0
         while off < len(data):
             if data[off] != other[off]:
@@ -181,17 +185,35 @@ def write(copy: TableCopy | Batch, values: Mapping[bytes, bytes] | None = None) 
                     pending.discard(mseq)
 
 
-def _serialise(copy: TableCopy, exclusive: frozenset[str]) -> tuple[bytes, tuple[int, ...]]:
+def _chain_of(m: Message) -> str:
+    number = _RULE_CHAIN if m.kind == NFT_MSG_NEWRULE else _CHAIN_NAME
+    return _attr(m, number).rstrip(b"\0").decode()
+
+
+def _inserting(copy: TableCopy, insert: frozenset[str]) -> TableCopy:
+    """The rules of ``insert`` chains in reverse: each is put first, so they end in order."""
+    if not insert:
+        return copy
+    out = list(copy.messages)
+    for chain in insert:
+        spots = [i for i, m in enumerate(out)
+                 if m.kind == NFT_MSG_NEWRULE and _chain_of(m) == chain]
+        for i, m in zip(spots, [out[i] for i in reversed(spots)]):
+            out[i] = m
+    return TableCopy(tuple(out))
+
+
+def _serialise(copy: TableCopy, exclusive: frozenset[str],
+               insert: frozenset[str] = frozenset()) -> tuple[bytes, tuple[int, ...]]:
     seq = 0
     parts = [_batch_marker(NFNL_MSG_BATCH_BEGIN, seq)]
     seqs = []
     for m in copy.messages:
         seq += 1
         flags = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE
-        if m.kind == NFT_MSG_NEWRULE:
-            flags |= NLM_F_APPEND
-        elif (m.kind == NFT_MSG_NEWCHAIN
-              and _attr(m, _CHAIN_NAME).rstrip(b"\0").decode() in exclusive):
+        if m.kind == NFT_MSG_NEWRULE and _chain_of(m) not in insert:
+            flags |= NLM_F_APPEND  # without it (and a position) a rule goes first
+        elif m.kind == NFT_MSG_NEWCHAIN and _chain_of(m) in exclusive:
             flags |= NLM_F_EXCL
         parts.append(_message(m.kind, flags, seq, m.family, m.attrs))
         seqs.append(seq)
