@@ -26,6 +26,7 @@ import os
 import select
 import signal
 import sys
+import threading
 from typing import Any
 
 from textual.app import App
@@ -35,6 +36,7 @@ from cnmlab.errors import CnmError
 
 #: the exit code when the terminal went away (the shell's convention for death by SIGHUP)
 HANGUP_EXIT = 128 + signal.SIGHUP
+HANGUP_GRACE = 10.0  # seconds an orderly exit may take once the terminal went away
 
 
 def terminal_hung_up(fd: int) -> bool:
@@ -102,6 +104,7 @@ class CnmlabApp(App[int]):
         self.poll_interval = watch_poll
         self.runs: dict[str, Any] = {}  # lab id -> LabRun opened in this session
         self.first_paint: float | None = None  # time.monotonic() when the lab list showed labs
+        self._hangup_timer: threading.Timer | None = None
 
     # ---- shared helpers ---------------------------------------------------------------------
     @property
@@ -209,6 +212,13 @@ class CnmlabApp(App[int]):
         self.set_interval(0.5, check, name="terminal-watch")
 
     def _hung_up(self) -> None:
+        """Quit; and if the orderly exit itself hangs (it restores a terminal that is gone,
+        and waits for workers), leave anyway after ``HANGUP_GRACE`` s: nobody is left to see
+        the app, and labs outlive it by design ('cnmlab lab stop' tears them down)."""
+        if self._hangup_timer is None:
+            self._hangup_timer = threading.Timer(HANGUP_GRACE, os._exit, [HANGUP_EXIT])
+            self._hangup_timer.daemon = True
+            self._hangup_timer.start()
         self.exit(HANGUP_EXIT)
 
 
