@@ -49,9 +49,6 @@ CHAIN = INGRESS_CHAIN
 SBOX = "ingress_sbox"
 FWMARK_FIRST = 256  # libnetwork's fwMarkCtr starts here (below: marks other tools use)
 FWMARK_LAST = 0xFFFFFF
-#: the ingress sandbox's sysctls: a service lb's, and forwarding on (cnmlab's ingress sandbox
-#: has always run with it; unlike lb_<id>'s, Docker's ingress_sbox value is not measured yet)
-INGRESS_SYSCTLS = {**LB_SYSCTLS, "net.ipv4.ip_forward": 1}
 
 
 def sbox_name(host: str) -> str:
@@ -306,7 +303,7 @@ def program_host(lab: str, host: str, host_ns: str, cluster: Cluster) -> str:
     # the sandbox: IPVS first (a marked packet with no service is simply delivered locally)
     lb = Ipvs(ns)
     have = {s.service.fwmark: s for s in lb.services() if s.service.fwmark}
-    sysctl.write_many(INGRESS_SYSCTLS, ns)  # after the first IPVS call loaded ip_vs
+    sysctl.write_many(LB_SYSCTLS, ns)  # after the first IPVS call loaded ip_vs
     want = {s.fwmark: s for s in services}
     for mark, state in have.items():
         if mark not in want:
