@@ -86,6 +86,7 @@ def cnmlab_macvlan(n: int, dns: bool = True) -> tuple[float, float, int]:
     lab, host = _rack("m" if dns else "n")
     if not dns:
         lab._serve_dns = lambda: None  # type: ignore[method-assign]
+        lab._announce_dns = lambda sb: None  # type: ignore[method-assign]
     try:
         host.network_create("lan", "macvlan", subnet=SUBNET, gateway=GATEWAY, ip_range=RANGE,
                             options={"parent": "eth0"})

@@ -438,7 +438,7 @@ class Resolver:
         self.stamp = stamp
         self._serve_upstream(lab)
         if not self.embedded:
-            self._write_seen(stamp[0])
+            self._write_seen(stamp)
             return True
         self.lab = lab
         self._follow_store(lab)
@@ -468,15 +468,16 @@ class Resolver:
             if not made[3]:  # served through the nat rules: they are in place now
                 self.nat_done.add(info.netns)
         self._drop_stale_ahead()
-        self._write_seen(stamp[0])
+        self._write_seen(stamp)
         return True
 
-    def _write_seen(self, inode: int) -> None:
+    def _write_seen(self, stamp: state.Stamp) -> None:
         """Tell ensure_running which saved state is now served: every dns sandbox in it has
-        its sockets and rules (or its error printed), so one file replaces a check of each."""
+        its sockets and rules (or its error printed), so one file replaces a check of each.
+        The whole stamp, not the inode alone: saves alternate between two inode numbers."""
         try:
             with open(_seen_path(self.lab_name), "w") as f:
-                f.write(str(inode))
+                f.write(_stamp_text(stamp))
         except OSError:
             pass
 
@@ -886,15 +887,12 @@ def ensure_running(lab_name: str, lab: LabState, timeout: float = 5.0) -> None:
         return
     pid = lab.extra.get("dns_pid")
     if _is_resolver(pid, lab_name, lab.extra.get("dns_pid_start")):
-        try:
-            inode = os.stat(state._path(lab_name)).st_ino
-        except FileNotFoundError:
-            inode = None
+        saved = state.stamp(lab_name)
         # re-read the state now, not at the next poll
         if procs.signal_if_same(pid, lab.extra.get("dns_pid_start"), signal.SIGUSR1):
             # a resolver started during a batch (Announcer) may still be starting up
             wait = max(timeout, START_TIMEOUT) if (lab_name, pid) in _early else min(timeout, 2.0)
-            if _wait_seen(lab_name, inode, wait, pid):
+            if _wait_seen(lab_name, saved, wait, pid):
                 _confirmed[(lab_name, pid)] = {sb.id for sb in _dns_sandboxes(lab)}
             else:  # it died, or followed another save: look at each new sandbox
                 _wait_served(lab_name, pid, lab, min(wait, 2.0))
@@ -997,10 +995,14 @@ def remote_names_seen(lab_name: str, lab: LabState) -> set[str] | None:
         return set()
 
 
-def _wait_seen(lab_name: str, inode: int | None, timeout: float, pid: int) -> bool:
-    """Wait until the resolver serves the saved state (``inode``) or the one saved after it
+def _stamp_text(stamp: "state.Stamp | None") -> str:
+    return " ".join(map(str, stamp)) if stamp else ""
+
+
+def _wait_seen(lab_name: str, saved: "state.Stamp | None", timeout: float, pid: int) -> bool:
+    """Wait until the resolver serves the saved state (``saved``) or the one saved after it
     (the newest state is what must be served); False if it does not in time, or died."""
-    if inode is None:
+    if saved is None:
         return False
     deadline = time.monotonic() + timeout
     alive_checked = time.monotonic()
@@ -1008,7 +1010,7 @@ def _wait_seen(lab_name: str, inode: int | None, timeout: float, pid: int) -> bo
         try:
             with open(_seen_path(lab_name)) as f:
                 seen = f.read().strip()
-            if seen == str(inode) or seen == str(os.stat(state._path(lab_name)).st_ino):
+            if seen and seen in (_stamp_text(saved), _stamp_text(state.stamp(lab_name))):
                 return True
         except OSError:
             pass
