@@ -298,12 +298,11 @@ class NatCopy:
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
-        self.table: nftcopy.TableCopy | None = None
-        self.batch: nftcopy.Batch | None = None
-        self.ports = (b"", b"")
+        #: the rules as one batch, and the two ports (udp, tcp) as they sit in it
+        self.learnt: tuple[nftcopy.Batch, tuple[bytes, bytes]] | None = None
 
     def learn(self, udp_port: int, tcp_port: int) -> None:
-        if self.table is not None or udp_port == tcp_port:
+        if self.learnt is not None or udp_port == tcp_port:
             return
         ports = (struct.pack("!H", udp_port), struct.pack("!H", tcp_port))
         try:
@@ -318,17 +317,18 @@ class NatCopy:
         if len(template.spots) != 6:
             return
         with self.lock:
-            if self.table is None:
-                self.table, self.ports, self.batch = table, ports, template
+            if self.learnt is None:
+                self.learnt = (template, ports)
 
     def write(self, udp_port: int, tcp_port: int) -> bool:
         """Copy the rules here with these ports; False until a namespace taught them.
         Raises OSError (EEXIST) where DOCKER_OUTPUT exists already: nothing is written."""
-        template = self.batch
-        if template is None:
+        learnt = self.learnt
+        if learnt is None:
             return False
-        nftcopy.write(template, {self.ports[0]: struct.pack("!H", udp_port),
-                                 self.ports[1]: struct.pack("!H", tcp_port)})
+        template, (udp, tcp) = learnt
+        nftcopy.write(template, {udp: struct.pack("!H", udp_port),
+                                 tcp: struct.pack("!H", tcp_port)})
         return True
 
 
@@ -559,14 +559,11 @@ class Resolver:
         self.sel.register(t, selectors.EVENT_READ,
                           lambda: self._on_accept(t, self._answer_upstream, None))
 
-    def _open(self, info: DnsSandbox, fresh: bool = False) -> Served:
-        return self._register(info, self._prepare(info.netns, fresh))
-
     @staticmethod
     def _prepare(ns: str, fresh: bool = False) -> "Made":
         """The sandbox's sockets and nat rules, made by one thread inside its namespace.
         Touches nothing of the resolver's, so several sandboxes are prepared at once."""
-        def make() -> tuple[socket.socket, socket.socket, socket.socket, bool]:
+        def make() -> Made:
             u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
             t = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             f = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -591,8 +588,7 @@ class Resolver:
 
         return in_netns(ns, make)
 
-    def _register(self, info: DnsSandbox,
-                  made: tuple[socket.socket, socket.socket, socket.socket, bool]) -> Served:
+    def _register(self, info: DnsSandbox, made: "Made") -> Served:
         udp, tcp, fwd, direct = made
         tcp.listen(16)
         sv = Served(info, udp, tcp, fwd, direct)

@@ -33,7 +33,7 @@ import os
 import re
 import subprocess
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from cnmlab import adopted, controlplane, dns, drivers, ingress, peers, proxy, state
@@ -406,6 +406,16 @@ def _parse_net(text: str, what: str) -> ipaddress.IPv4Network:
 ON_DEMAND_KEY = "control_plane_on_demand"
 
 
+def _wait_until(deadline: float, pending: Callable[[], str | None],
+                failure: Callable[[str], str], pause: float = 0.005) -> None:
+    """Poll ``pending`` (what is still missing, or None when nothing is) until nothing is;
+    past ``deadline`` raise CnmError with ``failure`` of what is still missing."""
+    while (missing := pending()) is not None:
+        if time.monotonic() > deadline:
+            raise CnmError(failure(missing))
+        time.sleep(pause)
+
+
 class Lab:
     """A running lab. ``Lab(name)`` creates it; ``Lab.open(name)`` attaches to a running one."""
 
@@ -550,26 +560,25 @@ class Lab:
         containers come from the store, through the resolver's watch)."""
         if self.cluster is None:
             return
+        cluster = self.cluster
         deadline = time.monotonic() + timeout
-        while True:
-            lagging = peers.out_of_sync(peers.report(self.cluster, [h.controller for h in
-                                                                    self.hosts()]))
-            if not lagging:
-                break
-            if time.monotonic() > deadline:
-                raise CnmError(f"lab {self.name}: hosts {', '.join(lagging)} did not converge "
-                               f"within {timeout:g} s (see 'cnmlab peers {self.name}')")
-            time.sleep(0.005)
-        while True:
-            want = {f"{p.network_id}/{p.endpoint_id}" for p in self.cluster.peers()}
+
+        def hosts_lagging() -> str | None:
+            lagging = peers.out_of_sync(peers.report(cluster, [h.controller for h in
+                                                               self.hosts()]))
+            return ", ".join(lagging) or None
+
+        def names_missing() -> str | None:
+            want = {f"{p.network_id}/{p.endpoint_id}" for p in cluster.peers()}
             seen = dns.remote_names_seen(self.name, self.state)
-            if seen is None or want <= seen:
-                return
-            if time.monotonic() > deadline:
-                raise CnmError(f"lab {self.name}: the embedded DNS did not learn "
-                               f"{len(want - seen)} endpoint(s) from the control plane within "
-                               f"{timeout:g} s (see {dns.remote_seen_path(self.name)})")
-            time.sleep(0.005)
+            return None if seen is None or want <= seen else str(len(want - seen))
+
+        _wait_until(deadline, hosts_lagging, lambda lagging: (
+            f"lab {self.name}: hosts {lagging} did not converge within {timeout:g} s "
+            f"(see 'cnmlab peers {self.name}')"))
+        _wait_until(deadline, names_missing, lambda missing: (
+            f"lab {self.name}: the embedded DNS did not learn {missing} endpoint(s) from the "
+            f"control plane within {timeout:g} s (see {dns.remote_seen_path(self.name)})"))
 
     # ---- services across hosts: the ingress routing mesh (through the control plane) -----
     def control_plane_on_demand(self) -> None:
@@ -654,17 +663,15 @@ class Lab:
         slow."""
         if self.cluster is None:
             return
-        deadline = time.monotonic() + timeout
         names = list(hosts) if hosts is not None else [h.name for h in self.hosts()]
-        while True:
-            lag = [why for h in names if (why := self.mesh_out_of_sync(h))]
-            if not lag:
-                return
-            if time.monotonic() > deadline:
-                raise CnmError(f"lab {self.name}: the routing mesh did not converge within "
-                               f"{timeout:g} s: {lag[0]} (see the agents' logs, "
-                               f"{state.aux_path(self.name, 'agent-HOST.log')})")
-            time.sleep(0.05)
+
+        def first_lagging() -> str | None:
+            return next((why for h in names if (why := self.mesh_out_of_sync(h))), None)
+
+        _wait_until(time.monotonic() + timeout, first_lagging, lambda why: (
+            f"lab {self.name}: the routing mesh did not converge within {timeout:g} s: {why} "
+            f"(see the agents' logs, {state.aux_path(self.name, 'agent-HOST.log')})"),
+            pause=0.05)
 
     @property
     def name(self) -> str:

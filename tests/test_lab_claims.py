@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+from collections.abc import Iterator
 
 import pytest
 
@@ -51,14 +52,19 @@ def ns_pair():
             subprocess.run(["ip", "netns", "del", n], check=False)
 
 
-@pytest.fixture
-def lab03(tmp_path):
-    run = LabRun(labfile.get("03"), f"lab03-{PID}", Progress(str(tmp_path / "p.json")))
+def _started(lab_id: str, tmp_path) -> Iterator[LabRun]:
+    """A lab run started for one test (its progress in the test's own folder), then stopped."""
+    run = LabRun(labfile.get(lab_id), f"lab{lab_id}-{PID}", Progress(str(tmp_path / "p.json")))
     run.start()
     try:
         yield run
     finally:
         run.stop()
+
+
+@pytest.fixture
+def lab03(tmp_path):
+    yield from _started("03", tmp_path)
 
 
 # ---- lab 01 --------------------------------------------------------------------------------
@@ -203,12 +209,7 @@ def silent(ns: str, ip: str) -> bool:
 
 @pytest.fixture
 def lab06(tmp_path):
-    run = LabRun(labfile.get("06"), f"lab06-{PID}", Progress(str(tmp_path / "p.json")))
-    run.start()
-    try:
-        yield run
-    finally:
-        run.stop()
+    yield from _started("06", tmp_path)
 
 
 def test_lab06_the_router_knows_a_container_only_once_it_talked_to_it(lab06):

@@ -97,12 +97,12 @@ def test_the_resolver_learns_only_from_its_own_rules(three_ns):
     restore(a, text)  # a learner's own rule beside Docker's: must never be copied elsewhere
     polluted = dns.NatCopy()
     inside(a, lambda: polluted.learn(40000, 40001))
-    assert polluted.table is None
+    assert polluted.learnt is None
     assert inside(b, lambda: polluted.write(41000, 41001)) is False
     restore(b, dns.nat_rules(40000, 40001, with_jumps=True))
     clean = dns.NatCopy()
     inside(b, lambda: clean.learn(40000, 40001))
-    assert clean.table is not None
+    assert clean.learnt is not None
     inside(c, lambda: clean.write(41000, 41001))
     assert "-A DOCKER_POSTROUTING -s 127.0.0.11/32 -p udp -m udp --sport 41000 -j SNAT " \
            "--to-source :53" in saved(c)
@@ -115,7 +115,7 @@ def test_install_copies_once_learnt_and_keeps_jumps_single(three_ns, monkeypatch
     a, b, _ = three_ns
     monkeypatch.setattr(dns, "_NAT_COPY", dns.NatCopy())
     assert inside(a, lambda: dns.install_nat_here(40000, 40001))
-    assert dns._NAT_COPY.table is not None
+    assert dns._NAT_COPY.learnt is not None
     real_run = subprocess.run
 
     def no_fork(*args: Any, **kwargs: Any) -> Any:
@@ -141,7 +141,7 @@ def test_the_jumps_go_first_as_dockers_resolver_inserts_them(three_ns, monkeypat
         restore(ns, f"*nat\n{snat}\nCOMMIT\n")
     monkeypatch.setattr(dns, "_NAT_COPY", dns.NatCopy())
     assert inside(a, lambda: dns.install_nat_here(40000, 40001))  # iptables: nothing learnt
-    assert dns._NAT_COPY.table is None  # (its table holds a rule that is not the resolver's)
+    assert dns._NAT_COPY.learnt is None  # (its table holds a rule that is not the resolver's)
     clean = dns.NatCopy()
     c = three_ns[2]
     restore(c, dns.nat_rules(40000, 40001, with_jumps=True))

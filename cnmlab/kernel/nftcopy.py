@@ -20,7 +20,7 @@ import os
 import re
 import socket
 import struct
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 
 NETLINK_NETFILTER = 12
@@ -71,9 +71,15 @@ class TableCopy:
 
     def count(self, needle: bytes) -> int:
         """How often ``needle`` occurs in the rules' data (what ``patched`` would rewrite)."""
-        return sum(len(re.findall(re.escape(needle), leaf))
-                   for m in self.messages if m.kind == NFT_MSG_NEWRULE
-                   for _, value in m.attrs for leaf in _leaves(value))
+        found = 0
+
+        def tally(leaf: bytes) -> bytes:
+            nonlocal found
+            found += len(re.findall(re.escape(needle), leaf))
+            return leaf
+
+        self._map_leaves(tally)
+        return found
 
     def patched(self, replace: Mapping[bytes, bytes]) -> "TableCopy":
         """The same table with each key of ``replace`` rewritten in the rules' data, in one
@@ -83,14 +89,17 @@ class TableCopy:
         if any(len(k) != len(v) for k, v in replace.items()):
             raise ValueError("a replacement must keep the length of what it replaces")
         pattern = re.compile(b"|".join(re.escape(k) for k in replace))
+        return self._map_leaves(lambda leaf: pattern.sub(lambda mt: replace[mt.group()], leaf))
+
+    def _map_leaves(self, fn: Callable[[bytes], bytes]) -> "TableCopy":
+        """The table with ``fn`` applied to every leaf of the rules' data (lengths kept)."""
         out = []
         for m in self.messages:
-            if m.kind != NFT_MSG_NEWRULE:
-                out.append(m)
-                continue
-            attrs = tuple((t, _rewrite(v, pattern, replace) if t & NLA_TYPE_MASK in _NESTED
-                           else v) for t, v in m.attrs)
-            out.append(Message(m.kind, m.family, attrs))
+            if m.kind == NFT_MSG_NEWRULE:
+                m = Message(m.kind, m.family, tuple(
+                    (t, _map_expressions(v, fn) if t & NLA_TYPE_MASK in _NESTED else v)
+                    for t, v in m.attrs))
+            out.append(m)
         return TableCopy(tuple(out))
 
 
@@ -310,37 +319,14 @@ def _attr(m: Message, number: int) -> bytes:
 # an nft_data operand's NFTA_DATA_VALUE (1, inside NFTA_CMP_DATA / NFTA_IMMEDIATE_DATA) are
 # the leaves that hold addresses and ports.
 _EXPR_NAME, _EXPR_DATA = 1, 2
-_LEAF_IN = {b"target": {3}, b"cmp": set(), b"immediate": set()}
-_DATA_HOLDERS = {b"cmp": 3, b"immediate": 2}
+_LEAF_IN = {b"target": 3}  # NFTA_TARGET_INFO
+_DATA_HOLDERS = {b"cmp": 3, b"immediate": 2}  # NFTA_CMP_DATA, NFTA_IMMEDIATE_DATA
 _DATA_VALUE = 1
 
 
-def _expressions(value: bytes) -> Iterator[tuple[bytes, int, bytes]]:
-    for _elem_t, elem in _parse_attrs(value):
-        name = b""
-        for t, v in _parse_attrs(elem):
-            if t & NLA_TYPE_MASK == _EXPR_NAME:
-                name = v.rstrip(b"\0")
-        for t, v in _parse_attrs(elem):
-            if t & NLA_TYPE_MASK == _EXPR_DATA:
-                for dt, dv in _parse_attrs(v):
-                    yield name, dt & NLA_TYPE_MASK, dv
-
-
-def _leaves(value: bytes) -> Iterator[bytes]:
-    for name, t, v in _expressions(value):
-        if t in _LEAF_IN.get(name, ()):
-            yield v
-        elif _DATA_HOLDERS.get(name) == t:
-            for vt, vv in _parse_attrs(v):
-                if vt & NLA_TYPE_MASK == _DATA_VALUE:
-                    yield vv
-
-
-def _rewrite(value: bytes, pattern: "re.Pattern[bytes]", replace: Mapping[bytes, bytes]) -> bytes:
-    """The expression list with the leaves rewritten and every enclosing length kept (the
-    replacements keep lengths, so only leaf bytes change)."""
-    sub = lambda leaf: pattern.sub(lambda mt: replace[mt.group()], leaf)  # noqa: E731
+def _map_expressions(value: bytes, fn: Callable[[bytes], bytes]) -> bytes:
+    """The expression list rebuilt with ``fn`` applied to its leaves; ``fn`` keeps lengths,
+    so every enclosing length stays right."""
     elems = []
     for elem_t, elem in _parse_attrs(value):
         name = b""
@@ -353,10 +339,10 @@ def _rewrite(value: bytes, pattern: "re.Pattern[bytes]", replace: Mapping[bytes,
                 data = []
                 for dt, dv in _parse_attrs(v):
                     kind = dt & NLA_TYPE_MASK
-                    if kind in _LEAF_IN.get(name, ()):
-                        dv = sub(dv)
+                    if _LEAF_IN.get(name) == kind:
+                        dv = fn(dv)
                     elif _DATA_HOLDERS.get(name) == kind:
-                        dv = b"".join(_nlattr(vt, sub(vv) if vt & NLA_TYPE_MASK == _DATA_VALUE
+                        dv = b"".join(_nlattr(vt, fn(vv) if vt & NLA_TYPE_MASK == _DATA_VALUE
                                               else vv) for vt, vv in _parse_attrs(dv))
                     data.append(_nlattr(dt, dv))
                 v = b"".join(data)
