@@ -178,14 +178,10 @@ def conform_docker(profile: Any, quiet: bool = False,
     """
     from cnmlab.checks import conformance
     from cnmlab.checks import dockerd
-    from cnmlab.checks.dockerd import DockerDaemon, missing_tools
-    from cnmlab.errors import FeatureMissing
+    from cnmlab.checks.dockerd import DockerDaemon
     from cnmlab.lab import Lab
 
-    missing = missing_tools()
-    if missing:
-        raise FeatureMissing(f"cannot run real Docker: missing {', '.join(missing)} "
-                             "(apt-get install docker.io busybox-static)")
+    dockerd.require_tools()
     if profile.hosts or profile.underlay is not None:
         return conform_docker_hosts(profile, quiet)
 
@@ -274,15 +270,10 @@ def conform_docker_hosts(profile: Any, quiet: bool = False) -> tuple[str, list[A
 def conform_swarm(profile: Any, quiet: bool = False) -> tuple[str, list[Any], dict[str, float]]:
     """A real two-node swarm: a fresh lab with an underlay, a dockerd per host, swarm
     init/join, the profile's overlays and containers, the checks; everything torn down."""
-    from cnmlab.checks import conformance
-    from cnmlab.checks.dockerd import missing_tools
-    from cnmlab.errors import FeatureMissing
+    from cnmlab.checks import conformance, dockerd
     from cnmlab.lab import Lab
 
-    missing = missing_tools()
-    if missing:
-        raise FeatureMissing(f"cannot run real Docker: missing {', '.join(missing)} "
-                             "(apt-get install docker.io busybox-static)")
+    dockerd.require_tools()
     t0 = time.monotonic()
     lab = Lab(_conform_name())
     target = None

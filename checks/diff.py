@@ -32,7 +32,7 @@ from typing import Any
 from cnmlab import ingress, services, yamlsrc
 from cnmlab.checks import dockerd, kernelstate
 from cnmlab.checks.docker_target import DockerTarget
-from cnmlab.checks.dockerd import DockerDaemon, missing_tools
+from cnmlab.checks.dockerd import DockerDaemon
 from cnmlab.checks.kernelstate import ContainerView, HostView, ServiceView, collect
 from cnmlab.checks.scenario import Scenario, Step, global_scope, scenarios_dir
 from cnmlab.checks.swarm import Swarm
@@ -398,16 +398,9 @@ def _is_netns(path: str) -> bool:
         return False
 
 
-def _need_docker() -> None:
-    missing = missing_tools()
-    if missing:
-        raise FeatureMissing(f"cannot run real Docker: missing {', '.join(missing)} "
-                             f"(apt-get install docker.io busybox-static)")
-
-
 @contextmanager
 def _docker_side(name: str, quiet: bool = True) -> Iterator[tuple[DockerDaemon, str]]:
-    _need_docker()
+    dockerd.require_tools()
     lab = Lab(name)
     daemon = None
     try:
@@ -467,7 +460,7 @@ def run_docker(scenario: Scenario, name: str) -> dict[str, list[str]]:
 
 
 def _run_swarm(scenario: Scenario, name: str) -> dict[str, list[str]]:
-    _need_docker()
+    dockerd.require_tools()
     lab = Lab(name)
     swarm = None
     try:

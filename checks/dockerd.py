@@ -81,6 +81,14 @@ def missing_tools() -> list[str]:
     return missing
 
 
+def require_tools(what: str = "cannot run real Docker: missing") -> None:
+    """One line naming what is missing and the packages that bring it (FeatureMissing)."""
+    missing = missing_tools()
+    if missing:
+        raise FeatureMissing(f"{what} {', '.join(missing)} "
+                             "(apt-get install docker.io busybox-static)")
+
+
 def _clean_env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("DOCKER_")}
     path = env.get("PATH", "")
@@ -590,10 +598,7 @@ class DockerDaemon:
     def _check_can_start(self) -> None:
         if os.geteuid() != 0:
             raise NotRootError("real Docker needs root")
-        missing = missing_tools()
-        if missing:
-            raise FeatureMissing(f"cannot run real Docker: missing {', '.join(missing)} "
-                                 "(apt-get install docker.io busybox-static)")
+        require_tools()
         if not netns.exists(self.netns_name):
             raise CnmError(f"network namespace {self.netns_name} does not exist")
         longest = str(self.containerd_socket) + ".ttrpc"

@@ -23,7 +23,6 @@ from typing import Any
 
 from cnmlab.checks import dockerd
 from cnmlab.checks.targets import LabDockerTarget
-from cnmlab.errors import FeatureMissing
 from cnmlab.plugin import discovery
 
 WORK_ROOT = "/tmp/cnmlab-work"
@@ -53,10 +52,7 @@ def work_folder(instance: str) -> str:
 
 def start(lab: Any, host: str, instance: str, quiet: bool = True) -> dockerd.DockerDaemon:
     """Start dockerd in the lab's host ``host``; raises FeatureMissing without Docker."""
-    missing = dockerd.missing_tools()
-    if missing:
-        raise FeatureMissing(f"this lab runs real Docker, which is missing here: "
-                             f"{', '.join(missing)} (apt-get install docker.io busybox-static)")
+    dockerd.require_tools("this lab runs real Docker, which is missing here:")
     daemon = dockerd.DockerDaemon(instance, lab.host(host).netns, workdir(instance),
                                   cache_dir=dockerd.IMAGE_CACHE, quiet=quiet,
                                   plugins_dir=discovery.CNMLAB_PLUGINS)
