@@ -53,4 +53,6 @@ GWBRIDGE_ENDPOINT = "gateway_"  # + the sandbox's short id, as libnetwork names 
 # Where cnmlab's private dockerds keep their workdirs (not under /run: a daemon gets a tmpfs
 # there); a lab run against real Docker has its daemon's socket at DOCKERD_DIR/<lab>/docker.sock.
 DOCKERD_DIR = "/tmp/cnmlab-dockerd"
+# where a lab's saved state keeps its control plane (etcd endpoint, netns)
+CONTROL_PLANE_KEY = "control_plane"
 INGRESS_CHAIN = "DOCKER-INGRESS"  # the routing mesh's chain (nat and filter) on every host

@@ -18,7 +18,6 @@ import ipaddress
 import os
 import re
 import secrets
-import shutil
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
@@ -31,7 +30,7 @@ from cnmlab.driverapi import (ExternalConnectivity, GlobalAllocator, HostContext
 from cnmlab.errors import (ActiveEndpoints, CnmError, InvalidInput, ObjectExists,
                            ObjectNotFound)
 from cnmlab.ipam import LOCAL_DEFAULT, DefaultIpam, Ipam
-from cnmlab.kernel import features, netns, sysctl
+from cnmlab.kernel import etcfiles, features, netns, sysctl
 from cnmlab.kernel.netlink import Netlink
 from cnmlab.model import (PREDEFINED, Endpoint, EndpointRef, Host, Network, PortMapping,
                           Sandbox)
@@ -57,20 +56,6 @@ def setup_namespace(name: str, lo_up: bool = True) -> None:
     if lo_up:
         with Netlink(name) as nl:
             nl.set_link("lo", up=True)
-
-
-def write_etc(ns: str, resolv: str, hosts: str) -> None:
-    """Files ``ip netns exec`` mounts over /etc, as Docker gives each container its own."""
-    d = os.path.join("/etc/netns", ns)
-    os.makedirs(d, exist_ok=True)
-    with open(os.path.join(d, "resolv.conf"), "w") as f:
-        f.write(resolv)
-    with open(os.path.join(d, "hosts"), "w") as f:
-        f.write(hosts)
-
-
-def remove_etc(ns: str) -> None:
-    shutil.rmtree(os.path.join("/etc/netns", ns), ignore_errors=True)
 
 
 def bare_ip(cidr: str) -> str:
@@ -305,7 +290,7 @@ class Controller:
         with self._transaction() as ctx:
             if sb.netns:
                 self._make_ns(sb.netns, False)  # lo comes up when it joins
-                ctx.undo(lambda: (netns.delete(sb.netns or ""), remove_etc(sb.netns or "")))
+                ctx.undo(lambda: (netns.delete(sb.netns or ""), etcfiles.remove(sb.netns or "")))
             self.host.sandboxes[name] = sb
         return sb
 
@@ -322,7 +307,7 @@ class Controller:
             if sb.netns:
                 netns.kill_processes(sb.netns)
                 netns.delete(sb.netns)
-                remove_etc(sb.netns)
+                etcfiles.remove(sb.netns)
             del self.host.sandboxes[name]
 
     def _write_sandbox_etc(self, sb: Sandbox) -> None:
@@ -332,7 +317,7 @@ class Controller:
         resolv = (f"nameserver {EMBEDDED_DNS}\noptions ndots:0\n" if sb.dns
                   else f"nameserver {UPSTREAM_DNS}\n")
         hosts = HOSTS_HEADER + "".join(f"{ip}\t{sb.id[:12]}\n" for ip in sb.hosts)
-        write_etc(sb.netns, resolv, hosts)
+        etcfiles.write(sb.netns, {"resolv.conf": resolv, "hosts": hosts})
 
     # ---- endpoints ---------------------------------------------------------------------
     def create_endpoint(self, net: Network, name: str, ip: str | None = None,

@@ -27,12 +27,13 @@ from typing import Any
 from cnmlab import state
 from cnmlab.kernel import netns, procs
 from cnmlab.cluster import Cluster
+from cnmlab.constants import CONTROL_PLANE_KEY
 from cnmlab.errors import CnmError, FeatureMissing
 from cnmlab.etcd import EtcdStore, StoreUnreachable
 
 CLIENT_PORT = 2379
 PEER_PORT = 2380
-KEY = "control_plane"
+KEY = CONTROL_PLANE_KEY
 
 
 def prefix_for(lab: str) -> str:

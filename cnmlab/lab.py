@@ -42,13 +42,13 @@ from cnmlab.constants import (DEFAULT_BRIDGE_OPTIONS, NS_PREFIX, NS_SEP, OPT_BRI
                               OPT_ICC, OPT_MASQUERADE, OPT_MTU, UNDERLAY_BRIDGE,
                               UNDERLAY_HOST_BASE, UNDERLAY_UPLINK, UPSTREAM, UPSTREAM_GW,
                               UPSTREAM_SERVICES)
-from cnmlab.controller import Controller, remove_etc, setup_namespace
+from cnmlab.controller import Controller, setup_namespace
 from cnmlab.driverapi import GlobalAllocator
 from cnmlab.errors import (ActiveEndpoints, CnmError, InvalidInput, IpamError, NotRootError,
                            ObjectExists,
                            ObjectNotFound)
 from cnmlab.ipam import DefaultIpam
-from cnmlab.kernel import neigh, netns, nsexec, sysctl
+from cnmlab.kernel import etcfiles, neigh, netns, nsexec, sysctl
 from cnmlab.kernel.netlink import Netlink
 from cnmlab.model import (Endpoint, Host, LabState, Network, PortMapping, Sandbox, Service,
                           Underlay)
@@ -776,7 +776,7 @@ class Lab:
         The lab stays locked for the whole batch. Namespaces are still logged before they are
         made, so a crash inside a batch is as recoverable by ``cnmlab clean`` as anywhere else.
         """
-        with self.locked():
+        with self.locked(), etcfiles.deferred():  # each sandbox's /etc files: see etcfiles
             self._batch += 1
             try:
                 yield self
@@ -1186,7 +1186,7 @@ def teardown(name: str, lab_state: LabState | None) -> list[str]:
         for ns in namespaces:
             if netns.delete(ns):
                 removed.append(ns)
-            remove_etc(ns)
+            etcfiles.remove(ns)
             proxy.forget(ns)
         for snap in adopted.recorded(name):  # borrowed: put back as found, never deleted
             if lab_state is not None:

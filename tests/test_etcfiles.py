@@ -1,0 +1,93 @@
+"""A sandbox's /etc files: written at once, or in the background inside ``deferred()`` with
+the same result, in the same order, and every failure reported when the block ends."""
+from __future__ import annotations
+
+import os
+import threading
+
+import pytest
+
+from cnmlab.errors import KernelError
+from cnmlab.kernel import etcfiles
+
+
+@pytest.fixture
+def etc(tmp_path, monkeypatch):
+    monkeypatch.setattr(etcfiles, "ETC_NETNS", str(tmp_path))
+    return tmp_path
+
+
+def read(etc, ns: str, name: str) -> str:
+    with open(etc / ns / name) as f:
+        return f.read()
+
+
+def test_written_at_once_outside_deferred(etc):
+    etcfiles.write("cnm-a.s1", {"hosts": "h1\n", "resolv.conf": "nameserver 1.2.3.4\n"})
+    assert read(etc, "cnm-a.s1", "hosts") == "h1\n"
+    assert read(etc, "cnm-a.s1", "resolv.conf") == "nameserver 1.2.3.4\n"
+    etcfiles.remove("cnm-a.s1")
+    assert not (etc / "cnm-a.s1").exists()
+    etcfiles.remove("cnm-a.s1")  # nothing there: no error
+
+
+def test_deferred_writes_land_in_order_by_the_end_of_the_block(etc):
+    files = {"hosts": "first\n"}
+    with etcfiles.deferred():
+        etcfiles.write("cnm-a.s1", files)
+        files["hosts"] = "changed after the call\n"  # the call took a copy
+        etcfiles.write("cnm-a.s2", {"hosts": "s2 old\n"})
+        etcfiles.remove("cnm-a.s2")  # removed and made again under the same name
+        etcfiles.write("cnm-a.s2", {"hosts": "s2 new\n"})
+        etcfiles.write("cnm-a.s3", {"hosts": "gone\n"})
+        etcfiles.remove("cnm-a.s3")
+    assert read(etc, "cnm-a.s1", "hosts") == "first\n"
+    assert read(etc, "cnm-a.s2", "hosts") == "s2 new\n"
+    assert not (etc / "cnm-a.s3").exists()
+
+
+def test_nested_blocks_share_the_outer_one(etc):
+    with etcfiles.deferred():
+        with etcfiles.deferred():
+            etcfiles.write("cnm-a.s1", {"hosts": "x\n"})
+        # the inner block does not wait: only the outermost one does
+        etcfiles.write("cnm-a.s1", {"hosts": "y\n"})
+    assert read(etc, "cnm-a.s1", "hosts") == "y\n"
+
+
+def test_a_background_failure_is_raised_when_the_block_ends(etc):
+    (etc / "cnm-a.s1").write_text("a file where the directory should be")
+    with pytest.raises(KernelError, match="cnm-a.s1"):
+        with etcfiles.deferred():
+            etcfiles.write("cnm-a.s1", {"hosts": "x\n"})
+            etcfiles.write("cnm-a.s2", {"hosts": "y\n"})
+    # after the first failure nothing else was done in the background
+    assert not (etc / "cnm-a.s2").exists()
+    # and the next block starts afresh
+    with etcfiles.deferred():
+        etcfiles.write("cnm-a.s3", {"hosts": "z\n"})
+    assert read(etc, "cnm-a.s3", "hosts") == "z\n"
+
+
+def test_the_body_error_is_the_one_reported(etc):
+    (etc / "cnm-a.s1").write_text("a file where the directory should be")
+    with pytest.raises(ValueError, match="the caller's"):
+        with etcfiles.deferred():
+            etcfiles.write("cnm-a.s1", {"hosts": "x\n"})
+            raise ValueError("the caller's")
+
+
+def test_another_thread_still_writes_at_once(etc):
+    """Deferral belongs to the thread that asked for it (a batch); another thread working on
+    another lab meanwhile finds its files in place when its call returns."""
+    seen: list[bool] = []
+
+    def other() -> None:
+        etcfiles.write("cnm-b.s1", {"hosts": "b\n"})
+        seen.append(os.path.exists(etc / "cnm-b.s1" / "hosts"))
+
+    with etcfiles.deferred():
+        t = threading.Thread(target=other)
+        t.start()
+        t.join()
+    assert seen == [True]
