@@ -91,3 +91,63 @@ def test_another_thread_still_writes_at_once(etc):
         t.start()
         t.join()
     assert seen == [True]
+
+
+def test_settle_waits_for_this_threads_pending_writes(etc, monkeypatch):
+    """A command run in a sandbox mid-batch (``ip netns exec`` mounts what is there when it
+    starts) must find its files: ``settle`` waits for them; here the writer is held back
+    until the caller is known to be waiting."""
+    release = threading.Event()
+    real = etcfiles._write_now
+
+    def slow(ns, files):
+        release.wait(10)
+        real(ns, files)
+
+    monkeypatch.setattr(etcfiles, "_write_now", slow)
+    with etcfiles.deferred():
+        etcfiles.write("cnm-a.s1", {"resolv.conf": "nameserver 127.0.0.11\n"})
+        assert not (etc / "cnm-a.s1").exists()  # still queued
+        threading.Timer(0.2, release.set).start()
+        etcfiles.settle()
+        assert read(etc, "cnm-a.s1", "resolv.conf") == "nameserver 127.0.0.11\n"
+    etcfiles.settle()  # outside a block: nothing to wait for
+
+
+def test_settle_reports_a_failure_instead_of_waiting_forever(etc):
+    (etc / "cnm-a.s1").write_text("a file where the directory should be")
+    with pytest.raises(KernelError):
+        with etcfiles.deferred():
+            etcfiles.write("cnm-a.s1", {"hosts": "x\n"})
+            etcfiles.write("cnm-a.s2", {"hosts": "y\n"})
+            etcfiles.settle()
+
+
+def test_a_command_run_mid_batch_sees_the_sandboxs_own_files(monkeypatch):
+    """In a real lab: inside a batch the files are written in the background (slowed down
+    here, as on a busy disk), and a command run in the sandbox right after it was made still
+    reads its own resolv.conf and hosts."""
+    import time
+
+    from cnmlab.lab import Lab
+
+    real = etcfiles._write_now
+
+    def slow(ns, files):
+        time.sleep(0.3)
+        real(ns, files)
+
+    monkeypatch.setattr(etcfiles, "_write_now", slow)
+
+    lab = Lab(f"etcb{os.getpid()}", upstream=False)
+    try:
+        h = lab.add_host("h1")
+        h.network_create("app", subnet="10.231.77.0/24")
+        with lab.batch():
+            sb = h.run("c1", "app")
+            out = sb.exec(["cat", "/etc/resolv.conf", "/etc/hosts"]).stdout
+        assert "nameserver 127.0.0.11" in out
+        assert f"{sb.ip('app')}\t" in out
+    finally:
+        lab.down()
+    assert not os.path.exists(os.path.join("/etc/netns", sb.netns))

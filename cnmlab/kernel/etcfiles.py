@@ -46,14 +46,18 @@ class _Writer:
     """One background thread running file jobs in the order they were given."""
 
     def __init__(self) -> None:
-        self.jobs: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
+        # a file job, an Event to set once every job before it ran (``settle``), or None: stop
+        self.jobs: queue.SimpleQueue[Callable[[], None] | threading.Event | None] = \
+            queue.SimpleQueue()
         self.error: BaseException | None = None
         self.thread = threading.Thread(target=self._work, name="cnmlab-etcfiles", daemon=True)
         self.thread.start()
 
     def _work(self) -> None:
         while (job := self.jobs.get()) is not None:
-            if self.error is None:  # after a failure the rest would only build on it
+            if isinstance(job, threading.Event):
+                job.set()
+            elif self.error is None:  # after a failure the rest would only build on it
                 try:
                     job()
                 except BaseException as e:  # noqa: BLE001 - handed to the waiting thread
@@ -89,6 +93,20 @@ def remove(ns: str) -> None:
         _remove_now(ns)
     else:
         w.jobs.put(lambda: _remove_now(ns))
+
+
+def settle() -> None:
+    """Wait until this thread's deferred writes are on disk (a no-op outside ``deferred``):
+    ``ip netns exec`` mounts what the namespace's folder holds when it starts, so a command
+    run in a sandbox in the middle of a batch must find its files there first."""
+    w = _writer()
+    if w is None:
+        return
+    done = threading.Event()
+    w.jobs.put(done)
+    done.wait()
+    if w.error is not None:
+        raise w.error
 
 
 @contextmanager

@@ -11,7 +11,7 @@ import subprocess
 from collections.abc import Sequence
 
 from cnmlab.errors import CnmError, KernelError
-from cnmlab.kernel import netns
+from cnmlab.kernel import etcfiles, netns
 
 
 def netns_path(ns: str) -> str:
@@ -34,5 +34,9 @@ def run(ns: str | None, argv: Sequence[str], *, input: str | None = None, timeou
 
 
 def shell_argv(ns: str, command: Sequence[str]) -> list[str]:
-    """argv that runs ``command`` in a named cnmlab namespace with its own /etc overlay."""
+    """argv that runs ``command`` in a named cnmlab namespace with its own /etc overlay.
+
+    Inside a batch the overlay's files may still be on their way (``etcfiles``): they are
+    waited for here, since ``ip netns exec`` mounts only what is there when it starts."""
+    etcfiles.settle()
     return ["ip", "netns", "exec", ns, *command]

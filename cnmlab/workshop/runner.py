@@ -28,7 +28,7 @@ from cnmlab.checks.api import CheckResult, Target
 from cnmlab.checks.kinds import run_check, run_checks
 from cnmlab.checks.targets import EngineTarget
 from cnmlab.errors import CnmError, InvalidInput, NotRootError, ObjectNotFound
-from cnmlab.kernel import features
+from cnmlab.kernel import features, nsexec
 from cnmlab.lab import Lab, ns_name, teardown
 from cnmlab.workshop import labdocker
 from cnmlab.workshop.labfile import NS_TEMPLATE, Action, LabDef, Step
@@ -344,8 +344,9 @@ class LabRun:
             ns = lab.netns_of(raw["in"])
             script = self.render(raw["sh"])
             try:
-                proc = subprocess.run(["ip", "netns", "exec", ns, "bash", "-e", "-o", "pipefail",
-                                       "-c", script], capture_output=True, text=True, timeout=60,
+                proc = subprocess.run(nsexec.shell_argv(ns, ["bash", "-e", "-o", "pipefail",
+                                                             "-c", script]),
+                                      capture_output=True, text=True, timeout=60,
                                       env=_action_env())
             except subprocess.TimeoutExpired:
                 raise StepError(f"in {raw['in']}: no answer after 60 s: {script.strip()}") from None
