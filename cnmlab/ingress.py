@@ -38,6 +38,7 @@ from cnmlab.cluster import Cluster
 from cnmlab.constants import INGRESS_CHAIN, NS_PREFIX, NS_SEP
 from cnmlab.controller import Controller, bare_ip
 from cnmlab.errors import CnmError, InvalidInput, ObjectExists, ObjectNotFound
+from cnmlab.firewall.iptables import USER_CHAIN
 from cnmlab.kernel import netns, nsexec, sysctl
 from cnmlab.kernel.ipvs import PROTOS, Ipvs, VirtualService
 from cnmlab.kernel.netlink import Netlink
@@ -96,7 +97,9 @@ class MeshTask:
 
 class MeshStore:
     """``mesh/services/<name>`` and ``mesh/tasks/<task>`` in the lab's store: the only way a
-    host learns about another host's tasks (swarm gossips the same in its service tables)."""
+    host learns about another host's tasks (swarm gossips the same in its service tables).
+    ``mesh/nodes/<host>`` says a host's ingress sandbox is fully joined: a node that joins
+    after services were published is programmed by its agent from that event on."""
 
     def __init__(self, cluster: Cluster) -> None:
         self.cluster = cluster
@@ -125,6 +128,9 @@ class MeshStore:
 
     def delete_task(self, name: str) -> None:
         self.store.delete(f"{self.prefix}tasks/{name}")
+
+    def put_node(self, host: str, sandbox: str) -> None:
+        self.store.put(f"{self.prefix}nodes/{host}", json.dumps({"sandbox": sandbox}))
 
 
 # ---- the manager: declares services and places tasks -------------------------------------
@@ -160,6 +166,7 @@ class Mesh:
             except BaseException:
                 ctl.delete_sandbox(name)
                 raise
+            self.ms.put_node(host, name)  # a mesh/ event: the host's agent programs it now
 
     def create(self, name: str, replicas: int, publish: str | int) -> MeshService:
         published, target, proto = parse_publish(publish)
@@ -255,10 +262,30 @@ def host_rules(services: list[MeshService], sbox_ip: str) -> str:
     return "\n".join(nat + flt) + "\n"
 
 
-#: (table, chain, match) of the jumps into DOCKER-INGRESS, each first in its chain
+#: (table, chain, match) of the jumps into DOCKER-INGRESS, each first in its chain but in
+#: FORWARD, where it comes second, right after ``-j DOCKER-USER`` (see ``install_jumps``)
 HOST_JUMPS = (("nat", "PREROUTING", ["-m", "addrtype", "--dst-type", "LOCAL"]),
               ("nat", "OUTPUT", ["-m", "addrtype", "--dst-type", "LOCAL"]),
               ("filter", "FORWARD", []))
+
+
+def install_jumps(host_ns: str) -> None:
+    """The host's jumps into DOCKER-INGRESS, each made once. libnetwork's
+    arrangeIngressFilterRule and arrangeUserFilterRule leave FORWARD with DOCKER-USER's jump
+    first (the user filters before anything of Docker's) and DOCKER-INGRESS's second."""
+    for table, chain, match in HOST_JUMPS:
+        rule = [chain, *match, "-j", CHAIN]
+        if not nsexec.run(host_ns, ["iptables", "-w", "-t", table, "-C", *rule],
+                          check=False).returncode:
+            continue
+        at = "1"
+        if (table, chain) == ("filter", "FORWARD"):
+            listed = nsexec.run(host_ns, ["iptables", "-w", "-t", table, "-S", chain]).stdout
+            rules = [line for line in listed.splitlines() if line.startswith("-A ")]
+            if rules[:1] == [f"-A {chain} -j {USER_CHAIN}"]:
+                at = "2"
+        nsexec.run(host_ns, ["iptables", "-w", "-t", table, "-I", chain, at, *match, "-j",
+                             CHAIN])
 
 
 def sbox_marks(services: list[MeshService]) -> str:
@@ -333,11 +360,7 @@ def program_host(lab: str, host: str, host_ns: str, cluster: Cluster) -> str:
     with netns.locked(host_ns):
         nsexec.run(host_ns, ["iptables-restore", "-w", "--noflush"],
                    input=host_rules(services, gw_ip))
-        for table, chain, match in HOST_JUMPS:
-            rule = [chain, *match, "-j", CHAIN]
-            if nsexec.run(host_ns, ["iptables", "-w", "-t", table, "-C", *rule],
-                          check=False).returncode:
-                nsexec.run(host_ns, ["iptables", "-w", "-t", table, "-I", *rule])
+        install_jumps(host_ns)
     return (f"ingress: {len(services)} published port(s), {servers} real server(s) "
             f"behind {ing_ip}")
 

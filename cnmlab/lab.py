@@ -925,11 +925,27 @@ class Lab:
         Without ``underlay`` its ``eth0`` is plugged straight into the upstream (public
         address 203.0.113.10, .11, ...). With ``underlay`` its ``eth0`` is a NIC on that LAN
         (address ``underlay_ip`` or the next of .11, .12, ...), its default route goes via
-        the LAN's router, and that address is the host's public address.
+        the LAN's router, and that address is the host's public address. In a lab whose
+        swarm has the ingress network, the new host joins it at once (its ingress sandbox and
+        every published port, waited for), as a node joining a swarm does.
         """
         check_name("host", name)
         with self.locked():
-            return self._add_host(name, default_bridge, firewall, bip, underlay, underlay_ip)
+            handle = self._add_host(name, default_bridge, firewall, bip, underlay, underlay_ip)
+            joined = self._join_ingress()
+        if joined:
+            self.converge_mesh(hosts=[name])
+        return handle
+
+    def _join_ingress(self) -> bool:
+        """A node joining a swarm that has the ingress network gets its ingress sandbox at
+        once, and with it every published port (its agent programs them from the store), as
+        a Docker node does when it joins; True if there was an ingress to join."""
+        if self.cluster is None or self.cluster.network(ingress.INGRESS) is None:
+            return False
+        self._mesh().ensure_sandboxes()
+        self._sandbox_added()
+        return True
 
     def adopt_host(self, name: str, ns: str | None = None, *,
                    pid: int | None = None) -> HostHandle:

@@ -40,7 +40,8 @@ def _sh(ns: str, *argv: str) -> None:
 def test_any_hosts_published_port_reaches_every_task_through_the_store(lab_name):
     """Tasks spread over hosts; every host's port 8080 reaches every task, also h3 that runs
     none; a missing mark or DNAT is caught and named; the agents (not the lab process) program
-    each host from etcd: with h3's agent stopped h3 stays stale until it is back."""
+    each host from etcd: with h3's agent stopped h3 stays stale until it is back; a host added
+    later answers on the published port too."""
     lab = Lab(lab_name, upstream=False)
     try:
         lab.add_underlay("lan", subnet="192.168.50.0/24")
@@ -104,6 +105,12 @@ def test_any_hosts_published_port_reaches_every_task_through_the_store(lab_name)
         lab.service_scale("web", 1)
         r = _mesh(t, ["web.1"], requests=2)
         assert r.ok, f"{r.observed}: {r.reason}"
+
+        # a node that joins now gets its ingress sandbox and every published port at once
+        lab.add_host("h4", underlay="lan")
+        assert lab.mesh_out_of_sync("h4") is None
+        r = _mesh(t, ["web.1"], requests=2, hosts=[*HOSTS, "h4"])
+        assert r.ok and "h4: web.1 2" in r.observed, f"{r.observed}: {r.reason}"
         lab.service_rm("web")
         assert Ipvs(sbox.netns).services() == []
         nat = lab.host("h1").exec(["iptables", "-t", "nat", "-S", "DOCKER-INGRESS"]).stdout
@@ -148,9 +155,8 @@ def test_the_hosts_firewall_rewrite_keeps_the_agents_ingress_chains(lab_name):
         svc = ingress.MeshService("web", 8080, 80, "tcp", 256)
         nsexec.run(h.netns, ["iptables-restore", "--noflush"],
                    input=ingress.host_rules([svc], "172.18.0.2"))
-        for table, chain, match in ingress.HOST_JUMPS:
-            nsexec.run(h.netns, ["iptables", "-t", table, "-I", chain, *match, "-j",
-                                 "DOCKER-INGRESS"])
+        ingress.install_jumps(h.netns)  # what the agent does
+        ingress.install_jumps(h.netns)  # once
         before = h.iptables()
         h.network_create("app", subnet="10.74.0.0/24")  # rewrites the host's tables
         after = h.iptables()
@@ -158,8 +164,11 @@ def test_the_hosts_firewall_rewrite_keeps_the_agents_ingress_chains(lab_name):
         assert len(ingress_lines) == 10  # 2 chains, 3 jumps, 3 filter + 2 nat rules
         for line in ingress_lines:
             assert line in after, line
-        assert "-A FORWARD -j DOCKER-INGRESS" == [l for l in after.splitlines()
-                                                   if l.startswith("-A FORWARD")][0]
+        # Docker's order: the user's chain first, the routing mesh's second
+        forward = [l for l in after.splitlines() if l.startswith("-A FORWARD")]
+        assert forward[:2] == ["-A FORWARD -j DOCKER-USER", "-A FORWARD -j DOCKER-INGRESS"]
+        nat = [l for l in after.splitlines() if l.startswith("-A PREROUTING")]
+        assert nat[0] == "-A PREROUTING -m addrtype --dst-type LOCAL -j DOCKER-INGRESS"
         # a host without the chains gets none
         h2 = lab.add_host("h2")
         h2.network_create("app", subnet="10.75.0.0/24")
