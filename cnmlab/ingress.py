@@ -153,8 +153,10 @@ class Mesh:
             raise ObjectNotFound(f"service {name} not found in the control plane")
         return svc
 
-    def ensure_sandboxes(self) -> None:
-        """Each host's ingress sandbox (a daemon makes it when its node joins ingress)."""
+    def ensure_sandboxes(self) -> list[str]:
+        """Each host's ingress sandbox (a daemon makes it when its node joins ingress);
+        returns the hosts that got theirs now."""
+        made = []
         for host, ctl in self.hosts.items():
             name = sbox_name(host)
             if name in ctl.host.sandboxes:
@@ -166,7 +168,17 @@ class Mesh:
             except BaseException:
                 ctl.delete_sandbox(name)
                 raise
-            self.ms.put_node(host, name)  # a mesh/ event: the host's agent programs it now
+            made.append(host)
+        return made
+
+    def join(self) -> list[str]:
+        """Hosts added after ports were published: their ingress sandboxes, and a
+        ``mesh/nodes/<host>`` record each, whose event makes every agent (theirs among them)
+        program the mesh now rather than at the next service change."""
+        made = self.ensure_sandboxes()
+        for host in made:
+            self.ms.put_node(host, sbox_name(host))
+        return made
 
     def create(self, name: str, replicas: int, publish: str | int) -> MeshService:
         published, target, proto = parse_publish(publish)

@@ -933,19 +933,20 @@ class Lab:
         with self.locked():
             handle = self._add_host(name, default_bridge, firewall, bip, underlay, underlay_ip)
             joined = self._join_ingress()
-        if joined:
+        if joined:  # the other hosts' agents learn its ingress endpoint, its agent the mesh
+            self.converge(timeout=120.0)
             self.converge_mesh(hosts=[name])
         return handle
 
     def _join_ingress(self) -> bool:
         """A node joining a swarm that has the ingress network gets its ingress sandbox at
         once, and with it every published port (its agent programs them from the store), as
-        a Docker node does when it joins; True if there was an ingress to join."""
+        a Docker node does when it joins; True if it joined one now."""
         if self.cluster is None or self.cluster.network(ingress.INGRESS) is None:
             return False
-        self._mesh().ensure_sandboxes()
+        joined = bool(self._mesh().join())
         self._sandbox_added()
-        return True
+        return joined
 
     def adopt_host(self, name: str, ns: str | None = None, *,
                    pid: int | None = None) -> HostHandle:
