@@ -50,8 +50,10 @@ def test_nested_blocks_share_the_outer_one(etc):
     with etcfiles.deferred():
         with etcfiles.deferred():
             etcfiles.write("cnm-a.s1", {"hosts": "x\n"})
-        # the inner block does not wait: only the outermost one does
+        # the inner block joined the outer one's writer: still deferred, still in order
+        assert etcfiles._writer() is not None
         etcfiles.write("cnm-a.s1", {"hosts": "y\n"})
+    assert etcfiles._writer() is None
     assert read(etc, "cnm-a.s1", "hosts") == "y\n"
 
 
