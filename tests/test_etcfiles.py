@@ -116,6 +116,40 @@ def test_settle_waits_for_this_threads_pending_writes(etc, monkeypatch):
     etcfiles.settle()  # outside a block: nothing to wait for
 
 
+def test_settle_from_another_thread_waits_for_a_batch_threads_writes(etc, monkeypatch):
+    """The workshop app may open a shell from one thread while another runs a batch: the
+    shell's ``ip netns exec`` must find the sandbox's files, whoever deferred them."""
+    release = threading.Event()
+    real = etcfiles._write_now
+
+    def slow(ns, files):
+        release.wait(10)
+        real(ns, files)
+
+    monkeypatch.setattr(etcfiles, "_write_now", slow)
+    queued, finished = threading.Event(), threading.Event()
+
+    def batch() -> None:
+        with etcfiles.deferred():
+            etcfiles.write("cnm-a.s1", {"hosts": "h\n"})
+            queued.set()
+            finished.wait(10)
+
+    t = threading.Thread(target=batch)
+    t.start()
+    try:
+        assert queued.wait(10)
+        assert not (etc / "cnm-a.s1").exists()
+        threading.Timer(0.2, release.set).start()
+        etcfiles.settle()  # this thread defers nothing itself
+        assert read(etc, "cnm-a.s1", "hosts") == "h\n"
+    finally:
+        release.set()
+        finished.set()
+        t.join()
+    assert not etcfiles._active
+
+
 def test_settle_reports_a_failure_instead_of_waiting_forever(etc):
     (etc / "cnm-a.s1").write_text("a file where the directory should be")
     with pytest.raises(KernelError):

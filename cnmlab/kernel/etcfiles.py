@@ -70,6 +70,10 @@ class _Writer:
 
 
 _local = threading.local()
+# every thread's writer while its block runs: ``settle`` waits for them all (a shell started
+# from another thread of the workshop app during a batch must find its sandbox's files too)
+_active: set[_Writer] = set()
+_active_lock = threading.Lock()
 
 
 def _writer() -> _Writer | None:
@@ -96,16 +100,20 @@ def remove(ns: str) -> None:
 
 
 def settle() -> None:
-    """Wait until this thread's deferred writes are on disk (a no-op outside ``deferred``):
-    ``ip netns exec`` mounts what the namespace's folder holds when it starts, so a command
-    run in a sandbox in the middle of a batch must find its files there first."""
+    """Wait until the writes deferred so far, by any thread, are on disk (at once when none
+    are): ``ip netns exec`` mounts what the namespace's folder holds when it starts, so a
+    command run in a sandbox in the middle of a batch must find its files there first.
+    Raises this thread's own writer's failure; another thread's is its own to report."""
+    with _active_lock:  # a writer still listed has not been told to stop: it will answer
+        marks = []
+        for w in _active:
+            done = threading.Event()
+            w.jobs.put(done)
+            marks.append(done)
+    for done in marks:
+        done.wait()
     w = _writer()
-    if w is None:
-        return
-    done = threading.Event()
-    w.jobs.put(done)
-    done.wait()
-    if w.error is not None:
+    if w is not None and w.error is not None:
         raise w.error
 
 
@@ -117,13 +125,20 @@ def deferred() -> Iterator[None]:
         yield
         return
     w = _local.writer = _Writer()
+    with _active_lock:
+        _active.add(w)
     try:
         yield
     except BaseException:
-        _local.writer = None
-        w.finish()  # the body's own error is the one to report
+        _stop(w)  # the body's own error is the one to report
         raise
-    _local.writer = None
-    error = w.finish()
+    error = _stop(w)
     if error is not None:
         raise error
+
+
+def _stop(w: _Writer) -> BaseException | None:
+    _local.writer = None
+    with _active_lock:
+        _active.discard(w)
+    return w.finish()
