@@ -776,10 +776,13 @@ class Lab:
         The lab stays locked for the whole batch. Namespaces are still logged before they are
         made, so a crash inside a batch is as recoverable by ``cnmlab clean`` as anywhere else.
         """
-        with self.locked(), etcfiles.deferred():  # each sandbox's /etc files: see etcfiles
+        with self.locked():
             self._batch += 1
             try:
-                yield self
+                # each sandbox's /etc files are written in the background (see etcfiles),
+                # and all on disk before the model that names their sandboxes is saved
+                with etcfiles.deferred():
+                    yield self
             finally:
                 self._batch -= 1
                 if not self._batch:

@@ -187,3 +187,39 @@ def test_a_command_run_mid_batch_sees_the_sandboxs_own_files(monkeypatch):
     finally:
         lab.down()
     assert not os.path.exists(os.path.join("/etc/netns", sb.netns))
+
+
+def test_a_batch_saves_its_model_only_once_the_files_are_on_disk(monkeypatch):
+    """Another process that reads the saved model (``cnmlab exec`` from a second terminal)
+    must find every sandbox it names with its files: the batch waits for them before saving."""
+    import time
+
+    from cnmlab.lab import Lab
+
+    real = etcfiles._write_now
+
+    def slow(ns, files):
+        time.sleep(0.05)
+        real(ns, files)
+
+    monkeypatch.setattr(etcfiles, "_write_now", slow)
+    lab = Lab(f"etcs{os.getpid()}", upstream=False)
+    try:
+        h = lab.add_host("h1")
+        h.network_create("app", subnet="10.231.78.0/24")
+        saves: list[list[bool]] = []
+        write = lab._write
+
+        def checked_write() -> None:
+            saves.append([os.path.exists(os.path.join(etcfiles.ETC_NETNS, sb.netns, "hosts"))
+                          for host in lab.state.hosts.values()
+                          for sb in host.sandboxes.values() if sb.netns])
+            write()
+
+        monkeypatch.setattr(lab, "_write", checked_write)
+        with lab.batch():
+            for i in range(4):
+                h.run(f"c{i}", "app")
+        assert saves and saves[0] == [True] * 4, saves
+    finally:
+        lab.down()
