@@ -809,8 +809,10 @@ class Lab:
         """
         if self._batch or not dns.wants_dns(self.state):
             return
+        recorded = dict(self.state.extra)
         dns.ensure_running(self.name, self.state)
-        self._write()
+        if self.state.extra != recorded:  # a resolver started now: its PID is saved. Else
+            self._write()  # nothing changed, and a save would only make it re-read the state
 
     def _check_free(self, name: str) -> None:
         if name == UPSTREAM or name in self.state.hosts or name in self.state.underlays or any(

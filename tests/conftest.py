@@ -60,8 +60,13 @@ def _mine() -> set[str]:
 
 
 def _my_states() -> set[str]:
-    etc = os.listdir("/etc/netns") if os.path.isdir("/etc/netns") else []
-    return {n for n in state.names() if PID in n} | {f"/etc/netns/{n}" for n in etc if PID in n}
+    from cnmlab.kernel import etcfiles
+
+    found = {n for n in state.names() if PID in n}
+    for folder in ("/etc/netns", etcfiles.STORE):  # the links and the files they point to
+        names = os.listdir(folder) if os.path.isdir(folder) else []
+        found |= {f"{folder}/{n}" for n in names if PID in n}
+    return found
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -7,14 +7,27 @@ import threading
 
 import pytest
 
-from cnmlab.errors import KernelError
+from cnmlab.errors import CnmError, KernelError
 from cnmlab.kernel import etcfiles
 
 
+def _layout(tmp_path, monkeypatch, store: bool):
+    monkeypatch.setattr(etcfiles, "ETC_NETNS", str(tmp_path / "netns"))
+    monkeypatch.setattr(etcfiles, "STORE", str(tmp_path / "store"))
+    monkeypatch.setattr(etcfiles, "_store_ok", store)
+    return tmp_path / "netns"
+
+
+@pytest.fixture(params=["store", "folders"])
+def etc(request, tmp_path, monkeypatch):
+    """/etc/netns in a temporary folder; the files in a store beside it (a tmpfs machine) or
+    in folders under it (no tmpfs /dev/shm)."""
+    return _layout(tmp_path, monkeypatch, request.param == "store")
+
+
 @pytest.fixture
-def etc(tmp_path, monkeypatch):
-    monkeypatch.setattr(etcfiles, "ETC_NETNS", str(tmp_path))
-    return tmp_path
+def store_etc(tmp_path, monkeypatch):
+    return _layout(tmp_path, monkeypatch, True)
 
 
 def read(etc, ns: str, name: str) -> str:
@@ -29,6 +42,42 @@ def test_written_at_once_outside_deferred(etc):
     etcfiles.remove("cnm-a.s1")
     assert not (etc / "cnm-a.s1").exists()
     etcfiles.remove("cnm-a.s1")  # nothing there: no error
+
+
+def test_files_on_tmpfs_behind_one_symlink_each(store_etc):
+    """With a store, /etc/netns/NAME is one symlink into it (one entry on the disk), which
+    removal takes away with its folder; a real folder an older cnmlab left is written in place,
+    and a dangling link is replaced."""
+    etc = store_etc
+    store = etc.parent / "store"
+    etcfiles.write("cnm-a.s1", {"hosts": "h\n"})
+    assert os.path.islink(etc / "cnm-a.s1")
+    assert os.readlink(etc / "cnm-a.s1") == str(store / "cnm-a.s1")
+    assert read(etc, "cnm-a.s1", "hosts") == "h\n"
+    assert oct(os.stat(store).st_mode & 0o777) == "0o700"  # private: /dev/shm is world-writable
+    etcfiles.write("cnm-a.s1", {"hosts": "h2\n"})
+    assert read(etc, "cnm-a.s1", "hosts") == "h2\n"
+    etcfiles.remove("cnm-a.s1")
+    assert not os.path.lexists(etc / "cnm-a.s1") and not (store / "cnm-a.s1").exists()
+
+    (etc / "cnm-a.old").mkdir()  # an older cnmlab's folder
+    etcfiles.write("cnm-a.old", {"hosts": "o\n"})
+    assert not os.path.islink(etc / "cnm-a.old") and read(etc, "cnm-a.old", "hosts") == "o\n"
+    etcfiles.remove("cnm-a.old")
+    assert not os.path.lexists(etc / "cnm-a.old")
+
+    os.symlink(str(store / "gone"), etc / "cnm-a.s2")  # dangling (e.g. after a reboot)
+    etcfiles.write("cnm-a.s2", {"hosts": "x\n"})
+    assert read(etc, "cnm-a.s2", "hosts") == "x\n"
+    etcfiles.remove("cnm-a.s2")
+
+
+def test_a_store_someone_else_made_is_refused(store_etc):
+    store = store_etc.parent / "store"
+    store.mkdir(mode=0o777)
+    os.chmod(store, 0o777)  # writable by anyone: not ours alone
+    with pytest.raises(CnmError, match="refusing to use"):
+        etcfiles.write("cnm-a.s1", {"hosts": "h\n"})
 
 
 def test_deferred_writes_land_in_order_by_the_end_of_the_block(etc):
@@ -58,6 +107,7 @@ def test_nested_blocks_share_the_outer_one(etc):
 
 
 def test_a_background_failure_is_raised_when_the_block_ends(etc):
+    etc.mkdir()
     (etc / "cnm-a.s1").write_text("a file where the directory should be")
     with pytest.raises(KernelError, match="cnm-a.s1"):
         with etcfiles.deferred():
@@ -72,6 +122,7 @@ def test_a_background_failure_is_raised_when_the_block_ends(etc):
 
 
 def test_the_body_error_is_the_one_reported(etc):
+    etc.mkdir()
     (etc / "cnm-a.s1").write_text("a file where the directory should be")
     with pytest.raises(ValueError, match="the caller's"):
         with etcfiles.deferred():
@@ -151,6 +202,7 @@ def test_settle_from_another_thread_waits_for_a_batch_threads_writes(etc, monkey
 
 
 def test_settle_reports_a_failure_instead_of_waiting_forever(etc):
+    etc.mkdir()
     (etc / "cnm-a.s1").write_text("a file where the directory should be")
     with pytest.raises(KernelError):
         with etcfiles.deferred():

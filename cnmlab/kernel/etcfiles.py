@@ -4,10 +4,15 @@ Docker gives every container its own resolv.conf and hosts; cnmlab writes them w
 ``ip netns exec`` (and so ``cnmlab exec`` and the workshop's shells) finds them. A directory
 and two files per sandbox cost little on an idle disk, but while ext4's journal is busy (online
 discard, just after a thousand namespaces and their files went) each creation took up to
-0.7 ms here: more than all of the sandbox's kernel work. A thread that builds many sandboxes
-at once (``Lab.batch``) therefore defers them: one background thread writes and removes them,
-in order, while the build goes on, and leaving ``deferred()`` waits until every one is done and
-raises the first failure, so callers find the files in place exactly as before.
+0.7 ms here: more than all of the sandbox's kernel work. So:
+
+* where /dev/shm is a tmpfs, the files live there (``STORE``, a private folder) and
+  /etc/netns/NAME is a symlink to them: one entry on the disk per sandbox instead of three
+  (``ip netns exec`` follows it; a real folder left by an older cnmlab is written in place);
+* a thread that builds many sandboxes at once (``Lab.batch``) defers them: one background
+  thread writes and removes them, in order, while the build goes on, and leaving
+  ``deferred()`` waits until every one is done and raises the first failure, so callers find
+  the files in place exactly as before.
 """
 from __future__ import annotations
 
@@ -19,27 +24,68 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 
 from cnmlab.errors import KernelError
+from cnmlab.kernel import rundir
 
 ETC_NETNS = "/etc/netns"
+STORE = "/dev/shm/cnmlab-etc"  # used only where /dev/shm is a tmpfs (see _store)
+_store_ok: bool | None = None
 
 
 def path(ns: str) -> str:
+    """Where ``ip netns exec`` looks (a symlink into ``STORE``, or a folder)."""
     return os.path.join(ETC_NETNS, ns)
 
 
-def _write_now(ns: str, files: Mapping[str, str]) -> None:
-    d = path(ns)
+def _is_tmpfs(mount_point: str) -> bool:
     try:
+        with open("/proc/self/mounts") as f:
+            found = [fields[2] for fields in (line.split() for line in f)
+                     if len(fields) > 2 and fields[1] == mount_point]
+    except OSError:
+        return False
+    return bool(found) and found[-1] == "tmpfs"  # the last mount on a point is the visible one
+
+
+def _store() -> str | None:
+    """The private folder on tmpfs for the files, or None (then they go under /etc/netns)."""
+    global _store_ok
+    if _store_ok is None:
+        _store_ok = _is_tmpfs(os.path.dirname(STORE))
+    if not _store_ok:
+        return None
+    return rundir.private_dir(STORE)  # made 0700, or refused if someone else's (/dev/shm: 1777)
+
+
+def _write_now(ns: str, files: Mapping[str, str]) -> None:
+    link = path(ns)
+    d = link
+    try:
+        os.makedirs(ETC_NETNS, exist_ok=True)
+        store = None if os.path.isdir(link) and not os.path.islink(link) else _store()
+        if store is not None:
+            d = os.path.join(store, ns)
         os.makedirs(d, exist_ok=True)
         for name, text in files.items():
             with open(os.path.join(d, name), "w") as f:
                 f.write(text)
+        if store is not None:
+            if os.path.islink(link):
+                if os.readlink(link) == d:
+                    return
+                os.unlink(link)  # dangling, or pointing elsewhere: ours now
+            os.symlink(d, link)
     except OSError as e:
         raise KernelError(f"write {e.filename or d}: {e.strerror} (is /etc writable?)") from None
 
 
 def _remove_now(ns: str) -> None:
-    shutil.rmtree(path(ns), ignore_errors=True)
+    link = path(ns)
+    if os.path.islink(link):
+        os.unlink(link)  # first: nothing mounts from a half-removed folder
+    else:
+        shutil.rmtree(link, ignore_errors=True)
+    if _store() is not None:
+        shutil.rmtree(os.path.join(STORE, ns), ignore_errors=True)
 
 
 class _Writer:
