@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 
 import pytest
 
@@ -33,6 +34,32 @@ def store_etc(tmp_path, monkeypatch):
 def read(etc, ns: str, name: str) -> str:
     with open(etc / ns / name) as f:
         return f.read()
+
+
+def slow_writer(monkeypatch, wait) -> None:
+    """The background writer calls ``wait()`` before each write: a busy disk, or held back
+    until the test says so."""
+    real = etcfiles._write_now
+
+    def slow(ns, files):
+        wait()
+        real(ns, files)
+
+    monkeypatch.setattr(etcfiles, "_write_now", slow)
+
+
+@pytest.fixture
+def app_host():
+    """A real lab (its own namespaces, the real /etc/netns) with one host and network app."""
+    from cnmlab.lab import Lab
+
+    lab = Lab(f"etcb{os.getpid()}", upstream=False)
+    try:
+        h = lab.add_host("h1")
+        h.network_create("app", subnet="10.231.77.0/24")
+        yield lab, h
+    finally:
+        lab.down()
 
 
 def test_written_at_once_outside_deferred(etc):
@@ -151,13 +178,7 @@ def test_settle_waits_for_this_threads_pending_writes(etc, monkeypatch):
     starts) must find its files: ``settle`` waits for them; here the writer is held back
     until the caller is known to be waiting."""
     release = threading.Event()
-    real = etcfiles._write_now
-
-    def slow(ns, files):
-        release.wait(10)
-        real(ns, files)
-
-    monkeypatch.setattr(etcfiles, "_write_now", slow)
+    slow_writer(monkeypatch, lambda: release.wait(10))
     with etcfiles.deferred():
         etcfiles.write("cnm-a.s1", {"resolv.conf": "nameserver 127.0.0.11\n"})
         assert not (etc / "cnm-a.s1").exists()  # still queued
@@ -171,13 +192,7 @@ def test_settle_from_another_thread_waits_for_a_batch_threads_writes(etc, monkey
     """The workshop app may open a shell from one thread while another runs a batch: the
     shell's ``ip netns exec`` must find the sandbox's files, whoever deferred them."""
     release = threading.Event()
-    real = etcfiles._write_now
-
-    def slow(ns, files):
-        release.wait(10)
-        real(ns, files)
-
-    monkeypatch.setattr(etcfiles, "_write_now", slow)
+    slow_writer(monkeypatch, lambda: release.wait(10))
     queued, finished = threading.Event(), threading.Event()
 
     def batch() -> None:
@@ -211,67 +226,37 @@ def test_settle_reports_a_failure_instead_of_waiting_forever(etc):
             etcfiles.settle()
 
 
-def test_a_command_run_mid_batch_sees_the_sandboxs_own_files(monkeypatch):
+def test_a_command_run_mid_batch_sees_the_sandboxs_own_files(monkeypatch, app_host):
     """In a real lab: inside a batch the files are written in the background (slowed down
     here, as on a busy disk), and a command run in the sandbox right after it was made still
     reads its own resolv.conf and hosts."""
-    import time
-
-    from cnmlab.lab import Lab
-
-    real = etcfiles._write_now
-
-    def slow(ns, files):
-        time.sleep(0.3)
-        real(ns, files)
-
-    monkeypatch.setattr(etcfiles, "_write_now", slow)
-
-    lab = Lab(f"etcb{os.getpid()}", upstream=False)
-    try:
-        h = lab.add_host("h1")
-        h.network_create("app", subnet="10.231.77.0/24")
-        with lab.batch():
-            sb = h.run("c1", "app")
-            out = sb.exec(["cat", "/etc/resolv.conf", "/etc/hosts"]).stdout
-        assert "nameserver 127.0.0.11" in out
-        assert f"{sb.ip('app')}\t" in out
-    finally:
-        lab.down()
-    assert not os.path.exists(os.path.join("/etc/netns", sb.netns))
+    lab, h = app_host
+    slow_writer(monkeypatch, lambda: time.sleep(0.3))
+    with lab.batch():
+        sb = h.run("c1", "app")
+        out = sb.exec(["cat", "/etc/resolv.conf", "/etc/hosts"]).stdout
+    assert "nameserver 127.0.0.11" in out
+    assert f"{sb.ip('app')}\t" in out
+    h.rm("c1")
+    assert not os.path.lexists(os.path.join("/etc/netns", sb.netns))
 
 
-def test_a_batch_saves_its_model_only_once_the_files_are_on_disk(monkeypatch):
+def test_a_batch_saves_its_model_only_once_the_files_are_on_disk(monkeypatch, app_host):
     """Another process that reads the saved model (``cnmlab exec`` from a second terminal)
     must find every sandbox it names with its files: the batch waits for them before saving."""
-    import time
+    lab, h = app_host
+    slow_writer(monkeypatch, lambda: time.sleep(0.05))
+    saves: list[list[bool]] = []
+    write = lab._write
 
-    from cnmlab.lab import Lab
+    def checked_write() -> None:
+        saves.append([os.path.exists(os.path.join(etcfiles.ETC_NETNS, sb.netns, "hosts"))
+                      for host in lab.state.hosts.values()
+                      for sb in host.sandboxes.values() if sb.netns])
+        write()
 
-    real = etcfiles._write_now
-
-    def slow(ns, files):
-        time.sleep(0.05)
-        real(ns, files)
-
-    monkeypatch.setattr(etcfiles, "_write_now", slow)
-    lab = Lab(f"etcs{os.getpid()}", upstream=False)
-    try:
-        h = lab.add_host("h1")
-        h.network_create("app", subnet="10.231.78.0/24")
-        saves: list[list[bool]] = []
-        write = lab._write
-
-        def checked_write() -> None:
-            saves.append([os.path.exists(os.path.join(etcfiles.ETC_NETNS, sb.netns, "hosts"))
-                          for host in lab.state.hosts.values()
-                          for sb in host.sandboxes.values() if sb.netns])
-            write()
-
-        monkeypatch.setattr(lab, "_write", checked_write)
-        with lab.batch():
-            for i in range(4):
-                h.run(f"c{i}", "app")
-        assert saves and saves[0] == [True] * 4, saves
-    finally:
-        lab.down()
+    monkeypatch.setattr(lab, "_write", checked_write)
+    with lab.batch():
+        for i in range(4):
+            h.run(f"c{i}", "app")
+    assert saves and saves[0] == [True] * 4, saves
