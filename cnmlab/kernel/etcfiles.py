@@ -137,7 +137,8 @@ def write(ns: str, files: Mapping[str, str]) -> None:
 
 
 def remove(ns: str) -> None:
-    """Remove the namespace's directory (nothing if it has none)."""
+    """Remove the namespace's files: its link and the store's folder, or its folder
+    (nothing if it has none)."""
     w = _writer()
     if w is None:
         _remove_now(ns)
