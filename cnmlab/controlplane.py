@@ -33,7 +33,6 @@ from cnmlab.etcd import EtcdStore, StoreUnreachable
 
 CLIENT_PORT = 2379
 PEER_PORT = 2380
-KEY = CONTROL_PLANE_KEY
 
 
 def prefix_for(lab: str) -> str:
@@ -154,7 +153,7 @@ def withdraw_hosts(lab_state: Any) -> None:
     addresses) are withdrawn: the network declarations stay for the others. A store that
     cannot be reached keeps them ('cnmlab peers' shows them as another host's).
     """
-    info = lab_state.extra.get(KEY) or {}
+    info = lab_state.extra.get(CONTROL_PLANE_KEY) or {}
     if not info or info.get("embedded"):
         return
     store = EtcdStore(info["url"], netns_name=info.get("netns"), timeout=2.0)
@@ -173,6 +172,6 @@ def withdraw_hosts(lab_state: Any) -> None:
 def stop_all(lab_state: Any) -> None:
     """Stop agents recorded for a lab (an external store's agents live outside its
     namespaces only if someone moved them; teardown's namespace sweep gets the rest)."""
-    info = lab_state.extra.get(KEY) or {}
+    info = lab_state.extra.get(CONTROL_PLANE_KEY) or {}
     for host, pid in (info.get("agents") or {}).items():
         stop_agent(pid, lab_state.name, host)

@@ -38,8 +38,8 @@ from typing import Any
 
 from cnmlab import adopted, controlplane, dns, drivers, ingress, peers, proxy, state
 from cnmlab.cluster import Cluster
-from cnmlab.constants import (DEFAULT_BRIDGE_OPTIONS, NS_PREFIX, NS_SEP, OPT_BRIDGE_NAME,
-                              OPT_ICC, OPT_MASQUERADE, OPT_MTU, UNDERLAY_BRIDGE,
+from cnmlab.constants import (CONTROL_PLANE_KEY, DEFAULT_BRIDGE_OPTIONS, NS_PREFIX, NS_SEP,
+                              OPT_BRIDGE_NAME, OPT_ICC, OPT_MASQUERADE, OPT_MTU, UNDERLAY_BRIDGE,
                               UNDERLAY_HOST_BASE, UNDERLAY_UPLINK, UPSTREAM, UPSTREAM_GW,
                               UPSTREAM_SERVICES)
 from cnmlab.controller import Controller, setup_namespace
@@ -452,7 +452,7 @@ class Lab:
     def open(cls, name: str, cluster: Cluster | None = None) -> "Lab":
         stamp = state.stamp(name)  # before loading: a save in between only costs a reload
         lab_state = state.load(name)
-        info = lab_state.extra.get(controlplane.KEY)
+        info = lab_state.extra.get(CONTROL_PLANE_KEY)
         if cluster is None and info:
             cluster = controlplane.cluster_of(info)
         return cls(name, cluster=cluster, _state=lab_state, _stamp=stamp)
@@ -461,7 +461,7 @@ class Lab:
     @property
     def control_plane(self) -> dict[str, Any] | None:
         """What the lab's control plane is (url, namespace, pid, agents), if it has one."""
-        return self.state.extra.get(controlplane.KEY)
+        return self.state.extra.get(CONTROL_PLANE_KEY)
 
     def start_control_plane(self, store: str | None = None) -> Cluster:
         """etcd for global-scope networks, and an agent on every host (now and later).
@@ -488,7 +488,7 @@ class Lab:
             raise InvalidInput(f"lab {self.name}: an embedded control plane needs an underlay "
                                f"or the upstream to live on; pass store='etcd://HOST:PORT'")
         info["agents"] = {}
-        self.state.extra[controlplane.KEY] = info
+        self.state.extra[CONTROL_PLANE_KEY] = info
         self._save()
         self.cluster = controlplane.cluster_of(info)
         for h in self._hosts.values():
